@@ -1,0 +1,277 @@
+"""The one typed configuration shared by the CLI, config files and the Python API.
+
+A :class:`Config` has three sections (``data``, ``model``, ``train``), each a dataclass
+whose fields carry a default and a help string. Config files are YAML or TOML with the
+same sections; command-line overrides are ``section.field=value``. Unknown keys and
+values of the wrong type are rejected with one line naming the key.
+
+    >>> cfg = Config()
+    >>> cfg = apply_overrides(cfg, ["train.epochs=2", "model.alpha=0.2"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from fastleading.errors import FastleadingError
+
+
+def _f(default: Any, help: str, choices: tuple | None = None):
+    """A dataclass field with a help string (and optional allowed values)."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("FASTLEADING_CACHE", str(Path("~/.cache/fastleading").expanduser()))
+
+
+def default_data_root() -> str:
+    """$FASTLEADING_DATA, else ../shared/data beside the current directory."""
+    return os.environ.get("FASTLEADING_DATA", str(Path("../shared/data").resolve()))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("synthetic", "Dataset name (see `fastleading info --list`).")
+    root: Optional[str] = _f(None, "Folder with the raw dataset; default $FASTLEADING_DATA or ../shared/data.")
+    cache_dir: str = _f(default_cache_dir(), "Where prepared graphs and token caches are stored.")
+    split: str = _f("", "Named split to train on; '' = the dataset's default split.")
+    max_length: int = _f(64, "Tokens per node text (truncate/pad).")
+    synthetic_nodes: int = _f(1500, "synthetic: number of nodes.")
+    synthetic_classes: int = _f(5, "synthetic: number of classes.")
+    synthetic_avg_degree: float = _f(8.0, "synthetic: average (undirected) degree.")
+    synthetic_words: int = _f(24, "synthetic: words per node text.")
+    synthetic_homophily: float = _f(0.8, "synthetic: fraction of edges that join nodes of the same class.")
+    synthetic_signal: float = _f(0.25, "synthetic: fraction of text words drawn from the class's topic words.")
+    synthetic_seed: int = _f(0, "synthetic: generator seed.")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("sentence-transformers/all-MiniLM-L6-v2", "Hugging Face model id or local path.")
+    pooling: str = _f("auto", "Text pooling: auto (mean for sentence-transformers, cls for encoders, last for decoders).",
+                      ("auto", "cls", "mean", "last"))
+    attn_implementation: str = _f("auto", "auto: flash_attention_2 if flash-attn imports, else sdpa.",
+                                  ("auto", "sdpa", "eager", "flash_attention_2"))
+    random_init: bool = _f(False, "Build the model from its config with random weights (benchmarks).")
+    gradient_checkpointing: bool = _f(False, "Recompute LM activations in backward to save memory.")
+    lora: bool = _f(False, "Fine-tune LoRA adapters (peft) instead of all LM weights.")
+    lora_r: int = _f(8, "LoRA rank.")
+    lora_alpha: int = _f(16, "LoRA scaling.")
+    lora_dropout: float = _f(0.05, "LoRA dropout.")
+    head: str = _f("mlp", "Head on top of the LM embedding.", ("mlp", "linear"))
+    head_hidden: int = _f(256, "Hidden width of the MLP head.")
+    head_dropout: float = _f(0.1, "Dropout in the head.")
+    order: str = _f("predict-then-propagate", "Apply the head before (logits propagated) or after propagation.",
+                    ("predict-then-propagate", "propagate-then-predict"))
+    alpha: float = _f(0.1, "APPNP teleport probability a in X = (1-a) Â X + a X_in.")
+    num_iters: int = _f(2, "Propagation iterations per training step (warm-started).")
+    eval_iters: int = _f(50, "Propagation iterations for full-graph evaluation.")
+    gnn: str = _f("gcn", "Downstream / shallow GNN.", ("gcn", "gat", "sage", "appnp", "mlp"))
+
+
+@dataclass
+class TrainConfig:
+    method: str = _f("leading", "Training method.", ("leading", "supervised", "pretrained", "coupled", "shallow"))
+    epochs: int = _f(3, "Training epochs (over the training targets).")
+    batch_size: int = _f(32, "Target nodes per step (pipeline 1).")
+    refresh_batch_size: int = _f(0, "Nodes re-encoded without gradient per step (pipeline 2); 0 = batch_size.")
+    fanouts: list = _f([10, 5], "Neighbours sampled per hop.")
+    fill_bank: bool = _f(True, "Encode every node once (no gradient) before training.")
+    lr_lm: float = _f(5e-5, "Learning rate of the LM.")
+    lr_head: float = _f(1e-3, "Learning rate of the head.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")
+    schedule: str = _f("linear", "Decay after warm-up.", ("linear", "cosine", "constant"))
+    grad_clip: float = _f(1.0, "Max gradient norm (0 = off).")
+    grad_accum: int = _f(1, "Steps of gradient accumulation per optimizer step.")
+    eval_every: int = _f(1, "Evaluate every this many epochs.")
+    eval_batch_size: int = _f(256, "Nodes per no-gradient encode batch in evaluation and bank filling.")
+    patience: int = _f(0, "Stop after this many evaluations without a better valid accuracy (0 = never).")
+    seed: int = _f(0, "Random seed.")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N.")
+    precision: str = _f("auto", "auto (bf16 on GPUs that have it, else fp32), bf16, fp16, fp32.",
+                        ("auto", "bf16", "fp16", "fp32"))
+    bank_dtype: str = _f("auto", "Memory-bank dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.",
+                         ("auto", "bf16", "fp16", "fp32"))
+    overlap: bool = _f(True, "Run pipeline 2 on its own CUDA stream (GPU only).")
+    kernels: str = _f("auto", "auto (Triton on CUDA), triton, torch.", ("auto", "triton", "torch"))
+    checkpoint_every: int = _f(200, "Steps between checkpoints (0 = only at epoch ends).")
+    log_every: int = _f(10, "Steps between metrics lines.")
+    profile: bool = _f(False, "Write a torch.profiler trace and a per-phase time table.")
+    deepspeed: Optional[str] = _f(None, "DeepSpeed preset (zero1, zero2, zero3, zero2-offload, zero3-offload) or JSON file.")
+    downstream_epochs: int = _f(200, "Epochs of the downstream / shallow GNN.")
+    max_steps: int = _f(0, "Stop after this many steps (0 = no limit).")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from fastleading.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp`` or raise naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise FastleadingError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise FastleadingError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise FastleadingError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise FastleadingError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise FastleadingError(f"{where}: expected a string, got {value!r}")
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            text = value.strip().strip("[]")
+            value = [v for v in text.replace(",", " ").split() if v]
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, int, f"{where}[{i}]") for i, v in enumerate(value)]
+        raise FastleadingError(f"{where}: expected a list of integers, got {value!r}")
+    return value
+
+
+def _set(section_obj: Any, section: str, key: str, value: Any) -> None:
+    types_ = _field_types(type(section_obj))
+    if key not in types_:
+        known = ", ".join(sorted(types_))
+        raise FastleadingError(f"unknown config key '{section}.{key}' (known keys of [{section}]: {known})")
+    where = f"config key '{section}.{key}'"
+    value = _coerce(value, types_[key], where)
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(section_obj)}[key]
+    if choices and value not in choices:
+        raise FastleadingError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+    setattr(section_obj, key, value)
+
+
+def from_dict(d: dict, base: Config | None = None, source: str = "config") -> Config:
+    """Build a Config from nested ``{section: {key: value}}``, checking every key and type."""
+    cfg = base if base is not None else Config()
+    if not isinstance(d, dict):
+        raise FastleadingError(f"{source}: expected a mapping of sections (data, model, train)")
+    for section, values in d.items():
+        if section not in SECTIONS:
+            raise FastleadingError(f"{source}: unknown section '{section}' (expected data, model or train)")
+        if not isinstance(values, dict):
+            raise FastleadingError(f"{source}: section '{section}' must be a mapping of keys to values")
+        for key, value in values.items():
+            _set(getattr(cfg, section), section, key, value)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastleadingError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            d = tomllib.loads(text)
+        elif path.suffix == ".json":
+            d = json.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+        else:
+            raise FastleadingError(f"{path}: unknown config format (expected .yaml, .yml, .toml or .json)")
+    except FastleadingError:
+        raise
+    except Exception as e:  # parse errors of any of the three formats
+        raise FastleadingError(f"{path}: cannot parse config: {e}") from None
+    return from_dict(d, source=str(path))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings (``value`` parsed by the field's type)."""
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise FastleadingError(f"override '{item}': expected section.key=value, e.g. train.epochs=3")
+        dotted, value = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        if section not in SECTIONS:
+            raise FastleadingError(f"override '{item}': unknown section '{section}' (expected data, model or train)")
+        _set(getattr(cfg, section), section, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    t, m, d = cfg.train, cfg.model, cfg.data
+    positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
+                "train.eval_batch_size": t.eval_batch_size, "model.num_iters": m.num_iters,
+                "model.eval_iters": m.eval_iters, "data.max_length": d.max_length}
+    for name, v in positive.items():
+        if v < 1:
+            raise FastleadingError(f"config key '{name}': expected a positive integer, got {v}")
+    if not 0.0 < m.alpha <= 1.0:
+        raise FastleadingError(f"config key 'model.alpha': expected 0 < alpha <= 1, got {m.alpha}")
+    if not t.fanouts or any(f < 1 for f in t.fanouts):
+        raise FastleadingError(f"config key 'train.fanouts': expected a non-empty list of positive integers, got {t.fanouts}")
+    if t.refresh_batch_size < 0:
+        raise FastleadingError(f"config key 'train.refresh_batch_size': expected >= 0, got {t.refresh_batch_size}")
+
+
+def field_help(cls) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
