@@ -56,6 +56,8 @@ class DataConfig:
     synthetic_homophily: float = _f(0.8, "synthetic: fraction of edges that join nodes of the same class.")
     synthetic_signal: float = _f(0.25, "synthetic: fraction of text words drawn from the class's topic words.")
     synthetic_seed: int = _f(0, "synthetic: generator seed.")
+    synthetic_tokens: bool = _f(False, "synthetic: write token ids straight into the token cache, no strings "
+                                "(scale mode for benchmarks up to ogbn-products size).")
 
 
 @dataclass

@@ -1,0 +1,63 @@
+"""The memory bank of LM embeddings (neighbor decoupling, paper section 3.2).
+
+Pipeline 2 and pipeline 1 ``refresh`` rows with fresh encodings; pipeline 1 ``lookup``s
+the neighbours of its targets instead of encoding them. The bank also records, per node,
+the step at which its row was last written (staleness) and how many times the node was
+LM-encoded with and without gradient (the paper's "encoding times per node").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastleading import ops
+
+
+class MemoryBank:
+    """``[N, dim]`` table of node embeddings.
+
+    Args:
+        num_nodes: N.
+        dim: embedding width (the LM's hidden size).
+        dtype: storage dtype (bf16 on GPU by default; lookups return this dtype).
+        device: where the table lives.
+    """
+
+    def __init__(self, num_nodes: int, dim: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
+        self.emb = torch.zeros(num_nodes, dim, dtype=dtype, device=device)
+        self.stamp = torch.full((num_nodes,), -1, dtype=torch.int64, device=device)
+        self.encodes_grad = torch.zeros(num_nodes, dtype=torch.int64, device=device)
+        self.encodes_nograd = torch.zeros(num_nodes, dtype=torch.int64, device=device)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.emb.shape[0]
+
+    def count_encodes(self, ids: torch.Tensor, grad: bool) -> None:
+        """Record that nodes ``ids`` were LM-encoded once each (with or without gradient)."""
+        counter = self.encodes_grad if grad else self.encodes_nograd
+        counter.index_add_(0, ids.to(counter.device), torch.ones_like(ids, dtype=torch.int64, device=counter.device))
+
+    def refresh(self, ids: torch.Tensor, emb: torch.Tensor, step: int) -> None:
+        """Write ``emb [M, dim]`` (detached) into rows ``ids [M]`` and stamp them with ``step``.
+
+        For duplicate ids the last occurrence wins (see :func:`fastleading.ops.bank_scatter`).
+        """
+        ops.bank_scatter(self.emb, ids.to(self.emb.device), emb.detach(), self.stamp, step)
+
+    def lookup(self, ids: torch.Tensor, out: torch.Tensor | None = None, out_offset: int = 0) -> torch.Tensor:
+        """Rows ``ids`` as ``[M, dim]``, or written into ``out[out_offset:out_offset+M]``."""
+        return ops.bank_gather(self.emb, ids.to(self.emb.device), out=out, out_offset=out_offset)
+
+    def staleness(self, ids: torch.Tensor, step: int) -> torch.Tensor:
+        """Steps since each row was last written (``step + 1`` for never-written rows)."""
+        return step - self.stamp[ids.to(self.stamp.device)]
+
+    def state_dict(self) -> dict:
+        return {"emb": self.emb, "stamp": self.stamp, "encodes_grad": self.encodes_grad,
+                "encodes_nograd": self.encodes_nograd}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            getattr(self, key).copy_(value)

@@ -1,0 +1,121 @@
+"""Graph layers: the implicit APPNP of LEADING (paper section 3.3, eqs. 2-7, appendix A),
+the explicit (unrolled) APPNP of the coupled baseline, and the prediction head.
+
+The propagation operator is ``Â = D̃^{-1/2}(A+I)D̃^{-1/2}`` with ``D̃ = D + I``; one step
+``X <- (1-a) Â X + a X_in`` is :func:`fastleading.ops.appnp_step` (Triton on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastleading import ops
+
+
+class _ImplicitAPPNPFunction(torch.autograd.Function):
+    """Forward: L warm-started iterations towards ``X* = a (I-(1-a)Â)^{-1} X_in`` (eqs. 4-5).
+    Backward: L warm-started iterations of ``G = (1-a) Â G + a dL/dX`` (eqs. 6-7), whose fixed
+    point is the exact implicit gradient ``a (I-(1-a)Â)^{-T} dL/dX*`` (Â is symmetric).
+    Nothing but the graph is saved for backward: memory does not grow with L."""
+
+    @staticmethod
+    def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: "ImplicitAPPNP"):
+        x0 = layer.x_history[node_ids].to(x_in.dtype)                         # eq. 4: X_0^k = X_L^{k-1}
+        x = ops.appnp_iterate(rowptr, col, x0, x_in, layer.alpha, layer.num_iters, dinv)  # eq. 5
+        layer.x_history[node_ids] = x.detach().to(layer.x_history.dtype)
+        ctx.save_for_backward(rowptr, col, dinv, node_ids)
+        ctx.layer = layer
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rowptr, col, dinv, node_ids = ctx.saved_tensors
+        layer = ctx.layer
+        grad_out = grad_out.contiguous()
+        g0 = layer.g_history[node_ids].to(grad_out.dtype)                    # eq. 6: G_L^k = G_0^{k-1}
+        g = ops.appnp_iterate(rowptr, col, g0, grad_out, layer.alpha, layer.num_iters, dinv)  # eq. 7
+        layer.g_history[node_ids] = g.detach().to(layer.g_history.dtype)
+        return g, None, None, None, None, None
+
+
+class ImplicitAPPNP(nn.Module):
+    """APPNP as an implicit layer with warm-started forward and backward solvers.
+
+    Args:
+        alpha: teleport probability ``a``.
+        num_iters: iterations L per call (forward and backward each).
+        num_nodes: N of the whole graph; the histories are ``[N, C]`` tables indexed by global id.
+        channels: C (feature width propagated).
+        history_dtype: storage dtype of both histories.
+
+    ``forward(x_in [n, C], rowptr, col, node_ids [n])`` propagates over the subgraph whose CSR
+    (local ids) is ``rowptr/col`` and whose node ``i`` is global node ``node_ids[i]``.
+    """
+
+    def __init__(self, alpha: float, num_iters: int, num_nodes: int, channels: int,
+                 history_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.alpha = float(alpha)
+        self.num_iters = int(num_iters)
+        self.register_buffer("x_history", torch.zeros(num_nodes, channels, dtype=history_dtype))
+        self.register_buffer("g_history", torch.zeros(num_nodes, channels, dtype=history_dtype))
+
+    def forward(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor,
+                node_ids: torch.Tensor, dinv: torch.Tensor | None = None) -> torch.Tensor:
+        if dinv is None:
+            dinv = ops.gcn_dinv(rowptr)
+        return _ImplicitAPPNPFunction.apply(x_in.contiguous(), rowptr, col, dinv, node_ids, self)
+
+    def reset_histories(self) -> None:
+        self.x_history.zero_()
+        self.g_history.zero_()
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, num_iters={self.num_iters}, histories={tuple(self.x_history.shape)}"
+
+
+class _APPNPStepFunction(torch.autograd.Function):
+    """One differentiable APPNP step: d/dx = (1-a) Â^T g = (1-a) Â g, d/dx_in = a g."""
+
+    @staticmethod
+    def forward(ctx, x, x_in, rowptr, col, dinv, alpha: float):
+        ctx.save_for_backward(rowptr, col, dinv)
+        ctx.alpha = alpha
+        return ops.appnp_step(rowptr, col, x.contiguous(), x_in.contiguous(), alpha, dinv)
+
+    @staticmethod
+    def backward(ctx, g):
+        rowptr, col, dinv = ctx.saved_tensors
+        g = g.contiguous()
+        grad_x = ops.appnp_step(rowptr, col, g, torch.zeros_like(g), ctx.alpha, dinv)
+        return grad_x, ctx.alpha * g, None, None, None, None
+
+
+def propagate(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alpha: float, num_iters: int,
+              dinv: torch.Tensor | None = None) -> torch.Tensor:
+    """Explicit APPNP: ``num_iters`` steps from ``X_0 = X_in``, differentiable by unrolling
+    (the coupled baseline and the shallow GNN); without grad, the full-graph inference solver."""
+    if dinv is None:
+        dinv = ops.gcn_dinv(rowptr)
+    if not torch.is_grad_enabled() or not x_in.requires_grad:
+        return ops.appnp_iterate(rowptr, col, x_in, x_in, alpha, num_iters, dinv)
+    x = x_in
+    for _ in range(num_iters):
+        x = _APPNPStepFunction.apply(x, x_in, rowptr, col, dinv, alpha)
+    return x
+
+
+class Head(nn.Module):
+    """MLP (or linear) classifier ``[*, in_dim] -> [*, num_classes]``."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 256, dropout: float = 0.1, kind: str = "mlp"):
+        super().__init__()
+        if kind == "linear":
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(),
+                                     nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

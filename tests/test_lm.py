@@ -1,0 +1,63 @@
+"""LM encoder: pooling, decoders with left padding, clear errors."""
+
+import pytest
+import torch
+
+from fastleading.config import ModelConfig
+from fastleading.errors import FastleadingError
+from fastleading.lm import LMEncoder, hidden_size, pool
+
+from tiny_models import save_tiny_model
+
+
+def test_pool_last_takes_last_real_token_for_either_padding_side():
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(4, 6, 3, generator=gen)
+    lengths = torch.tensor([6, 1, 3, 4])
+    right = (torch.arange(6)[None, :] < lengths[:, None]).long()
+    left = right.flip(1)
+    r = pool(hidden, right, "last")
+    l = pool(hidden, left, "last")
+    for i, n in enumerate(lengths.tolist()):
+        assert torch.equal(r[i], hidden[i, n - 1])
+        assert torch.equal(l[i], hidden[i, 5])
+    m = pool(hidden, right, "mean")
+    for i, n in enumerate(lengths.tolist()):
+        assert torch.allclose(m[i], hidden[i, :n].mean(0))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoder_embedding_is_last_real_token_regardless_of_padding(tmp_path, kind):
+    path = save_tiny_model(tmp_path / kind, kind)
+    enc = LMEncoder(ModelConfig(name=path)).eval()
+    assert enc.is_decoder and enc.pooling == "last"
+    gen = torch.Generator().manual_seed(1)
+    lengths = [7, 3, 5]
+    rows = [torch.randint(1000, 2000, (n,), generator=gen) for n in lengths]
+    with torch.no_grad():
+        alone = torch.cat([enc(r[None], torch.ones(1, len(r), dtype=torch.long)) for r in rows])
+        for width in (7, 12):  # the same rows left-padded to different widths
+            ids = torch.zeros(3, width, dtype=torch.long)
+            mask = torch.zeros(3, width, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, width - len(r):] = r
+                mask[i, width - len(r):] = 1
+            batched = enc(ids, mask)
+            assert torch.allclose(batched, alone, atol=1e-5), (kind, width)
+            # and it is the hidden state at the last real token
+            out = enc.model(input_ids=ids, attention_mask=mask,
+                            position_ids=(mask.cumsum(1) - 1).clamp_min(0)).last_hidden_state
+            assert torch.allclose(batched, out[:, -1].float())
+
+
+def test_hidden_size_unreadable_is_one_line_error():
+    class Weird:
+        model_type = "weird"
+
+    with pytest.raises(FastleadingError, match="cannot read the hidden size"):
+        hidden_size(Weird())
+
+
+def test_missing_model_path_is_clear():
+    with pytest.raises(FastleadingError, match="does not exist"):
+        LMEncoder(ModelConfig(name="./no/such/model"))
