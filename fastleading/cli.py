@@ -46,24 +46,21 @@ def _config(args: argparse.Namespace, base: Config | None = None) -> Config:
 
 
 def cmd_prepare(args) -> int:
-    from fastleading.data import info, prepare
+    from fastleading.data import format_info, info, prepare
 
-    cfg = _config(args)
-    graph, tokens = prepare(cfg, need_text=False, quiet=args.quiet)
-    print(info.format_info(info.info(graph, tokens)))
+    graph, tokens = prepare(_config(args))
+    print(format_info(info(graph, tokens)))
     return 0
 
 
 def cmd_info(args) -> int:
-    from fastleading.data import DATASETS, info, prepare
+    from fastleading.data import DATASETS, dataset_info, format_info
 
     if args.list:
-        for name in DATASETS:
-            print(name)
+        for name, entry in DATASETS.items():
+            print(f"{name:<20} {entry.description}")
         return 0
-    cfg = _config(args)
-    graph, tokens = prepare(cfg, need_text=False, quiet=args.quiet)
-    print(info.format_info(info.info(graph, tokens)))
+    print(format_info(dataset_info(_config(args))))
     return 0
 
 

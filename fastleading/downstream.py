@@ -98,7 +98,7 @@ def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed
 def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dict:
     """The ``pretrained`` (frozen LM embeddings) and ``shallow`` (BoW / TF-IDF) baselines:
     features -> MLP -> APPNP, the same head and propagation as LEADING's."""
-    from fastleading.data import prepare
+    from fastleading.data import load_dataset
     from fastleading.precision import resolve_device
 
     start = time.time()
@@ -106,13 +106,13 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
     cfg.save(out_dir / "config.json")
     device = resolve_device(cfg.train.device)
     if cfg.train.method == "shallow":
-        graph, _ = prepare(cfg, need_text=False, quiet=quiet)
+        graph = load_dataset(cfg.data)
         if graph.features is None:
             raise FastleadingError(f"dataset '{cfg.data.dataset}' has no shallow features; method shallow needs them")
         features = graph.features
     else:
         graph, features = pretrained_embeddings(cfg, quiet)
-    split = graph.split(cfg.data.split or None)
+    split = graph.split(cfg.data.split)
     m = cfg.model
     result = train_gnn(graph, torch.as_tensor(np.asarray(features)), split, "appnp", cfg.train.downstream_epochs,
                        cfg.train.seed, device, m.head_hidden, 0.5, alpha=m.alpha, num_iters=m.eval_iters)
@@ -141,7 +141,7 @@ def pretrained_embeddings(cfg: Config, quiet: bool = True):
     from fastleading.precision import resolve_device, resolve_precision
     from fastleading.train import encode_all
 
-    graph, tokens = prepare(cfg, need_text=True, quiet=quiet)
+    graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
     encoder = LMEncoder(cfg.model).to(device)
@@ -161,7 +161,7 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     cfg = from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
     if cfg.train.method in ("pretrained", "shallow"):
         return cfg, *pretrained_or_shallow(cfg, quiet)
-    graph, tokens = prepare(cfg, need_text=True, quiet=quiet)
+    graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
     model = NodeClassifier(cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype)
@@ -173,9 +173,9 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
 
 def pretrained_or_shallow(cfg: Config, quiet: bool):
     if cfg.train.method == "shallow":
-        from fastleading.data import prepare
+        from fastleading.data import load_dataset
 
-        graph, _ = prepare(cfg, need_text=False, quiet=quiet)
+        graph = load_dataset(cfg.data)
         return graph, torch.as_tensor(np.asarray(graph.features))
     return pretrained_embeddings(cfg, quiet)
 
@@ -191,18 +191,18 @@ def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = T
 
 def downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None = None, quiet: bool = True) -> dict:
     """Train ``cfg.model.gnn`` on exported embeddings; writes ``out_dir/downstream-<gnn>.json``."""
-    from fastleading.data import prepare
+    from fastleading.data import load_dataset
     from fastleading.precision import resolve_device
 
     path = Path(embeddings)
     if not path.is_file():
         raise FastleadingError(f"{path}: embeddings file not found (write one with `fastleading export`)")
     features = np.load(path, mmap_mode="r")
-    graph, _ = prepare(cfg, need_text=False, quiet=quiet)
+    graph = load_dataset(cfg.data)
     if features.ndim != 2 or features.shape[0] != graph.num_nodes:
         raise FastleadingError(f"{path}: expected embeddings of shape [{graph.num_nodes}, dim] for dataset "
                                f"'{cfg.data.dataset}', got {list(features.shape)}")
-    split = graph.split(cfg.data.split or None)
+    split = graph.split(cfg.data.split)
     result = train_gnn(graph, torch.from_numpy(np.ascontiguousarray(features)), split, cfg.model.gnn,
                        cfg.train.downstream_epochs, cfg.train.seed, resolve_device(cfg.train.device),
                        cfg.model.head_hidden, alpha=cfg.model.alpha, num_iters=cfg.model.eval_iters)

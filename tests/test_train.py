@@ -1,0 +1,191 @@
+"""The trainer end to end on a small synthetic TAG with a tiny LM (CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastleading.config import Config, apply_overrides
+from fastleading.errors import FastleadingError
+from fastleading.train import STEPS, build_run, train
+
+from tiny_models import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "bert", "bert", hidden=32)
+
+
+def small_config(model: str, cache: Path, *overrides: str) -> Config:
+    return apply_overrides(Config(), [
+        f"model.name={model}", f"data.cache_dir={cache}", "data.synthetic_nodes=240", "data.synthetic_classes=3",
+        "data.synthetic_words=12", "data.max_length=16", "train.batch_size=16", "train.epochs=2",
+        "train.eval_batch_size=128", "train.log_every=1", "model.head_hidden=32", *overrides])
+
+
+def test_leading_run_writes_every_output(tiny_bert, tmp_path):
+    cfg = small_config(tiny_bert, tmp_path / "cache")
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("method", "dataset", "model", "best_valid_acc", "test_acc", "epochs", "encodes_per_node_per_epoch",
+                "peak_memory_bytes", "wall_time_s", "phase_time_s"):
+        assert key in summary, key
+    for phase in ("sample", "encode-grad", "encode-refresh", "propagate", "backward", "optimizer"):
+        assert summary["phase_time_s"][phase] > 0, phase
+    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["epochs"] == 2
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if "loss" in l] == list(range(1, summary["steps"] + 1))
+    assert sum("eval" in l for l in lines) == 2
+    # no temporary files left behind by the atomic writes
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_encodes_per_node_per_epoch_about_two_for_leading_far_more_for_coupled(tiny_bert, tmp_path):
+    common = ("train.epochs=1", "data.split=high-0", "train.fill_bank=false", "train.fanouts=10,5")
+    leading = train(small_config(tiny_bert, tmp_path / "c", *common), tmp_path / "a", quiet=True)
+    enc = leading["encodes_per_node_per_epoch"]
+    assert enc["grad"] == pytest.approx(1.0) and enc["nograd"] == pytest.approx(1.0)
+    coupled = train(small_config(tiny_bert, tmp_path / "c", *common, "train.method=coupled"),
+                    tmp_path / "b", quiet=True)
+    assert coupled["encodes_per_node_per_epoch"]["grad"] > 5.0
+
+
+def saved_bytes_of_one_step(cfg: Config, out: Path) -> int:
+    """Bytes of every tensor autograd saves for backward during one training step
+    (activation memory, measured exactly and independently of the allocator)."""
+    run = build_run(cfg, out)
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    targets = run.split.train[:16]
+    refresh = torch.arange(16)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        STEPS[cfg.train.method](run, targets, refresh)
+    return total
+
+
+def test_leading_activation_memory_flat_in_hops_and_iterations_coupled_grows(tmp_path):
+    # An LM whose per-node activations dominate the head's, as any real LM's do (by 10^4 for
+    # bert-base at 128 tokens); the graph is large enough that 5 hops do not cover it.
+    model = save_tiny_model(tmp_path / "bert64", "bert", hidden=64)
+    base = ("data.max_length=64", "data.synthetic_words=80", "data.synthetic_nodes=1000", "data.split=high-0")
+    leading, coupled = {}, {}
+    for hops in (2, 5):
+        fan = ",".join(["2"] * hops)
+        leading[hops] = saved_bytes_of_one_step(small_config(model, tmp_path / "c", *base, f"train.fanouts={fan}"),
+                                                tmp_path / "r")
+        coupled[hops] = saved_bytes_of_one_step(
+            small_config(model, tmp_path / "c", *base, f"train.fanouts={fan}", "train.method=coupled"),
+            tmp_path / "r")
+    iters = {k: saved_bytes_of_one_step(small_config(model, tmp_path / "c", *base, f"model.num_iters={k}"),
+                                        tmp_path / "r") for k in (2, 10)}
+    assert leading[5] <= 1.10 * leading[2], leading
+    assert iters[10] <= 1.01 * iters[2], iters
+    assert coupled[5] > 3 * coupled[2], coupled
+    assert coupled[2] > 2 * leading[2], (coupled, leading)
+
+
+def test_profile_writes_trace_and_phase_table(tiny_bert, tmp_path, capsys):
+    cfg = small_config(tiny_bert, tmp_path / "cache", "train.epochs=1", "train.profile=true")
+    train(cfg, tmp_path / "run", quiet=True)
+    trace = json.loads((tmp_path / "run" / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert {"encode-grad", "propagate", "backward"} <= names
+    out = capsys.readouterr().out
+    assert "phase" in out and "encode-refresh" in out
+
+
+def test_overlap_switch_gives_same_losses_on_cpu(tiny_bert, tmp_path):
+    runs = []
+    for overlap in ("true", "false"):
+        cfg = small_config(tiny_bert, tmp_path / "cache", "train.epochs=1", f"train.overlap={overlap}")
+        train(cfg, tmp_path / overlap, quiet=True)
+        runs.append([json.loads(l).get("loss") for l in (tmp_path / overlap / "metrics.jsonl").read_text().splitlines()])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("method", ["supervised", "coupled", "pretrained"])
+def test_baselines_report_the_same_metrics(tiny_bert, tmp_path, method):
+    cfg = small_config(tiny_bert, tmp_path / "cache", "train.epochs=1", f"train.method={method}",
+                       "train.downstream_epochs=20")
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    assert summary["method"] == method and 0.0 <= summary["test_acc"] <= 1.0
+    assert "encodes_per_node_per_epoch" in summary and "peak_memory_bytes" in summary
+
+
+def _cli(*args, env=None):
+    return [sys.executable, "-m", "fastleading.cli", *args]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_bert, tmp_path):
+    args = ["train", "--quiet", f"model.name={tiny_bert}", f"data.cache_dir={tmp_path / 'cache'}",
+            "data.synthetic_nodes=240", "data.synthetic_classes=3", "data.synthetic_words=12", "data.max_length=16",
+            "train.batch_size=8", "train.epochs=1", "train.eval_batch_size=128", "train.log_every=1",
+            "model.head_hidden=32", "data.split=high-0", "train.checkpoint_every=3"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = subprocess.run(_cli(*args, "--out", str(tmp_path / "straight")), env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*args, "--out", str(killed)), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        metrics = killed / "metrics.jsonl"
+        steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()] if metrics.exists() else []
+        if (killed / "checkpoint.pt").exists() and steps and max(steps) >= 7:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    torch.load(killed / "checkpoint.pt", weights_only=False)  # the checkpoint on disk is whole
+    resumed = subprocess.run(_cli("train", "--quiet", "--resume", str(killed)), env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    a = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    for x, y in zip(a, b):
+        if "loss" in x:
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6), (x, y)
+    sa = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    sb = json.loads((killed / "summary.json").read_text())
+    for x, y in zip(sa["history"], sb["history"], strict=True):
+        assert x == pytest.approx(y)
+    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_lm_method_on_dataset_without_text_is_refused(tmp_path):
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (root / "planetoid").is_dir():
+        pytest.skip(f"real Planetoid data not found at {root}")
+    cfg = apply_overrides(Config(), [f"data.root={root}", "data.dataset=planetoid-cora",
+                                     f"data.cache_dir={tmp_path}"])
+    with pytest.raises(FastleadingError, match="no node texts"):
+        train(cfg, tmp_path / "run", quiet=True)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    for args, fragment in ((["train", "--method", "magic"], "'train.method': expected one of"),
+                           (["train", "--dataset", "nope", f"data.cache_dir={tmp_path}"], "nope"),
+                           (["train", "--resume", str(tmp_path / "missing")], "cannot resume")):
+        proc = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], (args, proc.stderr)
