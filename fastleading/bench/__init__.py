@@ -1,0 +1,1 @@
+"""Benchmarks of fastleading (``fastleading bench <name>``); each module has a ``main(argv)``."""

@@ -1,0 +1,111 @@
+"""Datasets: a registry of loaders, the processed-graph cache, and ``prepare``.
+
+``load_dataset(cfg.data)`` builds a :class:`TextAttributedGraph` from the raw files
+once and caches it under ``<cache_dir>/graphs/<name>-<hash>/``, where the hash covers
+the options that change the result (the loader's own options, such as the synthetic
+generator's parameters or the raw files' sizes and modification times, and the
+on-disk format version). Later calls open the cache (memory-mapped, seconds even at
+ogbn-products size).
+
+``prepare(cfg)`` = the graph plus its token cache (:mod:`fastleading.data.tokens`);
+the CLI's ``prepare`` / ``info`` commands and the trainer all go through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from fastleading.data import citeseer_tag, custom, ogbn_arxiv, ogbn_products, planetoid, synthetic
+from fastleading.data.info import format_info, info
+from fastleading.data.tag import FORMAT_VERSION, Split, TextAttributedGraph, require_text
+from fastleading.data.tokens import TokenCache, prepare_tokens
+from fastleading.errors import FastleadingError
+
+if TYPE_CHECKING:
+    from fastleading.config import Config, DataConfig
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """How to build one dataset: ``options(cfg)`` (what its cache key covers; may check
+    that the raw files exist) and ``build(cfg)``."""
+
+    options: Callable[["DataConfig"], dict]
+    build: Callable[["DataConfig"], TextAttributedGraph]
+    description: str
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "synthetic": DatasetEntry(synthetic.options, synthetic.build,
+                              "seeded synthetic TAG (class-conditional texts, homophilous power-law graph)"),
+    "citeseer-tag": DatasetEntry(citeseer_tag.options, citeseer_tag.build,
+                                 "CiteSeer with raw text (3,186 papers, 6 classes) from <root>/citeseer-tag/"),
+    "planetoid-cora": DatasetEntry(partial(planetoid.options, name="planetoid-cora"),
+                                   partial(planetoid.build, name="planetoid-cora"),
+                                   "Planetoid Cora (no text; shallow method only) from <root>/planetoid/"),
+    "planetoid-citeseer": DatasetEntry(partial(planetoid.options, name="planetoid-citeseer"),
+                                       partial(planetoid.build, name="planetoid-citeseer"),
+                                       "Planetoid CiteSeer (no text; shallow method only) from <root>/planetoid/"),
+    "ogbn-arxiv": DatasetEntry(ogbn_arxiv.options, ogbn_arxiv.build,
+                               "ogbn-arxiv with titles/abstracts from <root>/ogbn_arxiv/ (OGB layout)"),
+    "ogbn-products": DatasetEntry(ogbn_products.options, ogbn_products.build,
+                                  "ogbn-products with Amazon texts from <root>/ogbn_products/ (OGB layout)"),
+    "custom": DatasetEntry(custom.options, custom.build,
+                           "your own folder (data.root): nodes.csv|nodes.jsonl, edges.csv, classes.txt"),
+}
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    if name not in DATASETS:
+        raise FastleadingError(f"config key 'data.dataset': unknown dataset '{name}' "
+                               f"(known: {', '.join(DATASETS)})")
+    return DATASETS[name]
+
+
+def graph_dir(cfg: "DataConfig") -> Path:
+    """``<cache_dir>/graphs/<name>-<10-hex hash of the options that matter>``."""
+    entry = dataset_entry(cfg.dataset)
+    key = {"dataset": cfg.dataset, "format": FORMAT_VERSION, **entry.options(cfg)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cfg.cache_dir).expanduser() / "graphs" / f"{cfg.dataset}-{digest}"
+
+
+def load_dataset(cfg: "DataConfig") -> TextAttributedGraph:
+    """The dataset named by ``cfg.dataset``: from the cache, else built and cached."""
+    path = graph_dir(cfg)
+    if not (path / "meta.json").is_file():
+        dataset_entry(cfg.dataset).build(cfg).save(path, overwrite=False)
+    return TextAttributedGraph.load(path)
+
+
+def prepare(cfg: "Config") -> tuple[TextAttributedGraph, TokenCache | None]:
+    """The graph and, for LM methods, its token cache (``None`` for ``method=shallow``).
+
+    Checks that the configured split exists and that LM methods get a graph with texts.
+    """
+    graph = load_dataset(cfg.data)
+    graph.split(cfg.data.split)  # fail early on an unknown split name
+    if cfg.train.method == "shallow":
+        return graph, None
+    require_text(graph)
+    tokens = prepare_tokens(graph, graph.path, cfg.model.name, cfg.data.max_length, cfg.data.cache_dir)
+    return graph, tokens
+
+
+def dataset_info(cfg: "Config") -> dict:
+    """What ``fastleading info`` shows: :func:`info` of the graph and, when it has
+    texts, of its token cache for ``cfg.model.name`` (tokenizing once if needed)."""
+    graph = load_dataset(cfg.data)
+    tokens = None
+    if graph.has_text or graph.metadata.get("synthetic_tokens"):
+        tokens = prepare_tokens(graph, graph.path, cfg.model.name, cfg.data.max_length, cfg.data.cache_dir)
+    return info(graph, tokens)
+
+
+__all__ = ["DATASETS", "Split", "dataset_info", "TextAttributedGraph", "TokenCache", "format_info", "graph_dir", "info",
+           "load_dataset", "prepare", "prepare_tokens", "require_text"]

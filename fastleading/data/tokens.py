@@ -1,0 +1,198 @@
+"""The tokenization cache: every node text tokenized once, memory-mapped afterwards.
+
+``prepare_tokens`` runs the model's FAST (Rust) tokenizer over all node texts in
+batches and writes, atomically (temp folder + rename)::
+
+    <cache_dir>/tokens/<graph key>--<model>-L<max_length>-<side>-<hash>/
+        input_ids.npy   int32 [N, L]   padded to L = max_length on the padding side
+        lengths.npy     int32 [N]      real tokens per row (special tokens included)
+        meta.json       model, vocab hash, max_length, padding side, pad id, N
+
+The folder key covers the dataset's cache key, the tokenizer (name and a hash of its
+full definition), ``max_length`` and the padding side, so a second call opens the
+cache at once. Decoder models (GPT-2, Llama: ``architectures`` ending in CausalLM /
+LMHeadModel, ``config.is_decoder``, or a tokenizer without a pad token) pad on the
+LEFT, so that the last position holds every row's last token; a missing pad token is
+set to the EOS token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastleading.data.tag import TextAttributedGraph, load_npy, publish_dir, require_text
+from fastleading.errors import FastleadingError
+
+TOKENIZE_BATCH = 1024
+
+
+@dataclass
+class TokenCache:
+    """Token ids of every node (see the module docstring).
+
+    Attributes:
+        input_ids: int32 ``[N, L]`` (a view of the memory-mapped file).
+        lengths: int32 ``[N]``.
+    """
+
+    input_ids: torch.Tensor
+    lengths: torch.Tensor
+    padding_side: str
+    pad_token_id: int
+    max_length: int
+    model_name: str = ""
+    path: Path | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return self.input_ids.shape[0]
+
+    def batch(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``ids`` (int64 ``[B]``) as ``(input_ids, attention_mask)``, both int64
+        ``[B, l]``, where ``l`` = the longest row of the batch: padding columns that every
+        row has are cut (from the right for right padding, the left for left padding)."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        rows = self.input_ids[ids].long()
+        lengths = self.lengths[ids].long()
+        width = int(lengths.max()) if len(ids) else 0
+        positions = torch.arange(self.max_length)
+        if self.padding_side == "right":
+            rows, positions = rows[:, :width], positions[:width]
+            mask = positions[None, :] < lengths[:, None]
+        else:
+            start = self.max_length - width
+            rows, positions = rows[:, start:], positions[start:]
+            mask = positions[None, :] >= (self.max_length - lengths)[:, None]
+        return rows.contiguous(), mask.long()
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenCache":
+        meta = json.loads((path / "meta.json").read_text())
+        return cls(torch.from_numpy(load_npy(path / "input_ids.npy")),
+                   torch.from_numpy(load_npy(path / "lengths.npy")), meta["padding_side"],
+                   meta["pad_token_id"], meta["max_length"], meta["model_name"], path)
+
+
+def load_tokenizer(model_name: str):
+    """The model's fast tokenizer and whether the model is a decoder (left padding).
+
+    A tokenizer without a pad token gets ``pad = eos``.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from fastleading.models import resolve_model_path
+
+    path = resolve_model_path(model_name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, use_fast=True)
+    except Exception as e:  # OSError, ValueError, ...: the message names what is missing
+        raise FastleadingError(f"model '{model_name}': cannot load its tokenizer ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not getattr(tok, "is_fast", False):
+        raise FastleadingError(f"model '{model_name}': its tokenizer is not a fast (Rust) tokenizer; "
+                               f"fastleading needs one (a model folder with tokenizer.json)")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception:  # a tokenizer-only folder: decide from the tokenizer alone
+        config = None
+    archs = list(getattr(config, "architectures", None) or [])
+    decoder = (bool(getattr(config, "is_decoder", False))
+               or any(a.endswith(("CausalLM", "LMHeadModel")) for a in archs)
+               or tok.pad_token_id is None)
+    if tok.pad_token_id is None:
+        if tok.eos_token is None:
+            raise FastleadingError(f"model '{model_name}': its tokenizer has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok, decoder
+
+
+def tokenizer_hash(tok) -> str:
+    """Hash of the tokenizer's complete definition (vocabulary, merges, normalizer...)."""
+    return hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest()[:10]
+
+
+def token_dir(cache_dir: str | Path, graph_key: str, model_name: str, vocab_hash: str,
+              max_length: int, padding_side: str) -> Path:
+    model = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.rstrip("/").split("/")[-1])[:40]
+    key = json.dumps([graph_key, model_name, vocab_hash, max_length, padding_side])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return Path(cache_dir).expanduser() / "tokens" / f"{graph_key}--{model}-L{max_length}-{padding_side}-{digest}"
+
+
+def prepare_tokens(graph: TextAttributedGraph, graph_dir_or_key: str | Path | None, model_name: str,
+                   max_length: int, cache_dir: str | Path, padding_side: str | None = None) -> TokenCache:
+    """Tokenize every node text of ``graph`` (or open the cache made by an earlier call).
+
+    Args:
+        graph_dir_or_key: the graph's cache folder or its name (``graph.path``); None =
+            ``graph.cache_key`` (a graph that was never saved cannot be cached).
+        padding_side: "left" / "right"; None = left for decoders, right otherwise.
+    """
+    require_text(graph)
+    key = Path(graph_dir_or_key).name if graph_dir_or_key is not None else graph.cache_key
+    if not key:
+        raise FastleadingError("prepare_tokens: the graph has no cache key; load it with load_dataset() "
+                               "or pass graph_dir_or_key")
+    if max_length < 2:
+        raise FastleadingError(f"config key 'data.max_length': expected at least 2, got {max_length}")
+    tok, decoder = load_tokenizer(model_name)
+    side = padding_side or ("left" if decoder else "right")
+    if side not in ("left", "right"):
+        raise FastleadingError(f"padding side must be 'left' or 'right', got {side!r}")
+    limit = getattr(tok, "model_max_length", None)
+    if limit is not None and limit < 10**6 and max_length > limit:
+        raise FastleadingError(f"config key 'data.max_length': {max_length} exceeds the {limit} positions "
+                               f"of model '{model_name}'")
+    vocab_hash = tokenizer_hash(tok)
+    path = token_dir(cache_dir, key, model_name, vocab_hash, max_length, side)
+    if not (path / "meta.json").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            _write(graph, tok, side, max_length, tmp)
+            meta = {"model_name": model_name, "vocab_hash": vocab_hash, "max_length": max_length,
+                    "padding_side": side, "pad_token_id": int(tok.pad_token_id), "num_nodes": graph.num_nodes,
+                    "graph_key": key, "decoder": decoder}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+            publish_dir(tmp, path, overwrite=False)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return TokenCache.load(path)
+
+
+def _write(graph: TextAttributedGraph, tok, side: str, max_length: int, out: Path) -> None:
+    """Fill ``out/input_ids.npy`` and ``out/lengths.npy`` batch by batch (bounded memory)."""
+    from numpy.lib.format import open_memmap
+    from tqdm import tqdm
+
+    n = graph.num_nodes
+    input_ids = open_memmap(out / "input_ids.npy", mode="w+", dtype=np.int32, shape=(n, max_length))
+    lengths = open_memmap(out / "lengths.npy", mode="w+", dtype=np.int32, shape=(n,))
+    if graph.metadata.get("synthetic_tokens"):
+        from fastleading.data.synthetic import write_synthetic_tokens
+
+        write_synthetic_tokens(graph, input_ids, lengths, tok, side, int(tok.pad_token_id))
+    else:
+        tok.padding_side = side
+        with tqdm(total=n, desc=f"tokenizing {graph.name}", unit="text", disable=None) as bar:
+            for start in range(0, n, TOKENIZE_BATCH):
+                stop = min(n, start + TOKENIZE_BATCH)
+                enc = tok(graph.texts(range(start, stop)), max_length=max_length, truncation=True,
+                          padding="max_length", return_attention_mask=True, return_token_type_ids=False,
+                          return_tensors="np")
+                input_ids[start:stop] = enc["input_ids"]
+                lengths[start:stop] = enc["attention_mask"].sum(axis=1)
+                bar.update(stop - start)
+    input_ids.flush()
+    lengths.flush()
+    del input_ids, lengths

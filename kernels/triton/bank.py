@@ -1,0 +1,99 @@
+"""Memory-bank gather and scatter: wide row copies between a bank ``[N, d]`` and a row batch.
+
+Each program copies a ``[ROWS, BLOCK_D]`` tile: several rows at once (many independent
+loads in flight) and a power-of-2 run of contiguous features per row. When the row
+strides are multiples of 16 bytes (d a multiple of 8 for bf16/fp16, of 4 for fp32)
+Triton's alignment specialisation turns every row segment into 16-byte vector accesses.
+Rows are cast on the fly (bank bf16 -> fp32 features, fp32 embeddings -> bf16 bank).
+
+Scatter with duplicate ids is defined: the LAST occurrence wins, for the row and for its
+stamp. The launcher first records, for every destination row, the largest position that
+targets it (``scatter_reduce_(amax)`` into an ``[N]`` scratch); the kernel then writes a
+position only when it is that winner, so no two programs ever write the same bank row.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .convert import cast_to
+
+_TILE_ELEMS = 4096
+_MAX_BLOCK_D = 256
+
+
+@triton.jit
+def _bank_gather_kernel(bank_ptr, ids_ptr, out_ptr, n_ids, n_cols, stride_bank, stride_out,
+                        ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[m] = bank[ids[m]] for a [ROWS, BLOCK_D] tile; grid (row tiles, feature tiles)."""
+    slot = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+    row_mask = slot < n_ids
+    ids = tl.load(ids_ptr + slot, mask=row_mask, other=0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    mask = row_mask & (d < n_cols)
+    vals = tl.load(bank_ptr + ids * stride_bank + d, mask=mask)
+    tl.store(out_ptr + slot.to(tl.int64) * stride_out + d, cast_to(vals, out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bank_scatter_kernel(bank_ptr, ids_ptr, winner_ptr, rows_ptr, stamps_ptr, step, n_ids, n_cols,
+                         stride_bank, stride_rows, HAS_STAMPS: tl.constexpr,
+                         ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """bank[ids[m]] = rows[m] (and stamps[ids[m]] = step) where m is the last position of ids[m]."""
+    slot = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+    row_mask = slot < n_ids
+    ids = tl.load(ids_ptr + slot, mask=row_mask, other=0).to(tl.int64)
+    wins = row_mask & (tl.load(winner_ptr + ids, mask=row_mask, other=-1) == slot)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    mask = wins & (d < n_cols)
+    vals = tl.load(rows_ptr + slot.to(tl.int64) * stride_rows + d, mask=mask)
+    tl.store(bank_ptr + ids * stride_bank + d, cast_to(vals, bank_ptr.dtype.element_ty), mask=mask)
+    if HAS_STAMPS:
+        if tl.program_id(1) == 0:  # the first feature tile of a row writes its stamp
+            tl.store(stamps_ptr + ids, tl.full([ROWS, 1], step, dtype=stamps_ptr.dtype.element_ty), mask=wins)
+
+
+def _tiles(n_cols: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_D): the widest power of 2 <= 256 dividing d (no masked lanes for 384/768/1024),
+    else the next power of 2 of a narrow d; ROWS fills a 4096-element tile."""
+    divisor = n_cols & -n_cols
+    block_d = min(_MAX_BLOCK_D, divisor) if divisor >= 32 else min(_MAX_BLOCK_D, triton.next_power_of_2(n_cols))
+    return max(1, _TILE_ELEMS // block_d), block_d
+
+
+def gather_rows(bank: torch.Tensor, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[m] = bank[ids[m]]`` cast to out's dtype. bank ``[N, d]``, ids int64 ``[M]``, out ``[M, d]``
+    (unit stride along d). Returns out."""
+    n_ids, n_cols = out.shape
+    if n_ids == 0 or n_cols == 0:
+        return out
+    rows, block_d = _tiles(n_cols)
+    _bank_gather_kernel[(triton.cdiv(n_ids, rows), triton.cdiv(n_cols, block_d))](
+        bank, ids, out, n_ids, n_cols, bank.stride(0), out.stride(0), ROWS=rows, BLOCK_D=block_d)
+    return out
+
+
+def last_occurrence(ids: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """int64 ``[num_rows]`` scratch whose entry ``ids[m]`` is the largest ``m`` with that id.
+
+    Entries no id points at are left uninitialised (never read by the scatter kernel).
+    """
+    winner = torch.empty(num_rows, dtype=torch.int64, device=ids.device)
+    positions = torch.arange(ids.numel(), dtype=torch.int64, device=ids.device)
+    return winner.scatter_reduce_(0, ids, positions, "amax", include_self=False)
+
+
+def scatter_rows(bank: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor,
+                 stamps: torch.Tensor | None, step: int) -> None:
+    """``bank[ids[m]] = rows[m]`` (cast to bank's dtype) and ``stamps[ids[m]] = step``, last
+    occurrence winning. bank ``[N, d]``, ids int64 ``[M]``, rows ``[M, d]``, stamps int ``[N]`` or None;
+    bank and rows with unit stride along d."""
+    n_ids, n_cols = rows.shape
+    if n_ids == 0:
+        return
+    winner = last_occurrence(ids, bank.shape[0])
+    rows_per_prog, block_d = _tiles(max(n_cols, 1))
+    grid = (triton.cdiv(n_ids, rows_per_prog), max(1, triton.cdiv(n_cols, block_d)))
+    _bank_scatter_kernel[grid](
+        bank, ids, winner, rows, stamps if stamps is not None else ids, int(step), n_ids, n_cols,
+        bank.stride(0), rows.stride(0), HAS_STAMPS=stamps is not None, ROWS=rows_per_prog, BLOCK_D=block_d)
