@@ -5,8 +5,9 @@ per class and ``FILLER_WORDS`` shared filler words. Node i writes ``n_i`` words
 (uniform in ``[W - W/4, W + W/4]``, W = ``synthetic_words``); each word is, with probability
 ``s_i``, a topic word of the node's class, else a filler word. ``s_i`` is uniform in
 ``[0, 2s]`` (mean s = ``synthetic_signal``), so some nodes carry almost no text signal
-and need their neighbours: on the default graph a linear model on bag-of-words reaches
-clearly less accuracy than the same model on graph-propagated features.
+and need their neighbours: on the default graph (1500 nodes, 5 classes, split low-0) a
+ridge classifier on the TF-IDF features reaches 0.73-0.79 test accuracy, the same
+classifier on two-hop propagated features 0.97 (seeds 0-2).
 
 The graph is a degree-corrected stochastic block model (Chung-Lu weights): node
 weights follow a power law (exponent ``DEGREE_EXPONENT``); an edge picks its source

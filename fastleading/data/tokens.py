@@ -58,9 +58,10 @@ class TokenCache:
 
     def batch(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``ids`` (int64 ``[B]``) as ``(input_ids, attention_mask)``, both int64
-        ``[B, l]``, where ``l`` = the longest row of the batch: padding columns that every
-        row has are cut (from the right for right padding, the left for left padding)."""
-        ids = torch.as_tensor(ids, dtype=torch.long)
+        ``[B, l]`` on the CPU, where ``l`` = the longest row of the batch: padding columns
+        that every row has are cut (from the right for right padding, the left for left
+        padding)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device="cpu")
         rows = self.input_ids[ids].long()
         lengths = self.lengths[ids].long()
         width = int(lengths.max()) if len(ids) else 0
