@@ -266,7 +266,7 @@ def sync_bank_rows(bank, ids: torch.Tensor, rows: torch.Tensor, step: int) -> No
     write the same concatenation in rank order, so banks and stamps stay identical. An id
     refreshed by several ranks keeps the highest rank's row (the bank's last-occurrence rule).
     """
-    rows = rows.detach().to(bank.emb.device)
+    rows = rows.detach().to(bank.emb.device, bank.emb.dtype)  # gather in the storage dtype: fewer bytes, same rows
     all_ids, all_rows = allgather_rows(ids, rows)
     bank.refresh(all_ids, all_rows, step)
 

@@ -21,7 +21,6 @@ import torch
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
 
-from fastleading.distributed import free_port  # noqa: E402
 from fastleading.errors import FastleadingError  # noqa: E402
 from fastleading.zero import PRESETS, deepspeed_config, offloads_optimizer, zero_stage  # noqa: E402
 
@@ -102,8 +101,10 @@ def test_missing_deepspeed_is_one_clear_line(monkeypatch):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("zero")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    # No launcher variables: like a plain `fastleading train --deepspeed`, initialize_engine must
+    # start its own one-rank gloo group (and pick DeepSpeed's CPU accelerator) by itself.
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return torch.load(out / "results.pt", weights_only=False)
@@ -155,9 +156,18 @@ def _model(seed: int):
     return EncoderHead(encoder, torch.nn.Linear(16, 3))
 
 
-def _optim(model):
-    opt = torch.optim.AdamW([{"params": list(model.encoder.parameters()), "lr": 3e-3},
-                             {"params": list(model.head.parameters()), "lr": 3e-2}], weight_decay=0.01)
+def _optim(model, ds_config: dict | None = None):
+    """AdamW with the LM and head learning rates (the trainer's groups) and a decaying schedule;
+    through build_optimizer when a DeepSpeed config is given (torch's AdamW on CPU)."""
+    from fastleading.zero import build_optimizer
+
+    groups = [{"params": list(model.encoder.parameters()), "lr": 3e-3},
+              {"params": list(model.head.parameters()), "lr": 3e-2}]
+    if ds_config is None:
+        opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    else:
+        opt = build_optimizer(groups, 0.01, ds_config, torch.device("cpu"))
+        assert type(opt) is torch.optim.AdamW and [g["lr"] for g in opt.param_groups] == [3e-3, 3e-2]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
     return opt, sched
 
@@ -230,7 +240,7 @@ def _worker(out: Path) -> None:
         if zero_stage(cfg) == 3:
             cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0
         model = _model(0)
-        opt, sched = _optim(model)
+        opt, sched = _optim(model, cfg)
         engine = initialize_engine(model, opt, sched, cfg, torch.device("cpu"))
         partitioned = all(p.numel() == 0 for p in model.parameters())
         ckpt = out / name
@@ -238,7 +248,7 @@ def _worker(out: Path) -> None:
         state = full_state_dict(engine)
 
         model2 = _model(123)  # different weights: the checkpoint must overwrite them
-        opt2, sched2 = _optim(model2)
+        opt2, sched2 = _optim(model2, cfg)
         engine2 = initialize_engine(model2, opt2, sched2, cfg, torch.device("cpu"))
         latest_after_run = (ckpt / "latest").read_text()
         (ckpt / "latest").write_text(f"step{SAVE_AT}")  # resume from the middle of the run
