@@ -27,7 +27,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt CMakeLists.txt $(wildcard
 	touch $@
 
 train: $(STAMP)
-	$(BIN)/fastleading train --out runs/default
+	$(BIN)/fastleading train --out runs/default data.split=high-0
 
 test: $(STAMP)
 	$(BIN)/pytest -q -rs

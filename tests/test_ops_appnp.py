@@ -6,6 +6,8 @@ TRITON_INTERPRET=1 (tests/conftest.py) the Triton kernels run on CPU tensors.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -233,3 +235,44 @@ def test_bad_inputs_are_rejected():
         ops.appnp_step(rowptr[:2], col, x, x, 0.5)
     with pytest.raises(ValueError, match="fp32/bf16/fp16"):
         ops.appnp_step(rowptr, col, x.to(torch.int32), x, 0.5)
+
+
+COMPILE_FOR_HOPPER = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastleading.kernels import appnp
+
+def compile_(fn, args, consts):
+    # Mimic a launch's specialisation: pointers and ints divisible by 16 get tt.divisibility=16.
+    sig = {k: t for k, (t, _) in args.items()} | {k: "constexpr" for k in consts}
+    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, (t, v) in args.items()
+             if t.startswith("*") or (isinstance(v, int) and v % 16 == 0)}
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32))
+
+# Unaligned fp32/int32, aligned narrow fp16 (broke Triton 3.6 with 1-D row vectors), aligned wide bf16/int64.
+for width, dtype, col, rows, block_c in [(47, "fp32", "i32", 16, 64), (64, "fp16", "i32", 32, 64),
+                                         (768, "bf16", "i64", 16, 128)]:
+    f = {k: ("i32", width) for k in ("n_cols", "stride_x", "stride_xin", "stride_out")}
+    ptrs = {"x_ptr": (f"*{dtype}", 0), "xin_ptr": (f"*{dtype}", 0), "out_ptr": (f"*{dtype}", 0)}
+    compile_(appnp._appnp_light_kernel, {"rowptr_ptr": ("*i64", 0), "col_ptr": (f"*{col}", 0), "dinv_ptr": ("*fp32", 0),
+             "order_ptr": ("*i32", 0), **ptrs, "n_rows": ("i32", 1000), "n_cols": f["n_cols"], "stride_x": f["stride_x"],
+             "stride_xin": f["stride_xin"], "stride_out": f["stride_out"], "alpha": ("fp32", 0.1)},
+             {"ROWS": rows, "BLOCK_C": block_c})
+    compile_(appnp._appnp_heavy_partial_kernel, {"col_ptr": (f"*{col}", 0), "dinv_ptr": ("*fp32", 0), "x_ptr": ptrs["x_ptr"],
+             "chunk_start_ptr": ("*i64", 0), "chunk_end_ptr": ("*i64", 0), "partial_ptr": ("*fp32", 0),
+             "n_cols": f["n_cols"], "stride_x": f["stride_x"]}, {"BLOCK_E": 32, "BLOCK_C": block_c})
+    compile_(appnp._appnp_heavy_finish_kernel, {"heavy_rows_ptr": ("*i64", 0), "chunk_ptr_ptr": ("*i64", 0),
+             "partial_ptr": ("*fp32", 0), "dinv_ptr": ("*fp32", 0), **ptrs, "n_cols": f["n_cols"], "stride_x": f["stride_x"],
+             "stride_xin": f["stride_xin"], "stride_out": f["stride_out"], "alpha": ("fp32", 0.1)}, {"BLOCK_C": block_c})
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """The interpreter never runs Triton's compiler: compile the APPNP kernels to sm_90 cubins
+    (Triton's bundled ptxas, no GPU needed) for the launch configurations of three widths."""
+    pytest.importorskip("triton.backends.nvidia", reason="this Triton build has no NVIDIA backend")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

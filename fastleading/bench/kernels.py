@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -152,7 +153,9 @@ def normalized_csr(rowptr: torch.Tensor, col: torch.Tensor, dinv: torch.Tensor, 
     index_dtype = torch.int32 if c.numel() < 2**31 else torch.int64
     crow = (rowptr + torch.arange(n + 1, device=rowptr.device)).to(index_dtype)
     values = (dinv[r] * dinv[c]).to(dtype)
-    return torch.sparse_csr_tensor(crow, c.to(index_dtype), values, (n, n))
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, c.to(index_dtype), values, (n, n))
 
 
 def appnp_bytes(n: int, e: int, col: torch.Tensor, width: int, dtype: torch.dtype) -> int:
