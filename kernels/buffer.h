@@ -7,10 +7,6 @@
 #include <new>
 #include <utility>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace fastleading {
 
 // Uninitialised storage for `size` trivially copyable T. Unlike std::vector it neither zeroes
@@ -58,25 +54,9 @@ class Buffer {
   static T* allocate(int64_t size) {
     void* p = std::malloc(bytes(size));
     if (p == nullptr) throw std::bad_alloc();
-    advise_huge_pages(p, bytes(size));
     return static_cast<T*>(p);
   }
 
-  // Large buffers here are read and written at random (CSR rows, per-row cursors). With 4 KiB
-  // pages nearly every access misses the TLB, and under virtualisation a page walk costs
-  // several memory accesses; 2 MiB pages (transparent huge pages, "madvise" mode) avoid most.
-  static void advise_huge_pages(void* p, size_t length) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr size_t kHugePage = size_t{2} << 20;
-    if (length < 8 * kHugePage) return;
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHugePage - 1) & ~(kHugePage - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + length) & ~(kHugePage - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: failure is harmless
-#else
-    (void)p;
-    (void)length;
-#endif
-  }
 
   T* data_ = nullptr;
   int64_t size_ = 0;

@@ -1,17 +1,17 @@
-// Symmetric CSR construction: a counting sort of both edge directions by row, then a
-// sort + dedup inside each row.
+// Symmetric CSR construction: a two-level counting sort of both edge directions by row,
+// then a sort + dedup inside each row.
 //
 // An ogbn-products-sized input (124M directed edges, 2.45M nodes) becomes 248M row entries
 // before dedup. A global sort of 64-bit (row, col) keys (what numpy.unique does) needs
-// several GB and minutes; the counting sort only scatters 4-byte columns into their rows
-// (one int64 cursor per row), and the rows are then sorted independently (short, cache
-// resident, and parallel).
-//
-// Threads split the rows, not the edges: every thread streams the whole edge list and
-// handles the entries of its own row range. Sharing rows would need atomic cursors, and a
-// locked increment drains the store buffer, serialising the cache misses of the random
-// writes (measured: 4x slower than one thread without atomics). Streaming reads are cheap
-// next to those misses. The layout before the row sort is then deterministic as well.
+// several GB and minutes. A one-level counting sort writes every entry to a random place
+// in a 1 GB array: ~40 ns per entry on these machines (a cache and a TLB miss). So:
+//   1. partition the entries into buckets of consecutive rows (a few thousand buckets: every
+//      bucket's write position stays in cache, the writes stream);
+//   2. per bucket, which holds ~128k entries: counting sort by row into the bucket's part of
+//      the column array (cache resident), then sort + dedup each row while it is still hot.
+// Passes over the edge list split the edges into one contiguous chunk per thread, and each
+// chunk writes its entries after the previous chunk's: the result before the row sort is
+// the same for any thread count.
 
 #include "csr.h"
 
@@ -27,20 +27,24 @@ namespace fastleading {
 namespace {
 
 constexpr int64_t kMinEdgesPerThread = int64_t{1} << 18;
-constexpr int64_t kRowsPerTask = 2048;  // rows sorted by one task
+constexpr double kBucketEntries = 1 << 17;   // 512 KiB of int32 columns: fits L2
+constexpr int64_t kMaxBuckets = int64_t{1} << 16;
 
-// Calls visit(row, other) for both directions of every edge whose row lies in [lo, hi),
-// skipping self loops.
-template <class Id, class Visit>
-void for_each_entry_in_rows(const Id* src, const Id* dst, int64_t num_edges, int64_t lo, int64_t hi,
-                            Visit visit) {
-  const uint64_t width = static_cast<uint64_t>(hi - lo);
-  for (int64_t e = 0; e < num_edges; ++e) {
-    const int64_t u = src[e], v = dst[e];
-    if (u == v) continue;
-    if (static_cast<uint64_t>(u - lo) < width) visit(u, v);
-    if (static_cast<uint64_t>(v - lo) < width) visit(v, u);
-  }
+// A row entry in its bucket: the row relative to the bucket's first row, and the column.
+template <class Col>
+struct Entry {
+  uint32_t row;
+  Col col;
+};
+
+// log2 of the rows per bucket: ~kBucketEntries entries per bucket on average, at most
+// kMaxBuckets buckets (per-thread bucket counters stay small).
+int bucket_shift(int64_t num_nodes, int64_t num_entries) {
+  const double entries_per_row = num_nodes > 0 ? static_cast<double>(num_entries) / num_nodes : 1.0;
+  int shift = 0;
+  while (shift < 30 && static_cast<double>(int64_t{2} << shift) * entries_per_row <= kBucketEntries) ++shift;
+  while (shift < 30 && (num_nodes >> shift) >= kMaxBuckets) ++shift;
+  return shift;
 }
 
 }  // namespace
@@ -54,74 +58,101 @@ Csr<Col> build_csr(const Id* src, const Id* dst, int64_t num_edges, int64_t num_
     throw std::overflow_error("num_nodes does not fit the column index type");
   }
   const int max_threads = resolve_threads(num_threads);
-  const int parts = static_cast<int>(
-      std::min<int64_t>(threads_for(num_edges, kMinEdgesPerThread, max_threads), std::max<int64_t>(1, num_nodes)));
+  const int chunks = threads_for(num_edges, kMinEdgesPerThread, max_threads);
+  const int shift = bucket_shift(num_nodes, 2 * num_edges);
+  const int64_t num_buckets = (num_nodes + (int64_t{1} << shift) - 1) >> shift;
   const uint64_t n = static_cast<uint64_t>(num_nodes);
 
-  // Validate ids (one parallel pass over edge chunks).
-  std::vector<char> bad(parts, 0);
-  parallel_tasks(parts, parts, [&](int64_t p) {
-    const int64_t lo = split_point(num_edges, parts, p), hi = split_point(num_edges, parts, p + 1);
+  // Pass 1: entries per (chunk, bucket); validates the ids.
+  std::vector<int64_t> position(static_cast<size_t>(chunks) * num_buckets, 0);
+  std::vector<char> bad(chunks, 0);
+  parallel_tasks(chunks, chunks, [&](int64_t t) {
+    int64_t* count = position.data() + t * num_buckets;
     char found = 0;
-    for (int64_t e = lo; e < hi; ++e) {
-      found |= static_cast<uint64_t>(src[e]) >= n || static_cast<uint64_t>(dst[e]) >= n;
+    for (int64_t e = split_point(num_edges, chunks, t), end = split_point(num_edges, chunks, t + 1); e < end; ++e) {
+      const uint64_t u = static_cast<uint64_t>(src[e]), v = static_cast<uint64_t>(dst[e]);
+      if (u >= n || v >= n) {
+        found = 1;
+        continue;
+      }
+      if (u == v) continue;
+      ++count[u >> shift];
+      ++count[v >> shift];
     }
-    bad[p] = found;
+    bad[t] = found;
   });
   if (std::find(bad.begin(), bad.end(), 1) != bad.end()) {
     throw std::out_of_range("edge list has node ids outside [0, num_nodes)");
   }
 
-  // Pass 1: entries per row; thread p counts the rows of the p-th node range.
-  Buffer<int64_t> rowptr(num_nodes + 1);
-  std::memset(rowptr.data(), 0, sizeof(int64_t) * (num_nodes + 1));
-  parallel_tasks(parts, parts, [&](int64_t p) {
-    int64_t* count = rowptr.data() + 1;
-    for_each_entry_in_rows(src, dst, num_edges, split_point(num_nodes, parts, p),
-                           split_point(num_nodes, parts, p + 1), [&](int64_t r, int64_t) { ++count[r]; });
-  });
-  for (int64_t r = 0; r < num_nodes; ++r) rowptr[r + 1] += rowptr[r];
-  const int64_t total = rowptr[num_nodes];
-
-  // Pass 2: scatter into the rows. Row ranges now balance entries, not nodes (hubs).
-  std::vector<int64_t> first_row(parts + 1, num_nodes);
-  for (int p = 0; p < parts; ++p) {
-    const int64_t target = split_point(total, parts, p);
-    first_row[p] = std::upper_bound(rowptr.data(), rowptr.data() + num_nodes + 1, target) - rowptr.data() - 1;
+  // Bucket b's entries go to [bucket_start[b], bucket_start[b + 1]), chunk by chunk.
+  std::vector<int64_t> bucket_start(num_buckets + 1);
+  int64_t total = 0;
+  for (int64_t b = 0; b < num_buckets; ++b) {
+    bucket_start[b] = total;
+    for (int64_t t = 0; t < chunks; ++t) {
+      const int64_t count = position[t * num_buckets + b];
+      position[t * num_buckets + b] = total;
+      total += count;
+    }
   }
-  first_row[0] = 0;
-  Buffer<int64_t> cursor(num_nodes);
-  std::memcpy(cursor.data(), rowptr.data(), sizeof(int64_t) * num_nodes);
-  Buffer<Col> col(total);
-  parallel_tasks(parts, parts, [&](int64_t p) {
-    for_each_entry_in_rows(src, dst, num_edges, first_row[p], first_row[p + 1],
-                           [&](int64_t r, int64_t c) { col[cursor[r]++] = static_cast<Col>(c); });
-  });
+  bucket_start[num_buckets] = total;
 
-  // Pass 3: sort and dedup every row in place; cursor[r] becomes the row's unique count.
-  const int64_t row_tasks = (num_nodes + kRowsPerTask - 1) / kRowsPerTask;
-  parallel_tasks(row_tasks, threads_for(total, kMinEdgesPerThread, max_threads), [&](int64_t task) {
-    const int64_t lo = task * kRowsPerTask, hi = std::min(num_nodes, lo + kRowsPerTask);
-    for (int64_t r = lo; r < hi; ++r) {
-      Col* begin = col.data() + rowptr[r];
-      Col* end = col.data() + rowptr[r + 1];
-      std::sort(begin, end);
-      cursor[r] = std::unique(begin, end) - begin;
+  // Pass 2: partition the entries (both directions of every edge) into their buckets.
+  Buffer<Entry<Col>> entries(total);
+  parallel_tasks(chunks, chunks, [&](int64_t t) {
+    int64_t* next = position.data() + t * num_buckets;
+    const uint32_t row_mask = static_cast<uint32_t>((int64_t{1} << shift) - 1);
+    for (int64_t e = split_point(num_edges, chunks, t), end = split_point(num_edges, chunks, t + 1); e < end; ++e) {
+      const int64_t u = src[e], v = dst[e];
+      if (u == v) continue;
+      entries[next[u >> shift]++] = Entry<Col>{static_cast<uint32_t>(u) & row_mask, static_cast<Col>(v)};
+      entries[next[v >> shift]++] = Entry<Col>{static_cast<uint32_t>(v) & row_mask, static_cast<Col>(u)};
     }
   });
 
-  // Pass 4: close the gaps the duplicates left. Rows only move towards the front, and a
-  // row's new range may overlap an earlier row's old one, so this pass is sequential
-  // (a memmove of at most the whole column array).
+  // Pass 3: per bucket, counting sort by row into the bucket's part of `col`, then sort and
+  // dedup every row and pack the rows to the front of that part. rowptr[r + 1] holds row
+  // r's unique count until the final prefix sum.
+  Buffer<Col> col(total);
+  Buffer<int64_t> rowptr(num_nodes + 1);
+  rowptr[0] = 0;
+  std::vector<int64_t> bucket_unique(num_buckets);
+  parallel_tasks(num_buckets, threads_for(total, kMinEdgesPerThread, max_threads), [&](int64_t b) {
+    const int64_t first_row = b << shift;
+    const int64_t rows = std::min(num_nodes, first_row + (int64_t{1} << shift)) - first_row;
+    const Entry<Col>* in = entries.data() + bucket_start[b];
+    const int64_t size = bucket_start[b + 1] - bucket_start[b];
+    Col* out = col.data() + bucket_start[b];
+    std::vector<int64_t> start(rows + 1, 0);
+    for (int64_t i = 0; i < size; ++i) ++start[in[i].row + 1];
+    for (int64_t r = 0; r < rows; ++r) start[r + 1] += start[r];
+    std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < size; ++i) out[cursor[in[i].row]++] = in[i].col;
+    int64_t packed = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      Col* begin = out + start[r];
+      Col* end = out + start[r + 1];
+      std::sort(begin, end);
+      const int64_t len = std::unique(begin, end) - begin;
+      if (begin != out + packed) std::memmove(out + packed, begin, sizeof(Col) * len);
+      packed += len;
+      rowptr[first_row + r + 1] = len;
+    }
+    bucket_unique[b] = packed;
+  });
+  entries = Buffer<Entry<Col>>();  // free before the column array is shrunk
+
+  // Pass 4: close the gaps between buckets (they only move towards the front, so in order)
+  // and turn the row counts into offsets.
   int64_t write = 0;
-  for (int64_t r = 0; r < num_nodes; ++r) {
-    const int64_t read = rowptr[r];
-    const int64_t len = cursor[r];
-    rowptr[r] = write;
-    if (read != write && len > 0) std::memmove(col.data() + write, col.data() + read, sizeof(Col) * len);
-    write += len;
+  for (int64_t b = 0; b < num_buckets; ++b) {
+    if (bucket_start[b] != write && bucket_unique[b] > 0) {
+      std::memmove(col.data() + write, col.data() + bucket_start[b], sizeof(Col) * bucket_unique[b]);
+    }
+    write += bucket_unique[b];
   }
-  rowptr[num_nodes] = write;
+  for (int64_t r = 0; r < num_nodes; ++r) rowptr[r + 1] += rowptr[r];
   col.shrink(write);
   return Csr<Col>{std::move(rowptr), std::move(col)};
 }
