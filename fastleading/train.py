@@ -7,7 +7,14 @@ Methods (``train.method``):
   pretrained  no fine-tuning: frozen LM embeddings -> GNN
   shallow     bag-of-words / TF-IDF features -> GNN
 
-Outputs in ``out_dir``: config.json, metrics.jsonl, summary.json, checkpoint.pt, best.pt.
+Outputs in ``out_dir``: config.json, metrics.jsonl, summary.json, checkpoint.pt (or, with
+``train.deepspeed``, the DeepSpeed checkpoint folder ``deepspeed/``), best.pt.
+
+Several processes (``torchrun`` or the ``deepspeed`` launcher; see :mod:`fastleading.distributed`)
+split every global batch of ``batch_size x WORLD_SIZE`` targets and every refresh batch into one
+shard per rank, exchange the refreshed bank rows and implicit histories each step so that all
+ranks hold the same tables, and average gradients (themselves, or through the DeepSpeed engine).
+Only rank 0 writes outputs.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastleading import checkpoint, ops
+from fastleading import checkpoint, ops, zero
 from fastleading.bank import MemoryBank
 from fastleading.config import Config
 from fastleading.data import prepare
+from fastleading.distributed import (DistEnv, all_reduce_gradients, all_reduce_mean, all_reduce_sum, allgather_rows,
+                                     barrier, broadcast_module_, get_rank, get_world_size, init_distributed, is_main,
+                                     shard, shard_weight, sync_bank_rows, sync_history_rows)
 from fastleading.errors import FastleadingError
 from fastleading.io import atomic_write_text
 from fastleading.lm import LMEncoder
@@ -117,6 +127,10 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: object
+    engine: object = None  # the DeepSpeed engine holding the encoder and the head (train.deepspeed)
+    env: DistEnv = field(default_factory=DistEnv)
+    # This rank's share of the global batch's mean loss (distributed.shard_weight); 1 in one process.
+    loss_weight: float = 1.0
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -128,8 +142,10 @@ class Run:
 
     # -- small helpers used by the steps ---------------------------------------------------
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
-        """LM embeddings ``[len(ids), H]`` (fp32) of nodes ``ids``, with gradient."""
-        return encode_nodes(self.model.encoder, self.tokens, ids, self.device, self.precision)
+        """LM embeddings ``[len(ids), H]`` (fp32) of nodes ``ids``, with gradient. Under DeepSpeed
+        this is a call of the engine (ZeRO-3's gradient bookkeeping needs its forward)."""
+        encoder = self.engine if self.engine is not None else self.model.encoder
+        return encode_nodes(encoder, self.tokens, ids, self.device, self.precision)
 
     @torch.inference_mode()
     def encode_nograd(self, ids: torch.Tensor) -> torch.Tensor:
@@ -141,7 +157,8 @@ class Run:
         return (sub.node_ids.to(self.device), sub.rowptr.to(self.device), sub.col.to(self.device))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), self.labels[targets.to(self.labels.device)])
+        """Mean cross-entropy over ``targets``, weighted by this rank's share of the global batch."""
+        return F.cross_entropy(logits.float(), self.labels[targets.to(self.labels.device)]) * self.loss_weight
 
 
 # -- the training steps ---------------------------------------------------------------------
@@ -163,7 +180,7 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor) -> 
         x_targets = run.encode(targets)                                          # line 7
     bank.count_encodes(targets, grad=True)
     with phase("bank-refresh"):
-        bank.refresh(targets, x_targets, run.step)                               # line 8
+        sync_bank_rows(bank, targets, x_targets, run.step)                       # line 8 (every rank's rows)
     with phase("bank-lookup"):
         x_in = torch.empty(len(node_ids), x_targets.shape[1], device=run.device)
         bank.lookup(node_ids[num_targets:], out=x_in, out_offset=num_targets)    # line 9
@@ -176,8 +193,9 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor) -> 
         loss = run.loss(logits[:num_targets], targets)                           # line 12
     with phase("backward"):
         backward(run, loss)
+        sync_history_rows(model.appnp, node_ids)  # the backward wrote this rank's histories
     with phase("bank-refresh"), run.overlap.scatter():
-        bank.refresh(refresh_ids, x_refresh, run.step)                           # line 6
+        sync_bank_rows(bank, refresh_ids, x_refresh, run.step)                   # line 6 (every rank's rows)
     return loss.detach()
 
 
@@ -217,6 +235,9 @@ STEPS = {"leading": leading_step, "coupled": coupled_step, "supervised": supervi
 
 
 def backward(run: Run, loss: torch.Tensor) -> None:
+    if run.engine is not None:
+        zero.engine_backward(run.engine, loss)  # the engine divides by grad_accum itself
+        return
     loss = loss / run.cfg.train.grad_accum
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
@@ -224,12 +245,19 @@ def backward(run: Run, loss: torch.Tensor) -> None:
         loss.backward()
 
 
-def optimizer_step(run: Run) -> float:
-    """Clip, step, schedule; returns the gradient norm before clipping."""
+def optimizer_step(run: Run) -> float | None:
+    """Clip, step, schedule; returns the gradient norm before clipping.
+
+    Under DeepSpeed call it after every step: the engine counts micro steps, steps at the
+    accumulation boundary and returns None between boundaries."""
+    if run.engine is not None:
+        return zero.engine_step(run.engine)
     t = run.cfg.train
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    # Average before unscaling: an inf on any rank then reaches every rank's GradScaler.
+    all_reduce_gradients(params)
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
-    params = [p for g in run.optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
     if run.scaler is not None:
         run.scaler.step(run.optimizer)
@@ -265,13 +293,22 @@ def encode_eval(encoder: LMEncoder, tokens, ids: torch.Tensor, device: torch.dev
 
 def encode_all(encoder: LMEncoder, tokens, num_nodes: int, device: torch.device, precision: Precision,
                batch_size: int, quiet: bool = True, desc: str = "encode") -> torch.Tensor:
-    """LM embeddings of every node, ``[N, H]`` in the bank dtype on ``device``."""
+    """LM embeddings of every node, ``[N, H]`` in the bank dtype on ``device``.
+
+    With several ranks each encodes its shard of every chunk of ``batch_size x world`` nodes
+    and the shards are all-gathered, so every rank ends with the whole matrix."""
     from tqdm.auto import tqdm
 
+    rank, world = get_rank(), get_world_size()
     out = torch.empty(num_nodes, encoder.hidden_size, dtype=precision.bank_dtype, device=device)
-    for start in tqdm(range(0, num_nodes, batch_size), desc=desc, leave=False, disable=quiet):
-        ids = torch.arange(start, min(start + batch_size, num_nodes))
-        out[start:start + len(ids)] = encode_eval(encoder, tokens, ids, device, precision).to(out.dtype)
+    for start in tqdm(range(0, num_nodes, batch_size * world), desc=desc, leave=False, disable=quiet):
+        ids = torch.arange(start, min(start + batch_size * world, num_nodes))
+        local = shard(ids, rank, world)
+        # A rank with an empty shard still runs one forward and drops it: under ZeRO-3 every
+        # forward is collective, so all ranks must run as many.
+        emb = encode_eval(encoder, tokens, local if len(local) else ids[:1], device, precision)[:len(local)]
+        all_ids, all_emb = allgather_rows(local, emb.to(out.dtype))
+        out[all_ids] = all_emb
     return out
 
 
@@ -338,8 +375,31 @@ def _lr_lambda(cfg: Config, total_steps: int):
     return f
 
 
-def steps_per_epoch(cfg: Config, num_train: int) -> int:
-    return math.ceil(num_train / cfg.train.batch_size)
+def steps_per_epoch(cfg: Config, num_train: int, world: int = 1) -> int:
+    """Global batches of ``batch_size x world`` targets per epoch. A last batch with fewer
+    targets than ranks is dropped (a rank would have none); in one process it is kept."""
+    full, rest = divmod(num_train, cfg.train.batch_size * world)
+    return full + int(rest >= world)
+
+
+def global_targets(run: Run, order: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of the epoch's current global batch of ``order``; sets ``run.loss_weight``."""
+    size = run.cfg.train.batch_size * run.env.world_size
+    batch = order[run.batch_in_epoch * size:(run.batch_in_epoch + 1) * size]
+    targets = shard(batch, run.env.rank, run.env.world_size)
+    run.loss_weight = shard_weight(len(targets), len(batch), run.env.world_size)
+    return targets
+
+
+def refresh_batch(run: Run) -> torch.Tensor | None:
+    """This rank's shard of the next refresh batch (``refresh_batch_size x world`` nodes)."""
+    if run.refresh_order is None:
+        return None
+    t, world = run.cfg.train, run.env.world_size
+    ids = run.refresh_order.next((t.refresh_batch_size or t.batch_size) * world)
+    if len(ids) < world:  # the end of a permutation: top up from the next so no rank's shard is empty
+        ids = torch.cat([ids, run.refresh_order.next(world - len(ids))])
+    return shard(ids, run.env.rank, world)
 
 
 def build_run(cfg: Config, out_dir: Path, quiet: bool = True) -> Run:
@@ -348,14 +408,29 @@ def build_run(cfg: Config, out_dir: Path, quiet: bool = True) -> Run:
         raise FastleadingError(f"config key 'train.method': {t.method} is trained by train_fixed_features, "
                                "not build_run")
     seed_everything(t.seed)
-    device = resolve_device(t.device)
+    base_device = resolve_device(t.device)
+    env = init_distributed("nccl" if base_device.type == "cuda" else "gloo")
+    device = env.device(base_device)
     precision = resolve_precision(t.precision, t.bank_dtype, device)
+    ds_config = None
+    if t.deepspeed:  # checked before the data are prepared: a bad preset fails at once
+        ds_config = zero.deepspeed_config(t.deepspeed, micro_batch_size=t.batch_size, grad_accum=t.grad_accum,
+                                          grad_clip=t.grad_clip, precision=precision.name,
+                                          world_size=env.world_size)
+    # Rank 0 builds the dataset cache first; the others then read it instead of racing to write it.
+    if env.rank > 0:
+        barrier()
     graph, tokens = prepare(cfg)
+    if env.rank == 0:
+        barrier()
     split = graph.split(cfg.data.split)
     if len(split.train) == 0:
         raise FastleadingError(f"dataset '{cfg.data.dataset}': split '{cfg.data.split}' has no training nodes")
     labels = graph.labels.to(device)
     model = NodeClassifier(cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype).to(device)
+    if env.is_distributed:
+        broadcast_module_(model)  # identical replicas (and histories) on every rank
+        torch.manual_seed(t.seed + env.rank)  # but each rank draws its own dropout masks
     # Only LEADING keeps embeddings in the bank; the other methods use it to count encodes.
     bank_dim = model.encoder.hidden_size if t.method == "leading" else 0
     bank = MemoryBank(graph.num_nodes, bank_dim, precision.bank_dtype, device)
@@ -363,56 +438,160 @@ def build_run(cfg: Config, out_dir: Path, quiet: bool = True) -> Run:
     refresh_order = RefreshOrder(graph.num_nodes, t.seed) if t.method == "leading" else None
     ops.set_backend(t.kernels)
     lm_params = [p for p in model.encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": lm_params, "lr": t.lr_lm},
-        {"params": list(model.head.parameters()), "lr": t.lr_head},
-    ], weight_decay=t.weight_decay)
-    total = math.ceil(t.epochs * steps_per_epoch(cfg, len(split.train)) / t.grad_accum)
+    groups = [{"params": lm_params, "lr": t.lr_lm}, {"params": list(model.head.parameters()), "lr": t.lr_head}]
+    if ds_config is None:
+        optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+    else:
+        optimizer = zero.build_optimizer(groups, t.weight_decay, ds_config, device)
+    total = math.ceil(t.epochs * steps_per_epoch(cfg, len(split.train), env.world_size) / t.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    engine, scaler, overlap = None, precision.make_scaler(), t.overlap
+    if ds_config is not None:
+        # The engine holds the encoder and the head (the same module objects as `model`'s), steps
+        # our optimizer and schedule, and scales fp16 losses itself.
+        engine = zero.initialize_engine(zero.EncoderHead(model.encoder, model.head), optimizer, scheduler,
+                                        ds_config, device)
+        scaler = None
+        # ZeRO-3 gathers and frees parameters in module hooks: keep both pipelines on one stream.
+        overlap = overlap and zero.zero_stage(ds_config) < 3
     return Run(cfg=cfg, out_dir=out_dir, device=device, precision=precision, graph=graph, tokens=tokens,
                split=split, labels=labels, model=model, bank=bank, sampler=sampler, refresh_order=refresh_order,
-               overlap=RefreshStream(device, t.overlap), phases=Phases(device, sync=t.profile),
-               optimizer=optimizer, scheduler=scheduler, scaler=precision.make_scaler(), quiet=quiet)
+               overlap=RefreshStream(device, overlap), phases=Phases(device, sync=t.profile),
+               optimizer=optimizer, scheduler=scheduler, scaler=scaler, engine=engine, env=env, quiet=quiet)
 
 
-def state_dict(run: Run) -> dict:
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def train_state(run: Run) -> dict:
+    """The resumable state besides the model, optimizer, schedule and scaler (which the
+    DeepSpeed engine checkpoints itself when there is one)."""
     return {
-        "model": run.model.state_dict(), "bank": run.bank.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
-        "refresh_order": run.refresh_order.state_dict() if run.refresh_order else None,
+        "bank": run.bank.state_dict(), "refresh_order": run.refresh_order.state_dict() if run.refresh_order else None,
         "step": run.step, "epoch": run.epoch, "batch_in_epoch": run.batch_in_epoch,
         "best_valid": run.best_valid, "best_epoch": run.best_epoch, "evals_since_best": run.evals_since_best,
         "history": run.history, "phases": dict(run.phases.totals), "phase_counts": dict(run.phases.counts),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": rng_state(),
     }
 
 
-def load_state_dict(run: Run, s: dict) -> None:
-    run.model.load_state_dict(s["model"])
+def state_dict(run: Run) -> dict:
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
+            **train_state(run)}
+
+
+def load_train_state(run: Run, s: dict) -> None:
     run.bank.load_state_dict(s["bank"])
-    run.optimizer.load_state_dict(s["optimizer"])
-    run.scheduler.load_state_dict(s["scheduler"])
-    if run.scaler is not None and s["scaler"] is not None:
-        run.scaler.load_state_dict(s["scaler"])
     if run.refresh_order is not None:
         run.refresh_order.load_state_dict(s["refresh_order"])
     for key in ("step", "epoch", "batch_in_epoch", "best_valid", "best_epoch", "evals_since_best", "history"):
         setattr(run, key, s[key])
     run.phases.totals.update(s["phases"])
     run.phases.counts.update(s["phase_counts"])
-    torch.set_rng_state(s["rng"]["torch"])
-    np.random.set_state(s["rng"]["numpy"])
-    random.setstate(s["rng"]["python"])
-    if s["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+    set_rng_state(s["rng"])
+
+
+def load_state_dict(run: Run, s: dict) -> None:
+    run.model.load_state_dict(s["model"])
+    run.optimizer.load_state_dict(s["optimizer"])
+    run.scheduler.load_state_dict(s["scheduler"])
+    if run.scaler is not None and s["scaler"] is not None:
+        run.scaler.load_state_dict(s["scaler"])
+    load_train_state(run, s)
+
+
+def rank_state(run: Run) -> dict:
+    """What differs between ranks (the rest of the state is identical on all): the RNG
+    states and this rank's encode counters."""
+    return {"rng": rng_state(), "encodes_grad": run.bank.encodes_grad.cpu(),
+            "encodes_nograd": run.bank.encodes_nograd.cpu()}
+
+
+def load_rank_state(run: Run, s: dict) -> None:
+    set_rng_state(s["rng"])
+    run.bank.encodes_grad.copy_(s["encodes_grad"])
+    run.bank.encodes_nograd.copy_(s["encodes_nograd"])
+
+
+DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoints, inside the run folder
+
+
+def save_checkpoint(run: Run) -> None:
+    """Write the resumable state. Collective: every rank calls it. Without DeepSpeed rank 0
+    writes ``checkpoint.pt`` (with every rank's :func:`rank_state` when there are several)."""
+    if run.engine is not None:
+        client_state = {**train_state(run), "appnp": run.model.appnp.state_dict()}
+        zero.save_engine_checkpoint(run.engine, run.out_dir / DEEPSPEED_DIR, run.step, client_state, rank_state(run))
+        return
+    state = state_dict(run)
+    if run.env.is_distributed:
+        state["ranks"] = [None] * run.env.world_size
+        torch.distributed.all_gather_object(state["ranks"], rank_state(run))
+    if is_main():
+        checkpoint.save(run.out_dir / checkpoint.CHECKPOINT, state)
+    barrier()
+
+
+def load_checkpoint(run: Run) -> bool:
+    """Restore the newest checkpoint of ``run.out_dir`` on every rank; False when there is none."""
+    if run.engine is not None:
+        folder = run.out_dir / DEEPSPEED_DIR
+        if not zero.has_engine_checkpoint(folder):
+            return False
+        client_state, own = zero.load_engine_checkpoint(run.engine, folder)
+        run.model.appnp.load_state_dict(client_state["appnp"])
+        load_train_state(run, client_state)
+    else:
+        path = run.out_dir / checkpoint.CHECKPOINT
+        if not path.exists():
+            return False
+        state = checkpoint.load(path, map_location=run.device)
+        load_state_dict(run, state)
+        ranks = state.get("ranks") or [None]
+        if len(ranks) != run.env.world_size:
+            raise FastleadingError(f"{path}: written by {len(ranks)} rank(s) but this run has "
+                                   f"WORLD_SIZE={run.env.world_size}; resume with as many ranks")
+        own = ranks[run.env.rank]
+    if own is not None:
+        load_rank_state(run, own)
+    return True
+
+
+def model_state(run: Run) -> dict[str, torch.Tensor]:
+    """The NodeClassifier's state dict (for ``best.pt``); under ZeRO-3 gathered from the
+    partitions, which is collective: every rank calls it."""
+    if run.engine is None:
+        return run.model.state_dict()
+    appnp = {f"appnp.{k}": v for k, v in run.model.appnp.state_dict().items()}
+    return {**zero.full_state_dict(run.engine), **appnp}
+
+
+def save_best(run: Run) -> None:
+    state = model_state(run)
+    if is_main():
+        checkpoint.save(run.out_dir / checkpoint.BEST, {"model": state, "epoch": run.epoch})
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per logged step and per evaluation."""
+    """``metrics.jsonl``: one JSON object per logged step and per evaluation (rank 0 only:
+    on other ranks nothing is opened and ``write`` does nothing)."""
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
+        self._f = None
+        if not is_main():
+            return
         if resume_step is not None and path.exists():
             # Drop lines written after the checkpoint we resume from: they will be written again.
             keep = [line for line in path.read_text().splitlines()
@@ -421,11 +600,13 @@ class MetricsLog:
         self._f = open(path, "a")
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        if self._f is not None:
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
 
 def evaluate(run: Run) -> dict[str, float]:
@@ -442,24 +623,27 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     start_time = time.time()
     run = build_run(cfg, out_dir, quiet=quiet)
+    run.quiet = quiet or not is_main()  # known once build_run has joined the process group
+    if is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
     t = cfg.train
     resumed_from = None
-    if resume and (out_dir / checkpoint.CHECKPOINT).exists():
-        load_state_dict(run, checkpoint.load(out_dir / checkpoint.CHECKPOINT, map_location=run.device))
+    if resume and load_checkpoint(run):
         resumed_from = run.step
     else:
-        cfg.save(out_dir / "config.json")
+        if is_main():
+            cfg.save(out_dir / "config.json")
         if t.method == "leading" and t.fill_bank:
             run.bank.refresh(torch.arange(run.graph.num_nodes), encode_graph(run, "fill bank"), step=0)
     log = MetricsLog(out_dir / "metrics.jsonl", resumed_from)
     step_fn = STEPS[t.method]
-    per_epoch = steps_per_epoch(cfg, len(run.split.train))
+    per_epoch = steps_per_epoch(cfg, len(run.split.train), run.env.world_size)
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
-    profiler = StepProfiler(out_dir, t.profile)
-    bar = tqdm(total=total_steps, initial=run.step, disable=quiet, desc=f"{t.method}", unit="step")
+    profiler = StepProfiler(out_dir, t.profile and is_main())
+    bar = tqdm(total=total_steps, initial=run.step, disable=run.quiet, desc=f"{t.method}", unit="step")
     last_eval = run.history[-1]["valid"] if run.history else float("nan")
     stop = False
     while run.epoch < t.epochs and not stop:
@@ -469,20 +653,22 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             if t.max_steps and run.step >= t.max_steps:
                 stop = True
                 break
-            b = run.batch_in_epoch
-            targets = order[b * t.batch_size:(b + 1) * t.batch_size]
-            refresh_ids = run.refresh_order.next(t.refresh_batch_size or t.batch_size) if run.refresh_order else None
-            loss = step_fn(run, targets, refresh_ids)
+            targets = global_targets(run, order)
+            loss = step_fn(run, targets, refresh_batch(run))
             run.overlap.join()
             run.step += 1
             run.batch_in_epoch += 1
-            record = {"step": run.step, "epoch": run.epoch, "loss": float(loss)}
-            if run.step % t.grad_accum == 0:
+            # the global batch's mean loss: every rank's loss is weighted by its share
+            record = {"step": run.step, "epoch": run.epoch, "loss": float(all_reduce_mean(loss.clone()))}
+            boundary = run.step % t.grad_accum == 0
+            if boundary or run.engine is not None:
                 with run.phases("optimizer"):
-                    record["grad_norm"] = optimizer_step(run)
+                    grad_norm = optimizer_step(run)
+            if boundary:
+                record["grad_norm"] = grad_norm
                 record["lr_lm"] = run.optimizer.param_groups[0]["lr"]
                 if t.checkpoint_every and run.step % t.checkpoint_every == 0:
-                    checkpoint.save(out_dir / checkpoint.CHECKPOINT, state_dict(run))
+                    save_checkpoint(run)
             profiler.step()
             if run.step % t.log_every == 0 or run.step == 1:
                 log.write(record)
@@ -499,12 +685,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             log.write({"step": run.step, "epoch": run.epoch, "eval": acc})
             if acc["valid"] > run.best_valid:
                 run.best_valid, run.best_epoch, run.evals_since_best = acc["valid"], run.epoch, 0
-                checkpoint.save(out_dir / checkpoint.BEST, {"model": run.model.state_dict(), "epoch": run.epoch})
+                save_best(run)
             else:
                 run.evals_since_best += 1
                 stop = bool(t.patience) and run.evals_since_best >= t.patience
         if run.step % t.grad_accum == 0:
-            checkpoint.save(out_dir / checkpoint.CHECKPOINT, state_dict(run))
+            save_checkpoint(run)
     bar.close()
     profiler.close()
     log.close()
@@ -512,9 +698,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         acc = evaluate(run)
         run.history.append({"epoch": run.epoch, **acc})
         run.best_valid, run.best_epoch = acc["valid"], run.epoch
-        checkpoint.save(out_dir / checkpoint.BEST, {"model": run.model.state_dict(), "epoch": run.epoch})
+        save_best(run)
     best = max(run.history, key=lambda h: h["valid"])
     n_epochs = max(run.step / per_epoch, 1e-9)
+    encodes = all_reduce_sum(torch.stack([run.bank.encodes_grad.sum(), run.bank.encodes_nograd.sum()]))
     summary = {
         "method": t.method, "dataset": cfg.data.dataset, "model": cfg.model.name,
         "split": cfg.data.split or run.graph.default_split,
@@ -524,16 +711,18 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         # per node": 1 + 1 for LEADING with equal batch sizes; the initial bank fill and
         # evaluation are not counted).
         "encodes_per_node_per_epoch": {
-            "grad": float(run.bank.encodes_grad.sum()) / len(run.split.train) / n_epochs,
-            "nograd": float(run.bank.encodes_nograd.sum()) / len(run.split.train) / n_epochs,
+            "grad": float(encodes[0]) / len(run.split.train) / n_epochs,
+            "nograd": float(encodes[1]) / len(run.split.train) / n_epochs,
         },
         "peak_memory_bytes": peak_memory_bytes(run.device),
         "wall_time_s": round(time.time() - start_time, 3),
         "phase_time_s": run.phases.as_dict(),
         "device": str(run.device), "precision": run.precision.name,
         "overlap": run.overlap.overlapped, "kernels": ops.get_backend(),
-        "history": run.history,
+        "history": run.history, "world_size": run.env.world_size, "deepspeed": t.deepspeed,
     }
+    if not is_main():
+        return summary
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if t.profile:
         print(run.phases.table())
