@@ -61,3 +61,24 @@ def test_hidden_size_unreadable_is_one_line_error():
 def test_missing_model_path_is_clear():
     with pytest.raises(FastleadingError, match="does not exist"):
         LMEncoder(ModelConfig(name="./no/such/model"))
+
+
+def test_lora_trains_only_adapters_and_checkpointing_keeps_outputs(tmp_path):
+    path = save_tiny_model(tmp_path / "bert", "bert")
+    lora = LMEncoder(ModelConfig(name=path, lora=True, lora_r=4))
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    ids = torch.randint(1000, 2000, (3, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    plain = LMEncoder(ModelConfig(name=path)).train()
+    ckpt = LMEncoder(ModelConfig(name=path, gradient_checkpointing=True)).train()
+    torch.manual_seed(0)
+    a = plain(ids, mask)
+    torch.manual_seed(0)
+    b = ckpt(ids, mask)
+    assert torch.allclose(a, b, atol=1e-6)
+    a.sum().backward()
+    b.sum().backward()
+    wa = plain.model.encoder.layer[0].attention.self.query.weight.grad
+    wb = ckpt.model.encoder.layer[0].attention.self.query.weight.grad
+    assert wa is not None and torch.allclose(wa, wb, atol=1e-6)
