@@ -91,7 +91,7 @@ def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed
         acc = {name: float((pred[idx] == labels[idx]).float().mean())
                for name, idx in (("train", train), ("valid", valid), ("test", test))}
         if acc["valid"] > best["valid"]:
-            best = {**acc, "epoch": epoch, "loss": float(loss)}
+            best = {**acc, "epoch": epoch, "loss": float(loss.detach())}
     return {"gnn": kind, **best}
 
 
