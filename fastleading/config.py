@@ -51,10 +51,10 @@ class DataConfig:
     max_length: int = _f(64, "Tokens per node text (truncate/pad).")
     synthetic_nodes: int = _f(1000, "synthetic: number of nodes.")
     synthetic_classes: int = _f(5, "synthetic: number of classes.")
-    synthetic_avg_degree: float = _f(8.0, "synthetic: average (undirected) degree.")
-    synthetic_words: int = _f(12, "synthetic: words per node text.")
+    synthetic_avg_degree: float = _f(4.0, "synthetic: average (undirected) degree.")
+    synthetic_words: int = _f(24, "synthetic: words per node text.")
     synthetic_homophily: float = _f(0.8, "synthetic: fraction of edges that join nodes of the same class.")
-    synthetic_signal: float = _f(0.25, "synthetic: fraction of text words drawn from the class's topic words.")
+    synthetic_signal: float = _f(0.5, "synthetic: fraction of text words drawn from the class's topic words.")
     synthetic_seed: int = _f(0, "synthetic: generator seed.")
     synthetic_tokens: bool = _f(False, "synthetic: write token ids straight into the token cache, no strings "
                                 "(scale mode for benchmarks up to ogbn-products size).")

@@ -83,7 +83,8 @@ def test_leading_activation_memory_flat_in_hops_and_iterations_coupled_grows(tmp
     # An LM whose per-node activations dominate the head's, as any real LM's do (by 10^4 for
     # bert-base at 128 tokens); the graph is large enough that 5 hops do not cover it.
     model = save_tiny_model(tmp_path / "bert64", "bert", hidden=64)
-    base = ("data.max_length=64", "data.synthetic_words=80", "data.synthetic_nodes=1000", "data.split=high-0")
+    base = ("data.max_length=64", "data.synthetic_words=80", "data.synthetic_nodes=1000", "data.split=high-0",
+            "data.synthetic_avg_degree=8")
     leading, coupled = {}, {}
     for hops in (2, 5):
         fan = ",".join(["2"] * hops)
