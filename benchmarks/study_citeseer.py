@@ -36,7 +36,7 @@ def config(args, method: str, seed: int) -> Config:
         f"data.max_length={args.max_length}", f"train.method={method}", f"train.epochs={args.epochs}",
         f"train.seed={seed}", f"train.eval_every={args.eval_every}", f"train.batch_size={args.batch_size}",
         f"train.lr_lm={args.lr_lm}", f"train.refresh_batch_size={args.refresh_batch_size}",
-        f"train.device={args.device}", "train.checkpoint_every=0",
+        f"train.device={args.device}", "train.checkpoint_every=0", *args.override,
     ])
 
 
@@ -55,17 +55,24 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--refresh-batch-size", type=int, default=0)
     p.add_argument("--lr-lm", type=float, default=5e-5)
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for every run, e.g. model.num_iters=4 (repeatable)")
     p.add_argument("--device", default="auto")
     p.add_argument("--runs", default="runs/study-citeseer")
     p.add_argument("--out", default=None)
+    p.add_argument("--note", default="", help="free text stored in the result file (e.g. what was shortened and why)")
     args = p.parse_args()
     if not (Path(args.root) / "citeseer-tag").is_dir():
         print(f"CiteSeer-TAG not found under {args.root}", file=sys.stderr)
         return 2
     runs = Path(args.runs)
-    per_method: dict[str, dict[str, list[float]]] = {m: {"head": [], "gcn": [], "wall_s": []} for m in METHODS}
+    methods = args.methods.split(",")
+    if unknown := set(methods) - set(METHODS):
+        p.error(f"--methods: unknown {sorted(unknown)}; expected some of {','.join(METHODS)}")
+    per_method: dict[str, dict[str, list[float]]] = {m: {"head": [], "gcn": [], "wall_s": []} for m in methods}
     for seed in range(args.seeds):
-        for method in METHODS:
+        for method in methods:
             cfg = config(args, method, seed)
             run_dir = runs / f"{method}-{seed}"
             start = time.time()
@@ -84,7 +91,8 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"study": "citeseer-tag low-label", "model": Config().model.name, "device": device,
               "torch": torch.__version__, "date": dt.date.today().isoformat(), "git_commit": commit,
-              "command": "python " + " ".join(sys.argv), "settings": vars(args), "results": table}
+              "command": "python " + " ".join(sys.argv), "settings": vars(args), "note": args.note,
+              "results": table}
     out = Path(args.out or f"benchmarks/results/citeseer-study-{device.replace(' ', '_')}-{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -81,6 +81,9 @@ class ModelConfig:
     alpha: float = _f(0.1, "APPNP teleport probability a in X = (1-a) Â X + a X_in.")
     num_iters: int = _f(2, "Propagation iterations per training step (warm-started).")
     eval_iters: int = _f(50, "Propagation iterations for full-graph evaluation.")
+    subgraph_norm: str = _f("full-graph", "Degrees that normalise Â on a sampled subgraph: the full graph's "
+                            "(training sees the operator evaluation uses) or the subgraph's own.",
+                            ("full-graph", "subgraph"))
     gnn: str = _f("gcn", "Downstream / shallow GNN.", ("gcn", "gat", "sage", "appnp", "mlp"))
 
 
@@ -89,7 +92,8 @@ class TrainConfig:
     method: str = _f("leading", "Training method.", ("leading", "supervised", "pretrained", "coupled", "shallow"))
     epochs: int = _f(3, "Training epochs (over the training targets).")
     batch_size: int = _f(32, "Target nodes per step (pipeline 1).")
-    refresh_batch_size: int = _f(0, "Nodes re-encoded without gradient per step (pipeline 2); 0 = batch_size.")
+    refresh_batch_size: int = _f(0, "Nodes re-encoded without gradient per step (pipeline 2); 0 = enough to "
+                                 "re-encode every node once per epoch.")
     fanouts: list = _f([10, 5], "Neighbours sampled per hop.")
     fill_bank: bool = _f(True, "Encode every node once (no gradient) before training.")
     lr_lm: float = _f(5e-5, "Learning rate of the LM.")

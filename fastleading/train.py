@@ -67,12 +67,13 @@ class NodeClassifier(nn.Module):
                                    num_classes if self.predict_first else self.encoder.hidden_size, history_dtype)
 
     def classify(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, node_ids: torch.Tensor,
-                 implicit: bool, num_iters: int) -> torch.Tensor:
-        """Logits ``[n, C]`` of a (sub)graph whose nodes have input embeddings ``x_in [n, H]``."""
+                 implicit: bool, num_iters: int, dinv: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[n, C]`` of a (sub)graph whose nodes have input embeddings ``x_in [n, H]``;
+        ``dinv`` normalises Â (default: the (sub)graph's own degrees)."""
         def spread(x):
             if implicit:
-                return self.appnp(x, rowptr, col, node_ids)
-            return propagate(x, rowptr, col, self.appnp.alpha, num_iters)
+                return self.appnp(x, rowptr, col, node_ids, dinv)
+            return propagate(x, rowptr, col, self.appnp.alpha, num_iters, dinv)
         if self.predict_first:
             return spread(self.head(x_in))
         return self.head(spread(x_in))
@@ -128,6 +129,9 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: object
     engine: object = None  # the DeepSpeed engine holding the encoder and the head (train.deepspeed)
+    # 1/sqrt(deg+1) of the full graph on the device (model.subgraph_norm=full-graph), else None:
+    # a sampled subgraph is then normalised with the degrees full-graph evaluation uses.
+    graph_dinv: torch.Tensor | None = None
     env: DistEnv = field(default_factory=DistEnv)
     # This rank's share of the global batch's mean loss (distributed.shard_weight); 1 in one process.
     loss_weight: float = 1.0
@@ -153,8 +157,12 @@ class Run:
         return encode_eval(self.model.encoder, self.tokens, ids, self.device, self.precision)
 
     def sample(self, targets: torch.Tensor):
+        """The targets' sampled neighbourhood: ``(node_ids, rowptr, col, dinv)`` on the device,
+        ``dinv`` the normalisation of its Â (None: the subgraph's own degrees)."""
         sub = self.sampler.sample(targets, seed=self.cfg.train.seed * 1_000_003 + self.step)
-        return (sub.node_ids.to(self.device), sub.rowptr.to(self.device), sub.col.to(self.device))
+        node_ids = sub.node_ids.to(self.device)
+        dinv = self.graph_dinv[node_ids] if self.graph_dinv is not None else None
+        return node_ids, sub.rowptr.to(self.device), sub.col.to(self.device), dinv
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over ``targets``, weighted by this rank's share of the global batch."""
@@ -174,7 +182,7 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor) -> 
 
     # Pipeline 1, line 3: the targets' k-hop neighbourhood, targets first.
     with phase("sample"):
-        node_ids, rowptr, col = run.sample(targets)
+        node_ids, rowptr, col, dinv = run.sample(targets)
     num_targets = len(targets)
     with phase("encode-grad"):
         x_targets = run.encode(targets)                                          # line 7
@@ -188,7 +196,7 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor) -> 
     run.overlap.lookups_done()
     with phase("propagate"), run.precision.autocast():
         logits = model.classify(x_in, rowptr, col, node_ids, implicit=True,     # line 11
-                                num_iters=run.cfg.model.num_iters)
+                                num_iters=run.cfg.model.num_iters, dinv=dinv)
     with phase("loss"):
         loss = run.loss(logits[:num_targets], targets)                           # line 12
     with phase("backward"):
@@ -204,13 +212,13 @@ def coupled_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.Ten
     and the propagation is unrolled (the paper's LM+GNN rows)."""
     phase = run.phases
     with phase("sample"):
-        node_ids, rowptr, col = run.sample(targets)
+        node_ids, rowptr, col, dinv = run.sample(targets)
     with phase("encode-grad"):
         x_in = run.encode(node_ids)
     run.bank.count_encodes(node_ids, grad=True)
     with phase("propagate"), run.precision.autocast():
         logits = run.model.classify(x_in, rowptr, col, node_ids, implicit=False,
-                                    num_iters=run.cfg.model.num_iters)
+                                    num_iters=run.cfg.model.num_iters, dinv=dinv)
     with phase("loss"):
         loss = run.loss(logits[:len(targets)], targets)
     with phase("backward"):
@@ -391,12 +399,23 @@ def global_targets(run: Run, order: torch.Tensor) -> torch.Tensor:
     return targets
 
 
+def refresh_batch_size(cfg: Config, num_nodes: int, num_train: int, world: int = 1) -> int:
+    """Pipeline 2's nodes per step and rank: ``train.refresh_batch_size``, or when that is 0
+    enough to re-encode every node once per epoch, so that the bank is as fresh as the paper's
+    ("the memory will at least be filled after the first epoch") also when the targets are
+    few (low-label splits). With every node a target this is about ``batch_size``."""
+    if cfg.train.refresh_batch_size:
+        return cfg.train.refresh_batch_size
+    return math.ceil(num_nodes / (steps_per_epoch(cfg, num_train, world) * world))
+
+
 def refresh_batch(run: Run) -> torch.Tensor | None:
-    """This rank's shard of the next refresh batch (``refresh_batch_size x world`` nodes)."""
+    """This rank's shard of the next refresh batch (:func:`refresh_batch_size` ``x world`` nodes)."""
     if run.refresh_order is None:
         return None
-    t, world = run.cfg.train, run.env.world_size
-    ids = run.refresh_order.next((t.refresh_batch_size or t.batch_size) * world)
+    world = run.env.world_size
+    size = refresh_batch_size(run.cfg, run.graph.num_nodes, len(run.split.train), world)
+    ids = run.refresh_order.next(size * world)
     if len(ids) < world:  # the end of a permutation: top up from the next so no rank's shard is empty
         ids = torch.cat([ids, run.refresh_order.next(world - len(ids))])
     return shard(ids, run.env.rank, world)
@@ -436,6 +455,9 @@ def build_run(cfg: Config, out_dir: Path, quiet: bool = True) -> Run:
     bank = MemoryBank(graph.num_nodes, bank_dim, precision.bank_dtype, device)
     sampler = NeighborSampler(graph.rowptr, graph.col, list(t.fanouts)) if t.method in GRAPH_METHODS else None
     refresh_order = RefreshOrder(graph.num_nodes, t.seed) if t.method == "leading" else None
+    graph_dinv = None
+    if t.method in GRAPH_METHODS and cfg.model.subgraph_norm == "full-graph":
+        graph_dinv = ops.gcn_dinv(graph.rowptr).to(device)
     ops.set_backend(t.kernels)
     lm_params = [p for p in model.encoder.parameters() if p.requires_grad]
     groups = [{"params": lm_params, "lr": t.lr_lm}, {"params": list(model.head.parameters()), "lr": t.lr_head}]
@@ -457,7 +479,8 @@ def build_run(cfg: Config, out_dir: Path, quiet: bool = True) -> Run:
     return Run(cfg=cfg, out_dir=out_dir, device=device, precision=precision, graph=graph, tokens=tokens,
                split=split, labels=labels, model=model, bank=bank, sampler=sampler, refresh_order=refresh_order,
                overlap=RefreshStream(device, overlap), phases=Phases(device, sync=t.profile),
-               optimizer=optimizer, scheduler=scheduler, scaler=scaler, engine=engine, env=env, quiet=quiet)
+               optimizer=optimizer, scheduler=scheduler, scaler=scaler, engine=engine, graph_dinv=graph_dinv,
+               env=env, quiet=quiet)
 
 
 def rng_state() -> dict:
@@ -714,6 +737,13 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             "grad": float(encodes[0]) / len(run.split.train) / n_epochs,
             "nograd": float(encodes[1]) / len(run.split.train) / n_epochs,
         },
+        # the same per node of the whole graph (LEADING's default refresh: nograd 1)
+        "encodes_per_graph_node_per_epoch": {
+            "grad": float(encodes[0]) / run.graph.num_nodes / n_epochs,
+            "nograd": float(encodes[1]) / run.graph.num_nodes / n_epochs,
+        },
+        "refresh_batch_size": (refresh_batch_size(cfg, run.graph.num_nodes, len(run.split.train), run.env.world_size)
+                               if t.method == "leading" else 0),
         "peak_memory_bytes": peak_memory_bytes(run.device),
         "wall_time_s": round(time.time() - start_time, 3),
         "phase_time_s": run.phases.as_dict(),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastleading import checkpoint, ops
 from fastleading.config import Config, apply_overrides
 from fastleading.errors import FastleadingError
 from fastleading.train import STEPS, build_run, train
@@ -52,13 +53,43 @@ def test_leading_run_writes_every_output(tiny_bert, tmp_path):
 
 
 def test_encodes_per_node_per_epoch_about_two_for_leading_far_more_for_coupled(tiny_bert, tmp_path):
-    common = ("train.epochs=1", "data.split=high-0", "train.fill_bank=false", "train.fanouts=10,5")
+    # equal batch sizes in both pipelines (the default refresh re-encodes every node per epoch)
+    common = ("train.epochs=1", "data.split=high-0", "train.fill_bank=false", "train.fanouts=10,5",
+              "train.refresh_batch_size=16")
     leading = train(small_config(tiny_bert, tmp_path / "c", *common), tmp_path / "a", quiet=True)
     enc = leading["encodes_per_node_per_epoch"]
     assert enc["grad"] == pytest.approx(1.0) and enc["nograd"] == pytest.approx(1.0)
     coupled = train(small_config(tiny_bert, tmp_path / "c", *common, "train.method=coupled"),
                     tmp_path / "b", quiet=True)
     assert coupled["encodes_per_node_per_epoch"]["grad"] > 5.0
+
+
+def test_default_refresh_reencodes_every_node_once_per_epoch_on_a_low_label_split(tiny_bert, tmp_path):
+    # 60 targets of 240 nodes: 4 steps an epoch, so pipeline 2 must take 60 nodes a step
+    cfg = small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.fill_bank=false")
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    assert summary["refresh_batch_size"] == 60
+    assert summary["encodes_per_graph_node_per_epoch"]["nograd"] == pytest.approx(1.0)
+    bank = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT)["bank"]
+    assert torch.equal(bank["encodes_nograd"], torch.full((240,), 2, dtype=bank["encodes_nograd"].dtype))
+    # every row was written in the second epoch (0-based steps 4..7): none is older than an epoch
+    assert int(bank["stamp"].min()) >= 4
+
+
+@pytest.mark.parametrize("norm", ["full-graph", "subgraph"])
+def test_subgraph_norm_full_graph_gives_targets_their_full_graph_step(tiny_bert, tmp_path, norm):
+    # one hop with every neighbour sampled: each target's row of Â is complete in the subgraph
+    run = build_run(small_config(tiny_bert, tmp_path / "c", "train.fanouts=1000", f"model.subgraph_norm={norm}"),
+                    tmp_path / "run")
+    targets = run.split.train[:16]
+    node_ids, rowptr, col, dinv = run.sample(targets)
+    x = torch.randn(run.graph.num_nodes, 3, dtype=torch.float64)
+    full = ops.appnp_step(run.graph.rowptr, run.graph.col, x, x, 0.1)[targets]
+    sub = ops.appnp_step(rowptr, col, x[node_ids], x[node_ids], 0.1, dinv)[:len(targets)]
+    if norm == "full-graph":
+        torch.testing.assert_close(sub, full, rtol=1e-12, atol=1e-12)
+    else:  # the neighbours' subgraph degrees are smaller than their full-graph ones
+        assert dinv is None and (sub - full).abs().max() > 1e-3
 
 
 def saved_bytes_of_one_step(cfg: Config, out: Path) -> int:
