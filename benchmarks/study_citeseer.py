@@ -66,6 +66,7 @@ def main() -> int:
     if not (Path(args.root) / "citeseer-tag").is_dir():
         print(f"CiteSeer-TAG not found under {args.root}", file=sys.stderr)
         return 2
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     runs = Path(args.runs)
     methods = args.methods.split(",")
     if unknown := set(methods) - set(METHODS):
@@ -88,7 +89,6 @@ def main() -> int:
     table = {m: {"head": mean_std(v["head"]), "gcn": mean_std(v["gcn"]), "wall_s": mean_std(v["wall_s"])}
              for m, v in per_method.items()}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"study": "citeseer-tag low-label", "model": Config().model.name, "device": device,
               "torch": torch.__version__, "date": dt.date.today().isoformat(), "git_commit": commit,
               "command": "python " + " ".join(sys.argv), "settings": vars(args), "note": args.note,

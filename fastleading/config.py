@@ -80,6 +80,8 @@ class ModelConfig:
                     ("predict-then-propagate", "propagate-then-predict"))
     alpha: float = _f(0.1, "APPNP teleport probability a in X = (1-a) Â X + a X_in.")
     num_iters: int = _f(2, "Propagation iterations per training step (warm-started).")
+    warm_backward: bool = _f(True, "Start the implicit backward from the previous visit's gradient (paper eq. 6) "
+                             "rather than from zero.")
     eval_iters: int = _f(50, "Propagation iterations for full-graph evaluation.")
     subgraph_norm: str = _f("full-graph", "Degrees that normalise Â on a sampled subgraph: the full graph's "
                             "(training sees the operator evaluation uses) or the subgraph's own.",

@@ -33,7 +33,10 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
         rowptr, col, dinv, node_ids = ctx.saved_tensors
         layer = ctx.layer
         grad_out = grad_out.contiguous()
-        g0 = layer.g_history[node_ids].to(grad_out.dtype)                    # eq. 6: G_L^k = G_0^{k-1}
+        if layer.warm_backward:
+            g0 = layer.g_history[node_ids].to(grad_out.dtype)                # eq. 6: G_L^k = G_0^{k-1}
+        else:
+            g0 = torch.zeros_like(grad_out)
         g = ops.appnp_iterate(rowptr, col, g0, grad_out, layer.alpha, layer.num_iters, dinv)  # eq. 7
         layer.g_history[node_ids] = g.detach().to(layer.g_history.dtype)
         return g, None, None, None, None, None
@@ -48,16 +51,21 @@ class ImplicitAPPNP(nn.Module):
         num_nodes: N of the whole graph; the histories are ``[N, C]`` tables indexed by global id.
         channels: C (feature width propagated).
         history_dtype: storage dtype of both histories.
+        warm_backward: start the backward solver from the node's stored gradient (eq. 6, the
+            paper) or from zero. The stored gradient belongs to the previous visit's loss, which
+            in mini-batch training is another batch's: after L steps a share of about
+            ``(1-a)^L`` of it stays in this step's gradient (like momentum).
 
     ``forward(x_in [n, C], rowptr, col, node_ids [n])`` propagates over the subgraph whose CSR
     (local ids) is ``rowptr/col`` and whose node ``i`` is global node ``node_ids[i]``.
     """
 
     def __init__(self, alpha: float, num_iters: int, num_nodes: int, channels: int,
-                 history_dtype: torch.dtype = torch.float32):
+                 history_dtype: torch.dtype = torch.float32, warm_backward: bool = True):
         super().__init__()
         self.alpha = float(alpha)
         self.num_iters = int(num_iters)
+        self.warm_backward = bool(warm_backward)
         self.register_buffer("x_history", torch.zeros(num_nodes, channels, dtype=history_dtype))
         self.register_buffer("g_history", torch.zeros(num_nodes, channels, dtype=history_dtype))
 
@@ -72,7 +80,8 @@ class ImplicitAPPNP(nn.Module):
         self.g_history.zero_()
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, num_iters={self.num_iters}, histories={tuple(self.x_history.shape)}"
+        return (f"alpha={self.alpha}, num_iters={self.num_iters}, warm_backward={self.warm_backward}, "
+                f"histories={tuple(self.x_history.shape)}")
 
 
 class _APPNPStepFunction(torch.autograd.Function):

@@ -64,7 +64,8 @@ class NodeClassifier(nn.Module):
         self.predict_first = m.order == "predict-then-propagate"
         self.head = Head(self.encoder.hidden_size, num_classes, m.head_hidden, m.head_dropout, m.head)
         self.appnp = ImplicitAPPNP(m.alpha, m.num_iters, num_nodes,
-                                   num_classes if self.predict_first else self.encoder.hidden_size, history_dtype)
+                                   num_classes if self.predict_first else self.encoder.hidden_size, history_dtype,
+                                   warm_backward=m.warm_backward)
 
     def classify(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, node_ids: torch.Tensor,
                  implicit: bool, num_iters: int, dinv: torch.Tensor | None = None) -> torch.Tensor:

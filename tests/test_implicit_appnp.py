@@ -96,3 +96,23 @@ def test_unrolled_propagation_gradient_matches_dense_autograd():
         x = (1 - alpha) * a_hat @ x + alpha * x_ref
     (x * w).sum().backward()
     assert rel_err(ours, x_ref.grad) < 1e-6  # dinv is fp32 by design
+
+
+@pytest.mark.parametrize("warm_backward", [True, False])
+def test_backward_start_follows_warm_backward(warm_backward):
+    # Two steps with different losses: eq. 6 starts the second backward from the first's
+    # gradient, G = ((1-a)Â)^L G_prev + a sum_{l<L} ((1-a)Â)^l w; without it G_prev is zero.
+    gen = torch.Generator().manual_seed(5)
+    n, channels, alpha, iters = 50, 3, 0.1, 2
+    rowptr, col = random_graph(n, 120, gen)
+    m = (1 - alpha) * dense_a_hat(rowptr, col, n)
+    layer = ImplicitAPPNP(alpha, iters, n, channels, torch.float64, warm_backward=warm_backward)
+    grads = []
+    for _ in range(2):
+        x_in = torch.randn(n, channels, dtype=torch.float64, generator=gen, requires_grad=True)
+        w = torch.randn(n, channels, dtype=torch.float64, generator=gen)
+        (layer(x_in, rowptr, col, torch.arange(n)) * w).sum().backward()
+        truncated = alpha * sum(torch.linalg.matrix_power(m, l) @ w for l in range(iters))
+        start = torch.linalg.matrix_power(m, iters) @ grads[-1] if grads and warm_backward else 0
+        assert rel_err(x_in.grad, truncated + start) < 1e-6
+        grads.append(x_in.grad)

@@ -190,6 +190,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_bert, tmp_path):
     resumed = subprocess.run(_cli("train", "--quiet", "--resume", str(killed)), env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
+    assert "Loading weights" not in resumed.stderr and "it/s" not in resumed.stderr  # --quiet: no bars at all
     a = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in a] == [x["step"] for x in b]
