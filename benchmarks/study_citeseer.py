@@ -45,6 +45,17 @@ def mean_std(values: list[float]) -> dict:
             "values": values}
 
 
+def valid_by_epoch(histories: dict[str, list]) -> dict[str, dict[str, float]]:
+    """Mean validation accuracy over seeds at each evaluated epoch, per method (the
+    trajectory that shows when a method starts to overfit)."""
+    out = {}
+    for method, runs in histories.items():
+        epochs = sorted({h["epoch"] for run in runs for h in run})
+        out[method] = {str(e): statistics.mean(h["valid"] for run in runs for h in run if h["epoch"] == e)
+                       for e in epochs}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -72,6 +83,7 @@ def main() -> int:
     if unknown := set(methods) - set(METHODS):
         p.error(f"--methods: unknown {sorted(unknown)}; expected some of {','.join(METHODS)}")
     per_method: dict[str, dict[str, list[float]]] = {m: {"head": [], "gcn": [], "wall_s": []} for m in methods}
+    histories: dict[str, list] = {}  # per method and seed: the built-in head's evaluations
     for seed in range(args.seeds):
         for method in methods:
             cfg = config(args, method, seed)
@@ -84,6 +96,7 @@ def main() -> int:
             per_method[method]["head"].append(summary["test_acc"])
             per_method[method]["gcn"].append(gcn["test"])
             per_method[method]["wall_s"].append(time.time() - start)
+            histories.setdefault(method, []).append(summary["history"])
             print(f"seed {seed} {method:<11} head test {summary['test_acc']:.4f}  GCN test {gcn['test']:.4f}  "
                   f"({time.time() - start:.0f} s)", flush=True)
     table = {m: {"head": mean_std(v["head"]), "gcn": mean_std(v["gcn"]), "wall_s": mean_std(v["wall_s"])}
@@ -92,7 +105,7 @@ def main() -> int:
     result = {"study": "citeseer-tag low-label", "model": Config().model.name, "device": device,
               "torch": torch.__version__, "date": dt.date.today().isoformat(), "git_commit": commit,
               "command": "python " + " ".join(sys.argv), "settings": vars(args), "note": args.note,
-              "results": table}
+              "results": table, "valid_by_epoch": valid_by_epoch(histories), "histories": histories}
     out = Path(args.out or f"benchmarks/results/citeseer-study-{device.replace(' ', '_')}-{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

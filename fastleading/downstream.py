@@ -203,7 +203,8 @@ def downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None =
         raise FastleadingError(f"{path}: expected embeddings of shape [{graph.num_nodes}, dim] for dataset "
                                f"'{cfg.data.dataset}', got {list(features.shape)}")
     split = graph.split(cfg.data.split)
-    result = train_gnn(graph, torch.from_numpy(np.ascontiguousarray(features)), split, cfg.model.gnn,
+    # full-batch training reads every row anyway: one writable fp32 copy in memory
+    result = train_gnn(graph, torch.from_numpy(np.array(features, dtype=np.float32)), split, cfg.model.gnn,
                        cfg.train.downstream_epochs, cfg.train.seed, resolve_device(cfg.train.device),
                        cfg.model.head_hidden, alpha=cfg.model.alpha, num_iters=cfg.model.eval_iters)
     result.update({"dataset": cfg.data.dataset, "split": cfg.data.split or graph.default_split,

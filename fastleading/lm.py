@@ -90,7 +90,11 @@ class LMEncoder(nn.Module):
         if self.is_decoder and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = getattr(model.config, "eos_token_id", 0) or 0
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if cfg.lora:
             model = _with_lora(model, cfg)
         self.model = model
