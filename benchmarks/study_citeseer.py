@@ -103,7 +103,7 @@ def main() -> int:
     table = {m: {"head": mean_std(v["head"]), "gcn": mean_std(v["gcn"]), "wall_s": mean_std(v["wall_s"])}
              for m, v in per_method.items()}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
-    result = {"study": "citeseer-tag low-label", "model": Config().model.name, "device": device,
+    result = {"study": "citeseer-tag low-label", "model": config(args, methods[0], 0).model.name, "device": device,
               "torch": torch.__version__, "date": dt.date.today().isoformat(), "git_commit": commit,
               "command": "python " + " ".join(sys.argv), "settings": vars(args), "note": args.note,
               "results": table, "valid_by_epoch": valid_by_epoch(histories), "histories": histories}
