@@ -11,9 +11,9 @@ import torch
 
 from data_helpers import assert_csr_matches
 from fastleading.config import DataConfig
-from fastleading.data import load_dataset
+from fastleading.data import format_info, info, load_dataset
 from fastleading.errors import FastleadingError
-from ogb_fixtures import write_gz, write_ogbn_arxiv, write_ogbn_products
+from ogb_fixtures import EXTRA_FIRST_PAPER, write_gz, write_ogbn_arxiv, write_ogbn_products
 
 
 def _cfg(tmp_path, name: str) -> DataConfig:
@@ -33,20 +33,88 @@ def _check_against_truth(graph, truth, split_name: str) -> None:
     assert graph.class_names == truth["class_names"]
 
 
-@pytest.mark.parametrize("text_in_root", [False, True])
-def test_arxiv_loads_graph_split_and_texts(tmp_path, text_in_root):
-    truth = write_ogbn_arxiv(tmp_path / "data", seed=1, text_in_root=text_in_root)
+@pytest.mark.parametrize("text_in_root, tar", [(False, True), (True, True), (False, False)])
+def test_arxiv_loads_graph_split_and_texts(tmp_path, text_in_root, tar):
+    truth = write_ogbn_arxiv(tmp_path / "data", seed=1, text_in_root=text_in_root, tar=tar)
     graph = load_dataset(_cfg(tmp_path, "ogbn-arxiv"))
     _check_against_truth(graph, truth, "time")
     assert graph.num_classes == 40
+    assert info(graph)["empty_texts"] == 0
+
+
+def test_titleabs_fixture_is_a_tar_inside_a_gzip_like_the_real_file(tmp_path):
+    write_ogbn_arxiv(tmp_path / "data")
+    raw = gzip.decompress((tmp_path / "data" / "ogbn_arxiv" / "titleabs.tsv.gz").read_bytes())
+    header = raw[:512]
+    assert header[:100].rstrip(b"\0") == b"titleabs.tsv" and header[100:108] == b"0000644\0"
+    assert header[257:265] == b"ustar  \0"  # GNU tar
+    size = int(header[124:136].rstrip(b"\0 "), 8)
+    body = raw[512:512 + size]
+    assert body.startswith(f"{EXTRA_FIRST_PAPER}\t".encode()) and b"paper id" not in raw  # no header row
+    assert body.endswith(b"\n") and body.count(b"\n") == 50 + 20 + 1  # more records than nodes
+    assert len(raw) % 512 == 0 and len(raw) >= 512 + size + 1024 and not raw[512 + size:].strip(b"\0")
+
+
+@pytest.mark.parametrize("first_is_node, final_newline", [(False, True), (True, True), (False, False)])
+def test_arxiv_titleabs_tar_quirks(tmp_path, first_is_node, final_newline):
+    """The tar header glued to the first record, NUL padding after the last one: every node
+    gets exactly its own paper's text and the extra paper 200971 is ignored."""
+    truth = write_ogbn_arxiv(tmp_path / "data", seed=4, first_is_node=first_is_node, final_newline=final_newline)
+    graph = load_dataset(_cfg(tmp_path, "ogbn-arxiv"))
+    texts = graph.texts(range(graph.num_nodes))
+    assert texts == truth["texts"]
+    if first_is_node:
+        assert texts[truth["first_record_node"]] == truth["texts"][truth["first_record_node"]]
+    assert texts[truth["last_record_node"]].endswith("unicode: é.")  # no NUL padding glued on
+    assert not any("\0" in t or "extra paper" in t for t in texts)
+
+
+def test_arxiv_titleabs_gunzipped_is_still_a_tar(tmp_path):
+    truth = write_ogbn_arxiv(tmp_path / "data", seed=5, first_is_node=True, final_newline=False)
+    gz_file = tmp_path / "data" / "ogbn_arxiv" / "titleabs.tsv.gz"
+    (gz_file.parent / "titleabs.tsv").write_bytes(gzip.decompress(gz_file.read_bytes()))
+    gz_file.unlink()
+    assert load_dataset(_cfg(tmp_path, "ogbn-arxiv")).texts(range(50)) == truth["texts"]
 
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_products_loads_graph_split_and_texts(tmp_path, gz):
+    """Some ASINs have no record and some records are empty: those nodes get an empty text."""
     truth = write_ogbn_products(tmp_path / "data", seed=2, gz=gz)
     graph = load_dataset(_cfg(tmp_path, "ogbn-products"))
     _check_against_truth(graph, truth, "sales_ranking")
     assert graph.num_classes == 47
+    empty = [i for i in range(50) if graph.text(i) == ""]
+    assert empty == sorted({*range(3, 50, 11), 5})
+    d = info(graph)
+    assert d["empty_texts"] == truth["empty_texts"] == len(empty) == 6
+    assert "6 empty" in format_info(d)
+
+
+def test_products_half_the_nodes_without_text_still_load(tmp_path):
+    truth = write_ogbn_products(tmp_path / "data", no_record=range(25))
+    graph = load_dataset(_cfg(tmp_path, "ogbn-products"))
+    assert graph.texts(range(50)) == truth["texts"]
+    assert info(graph)["empty_texts"] == 25
+
+
+def test_products_most_nodes_without_text_is_an_error(tmp_path):
+    write_ogbn_products(tmp_path / "data", no_record=range(1, 27))  # 26 + node 5's empty record
+    with pytest.raises(FastleadingError) as e:
+        load_dataset(_cfg(tmp_path, "ogbn-products"))
+    msg = str(e.value)
+    assert "Amazon-3M.raw/trn.json" in msg and "Amazon-3M.raw/tst.json" in msg
+    assert "no text for 26 of 50 nodes" in msg and "node 1 (asin B" in msg
+    assert "\n" not in msg
+
+
+def test_arxiv_most_nodes_without_text_is_an_error(tmp_path):
+    write_ogbn_arxiv(tmp_path / "data")
+    path = tmp_path / "data" / "ogbn_arxiv" / "mapping" / "nodeidx2paperid.csv.gz"
+    _rewrite(path, lambda lines: lines[:1] + [f"{i},{i + 1}" for i in range(50)])  # ids of another file
+    with pytest.raises(FastleadingError, match=r"titleabs.tsv.gz: no text for 50 of 50 nodes, "
+                                               r"e.g. node 0 \(paper id 1\)"):
+        load_dataset(_cfg(tmp_path, "ogbn-arxiv"))
 
 
 def test_fixture_layout_is_the_one_ogb_reads(tmp_path, monkeypatch):
@@ -117,12 +185,13 @@ def test_bad_ogb_files_are_reported_with_file_and_line(tmp_path, file, k, value,
     assert not (tmp_path / "cache" / "graphs").exists() or not any((tmp_path / "cache" / "graphs").iterdir())
 
 
-def test_node_without_text_is_reported(tmp_path):
-    write_ogbn_arxiv(tmp_path / "data")
+def test_node_without_text_gets_an_empty_text(tmp_path):
+    truth = write_ogbn_arxiv(tmp_path / "data")
     path = tmp_path / "data" / "ogbn_arxiv" / "mapping" / "nodeidx2paperid.csv.gz"
     _rewrite(path, _set_line(8, "7,123"))  # node 7 now points at a paper with no text
-    with pytest.raises(FastleadingError, match=r"no text for 1 node\(s\), e.g. node 7 \(paper id 123\)"):
-        load_dataset(_cfg(tmp_path, "ogbn-arxiv"))
+    graph = load_dataset(_cfg(tmp_path, "ogbn-arxiv"))
+    assert graph.texts(range(50)) == truth["texts"][:7] + [""] + truth["texts"][8:]
+    assert info(graph)["empty_texts"] == 1
 
 
 def test_label_count_mismatch(tmp_path):

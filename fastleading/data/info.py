@@ -23,7 +23,8 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
 
 
 def info(graph: "TextAttributedGraph", tokens: "TokenCache | None" = None) -> dict:
-    """Nodes, edges, degree percentiles, classes, split sizes and token-length percentiles.
+    """Nodes, edges, degree percentiles, classes, split sizes, text-length percentiles and
+    the number of empty texts (nodes without text), and token-length percentiles.
 
     ``edges`` counts undirected edges (``directed_edges`` = the CSR's entries).
     """
@@ -47,7 +48,9 @@ def info(graph: "TextAttributedGraph", tokens: "TokenCache | None" = None) -> di
         "splits": {name: graph.split(name).sizes() for name in graph.split_names},
     }
     if graph.has_text:
-        out["text_bytes"] = _percentiles(graph.node_texts.byte_lengths())
+        text_bytes = graph.node_texts.byte_lengths()
+        out["text_bytes"] = _percentiles(text_bytes)
+        out["empty_texts"] = int((text_bytes == 0).sum())  # nodes without text
     if tokens is not None:
         lengths = tokens.lengths.numpy()
         out["tokens"] = {"model": tokens.model_name, "max_length": tokens.max_length,
@@ -70,7 +73,7 @@ def format_info(d: dict) -> str:
              f"classes      {d['classes']}: " + ", ".join(f"{k} {v}" for k, v in list(d["class_sizes"].items())[:10])
              + (" ..." if d["classes"] > 10 else "") + (f"; unlabelled {d['unlabelled']}" if d["unlabelled"] else ""),
              f"texts        {'yes' if d['has_text'] else 'no'}"
-             + (f" (bytes {pct(d['text_bytes'])})" if "text_bytes" in d else ""),
+             + (f" (bytes {pct(d['text_bytes'])}; {d['empty_texts']:,} empty)" if "text_bytes" in d else ""),
              f"features     {d['features'][0] if d['features'] else 'none'}"]
     splits = d["splits"]
     shown = list(splits)[:6]

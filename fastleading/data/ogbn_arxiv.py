@@ -6,9 +6,15 @@ as shallow features) and the ``time`` split come from OGB's files (see
 (https://snap.stanford.edu/ogb/data/misc/ogbn_arxiv/titleabs.tsv.gz; three
 tab-separated columns ``paper id \\t title \\t abstract``), placed in
 ``<root>/ogbn_arxiv/`` or ``<root>/`` (gzipped or not), and joined to the nodes through
-``mapping/nodeidx2paperid.csv.gz`` (``node idx,paper id`` with a header line). Lines of
-the tsv whose first field is not an integer (a header) are skipped. Node text:
-``title + "\\n" + abstract``. Class names come from
+``mapping/nodeidx2paperid.csv.gz`` (``node idx,paper id`` with a header line). The real
+file is a tar archive (one file, ``titleabs.tsv``) inside the gzip stream, with no
+header row; :func:`fastleading.data.rawio.open_text` unpacks it, so neither the tar
+header before the first record nor the NUL padding after the last one reaches the
+texts. It holds more papers than the graph has nodes (179,720 records for 169,343
+nodes; the first, paper 200971, is not a node): papers that are not nodes are ignored.
+Lines whose first field is not an integer (a header row of a plain tsv) are skipped.
+Node text: ``title + "\\n" + abstract``; a node whose paper has no record gets an empty
+text (see :func:`fastleading.data.ogbn_common.join_texts`). Class names come from
 ``mapping/labelidx2arxivcategeory.csv.gz`` (OGB's spelling) when present.
 """
 
@@ -80,7 +86,7 @@ def read_titleabs(path: Path, wanted: set[str]) -> dict[str, str]:
             try:
                 pid = str(int(parts[0]))
             except ValueError:
-                continue  # a header line
+                continue  # the header row of a plain tsv
             if pid in wanted:
                 title = parts[1].strip() if len(parts) > 1 else ""
                 abstract = parts[2].strip() if len(parts) > 2 else ""

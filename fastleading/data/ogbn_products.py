@@ -7,8 +7,10 @@ Extreme Classification Repository, ``Amazon-3M.raw/trn.json`` and ``tst.json``
 (JSON lines with ``uid`` = ASIN, ``title``, ``content``; gzipped or not), in
 ``<root>/ogbn_products/Amazon-3M.raw/`` or ``<root>/Amazon-3M.raw/``, joined to the
 nodes through ``mapping/nodeidx2asin.csv.gz`` (``node idx,asin`` with a header line).
-Node text: ``title + "\\n" + content`` (content may be empty). Class names come from
-``mapping/labelidx2productcategory.csv.gz`` when present.
+Node text: ``title + "\\n" + content`` (content may be empty). Some ASINs of the mapping
+have no record at all and some records are empty: those nodes get an empty text, which
+``fastleading info`` counts (see :func:`fastleading.data.ogbn_common.join_texts`). Class
+names come from ``mapping/labelidx2productcategory.csv.gz`` when present.
 """
 
 from __future__ import annotations

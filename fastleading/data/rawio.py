@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import tarfile
 from pathlib import Path
 from typing import IO, Sequence
 
@@ -30,11 +31,56 @@ def find_file(candidates: Sequence[Path], what: str) -> Path:
     raise FastleadingError(f"{what}: file not found; expected {names}")
 
 
+class _TextInArchive(io.TextIOWrapper):
+    """The text of a tar member; closing it also closes the archive and the file under it."""
+
+    def __init__(self, member: IO[bytes], *owned: IO | tarfile.TarFile):
+        super().__init__(member, encoding="utf-8", newline="")
+        self._owned = owned
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for f in self._owned:
+                f.close()
+
+
+def _is_tar(head: bytes) -> bool:
+    """Whether ``head`` (a file's first 512 bytes) is a valid ustar / GNU tar header."""
+    if len(head) < tarfile.BLOCKSIZE or head[257:262] != b"ustar":
+        return False
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")  # checks the header's checksum
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
 def open_text(path: Path) -> IO[str]:
-    """Open a text file for reading, transparently decompressing ``.gz``."""
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    """Open a text file for reading, transparently decompressing ``.gz`` and unpacking a
+    tar archive (the text of its first regular file), whatever the file's name says.
+
+    OGB's ``titleabs.tsv.gz`` is such a tar inside a gzip stream: read as plain text, a
+    512-byte tar header would be glued to its first line and NUL padding to its last.
+    """
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    try:
+        if not _is_tar(raw.read(tarfile.BLOCKSIZE)):
+            raw.seek(0)
+            return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        raw.seek(0)
+        archive = tarfile.open(fileobj=raw, mode="r:")  # reads headers only up to the first file
+        member = archive.next()
+        while member is not None and not member.isfile():
+            member = archive.next()
+        if member is None:
+            archive.close()
+            raise FastleadingError(f"{path}: a tar archive without a file; expected the text file inside it")
+        return _TextInArchive(archive.extractfile(member), archive, raw)
+    except BaseException:
+        raw.close()
+        raise
 
 
 def fingerprint(paths: Sequence[Path]) -> list[list]:
