@@ -11,10 +11,13 @@ Public ops (all dispatch on the backend, see :func:`set_backend`):
 
 Backends: ``"torch"`` runs the vectorised PyTorch references below (``*_reference``,
 fp32 accumulation); ``"triton"`` runs :mod:`fastleading.kernels` (CUDA tensors, or CPU
-tensors under ``TRITON_INTERPRET=1``); ``"auto"`` (default) picks Triton for CUDA
-tensors when Triton imports and the reference otherwise. float64 inputs (exact-gradient
-tests) always take the reference. The ops are not differentiable (they run inside the
-implicit layer's custom autograd function).
+tensors under ``TRITON_INTERPRET=1``); ``"native"`` runs the multi-threaded C++ APPNP step
+of ``fastleading._native`` (kernels/appnp.cpp) on CPU tensors, bitwise equal to the
+reference, and the references for the bank ops; ``"auto"`` (default) picks Triton for CUDA
+tensors when Triton imports, the native APPNP step for CPU tensors when the module has
+it, and the reference otherwise. float64 inputs (exact-gradient tests) always take the
+reference. The ops are not differentiable (they run inside the implicit layer's custom
+autograd function).
 
 Indices (``col``, bank ``ids``) are trusted to be in range on CUDA: checking them would
 synchronise the device. CPU inputs are checked.
@@ -33,7 +36,7 @@ import torch
 
 from fastleading.errors import FastleadingError
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "native")
 _backend = "auto"
 
 # Per-graph cache of the Triton work partition and of dinv, keyed by the rowptr tensor
@@ -47,7 +50,7 @@ _REFERENCE_EDGE_CHUNK = 1 << 20
 
 # ----------------------------------------------------------------------------- backend
 def set_backend(name: str) -> None:
-    """Select the kernel backend: ``"auto"``, ``"triton"`` or ``"torch"``."""
+    """Select the kernel backend: ``"auto"``, ``"triton"``, ``"torch"`` or ``"native"``."""
     global _backend
     if name not in BACKENDS:
         raise FastleadingError(f"kernel backend {name!r} is unknown: expected one of {', '.join(BACKENDS)}")
@@ -86,9 +89,10 @@ def _interpreter_on() -> bool:
 def _use_triton(t: torch.Tensor) -> bool:
     """Whether the op on tensor ``t`` runs the Triton kernel under the current backend.
 
-    float64 always takes the PyTorch reference (the kernels accumulate in fp32).
+    float64 always takes the PyTorch reference (the kernels accumulate in fp32); so does
+    every op under ``"native"`` that has no native kernel (the bank ops).
     """
-    if _backend == "torch" or t.dtype == torch.float64:
+    if _backend in ("torch", "native") or t.dtype == torch.float64:
         return False
     if _backend == "auto":
         return t.is_cuda and _triton_importable()
@@ -98,6 +102,38 @@ def _use_triton(t: torch.Tensor) -> bool:
         raise FastleadingError(f"kernel backend 'triton' got {t.device.type} tensors: it needs CUDA tensors, "
                                "or TRITON_INTERPRET=1 set before start-up to interpret the kernels on CPU")
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def _native_appnp():
+    """``fastleading._native.appnp_step``, or None when the built module predates it (or is missing)."""
+    try:
+        from fastleading import _native
+    except ImportError:
+        return None
+    return getattr(_native, "appnp_step", None)
+
+
+def _appnp_backend(x: torch.Tensor) -> str:
+    """Which implementation runs the APPNP ops on ``x``: ``"triton"``, ``"native"`` or ``"torch"``.
+
+    ``"auto"``: Triton on CUDA, the native step on CPU (fp32/bf16/fp16), the reference when
+    the native module lacks it. ``"native"`` on CUDA tensors, or without the module, raises.
+    """
+    if _use_triton(x):
+        return "triton"
+    if _backend not in ("auto", "native") or x.dtype == torch.float64:
+        return "torch"
+    if x.is_cuda or x.device.type != "cpu":
+        if _backend == "native":
+            raise FastleadingError(f"kernel backend 'native' got {x.device.type} tensors: it runs on CPU tensors")
+        return "torch"
+    if _native_appnp() is None:
+        if _backend == "native":
+            raise FastleadingError("kernel backend 'native': fastleading._native has no appnp_step; rebuild it "
+                                   "(pip install --no-build-isolation -e .)")
+        return "torch"
+    return "native"
 
 
 # ----------------------------------------------------------------------------- validation
@@ -150,6 +186,29 @@ def _device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
 
 def _rows_unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _native_takes(x: torch.Tensor, x_in: torch.Tensor) -> bool:
+    """Whether the native step computes the reference's result for these dtypes: x_in must have
+    x's dtype, or x is fp32 (x_in is then cast to fp32, as the reference does)."""
+    return x_in.dtype == x.dtype or x.dtype == torch.float32
+
+
+def _native_operands(rowptr: torch.Tensor, col: torch.Tensor, x_in: torch.Tensor, dinv: torch.Tensor | None,
+                     dtype: torch.dtype) -> tuple:
+    """(rowptr, col, x_in, dinv) as the native step takes them for features of ``dtype``
+    (see :func:`_native_takes`)."""
+    x_in = x_in.to(dtype)
+    if dinv is not None:
+        dinv = dinv.to(torch.float32).contiguous()
+    return rowptr.contiguous(), col.contiguous(), _rows_unit_stride(x_in).detach(), dinv
+
+
+def _native_step(operands: tuple, x: torch.Tensor, alpha: float, out: torch.Tensor) -> torch.Tensor:
+    rowptr, col, x_in, dinv = operands
+    _native_appnp()(rowptr, col, _rows_unit_stride(x).detach(), x_in, float(alpha), out.detach(), dinv,
+                    torch.get_num_threads())
+    return out
 
 
 # ----------------------------------------------------------------------------- APPNP
@@ -210,10 +269,17 @@ def appnp_step(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, x_in: t
         out.
     """
     _check_features(x, x_in, rowptr)
-    _check_graph(rowptr, col, x.shape[0], dinv)
+    backend = _appnp_backend(x)
+    native = backend == "native" and _native_takes(x, x_in)
+    # The native step checks col itself (while gathering): a separate pass over it would cost
+    # a few percent of the step.
+    _check_graph(rowptr, col[:0] if native else col, x.shape[0], dinv)
     if out is not None:
         _check_out(out, x, x, x_in)
-    if not _use_triton(x):
+    if native:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+        return _native_step(_native_operands(rowptr, col, x_in, dinv, x.dtype), x, alpha, out)
+    if backend != "triton":
         return appnp_step_reference(rowptr, col, x, x_in, alpha, dinv, out)
     from fastleading.kernels.appnp import fused_appnp_step
 
@@ -230,19 +296,28 @@ def appnp_iterate(rowptr: torch.Tensor, col: torch.Tensor, x0: torch.Tensor, x_i
     """``num_iters`` APPNP steps from ``x0`` (shapes and dtypes as :func:`appnp_step`).
 
     Two ping-pong buffers of x0's shape are the only allocations (one when ``num_iters``
-    is 1; the Triton path adds one fp32 scratch for the partial sums of heavy rows);
-    x0 and x_in are not modified. Returns a new tensor (a copy of x0 when ``num_iters`` is 0).
+    is 1; the Triton path adds one fp32 scratch for the partial sums of heavy rows, the
+    native path the fp32 ``dinv``); x0 and x_in are not modified. Returns a new tensor (a
+    copy of x0 when ``num_iters`` is 0).
     """
     if num_iters < 0:
         raise ValueError(f"num_iters must be >= 0, got {num_iters}")
     _check_features(x0, x_in, rowptr)
-    _check_graph(rowptr, col, x0.shape[0], dinv)
+    backend = _appnp_backend(x0)
+    native = backend == "native" and _native_takes(x0, x_in)
+    _check_graph(rowptr, col[:0] if native else col, x0.shape[0], dinv)
     if num_iters == 0:
         return x0.clone()
     buffers = [torch.empty_like(x0, memory_format=torch.contiguous_format)]
     if num_iters > 1:
         buffers.append(torch.empty_like(buffers[0]))
-    if _use_triton(x0):
+    if native:
+        # dinv once for all steps (the native step would compute it at every step).
+        operands = _native_operands(rowptr, col, x_in, gcn_dinv(rowptr) if dinv is None else dinv, x0.dtype)
+
+        def step(src: torch.Tensor, dst: torch.Tensor) -> None:
+            _native_step(operands, src, alpha, dst)
+    elif backend == "triton":
         from fastleading.kernels.appnp import fused_appnp_step, partial_buffer
 
         plan, cached_dinv = _triton_plan(rowptr)

@@ -9,6 +9,11 @@
 // accumulators in zmm registers for the whole walk over a row's neighbours; the last vector
 // of the last block is masked (widths that are not multiples of 16 need no scalar tail).
 
+// GCC 12 reports the intrinsics' deliberately undefined registers (_mm512_undefined_ps()
+// inside avx512fintrin.h) as "may be used uninitialized" once they are inlined here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cstdint>

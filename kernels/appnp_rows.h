@@ -19,6 +19,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "appnp.h"
 
 namespace fastleading {
@@ -48,8 +52,12 @@ inline uint32_t to_bits(float f) {
 
 inline float to_float(float v) { return v; }
 inline float to_float(Bf16 v) { return from_bits(uint32_t{v.bits} << 16); }
-// IEEE half -> float, exact, branch-free (after M. Dukhan's FP16 library, as c10::Half).
+// IEEE half -> float, exact: the F16C instruction where the build has it, else branch-free
+// integer code (after M. Dukhan's FP16 library, as c10::Half).
 inline float to_float(F16 v) {
+#if defined(__F16C__)
+  return _cvtsh_ss(v.bits);
+#endif
   const uint32_t w = uint32_t{v.bits} << 16;
   const uint32_t sign = w & 0x80000000u;
   const uint32_t two_w = w + w;
@@ -74,6 +82,9 @@ inline Bf16 from_float<Bf16>(float f) {
 // float -> IEEE half, round to nearest even (M. Dukhan's FP16 library, as c10::Half).
 template <>
 inline F16 from_float<F16>(float f) {
+#if defined(__F16C__)
+  return F16{static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT))};
+#endif
   const uint32_t w = to_bits(f);
   const uint32_t shl1_w = w + w;
   const uint32_t sign = w & 0x80000000u;
@@ -93,6 +104,16 @@ inline const float* load_block(const T* __restrict src, float* __restrict buf, i
   return buf;
 }
 inline const float* load_block(const float* src, float*, int64_t) { return src; }
+#if defined(__F16C__)
+inline const float* load_block(const F16* __restrict src, float* __restrict buf, int64_t w) {
+  int64_t k = 0;
+  for (; k + 8 <= w; k += 8) {
+    _mm256_storeu_ps(buf + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+  }
+  for (; k < w; ++k) buf[k] = to_float(src[k]);
+  return buf;
+}
+#endif
 
 inline void prefetch_bytes(const void* p, int64_t bytes) {
   const char* b = static_cast<const char*>(p);

@@ -1,0 +1,224 @@
+"""The native CPU APPNP step (``fastleading._native.appnp_step``, kernels/appnp*.cpp) and its dispatch.
+
+Graphs come from tests/test_ops_appnp.py (isolated nodes, empty rows, one hub linked to
+about half the nodes). The native step runs the PyTorch reference's arithmetic in the same
+order, so besides matching the dense float64 ``Â`` it is bitwise equal to
+``ops.appnp_step_reference``, for every instruction-set build and every thread count.
+"""
+
+import pytest
+import torch
+
+from fastleading import _native, ops
+from fastleading.errors import FastleadingError
+from fastleading.graph import build_csr
+from test_ops_appnp import DTYPES, assert_close, expected_step, make_case, skewed_edges
+
+ISAS = _native.appnp_isas()
+
+
+def native_step(rowptr, col, x, x_in, alpha, dinv=None, num_threads=1, isa="auto", prefetch=-1):
+    out = torch.full_like(x, float("nan"))  # unwritten entries would stay NaN
+    threads = _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv, num_threads, isa, prefetch)
+    return out, threads
+
+
+def large_skewed_graph(n: int, m: int, seed: int):
+    """A graph too large for a dense Â but large enough for the step to use several threads."""
+    gen = torch.Generator().manual_seed(seed)
+    src, dst = skewed_edges(n, m, gen)
+    rowptr, col = build_csr(src.numpy(), dst.numpy(), n)
+    return rowptr, col, gen
+
+
+def test_isas_list_the_portable_build_last():
+    assert ISAS[-1] == "generic" and set(ISAS) <= {"avx512", "avx2", "generic"}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("col_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("width", [1, 40, 47, 128, 300])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_step_matches_dense_float64_and_the_reference(dtype, width, col_dtype, isa):
+    seed = 2000 + 7 * width + DTYPES.index(dtype) + (col_dtype == torch.int64)
+    (rowptr, col), x, x_in, a_hat = make_case(300, 600, width, dtype, col_dtype, "cpu", seed)
+    deg = rowptr[1:] - rowptr[:-1]
+    assert int(deg.max()) >= 140 and int((deg == 0).sum()) >= 10
+    got, _ = native_step(rowptr, col, x, x_in, 0.15, isa=isa)
+    assert got.dtype == dtype
+    assert_close(got, expected_step(a_hat, x, x_in, 0.15), dtype)
+    assert torch.equal(got, ops.appnp_step_reference(rowptr, col, x, x_in, 0.15))
+
+
+@pytest.mark.parametrize("col_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_same_bits_for_every_thread_count_isa_and_prefetch_distance(dtype, col_dtype):
+    rowptr, col, gen = large_skewed_graph(20_000, 200_000, seed=11 + DTYPES.index(dtype))
+    col = col.to(col_dtype)
+    x = torch.randn(20_000, 47, generator=gen).to(dtype)
+    x_in = torch.randn(20_000, 47, generator=gen).to(dtype)
+    dinv = ops.gcn_dinv(rowptr)
+    first, threads = native_step(rowptr, col, x, x_in, 0.1, dinv, num_threads=1)
+    assert threads == 1 and not torch.isnan(first).any()
+    for num_threads in (2, 3, 7):
+        got, threads = native_step(rowptr, col, x, x_in, 0.1, dinv, num_threads=num_threads)
+        assert threads == num_threads  # the graph is large enough for all of them
+        assert torch.equal(got, first)
+    for isa in ISAS:
+        for prefetch in (0, 1, 16, 1000):
+            assert torch.equal(native_step(rowptr, col, x, x_in, 0.1, None, 2, isa, prefetch)[0], first)
+    assert torch.equal(first, ops.appnp_step_reference(rowptr, col, x, x_in, 0.1, dinv))
+
+
+@pytest.mark.parametrize("width", [200, 513])
+def test_wide_features_span_several_blocks(width):
+    """Blocks of 256 features: 200 is one partial block, 513 two full ones and one of a single lane."""
+    (rowptr, col), x, x_in, a_hat = make_case(160, 300, width, torch.bfloat16, torch.int32, "cpu", 5 + width)
+    for isa in ISAS:
+        got, _ = native_step(rowptr, col, x, x_in, 0.2, isa=isa)
+        assert_close(got, expected_step(a_hat, x, x_in, 0.2), torch.bfloat16)
+        assert torch.equal(got, ops.appnp_step_reference(rowptr, col, x, x_in, 0.2))
+
+
+def test_strided_rows_and_given_dinv():
+    (rowptr, col), x, x_in, a_hat = make_case(200, 400, 33, torch.float32, torch.int64, "cpu", 8)
+    wide_x = torch.randn(200, 50)
+    wide_x[:, 5:38] = x
+    wide_out = torch.full((200, 64), float("nan"))
+    _native.appnp_step(rowptr, col, wide_x[:, 5:38], x_in, 0.3, wide_out[:, 10:43], ops.gcn_dinv(rowptr), 2)
+    assert_close(wide_out[:, 10:43], expected_step(a_hat, x, x_in, 0.3), torch.float32)
+    assert torch.isnan(wide_out[:, :10]).all() and torch.isnan(wide_out[:, 43:]).all()
+
+
+def test_empty_graphs_and_shapes():
+    x = torch.randn(16, 9)
+    x_in = torch.randn(16, 9)
+    got, _ = native_step(torch.zeros(17, dtype=torch.int64), torch.zeros(0, dtype=torch.int32), x, x_in, 0.25)
+    torch.testing.assert_close(got, 0.75 * x + 0.25 * x_in)
+    for shape in [(0, 5), (4, 0)]:
+        empty = torch.empty(shape)
+        rowptr = torch.zeros(shape[0] + 1, dtype=torch.int64)
+        assert native_step(rowptr, torch.zeros(0, dtype=torch.int64), empty, empty, 0.5)[0].shape == shape
+
+
+def test_bad_inputs_are_rejected():
+    rowptr = torch.tensor([0, 1, 2], dtype=torch.int64)
+    x = torch.ones(2, 3)
+    out = torch.empty(2, 3)
+    for col_dtype in (torch.int32, torch.int64):
+        with pytest.raises(IndexError, match="col"):
+            _native.appnp_step(rowptr, torch.tensor([1, 2], dtype=col_dtype), x, x, 0.5, out)
+        with pytest.raises(IndexError, match="col"):
+            _native.appnp_step(rowptr, torch.tensor([1, -1], dtype=col_dtype), x, x, 0.5, out)
+    col = torch.tensor([1, 0])
+    with pytest.raises(ValueError, match="rowptr"):
+        _native.appnp_step(torch.tensor([0, 2, 1]), col, x, x, 0.5, out)
+    with pytest.raises(ValueError, match="rowptr"):
+        _native.appnp_step(torch.tensor([0, 1, 3]), col, x, x, 0.5, out)
+    with pytest.raises(ValueError, match="dtype"):
+        _native.appnp_step(rowptr, col, x, x.bfloat16(), 0.5, out)
+    with pytest.raises(ValueError, match="unit stride"):
+        _native.appnp_step(rowptr, col, torch.ones(3, 2).t(), x, 0.5, out)
+    with pytest.raises(ValueError, match="isa"):
+        _native.appnp_step(rowptr, col, x, x, 0.5, out, isa="sse9")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_iterate_on_native_matches_dense_and_the_reference(dtype):
+    (rowptr, col), x0, x_in, a_hat = make_case(120, 240, 40, dtype, torch.int32, "cpu", 99)
+    want = x0.double()
+    for _ in range(5):
+        want = expected_step(a_hat, want, x_in, 0.3)
+    with ops.use_backend("native"):
+        got = ops.appnp_iterate(rowptr, col, x0, x_in, 0.3, 5)
+    with ops.use_backend("torch"):
+        ref = ops.appnp_iterate(rowptr, col, x0, x_in, 0.3, 5)
+    assert_close(got, want, dtype)
+    assert torch.equal(got, ref)
+
+
+def test_iterate_converges_to_the_fixed_point():
+    alpha, steps = 0.7, 14
+    (rowptr, col), x0, x_in, a_hat = make_case(120, 240, 40, torch.float32, torch.int64, "cpu", 98)
+    fixed_point = alpha * torch.linalg.solve(torch.eye(120, dtype=torch.float64) - (1 - alpha) * a_hat,
+                                             x_in.double())
+    x0_before = x0.clone()
+    with ops.use_backend("native"):
+        got = ops.appnp_iterate(rowptr, col, x0, x_in, alpha, steps)
+    assert torch.equal(x0, x0_before)
+    assert (got.double() - fixed_point).norm() < 1e-6 * fixed_point.norm()
+
+
+class Spy:
+    """Stands in for ``_native.appnp_step`` and records its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return _native.appnp_step(*args)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    s = Spy()
+    monkeypatch.setattr(ops, "_native_appnp", lambda: s)
+    return s
+
+
+@pytest.mark.parametrize("backend", ["auto", "native"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dispatch_picks_native_for_cpu_tensors(spy, dtype, backend):
+    (rowptr, col), x, x_in, _ = make_case(100, 200, 16, dtype, torch.int32, "cpu", 3)
+    with ops.use_backend(backend):
+        step = ops.appnp_step(rowptr, col, x, x_in, 0.2)
+        assert spy.calls == 1
+        ops.appnp_iterate(rowptr, col, x, x_in, 0.2, 3)
+        assert spy.calls == 4
+    assert torch.equal(step, ops.appnp_step_reference(rowptr, col, x, x_in, 0.2))
+
+
+def test_dispatch_keeps_the_reference_where_native_does_not_apply(spy):
+    (rowptr, col), x, x_in, _ = make_case(100, 200, 16, torch.float32, torch.int64, "cpu", 4)
+    with ops.use_backend("torch"):
+        ops.appnp_step(rowptr, col, x, x_in, 0.2)
+        ops.appnp_iterate(rowptr, col, x, x_in, 0.2, 2)
+    for backend in ("auto", "native"):
+        with ops.use_backend(backend):
+            ops.appnp_step(rowptr, col, x.double(), x_in.double(), 0.2)  # float64: exact-gradient tests
+            ops.appnp_iterate(rowptr, col, x.double(), x_in.double(), 0.2, 2)
+            # bf16 x with an fp32 x_in: casting x_in to bf16 would change the reference's result
+            ops.appnp_step(rowptr, col, x.bfloat16(), x_in, 0.2)
+    assert spy.calls == 0
+    # fp32 x with a bf16 x_in: the reference casts x_in to fp32 too, so native takes it.
+    got = ops.appnp_step(rowptr, col, x, x_in.bfloat16(), 0.2)
+    assert spy.calls == 1
+    assert torch.equal(got, ops.appnp_step_reference(rowptr, col, x, x_in.bfloat16(), 0.2))
+
+
+def test_dispatch_checks_and_errors(spy, monkeypatch):
+    rowptr = torch.tensor([0, 1, 2], dtype=torch.int64)
+    x = torch.ones(2, 3)
+    with ops.use_backend("auto"):
+        with pytest.raises(IndexError, match="col"):  # checked in the kernel, not by a separate pass
+            ops.appnp_step(rowptr, torch.tensor([1, 2]), x, x, 0.5)
+        assert spy.calls == 1
+        with pytest.raises(ValueError, match="share memory"):
+            ops.appnp_step(rowptr, torch.tensor([1, 0]), x, x, 0.5, out=x)
+    meta = torch.empty(2, 3, device="meta")
+    with ops.use_backend("native"), pytest.raises(FastleadingError, match="CPU tensors"):
+        ops.appnp_step(rowptr.to("meta"), torch.tensor([1, 0], device="meta"), meta, meta, 0.5)
+    # Bank ops have no native kernel: "native" runs their references.
+    bank = torch.zeros(4, 3)
+    with ops.use_backend("native"):
+        ops.bank_scatter(bank, torch.tensor([2]), torch.ones(1, 3))
+        assert torch.equal(ops.bank_gather(bank, torch.tensor([2, 0])), torch.tensor([[1.0] * 3, [0.0] * 3]))
+    # A module built before the native step: "auto" falls back to the reference, "native" says why.
+    monkeypatch.setattr(ops, "_native_appnp", lambda: None)
+    col = torch.tensor([1, 0])
+    with ops.use_backend("auto"):
+        torch.testing.assert_close(ops.appnp_step(rowptr, col, x, x, 0.5), x)
+    with ops.use_backend("native"), pytest.raises(FastleadingError, match="rebuild"):
+        ops.appnp_step(rowptr, col, x, x, 0.5)
+    assert spy.calls == 1
