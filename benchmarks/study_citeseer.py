@@ -25,7 +25,7 @@ import torch
 
 from fastleading.config import Config, apply_overrides
 from fastleading.downstream import downstream, export_embeddings
-from fastleading.train import train
+from fastleading.methods import train_method
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 
@@ -89,7 +89,7 @@ def main() -> int:
             cfg = config(args, method, seed)
             run_dir = runs / f"{method}-{seed}"
             start = time.time()
-            summary = train(cfg, run_dir, quiet=True)
+            summary = train_method(cfg, run_dir, quiet=True)
             emb = export_embeddings(run_dir, run_dir / "embeddings.npy")
             gcn_cfg = apply_overrides(cfg, ["model.gnn=gcn"])
             gcn = downstream(gcn_cfg, emb, run_dir)

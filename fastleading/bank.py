@@ -2,8 +2,8 @@
 
 Pipeline 2 and pipeline 1 ``refresh`` rows with fresh encodings; pipeline 1 ``lookup``s
 the neighbours of its targets instead of encoding them. The bank also records, per node,
-the step at which its row was last written (staleness) and how many times the node was
-LM-encoded with and without gradient (the paper's "encoding times per node").
+the step at which its row was last written (staleness). How often nodes are encoded is
+counted elsewhere (:class:`fastleading.encode.EncodeCounter`).
 """
 
 from __future__ import annotations
@@ -27,24 +27,23 @@ class MemoryBank:
                  device: torch.device | str = "cpu"):
         self.emb = torch.zeros(num_nodes, dim, dtype=dtype, device=device)
         self.stamp = torch.full((num_nodes,), -1, dtype=torch.int64, device=device)
-        self.encodes_grad = torch.zeros(num_nodes, dtype=torch.int64, device=device)
-        self.encodes_nograd = torch.zeros(num_nodes, dtype=torch.int64, device=device)
 
     @property
     def num_nodes(self) -> int:
         return self.emb.shape[0]
 
-    def count_encodes(self, ids: torch.Tensor, grad: bool) -> None:
-        """Record that nodes ``ids`` were LM-encoded once each (with or without gradient)."""
-        counter = self.encodes_grad if grad else self.encodes_nograd
-        counter.index_add_(0, ids.to(counter.device), torch.ones_like(ids, dtype=torch.int64, device=counter.device))
-
     def refresh(self, ids: torch.Tensor, emb: torch.Tensor, step: int) -> None:
         """Write ``emb [M, dim]`` (detached) into rows ``ids [M]`` and stamp them with ``step``.
 
         For duplicate ids the last occurrence wins (see :func:`fastleading.ops.bank_scatter`).
+        A row with a non-finite value keeps its previous embedding (its stamp still moves), so
+        one bad encode cannot spread through every later lookup.
         """
-        ops.bank_scatter(self.emb, ids.to(self.emb.device), emb.detach(), self.stamp, step)
+        ids = ids.to(self.emb.device)
+        emb = emb.detach()
+        finite = torch.isfinite(emb).all(dim=1, keepdim=True)
+        emb = torch.where(finite, emb, self.emb.index_select(0, ids).to(emb.dtype))
+        ops.bank_scatter(self.emb, ids, emb, self.stamp, step)
 
     def lookup(self, ids: torch.Tensor, out: torch.Tensor | None = None, out_offset: int = 0) -> torch.Tensor:
         """Rows ``ids`` as ``[M, dim]``, or written into ``out[out_offset:out_offset+M]``."""
@@ -55,8 +54,7 @@ class MemoryBank:
         return step - self.stamp[ids.to(self.stamp.device)]
 
     def state_dict(self) -> dict:
-        return {"emb": self.emb, "stamp": self.stamp, "encodes_grad": self.encodes_grad,
-                "encodes_nograd": self.encodes_nograd}
+        return {"emb": self.emb, "stamp": self.stamp}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():

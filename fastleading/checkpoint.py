@@ -1,11 +1,16 @@
-"""Checkpoints: one file per run folder, written atomically (temp file + rename).
+"""Checkpoint files: written atomically (temp file + rename), read without running code.
 
 A run killed at any point (SIGKILL included) leaves either the previous complete
 checkpoint or the new complete one, never a torn file; ``--resume DIR`` continues from it.
+
+Files hold only tensors and plain containers (dicts, lists, tuples, numbers, strings), and
+are read with ``torch.load(weights_only=True)``: a run folder someone shared cannot run code
+on ``--resume``, ``export`` or ``downstream``. Anything else is refused with one line.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -22,10 +27,16 @@ def save(path: str | Path, state: dict) -> Path:
 
 
 def load(path: str | Path, map_location="cpu") -> dict:
+    """The dict saved at ``path``, its tensors on ``map_location`` (default: the CPU)."""
     path = Path(path)
     if not path.is_file():
         raise FastleadingError(f"{path}: no checkpoint here (expected a file written by `fastleading train`)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FastleadingError(f"{path}: refused: holds objects other than tensors and plain containers, which "
+                               f"could run code when loaded ({first})") from None
     except Exception as e:
-        raise FastleadingError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise FastleadingError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})") from None

@@ -65,7 +65,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from fastleading.train import train
+    from fastleading.methods import train_method
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
         from fastleading.distributed import require_deepspeed
 
         require_deepspeed()
-    summary = train(cfg, out, resume=bool(args.resume), quiet=args.quiet)
+    summary = train_method(cfg, out, resume=bool(args.resume), quiet=args.quiet)
     print(f"{summary['method']} on {summary['dataset']}: best valid {summary['best_valid_acc']:.4f}, "
           f"test {summary['test_acc']:.4f}")
     print(f"summary: {out / 'summary.json'}")

@@ -122,6 +122,8 @@ class TrainConfig:
     deepspeed: Optional[str] = _f(None, "DeepSpeed preset (zero1, zero2, zero3, zero2-offload, zero3-offload) or JSON file.")
     downstream_epochs: int = _f(200, "Epochs of the downstream / shallow GNN.")
     max_steps: int = _f(0, "Stop after this many steps (0 = no limit).")
+    max_bad_steps: int = _f(10, "Stop after this many consecutive optimizer steps whose loss or gradients were "
+                            "non-finite (each is skipped); 0 = never stop.")
 
 
 @dataclass
@@ -277,6 +279,8 @@ def validate(cfg: Config) -> None:
         raise FastleadingError(f"config key 'model.alpha': expected 0 < alpha <= 1, got {m.alpha}")
     if not t.fanouts or any(f < 1 for f in t.fanouts):
         raise FastleadingError(f"config key 'train.fanouts': expected a non-empty list of positive integers, got {t.fanouts}")
+    if t.max_bad_steps < 0:
+        raise FastleadingError(f"config key 'train.max_bad_steps': expected >= 0, got {t.max_bad_steps}")
     if t.refresh_batch_size < 0:
         raise FastleadingError(f"config key 'train.refresh_batch_size': expected >= 0, got {t.refresh_batch_size}")
 

@@ -6,9 +6,10 @@ LOCAL_RANK, MASTER_ADDR and MASTER_PORT in its environment; without them the run
 process and every function here degrades to its single-process meaning (no collectives).
 
 Each step every rank encodes a disjoint shard of the targets and of the refresh batch
-(:func:`shard`), then exchanges the fresh rows (:func:`sync_bank_rows`,
-:func:`sync_history_rows`: an all-gather of ids and rows, written in rank order on every rank),
-so all banks and histories stay bit-identical. Gradients are averaged by
+(:func:`shard`), then exchanges the fresh rows (:func:`sync_bank_rows`; the implicit layer
+syncs its own histories the same way, :meth:`fastleading.nn.ImplicitAPPNP.sync_histories`: an
+all-gather of ids and rows, written in rank order on every rank), so all banks and histories
+stay bit-identical. Gradients are averaged by
 :func:`all_reduce_gradients` (plain data parallelism) or by the DeepSpeed engine.
 """
 
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fastleading import ops
 from fastleading.errors import FastleadingError
 
 
@@ -269,18 +269,3 @@ def sync_bank_rows(bank, ids: torch.Tensor, rows: torch.Tensor, step: int) -> No
     rows = rows.detach().to(bank.emb.device, bank.emb.dtype)  # gather in the storage dtype: fewer bytes, same rows
     all_ids, all_rows = allgather_rows(ids, rows)
     bank.refresh(all_ids, all_rows, step)
-
-
-def sync_history_rows(layer, node_ids: torch.Tensor) -> None:
-    """Make the rows ``node_ids`` of an :class:`fastleading.nn.ImplicitAPPNP`'s ``x_history`` and
-    ``g_history`` identical on every rank. Call it after backward (the backward writes
-    ``g_history``) with the global ids of this rank's subgraph; a node in several ranks'
-    subgraphs keeps the highest rank's rows. One all-gather carries both histories."""
-    if not is_distributed():
-        return
-    node_ids = node_ids.to(layer.x_history.device, torch.int64)
-    c = layer.x_history.shape[1]
-    rows = torch.cat([layer.x_history[node_ids], layer.g_history[node_ids]], dim=1)
-    all_ids, all_rows = allgather_rows(node_ids, rows)
-    ops.bank_scatter(layer.x_history, all_ids, all_rows[:, :c])
-    ops.bank_scatter(layer.g_history, all_ids, all_rows[:, c:])

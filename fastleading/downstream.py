@@ -22,6 +22,7 @@ from fastleading.config import Config, from_dict
 from fastleading.errors import FastleadingError
 from fastleading.io import atomic_write, atomic_write_text
 from fastleading.nn import Head, propagate
+from fastleading.profiling import peak_memory_bytes
 
 
 class GNN(nn.Module):
@@ -95,6 +96,10 @@ def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed
     return {"gnn": kind, **best}
 
 
+# methods that train no LM: features are fixed before the GNN sees them
+FIXED_FEATURE_METHODS = ("pretrained", "shallow")
+
+
 def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dict:
     """The ``pretrained`` (frozen LM embeddings) and ``shallow`` (BoW / TF-IDF) baselines:
     features -> MLP -> APPNP, the same head and propagation as LEADING's."""
@@ -122,24 +127,18 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
                "best_valid_acc": result["valid"], "test_acc": result["test"], "best_epoch": result["epoch"],
                "epochs": cfg.train.downstream_epochs,
                "encodes_per_node_per_epoch": {"grad": 0.0, "nograd": 0.0},
-               "peak_memory_bytes": _peak(device), "wall_time_s": round(time.time() - start, 3),
+               "peak_memory_bytes": peak_memory_bytes(device), "wall_time_s": round(time.time() - start, 3),
                "phase_time_s": {}, "device": str(device)}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _peak(device: torch.device) -> int:
-    from fastleading.train import peak_memory_bytes
-
-    return peak_memory_bytes(device)
-
-
 def pretrained_embeddings(cfg: Config, quiet: bool = True):
     """(graph, ``[N, H]`` embeddings of the LM without any fine-tuning)."""
     from fastleading.data import prepare
+    from fastleading.encode import encode_all
     from fastleading.lm import LMEncoder
     from fastleading.precision import resolve_device, resolve_precision
-    from fastleading.train import encode_all
 
     graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)
@@ -151,15 +150,16 @@ def pretrained_embeddings(cfg: Config, quiet: bool = True):
 
 def run_embeddings(run_dir: Path, quiet: bool = True):
     """(config, graph, ``[N, H]`` embeddings) of a finished run's best fine-tuned LM."""
-    from fastleading.train import NodeClassifier, encode_all
     from fastleading.data import prepare
+    from fastleading.encode import encode_all
     from fastleading.precision import resolve_device, resolve_precision
+    from fastleading.trainer.model import NodeClassifier
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FastleadingError(f"{cfg_path}: not a run folder (expected config.json written by `fastleading train`)")
     cfg = from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
-    if cfg.train.method in ("pretrained", "shallow"):
+    if cfg.train.method in FIXED_FEATURE_METHODS:
         return cfg, *pretrained_or_shallow(cfg, quiet)
     graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)

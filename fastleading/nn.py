@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fastleading import ops
+from fastleading.distributed import allgather_rows, is_distributed
 
 
 class _ImplicitAPPNPFunction(torch.autograd.Function):
@@ -23,7 +24,7 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
     def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: "ImplicitAPPNP"):
         x0 = layer.x_history[node_ids].to(x_in.dtype)                         # eq. 4: X_0^k = X_L^{k-1}
         x = ops.appnp_iterate(rowptr, col, x0, x_in, layer.alpha, layer.num_iters, dinv)  # eq. 5
-        layer.x_history[node_ids] = x.detach().to(layer.x_history.dtype)
+        _write_finite_rows(layer.x_history, node_ids, x.detach())
         ctx.save_for_backward(rowptr, col, dinv, node_ids)
         ctx.layer = layer
         return x
@@ -33,13 +34,25 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
         rowptr, col, dinv, node_ids = ctx.saved_tensors
         layer = ctx.layer
         grad_out = grad_out.contiguous()
+        # grad_out carries layer.grad_scale x dL/dX of the unscaled mean loss; the history is
+        # kept in the unscaled units, so a changing loss scale never mis-scales the warm start.
+        scale = layer.grad_scale
         if layer.warm_backward:
-            g0 = layer.g_history[node_ids].to(grad_out.dtype)                # eq. 6: G_L^k = G_0^{k-1}
+            g0 = layer.g_history[node_ids].to(grad_out.dtype) * scale        # eq. 6: G_L^k = G_0^{k-1}
         else:
             g0 = torch.zeros_like(grad_out)
         g = ops.appnp_iterate(rowptr, col, g0, grad_out, layer.alpha, layer.num_iters, dinv)  # eq. 7
-        layer.g_history[node_ids] = g.detach().to(layer.g_history.dtype)
+        _write_finite_rows(layer.g_history, node_ids, g.detach() / scale)
+        layer.sync_histories(node_ids)
         return g, None, None, None, None, None
+
+
+def _write_finite_rows(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> None:
+    """``table[ids] = rows`` for the rows whose values are all finite; the other rows of ``ids``
+    keep their previous value, so one non-finite step cannot poison the warm starts of every
+    later visit. Decided on the device: no host synchronisation."""
+    finite = torch.isfinite(rows).all(dim=1, keepdim=True)
+    table[ids] = torch.where(finite, rows.to(table.dtype), table[ids])
 
 
 class ImplicitAPPNP(nn.Module):
@@ -58,6 +71,13 @@ class ImplicitAPPNP(nn.Module):
 
     ``forward(x_in [n, C], rowptr, col, node_ids [n])`` propagates over the subgraph whose CSR
     (local ids) is ``rowptr/col`` and whose node ``i`` is global node ``node_ids[i]``.
+
+    The histories are ``[N, C]`` buffers that are not part of ``state_dict()`` (a trained
+    model does not need them): checkpoints store them through :meth:`histories_state`. Only
+    finite rows are written. ``g_history`` is kept in units of dL/dX of the unscaled mean
+    loss: whoever scales the loss (a GradScaler, gradient accumulation, a rank's share of the
+    batch) sets :attr:`grad_scale` to the factor before backward. With several ranks the
+    backward makes the rows it wrote identical on every rank (:meth:`sync_histories`).
     """
 
     def __init__(self, alpha: float, num_iters: int, num_nodes: int, channels: int,
@@ -66,18 +86,43 @@ class ImplicitAPPNP(nn.Module):
         self.alpha = float(alpha)
         self.num_iters = int(num_iters)
         self.warm_backward = bool(warm_backward)
-        self.register_buffer("x_history", torch.zeros(num_nodes, channels, dtype=history_dtype))
-        self.register_buffer("g_history", torch.zeros(num_nodes, channels, dtype=history_dtype))
+        self.register_buffer("x_history", torch.zeros(num_nodes, channels, dtype=history_dtype), persistent=False)
+        self.register_buffer("g_history", torch.zeros(num_nodes, channels, dtype=history_dtype), persistent=False)
+        # factor between the incoming gradient and dL/dX of the unscaled mean loss (a float,
+        # or a 0-dim tensor such as a GradScaler's scale, read on the device)
+        self.grad_scale: float | torch.Tensor = 1.0
 
     def forward(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor,
                 node_ids: torch.Tensor, dinv: torch.Tensor | None = None) -> torch.Tensor:
         if dinv is None:
-            dinv = ops.gcn_dinv(rowptr)
+            dinv = ops.gcn_dinv(rowptr, ops.accumulation_dtype(x_in))
         return _ImplicitAPPNPFunction.apply(x_in.contiguous(), rowptr, col, dinv, node_ids, self)
 
     def reset_histories(self) -> None:
         self.x_history.zero_()
         self.g_history.zero_()
+
+    def histories_state(self) -> dict[str, torch.Tensor]:
+        """Both histories, in their storage dtype, for a checkpoint."""
+        return {"x_history": self.x_history, "g_history": self.g_history}
+
+    def load_histories(self, state: dict[str, torch.Tensor]) -> None:
+        self.x_history.copy_(state["x_history"])
+        self.g_history.copy_(state["g_history"])
+
+    def sync_histories(self, node_ids: torch.Tensor) -> None:
+        """Make the rows ``node_ids`` (global ids of this rank's subgraph) of both histories
+        identical on every rank: one all-gather of ids and rows, written in rank order (a node
+        in several ranks' subgraphs keeps the highest rank's rows). A no-op in one process.
+        The backward calls it after writing ``g_history``."""
+        if not is_distributed():
+            return
+        node_ids = node_ids.to(self.x_history.device, torch.int64)
+        c = self.x_history.shape[1]
+        rows = torch.cat([self.x_history[node_ids], self.g_history[node_ids]], dim=1)
+        all_ids, all_rows = allgather_rows(node_ids, rows)
+        ops.bank_scatter(self.x_history, all_ids, all_rows[:, :c])
+        ops.bank_scatter(self.g_history, all_ids, all_rows[:, c:])
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, num_iters={self.num_iters}, warm_backward={self.warm_backward}, "
@@ -106,7 +151,7 @@ def propagate(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alpha
     """Explicit APPNP: ``num_iters`` steps from ``X_0 = X_in``, differentiable by unrolling
     (the coupled baseline and the shallow GNN); without grad, the full-graph inference solver."""
     if dinv is None:
-        dinv = ops.gcn_dinv(rowptr)
+        dinv = ops.gcn_dinv(rowptr, ops.accumulation_dtype(x_in))
     if not torch.is_grad_enabled() or not x_in.requires_grad:
         return ops.appnp_iterate(rowptr, col, x_in, x_in, alpha, num_iters, dinv)
     x = x_in

@@ -212,9 +212,15 @@ def _native_step(operands: tuple, x: torch.Tensor, alpha: float, out: torch.Tens
 
 
 # ----------------------------------------------------------------------------- APPNP
-def gcn_dinv(rowptr: torch.Tensor) -> torch.Tensor:
-    """fp32 ``[N]`` = ``1/sqrt(deg+1)`` for the CSR ``rowptr`` (int64 ``[N+1]``); +1 is the self loop."""
-    return (rowptr[1:] - rowptr[:-1] + 1).to(torch.float32).rsqrt()
+def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the APPNP ops accumulate ``x`` in: float64 for float64, else fp32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def gcn_dinv(rowptr: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[N]`` = ``1/sqrt(deg+1)`` in ``dtype`` for the CSR ``rowptr`` (int64 ``[N+1]``); +1 is
+    the self loop. float64 inputs need a float64 ``dinv`` (see :func:`accumulation_dtype`)."""
+    return (rowptr[1:] - rowptr[:-1] + 1).to(dtype).rsqrt()
 
 
 def _triton_plan(rowptr: torch.Tensor):
@@ -239,8 +245,8 @@ def appnp_step_reference(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tenso
     """PyTorch reference of :func:`appnp_step` (index_select + index_add_ over edge chunks; fp32
     accumulation, fp64 for fp64 inputs)."""
     n = x.shape[0]
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dinv = (gcn_dinv(rowptr) if dinv is None else dinv).to(acc)
+    acc = accumulation_dtype(x)
+    dinv = gcn_dinv(rowptr, acc) if dinv is None else dinv.to(acc)
     row = torch.repeat_interleave(torch.arange(n, device=x.device), rowptr[1:] - rowptr[:-1])
     col = col.long()
     xf = x.to(acc)
@@ -263,7 +269,8 @@ def appnp_step(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, x_in: t
             (the self loop is folded in).
         x, x_in: ``[N, C]`` fp32/bf16/fp16 (accumulation in fp32).
         alpha: teleport weight ``a``.
-        dinv: fp32 ``[N]`` from :func:`gcn_dinv` (computed, and cached per graph, when None).
+        dinv: ``[N]`` from :func:`gcn_dinv` (computed, and cached per graph, when None); fp32,
+            or float64 for float64 inputs.
         out: ``[N, C]`` of x's dtype, not sharing memory with x or x_in (allocated when None).
     Returns:
         out.
@@ -329,7 +336,7 @@ def appnp_iterate(rowptr: torch.Tensor, col: torch.Tensor, x0: torch.Tensor, x_i
         def step(src: torch.Tensor, dst: torch.Tensor) -> None:
             fused_appnp_step(plan, rowptr, col, dinv, src, x_in, alpha, dst, partial)
     else:
-        dinv = gcn_dinv(rowptr) if dinv is None else dinv
+        dinv = gcn_dinv(rowptr, accumulation_dtype(x0)) if dinv is None else dinv
 
         def step(src: torch.Tensor, dst: torch.Tensor) -> None:
             appnp_step_reference(rowptr, col, src, x_in, alpha, dinv, dst)

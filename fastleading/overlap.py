@@ -16,6 +16,9 @@ Ordering guarantee, per step k (S = the refresh stream, M = the main stream):
 The sequential path (CPU, or ``train.overlap=false``) runs the same calls in the same
 order on one stream, so both paths compute the same values: a refresh of step k becomes
 visible to the lookups of step k+1 in both.
+
+Every stream and event belongs to the run's device (``train.device=cuda:1`` in a single
+process orders work on cuda:1, whatever the current device is).
 """
 
 from __future__ import annotations
@@ -27,8 +30,13 @@ import torch
 
 class RefreshStream:
     def __init__(self, device: torch.device, enabled: bool):
+        self.device = device
         self.stream = torch.cuda.Stream(device) if enabled and device.type == "cuda" else None
         self._lookups_done = None
+
+    def _main(self):
+        """The run's device's current (main) stream."""
+        return torch.cuda.current_stream(self.device)
 
     @property
     def overlapped(self) -> bool:
@@ -40,7 +48,7 @@ class RefreshStream:
         if self.stream is None:
             yield
             return
-        self.stream.wait_stream(torch.cuda.current_stream())
+        self.stream.wait_stream(self._main())
         with torch.cuda.stream(self.stream):
             yield
 
@@ -48,7 +56,7 @@ class RefreshStream:
         """Mark (on the main stream) that this step's lookups and target refresh are enqueued."""
         if self.stream is not None:
             self._lookups_done = torch.cuda.Event()
-            self._lookups_done.record()
+            self._lookups_done.record(self._main())
 
     @contextlib.contextmanager
     def scatter(self):
@@ -63,4 +71,4 @@ class RefreshStream:
     def join(self) -> None:
         """Main stream waits for the refresh stream (rule 4); call before the optimizer step."""
         if self.stream is not None:
-            torch.cuda.current_stream().wait_stream(self.stream)
+            self._main().wait_stream(self.stream)

@@ -9,6 +9,7 @@ With ``sync=True`` (profiling runs) each phase synchronises the GPU so its time 
 from __future__ import annotations
 
 import contextlib
+import resource
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +27,7 @@ class Phases:
         self.totals: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.sync = sync and device.type == "cuda"
+        self.device = device
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -33,13 +35,13 @@ class Phases:
         record = torch.profiler.record_function(name)
         record.__enter__()
         if self.sync:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         try:
             yield
         finally:
             if self.sync:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(self.device)
             self.totals[name] += time.perf_counter() - start
             self.counts[name] += 1
             record.__exit__(None, None, None)
@@ -56,6 +58,13 @@ class Phases:
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 6) for k, v in self.totals.items()}
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of the run: allocated on ``device`` when it is a GPU, else this process's peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class StepProfiler:

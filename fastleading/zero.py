@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from fastleading import checkpoint
 from fastleading.distributed import barrier, get_world_size, init_distributed, is_main, require_deepspeed
 from fastleading.errors import FastleadingError
 from fastleading.io import atomic_torch_save, atomic_write_text
@@ -250,6 +251,15 @@ def engine_backward(engine, loss: torch.Tensor) -> None:
     engine.backward(loss)
 
 
+def engine_loss_scale(engine) -> float:
+    """The factor the engine multiplies losses by before backward: its fp16 loss scale, 1 for
+    bf16 and fp32 engines (a host value in DeepSpeed: reading it does not synchronise)."""
+    if not engine.fp16_enabled():
+        return 1.0
+    scale = engine._get_optimizer_loss_scale()
+    return float(scale) if scale is not None else 1.0
+
+
 def engine_step(engine) -> float | None:
     """Call after every :func:`engine_backward`. At a gradient-accumulation boundary the engine
     clips, steps the optimizer and the LR schedule and zeroes the gradients; returns the
@@ -347,5 +357,5 @@ def load_engine_checkpoint(engine, folder: str | Path) -> tuple[dict, dict | Non
     if path is None:
         raise FastleadingError(f"{folder / tag}: cannot load the DeepSpeed checkpoint named in '{LATEST}'")
     rank_file = folder / tag / f"rank{engine.global_rank}_state.pt"
-    rank_state = torch.load(rank_file, map_location="cpu", weights_only=False) if rank_file.is_file() else None
+    rank_state = checkpoint.load(rank_file) if rank_file.is_file() else None
     return client_state, rank_state

@@ -116,3 +116,37 @@ def test_backward_start_follows_warm_backward(warm_backward):
         start = torch.linalg.matrix_power(m, iters) @ grads[-1] if grads and warm_backward else 0
         assert rel_err(x_in.grad, truncated + start) < 1e-6
         grads.append(x_in.grad)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_low_precision_histories_through_the_ops_dispatch_track_the_float64_layer(backend, dtype, tol):
+    """The layer as training runs it (fp32 inputs, fp32 or bf16 histories, the Triton kernels
+    or the PyTorch path of fastleading.ops) against the float64 layer on the same visits:
+    outputs, input gradients and both histories after several warm-started visits."""
+    import os
+
+    from fastleading import ops
+
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton kernels on CPU tensors need TRITON_INTERPRET=1 (set by tests/conftest.py)")
+    gen = torch.Generator().manual_seed(7)
+    n, channels, num_global = 40, 3, 70
+    rowptr, col = random_graph(n, 120, gen)
+    ref = ImplicitAPPNP(0.2, 2, num_global, channels, history_dtype=torch.float64)
+    low = ImplicitAPPNP(0.2, 2, num_global, channels, history_dtype=dtype)
+    for visit in range(4):
+        node_ids = torch.randperm(num_global, generator=gen)[:n]
+        x_in = torch.randn(n, channels, generator=gen)
+        w = torch.randn(n, channels, generator=gen)
+        outs = []
+        for layer, x_dtype in ((ref, torch.float64), (low, torch.float32)):
+            x = x_in.to(x_dtype).requires_grad_(True)
+            with ops.use_backend(backend if x_dtype != torch.float64 else "torch"):
+                out = layer(x, rowptr, col, node_ids)
+                (out * w.to(x_dtype)).sum().backward()
+            outs.append((out.detach().double(), x.grad.double()))
+        for got, want in zip(outs[1], outs[0]):
+            assert rel_err(got, want) < tol, (visit, rel_err(got, want))
+        for name in ("x_history", "g_history"):
+            assert rel_err(getattr(low, name).double(), getattr(ref, name)) < tol, (visit, name)

@@ -276,3 +276,17 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def test_float64_inputs_get_float64_normalisation():
+    # float64 end to end: the normalisation too (an fp32 dinv would leave ~3e-8 relative error)
+    (rowptr, col), x, x_in, a_hat = make_case(300, 1500, 5, torch.float64, torch.int64, "cpu", seed=7)
+    want_step = expected_step(a_hat, x, x_in, 0.1)
+    got_step = ops.appnp_step(rowptr, col, x, x_in, 0.1)
+    assert got_step.dtype == torch.float64 and ops.gcn_dinv(rowptr, torch.float64).dtype == torch.float64
+    assert ((got_step - want_step).norm() / want_step.norm()).item() < 1e-12
+    want = x.clone()
+    for _ in range(4):
+        want = expected_step(a_hat, want, x_in, 0.1)
+    got = ops.appnp_iterate(rowptr, col, x, x_in, 0.1, 4)
+    assert ((got - want).norm() / want.norm()).item() < 1e-12

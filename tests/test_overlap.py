@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from fastleading import overlap as overlap_mod
-from fastleading.train import build_run, leading_step
+from fastleading.trainer.loop import build_trainer
+from fastleading.trainer.steps import leading_step
 
 from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 class FakeStream:
-    def __init__(self, name, log):
-        self.name, self.log = name, log
+    def __init__(self, name, log, device=None):
+        self.name, self.log, self.device = name, log, device
 
     def wait_stream(self, other):
         self.log.append(("wait_stream", self.name, other.name))
@@ -25,17 +26,21 @@ class FakeStream:
 
 
 class FakeCuda:
-    """Stands in for torch.cuda's stream API: tracks the current stream, logs waits/records."""
+    """Stands in for torch.cuda's stream API: tracks the current stream, logs waits/records,
+    and records every device a stream was asked for (None: "the current device")."""
 
     def __init__(self):
         self.log = []
+        self.devices = []
         self.main = FakeStream("main", self.log)
         self.current = self.main
 
     def Stream(self, device=None):
-        return FakeStream("side", self.log)
+        self.devices.append(device)
+        return FakeStream("side", self.log, device)
 
-    def current_stream(self):
+    def current_stream(self, device=None):
+        self.devices.append(device)
         return self.current
 
     @contextlib.contextmanager
@@ -52,20 +57,26 @@ class FakeCuda:
         class Event:
             recorded_on = None
 
-            def record(self):
-                self.recorded_on = cuda.current.name
-                cuda.log.append(("record", cuda.current.name))
+            def record(self, stream=None):
+                self.recorded_on = (stream or cuda.current).name
+                cuda.log.append(("record", self.recorded_on))
         return Event()
 
 
-def test_refresh_runs_on_side_stream_and_never_races_lookups(tiny_bert, tmp_path, monkeypatch):
-    run = build_run(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0"), tmp_path / "run")
+def overlapped_run(tiny_bert, tmp_path, monkeypatch, device="cuda:1"):
+    """A real LEADING run whose overlap runs on the fake stream API of ``device`` (the
+    computation itself stays on the CPU)."""
+    tr = build_trainer(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0"), tmp_path / "run")
     fake = FakeCuda()
     monkeypatch.setattr(overlap_mod.torch, "cuda", fake)
-    stream = overlap_mod.RefreshStream(torch.device("cpu"), enabled=True)
-    stream.stream = fake.Stream()  # as on a GPU
-    run.overlap = stream
-    log = fake.log
+    tr.run.overlap = overlap_mod.RefreshStream(torch.device(device), enabled=True)
+    assert tr.run.overlap.overlapped
+    return tr, fake
+
+
+def test_refresh_runs_on_side_stream_and_never_races_lookups(tiny_bert, tmp_path, monkeypatch):
+    tr, fake = overlapped_run(tiny_bert, tmp_path, monkeypatch)
+    run, stream, log = tr.run, tr.run.overlap, fake.log
 
     def traced(name, fn):
         def wrapper(*args, **kwargs):
@@ -78,7 +89,7 @@ def test_refresh_runs_on_side_stream_and_never_races_lookups(tiny_bert, tmp_path
     run.encode_nograd = traced("encode-refresh", run.encode_nograd)
     run.encode = traced("encode-grad", run.encode)
 
-    leading_step(run, run.split.train[:8], torch.arange(8))
+    leading_step(run, tr.split.train[:8], torch.arange(8))
     stream.join()
 
     def at(entry):
@@ -107,3 +118,47 @@ def test_overlap_disabled_or_cpu_runs_everything_on_one_stream():
     with s.scatter():
         pass
     s.join()
+
+
+def test_every_stream_and_event_is_the_runs_device(tiny_bert, tmp_path, monkeypatch):
+    # train.device=cuda:1 in one process: no call may fall back to the current device (cuda:0)
+    tr, fake = overlapped_run(tiny_bert, tmp_path, monkeypatch, device="cuda:1")
+    leading_step(tr.run, tr.split.train[:8], torch.arange(8))
+    tr.run.overlap.join()
+    assert fake.devices and all(d == torch.device("cuda", 1) for d in fake.devices), fake.devices
+
+
+def test_lookups_see_the_previous_steps_refresh_and_never_this_steps(tiny_bert, tmp_path, monkeypatch):
+    """Two real LEADING steps through the overlapped path (fake streams): pipeline 2 refreshes
+    every node in step 0; step 0's lookups must see none of those rows (stamp -1, the empty
+    bank), step 1's must see exactly the embeddings pipeline 2 computed in step 0."""
+    tr, _ = overlapped_run(tiny_bert, tmp_path, monkeypatch)
+    run, n = tr.run, tr.graph.num_nodes
+    refreshed, seen = [], []
+    encode_nograd, lookup = run.encode_nograd, run.bank.lookup
+
+    def traced_encode(ids):
+        out = encode_nograd(ids)
+        refreshed.append((ids.clone(), out.clone()))
+        return out
+
+    def traced_lookup(ids, *args, **kwargs):
+        seen.append((ids.clone(), run.bank.stamp[ids].clone(), run.bank.emb[ids].clone()))
+        return lookup(ids, *args, **kwargs)
+
+    run.encode_nograd, run.bank.lookup = traced_encode, traced_lookup
+    targets = [tr.split.train[:8], tr.split.train[8:16]]
+    for step in range(2):
+        run.step = step
+        leading_step(run, targets[step], torch.arange(n) if step == 0 else torch.arange(1))
+        run.overlap.join()
+    step0_ids, step0_emb = refreshed[0]
+    by_node = dict(zip(step0_ids.tolist(), step0_emb))
+    ids0, stamps0, _ = seen[0]
+    others0 = ~torch.isin(ids0, targets[0])
+    assert others0.any() and (stamps0[others0] == -1).all()  # step 0's refresh not visible in step 0
+    ids1, stamps1, rows1 = seen[1]
+    others1 = ~torch.isin(ids1, torch.cat(targets))
+    assert others1.any() and (stamps1[others1] == 0).all()   # step 0's refresh visible in step 1
+    for node, row in zip(ids1[others1].tolist(), rows1[others1]):
+        torch.testing.assert_close(row, by_node[node].to(row.dtype), rtol=0, atol=0)

@@ -29,6 +29,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from fastleading import checkpoint
 from fastleading.config import Config
 
 from test_train import small_config
@@ -73,17 +74,17 @@ def ds_config(model: str, cache: Path, *overrides: str) -> Config:
 
 def _ds_worker(model: str, out: Path) -> None:
     """Plain run, then per case: a straight DeepSpeed run and one stopped at DS_SAVE_AT and resumed."""
-    from fastleading import train as T
+    from fastleading.trainer import loop as T
 
     built = []
-    build_run = T.build_run
+    build_trainer = T.build_trainer
 
     def spy(*args, **kwargs):  # records whether ZeRO-3 really partitioned the encoder
-        run = build_run(*args, **kwargs)
-        built.append(all(p.numel() == 0 for p in run.model.encoder.parameters()))
-        return run
+        tr = build_trainer(*args, **kwargs)
+        built.append(all(p.numel() == 0 for p in tr.run.model.encoder.parameters()))
+        return tr
 
-    T.build_run = spy
+    T.build_trainer = spy
     cache = out / "cache"
     T.train(ds_config(model, cache, f"train.max_steps={DS_STEPS}"), out / "plain", quiet=True)
     (out / "stage3.json").write_text(json.dumps(STAGE3_JSON))
@@ -167,18 +168,24 @@ def _rank_worker(rank: int, port: int, model: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from fastleading import train as T
+    from fastleading.trainer import loop as T
 
     runs = []
-    build_run = T.build_run
-    T.build_run = lambda *a, **k: runs.append(build_run(*a, **k)) or runs[-1]
+    build_trainer = T.build_trainer
+    def spy(*args, **kwargs):
+        tr = build_trainer(*args, **kwargs)
+        runs.append(tr.run)
+        return tr
+
+    T.build_trainer = spy
     out = Path(out)
     for variant in VARIANTS:
         # Each rank gets its own run folder: only rank 0's may be created and written.
         summary = T.train(dp_config(model, out / "cache", 16, variant), out / variant / f"rank{rank}", quiet=True)
         run = runs[-1]
         torch.save({"bank": run.bank.state_dict(), "x_history": run.model.appnp.x_history,
-                    "g_history": run.model.appnp.g_history, "model": run.model.state_dict(), "summary": summary},
+                    "g_history": run.model.appnp.g_history, "model": run.model.state_dict(), "summary": summary,
+                    "counter": run.counter.state_dict()},
                    out / variant / f"state{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -187,7 +194,7 @@ def _rank_worker(rank: int, port: int, model: str, out: str) -> None:
 def two_ranks(tmp_path_factory):
     from fastleading.data import prepare
     from fastleading.distributed import free_port
-    from fastleading.train import train
+    from fastleading.trainer.loop import train
 
     out = tmp_path_factory.mktemp("dp")
     model = tiny_model_without_dropout(out / "model")
@@ -211,7 +218,7 @@ def test_every_rank_holds_the_same_bank_histories_and_weights(two_ranks, variant
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     # each rank counted its own encodes; the summary reports all ranks' (= one process's)
-    assert not torch.equal(a["bank"]["encodes_grad"], b["bank"]["encodes_grad"])
+    assert not torch.equal(a["counter"]["per_node"]["grad"], b["counter"]["per_node"]["grad"])
     assert a["summary"]["encodes_per_node_per_epoch"] == b["summary"]["encodes_per_node_per_epoch"]
 
 
@@ -223,7 +230,7 @@ def test_two_ranks_match_one_process_on_the_union_of_the_batches(two_ranks, vari
     ref_norm, got_norm = losses(out / "single", "grad_norm"), losses(out / "rank0", "grad_norm")
     # step 1 sees the same weights, bank and (zero) histories: the forward differs only in rounding
     assert got[1] == pytest.approx(ref[1], rel=1e-5)
-    ckpt = torch.load(out / "single" / "checkpoint.pt", weights_only=False)
+    ckpt = checkpoint.load(out / "single" / "checkpoint.pt")
     if variant == "local":  # the same computation in another summation order
         assert [got[s] for s in ref] == pytest.approx([ref[s] for s in ref], rel=1e-5)
         assert [got_norm[s] for s in ref] == pytest.approx([ref_norm[s] for s in ref], rel=1e-4)
@@ -245,8 +252,9 @@ def test_only_rank_0_writes_outputs(two_ranks):
              if "loss" in json.loads(line)]
     assert steps == list(range(1, STEPS + 1))  # one line per step: no second writer
     # the checkpoint carries every rank's own RNG and counters
-    ranks = torch.load(out / "rank0" / "checkpoint.pt", weights_only=False)["ranks"]
-    assert len(ranks) == WORLD and not torch.equal(ranks[0]["encodes_grad"], ranks[1]["encodes_grad"])
+    ranks = checkpoint.load(out / "rank0" / "checkpoint.pt")["ranks"]
+    assert len(ranks) == WORLD
+    assert not torch.equal(ranks[0]["counter"]["per_node"]["grad"], ranks[1]["counter"]["per_node"]["grad"])
 
 
 if __name__ == "__main__":

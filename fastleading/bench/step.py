@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from fastleading.config import Config, apply_overrides
-from fastleading.train import STEPS, build_run, optimizer_step
+from fastleading.trainer.batches import refresh_batch
+from fastleading.trainer.loop import build_trainer
+from fastleading.trainer.steps import STEPS
 
 MODEL_CONFIGS = {
     # name: (transformers config class, kwargs): the published configurations.
@@ -94,24 +96,25 @@ def lm_flops_per_token(model, seq: int, train: bool) -> float:
 def measure(cfg: Config, steps: int, warmup: int) -> dict:
     """Time ``steps`` optimizer steps of ``cfg`` after ``warmup`` ones."""
     with tempfile.TemporaryDirectory() as out:
-        run = build_run(cfg, Path(out))
+        tr = build_trainer(cfg, Path(out))
+        run = tr.run
         device = run.device
         step_fn = STEPS[cfg.train.method]
         g = torch.Generator().manual_seed(0)
-        train_ids = run.split.train
+        train_ids = tr.split.train
         grad_tokens = nograd_tokens = 0
 
         def one() -> None:
             nonlocal grad_tokens, nograd_tokens
             targets = train_ids[torch.randint(len(train_ids), (cfg.train.batch_size,), generator=g)]
-            refresh = run.refresh_order.next(cfg.train.batch_size) if run.refresh_order else None
-            before = int(run.bank.encodes_grad.sum()), int(run.bank.encodes_nograd.sum())
+            refresh = refresh_batch(tr.refresh_order, cfg.train.batch_size, 0, 1) if tr.refresh_order else None
+            before = run.counter.totals["grad"], run.counter.totals["refresh"]
             step_fn(run, targets, refresh)
             run.overlap.join()
-            optimizer_step(run)
+            run.optim.step()
             run.step += 1
-            grad_tokens += int(run.bank.encodes_grad.sum()) - before[0]
-            nograd_tokens += int(run.bank.encodes_nograd.sum()) - before[1]
+            grad_tokens += run.counter.totals["grad"] - before[0]
+            nograd_tokens += run.counter.totals["refresh"] - before[1]
 
         for _ in range(warmup):
             one()

@@ -1,0 +1,261 @@
+"""The training loop of the LM methods (``leading``, ``coupled``, ``supervised``), top to bottom.
+
+``build_trainer`` wires the parts together from one :class:`fastleading.config.Config`;
+``train`` fills the bank, runs epochs of steps (:mod:`.steps`), evaluates
+(:mod:`.evaluate`), checkpoints (:mod:`.state`) and reports (:mod:`.metrics`). The fixed-feature
+baselines (``pretrained``, ``shallow``) train no LM: :func:`fastleading.downstream.train_fixed_features`.
+
+Outputs in ``out_dir``: config.json, metrics.jsonl, summary.json, checkpoint.pt (or, with
+``train.deepspeed``, the DeepSpeed checkpoint folder ``deepspeed/``), best.pt.
+
+Several processes (``torchrun`` or the ``deepspeed`` launcher; see :mod:`fastleading.distributed`)
+split every global batch of ``batch_size x WORLD_SIZE`` targets and every refresh batch into one
+shard per rank, exchange the refreshed bank rows and implicit histories each step so that all
+ranks hold the same tables, and average gradients (themselves, or through the DeepSpeed engine).
+Only rank 0 writes outputs.
+
+The loop reads the device (loss, gradient norm, the count of non-finite steps) only at its
+logging points (every ``train.log_every`` steps and at the first) and at epoch ends.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastleading import ops, zero
+from fastleading.bank import MemoryBank
+from fastleading.config import Config
+from fastleading.data import prepare
+from fastleading.distributed import DistEnv, all_reduce_mean, barrier, broadcast_module_, init_distributed, is_main
+from fastleading.encode import EncodeCounter, encode_all
+from fastleading.errors import FastleadingError
+from fastleading.overlap import RefreshStream
+from fastleading.precision import resolve_device, resolve_precision
+from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
+from fastleading.sampler import NeighborSampler
+from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
+                                         refresh_batch_size, steps_per_epoch)
+from fastleading.trainer.evaluate import GRAPH_METHODS, accuracies, full_graph_logits
+from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
+from fastleading.trainer.model import NodeClassifier
+from fastleading.trainer.optim import build_optimization
+from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint
+from fastleading.trainer.steps import STEPS, Run
+
+
+@dataclass
+class Trainer:
+    """A run and what the loop around it needs."""
+
+    cfg: Config
+    out_dir: Path
+    env: DistEnv
+    graph: object                       # fastleading.data.tag.TextAttributedGraph
+    split: object                       # its train / valid / test node ids
+    run: Run
+    refresh_order: RefreshOrder | None  # LEADING only
+    refresh_size: int                   # pipeline 2's nodes per step and rank
+    progress: Progress
+    quiet: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
+    t = cfg.train
+    if t.method not in STEPS:
+        raise FastleadingError(f"config key 'train.method': {t.method} trains no LM; run it with "
+                               "fastleading.downstream.train_fixed_features (the CLI does)")
+    seed_everything(t.seed)
+    base_device = resolve_device(t.device)
+    env = init_distributed("nccl" if base_device.type == "cuda" else "gloo")
+    device = env.device(base_device)
+    precision = resolve_precision(t.precision, t.bank_dtype, device)
+    ds_config = None
+    if t.deepspeed:  # checked before the data are prepared: a bad preset fails at once
+        ds_config = zero.deepspeed_config(t.deepspeed, micro_batch_size=t.batch_size, grad_accum=t.grad_accum,
+                                          grad_clip=t.grad_clip, precision=precision.name,
+                                          world_size=env.world_size)
+    # Rank 0 builds the dataset cache first; the others then read it instead of racing to write it.
+    if env.rank > 0:
+        barrier()
+    graph, tokens = prepare(cfg)
+    if env.rank == 0:
+        barrier()
+    split = graph.split(cfg.data.split)
+    if len(split.train) == 0:
+        raise FastleadingError(f"dataset '{cfg.data.dataset}': split '{cfg.data.split}' has no training nodes")
+    n = graph.num_nodes
+    model = NodeClassifier(cfg, n, graph.num_classes, precision.bank_dtype).to(device)
+    if env.is_distributed:
+        broadcast_module_(model)  # identical replicas (and histories) on every rank
+        torch.manual_seed(t.seed + env.rank)  # but each rank draws its own dropout masks
+    per_epoch = steps_per_epoch(cfg, len(split.train), env.world_size)
+    optim = build_optimization(model, cfg, math.ceil(t.epochs * per_epoch / t.grad_accum), device, precision,
+                               ds_config)
+    # ZeRO-3 gathers and frees parameters in module hooks: keep both pipelines on one stream.
+    overlap = t.overlap and (ds_config is None or zero.zero_stage(ds_config) < 3)
+    leading = t.method == "leading"
+    graph_dinv = None
+    if t.method in GRAPH_METHODS and cfg.model.subgraph_norm == "full-graph":
+        graph_dinv = ops.gcn_dinv(graph.rowptr).to(device)
+    ops.set_backend(t.kernels)
+    run = Run(cfg=cfg, device=device, precision=precision, tokens=tokens, labels=graph.labels.to(device),
+              model=model,
+              bank=MemoryBank(n, model.encoder.hidden_size, precision.bank_dtype, device) if leading else None,
+              sampler=NeighborSampler(graph.rowptr, graph.col, list(t.fanouts)) if t.method in GRAPH_METHODS else None,
+              graph_dinv=graph_dinv, overlap=RefreshStream(device, overlap), phases=Phases(device, sync=t.profile),
+              counter=EncodeCounter(n), optim=optim)
+    return Trainer(cfg=cfg, out_dir=out_dir, env=env, graph=graph, split=split, run=run,
+                   refresh_order=RefreshOrder(n, t.seed) if leading else None,
+                   refresh_size=refresh_batch_size(cfg, n, len(split.train), env.world_size) if leading else 0,
+                   progress=Progress(), quiet=quiet)
+
+
+def encode_graph(tr: Trainer, desc: str, kind: str) -> torch.Tensor:
+    """Every node's LM embedding without gradient, counted as ``kind`` (``fill`` or ``eval``)."""
+    run = tr.run
+    return encode_all(run.model.encoder, run.tokens, tr.graph.num_nodes, run.device, run.precision,
+                      tr.cfg.train.eval_batch_size, tr.quiet, desc, run.counter, kind)
+
+
+def evaluate(tr: Trainer) -> dict[str, float]:
+    """Accuracies of the current model on the whole graph (every node re-encoded)."""
+    run = tr.run
+    emb = encode_graph(tr, "evaluate", "eval")
+    logits = full_graph_logits(run.model, emb, tr.graph.rowptr.to(run.device), tr.graph.col.to(run.device),
+                               tr.cfg, run.precision)
+    return accuracies(logits, run.labels, tr.split)
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+    """Train an LM method with ``cfg`` and write the run folder; returns the summary dict."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    start_time = time.time()
+    tr = build_trainer(cfg, out_dir, quiet=quiet)
+    tr.quiet = quiet or not is_main()  # known once build_trainer has joined the process group
+    run, progress, t, env = tr.run, tr.progress, cfg.train, tr.env
+    if is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    resumed_from = None
+    if resume and load_checkpoint(run, progress, tr.refresh_order, out_dir):
+        resumed_from = run.step
+    else:
+        if is_main():
+            cfg.save(out_dir / "config.json")
+        if run.bank is not None and t.fill_bank:
+            run.bank.refresh(torch.arange(tr.graph.num_nodes), encode_graph(tr, "fill bank", "fill"), step=0)
+    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from)
+    step_fn = STEPS[t.method]
+    per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
+    total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
+    profiler = StepProfiler(out_dir, t.profile and is_main())
+    bar = tqdm(total=total_steps, initial=run.step, disable=tr.quiet, desc=f"{t.method}", unit="step")
+    last_eval = progress.history[-1]["valid"] if progress.history else float("nan")
+    saved_at = resumed_from
+
+    def checkpoint_now() -> None:
+        nonlocal saved_at
+        save_checkpoint(run, progress, tr.refresh_order, out_dir)
+        saved_at = run.step
+
+    def out_of_steps() -> bool:
+        return bool(t.max_steps) and run.step >= t.max_steps
+
+    while progress.epoch < t.epochs and not out_of_steps():
+        order = epoch_order(tr.split.train, t.seed, progress.epoch)
+        while progress.batch_in_epoch < per_epoch and not out_of_steps():
+            targets, run.loss_weight = global_targets(order, progress.batch_in_epoch, t.batch_size, env.rank,
+                                                      env.world_size)
+            refresh = (refresh_batch(tr.refresh_order, tr.refresh_size, env.rank, env.world_size)
+                       if tr.refresh_order is not None else None)
+            loss = step_fn(run, targets, refresh)
+            run.overlap.join()
+            run.step += 1
+            progress.batch_in_epoch += 1
+            boundary = run.step % t.grad_accum == 0
+            grad_norm = None
+            if boundary or run.optim.engine is not None:
+                with run.phases("optimizer"):
+                    grad_norm = run.optim.step()
+            if boundary and t.checkpoint_every and run.step % t.checkpoint_every == 0:
+                checkpoint_now()
+            profiler.step()
+            if run.step % t.log_every == 0 or run.step == 1:  # a logging point: read the device here
+                # the global batch's mean loss: every rank's loss is weighted by its share
+                record = {"step": run.step, "epoch": progress.epoch, "loss": float(all_reduce_mean(loss.clone()))}
+                if boundary and grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                    record["lr_lm"] = run.optim.optimizer.param_groups[0]["lr"]
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", valid=f"{last_eval:.3f}")
+                run.optim.check_bad_steps(run.step, t.max_bad_steps)
+            bar.update(1)
+        if progress.batch_in_epoch < per_epoch:  # max_steps stopped it inside the epoch
+            break
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        run.optim.check_bad_steps(run.step, t.max_bad_steps)
+        stop = False
+        if progress.epoch % t.eval_every == 0 or progress.epoch == t.epochs:
+            acc = evaluate(tr)
+            last_eval = acc["valid"]
+            progress.history.append({"epoch": progress.epoch, **acc})
+            log.write({"step": run.step, "epoch": progress.epoch, "eval": acc})
+            if acc["valid"] > progress.best_valid:
+                progress.best_valid, progress.best_epoch, progress.evals_since_best = acc["valid"], progress.epoch, 0
+                save_best(run, progress.epoch, out_dir)
+            else:
+                progress.evals_since_best += 1
+                stop = bool(t.patience) and progress.evals_since_best >= t.patience
+        if run.step % t.grad_accum == 0:
+            checkpoint_now()
+        if stop:
+            break
+    # A run stopped by max_steps ends with a checkpoint too (at an accumulation boundary: a
+    # checkpoint cannot hold half-accumulated gradients).
+    if saved_at != run.step and run.step % t.grad_accum == 0:
+        checkpoint_now()
+    bar.close()
+    profiler.close()
+    log.close()
+    if not progress.history:  # max_steps stopped training before the first evaluation
+        acc = evaluate(tr)
+        progress.history.append({"epoch": progress.epoch, **acc})
+        progress.best_valid, progress.best_epoch = acc["valid"], progress.epoch
+        save_best(run, progress.epoch, out_dir)
+    best = max(progress.history, key=lambda h: h["valid"])
+    n_epochs = run.step / per_epoch
+    summary = {
+        "method": t.method, "dataset": cfg.data.dataset, "model": cfg.model.name,
+        "split": cfg.data.split or tr.graph.default_split,
+        "best_valid_acc": best["valid"], "test_acc": best["test"], "best_epoch": best["epoch"],
+        "epochs": round(n_epochs, 4), "steps": run.step,
+        **encode_rates(run.counter, len(tr.split.train), tr.graph.num_nodes, n_epochs),
+        "refresh_batch_size": tr.refresh_size,
+        "peak_memory_bytes": peak_memory_bytes(run.device),
+        "wall_time_s": round(time.time() - start_time, 3),
+        "phase_time_s": run.phases.as_dict(),
+        "device": str(run.device), "precision": run.precision.name,
+        "overlap": run.overlap.overlapped, "kernels": ops.get_backend(),
+        "history": progress.history, "world_size": env.world_size, "deepspeed": t.deepspeed,
+    }
+    write_summary(out_dir, summary)
+    if t.profile and is_main():
+        print(run.phases.table())
+        print(f"trace: {profiler.trace_path}")
+    return summary

@@ -1,0 +1,41 @@
+"""The trained model: LM encoder -> head -> implicit APPNP (or the other order)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastleading.config import Config
+from fastleading.lm import LMEncoder
+from fastleading.nn import Head, ImplicitAPPNP, propagate
+
+
+class NodeClassifier(nn.Module):
+    """LM encoder, head and propagation. ``order`` decides whether the head runs before the
+    propagation (predict-then-propagate: propagate C-dim logits) or after it.
+
+    ``state_dict()`` holds the encoder and the head; the implicit layer's histories are
+    run state, saved by the checkpoint (:mod:`fastleading.trainer.state`), not by ``best.pt``."""
+
+    def __init__(self, cfg: Config, num_nodes: int, num_classes: int, history_dtype: torch.dtype):
+        super().__init__()
+        m = cfg.model
+        self.encoder = LMEncoder(m)
+        self.predict_first = m.order == "predict-then-propagate"
+        self.head = Head(self.encoder.hidden_size, num_classes, m.head_hidden, m.head_dropout, m.head)
+        self.appnp = ImplicitAPPNP(m.alpha, m.num_iters, num_nodes,
+                                   num_classes if self.predict_first else self.encoder.hidden_size, history_dtype,
+                                   warm_backward=m.warm_backward)
+
+    def classify(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, node_ids: torch.Tensor,
+                 implicit: bool, num_iters: int, dinv: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[n, C]`` of a (sub)graph whose nodes have input embeddings ``x_in [n, H]``;
+        ``dinv`` normalises Â (default: the (sub)graph's own degrees). ``implicit``: the
+        warm-started implicit layer (LEADING); else ``num_iters`` unrolled steps from X_in."""
+        def spread(x):
+            if implicit:
+                return self.appnp(x, rowptr, col, node_ids, dinv)
+            return propagate(x, rowptr, col, self.appnp.alpha, num_iters, dinv)
+        if self.predict_first:
+            return spread(self.head(x_in))
+        return self.head(spread(x_in))

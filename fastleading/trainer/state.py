@@ -1,0 +1,154 @@
+"""The loop's progress, checkpoints and resume.
+
+``checkpoint.pt`` (or, with ``train.deepspeed``, the engine's folder ``deepspeed/``) holds
+everything a resumed run needs to continue exactly: model, optimizer, schedule, scaler,
+memory bank, implicit histories, pipeline 2's order, progress, phase timers, and each rank's
+own RNG states and encode counters. ``best.pt`` holds the best-valid model weights only.
+Files hold tensors and plain containers only (see :mod:`fastleading.checkpoint`), and are
+read on the CPU: RNG states must be CPU byte tensors, and large tables are copied into the
+run's (device) tensors in place.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastleading import checkpoint, zero
+from fastleading.distributed import barrier, get_rank, get_world_size, is_distributed, is_main
+from fastleading.errors import FastleadingError
+from fastleading.trainer.batches import RefreshOrder
+from fastleading.trainer.steps import Run
+
+DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoints, inside the run folder
+
+
+@dataclass
+class Progress:
+    """Where the loop is and what its evaluations found."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_valid: float = -1.0
+    best_epoch: int = -1
+    evals_since_best: int = 0
+    history: list = field(default_factory=list)  # one {"epoch", "train", "valid", "test"} per evaluation
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def rng_state() -> dict:
+    """This process's RNG states as tensors and plain containers (no numpy objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"].cpu())
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate(s["python"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+
+
+def _rank_state(run: Run) -> dict:
+    """What differs between ranks: RNG states and this rank's encode counters."""
+    return {"rng": rng_state(), "counter": run.counter.state_dict()}
+
+
+def _load_rank_state(run: Run, s: dict) -> None:
+    set_rng_state(s["rng"])
+    run.counter.load_state_dict(s["counter"])
+
+
+def _train_state(run: Run, progress: Progress, refresh_order: RefreshOrder | None) -> dict:
+    """The resumable state besides the model weights, optimizer, schedule and scaler (which
+    the DeepSpeed engine checkpoints itself when there is one); identical on every rank."""
+    return {"bank": run.bank.state_dict() if run.bank is not None else None,
+            "histories": run.model.appnp.histories_state(),
+            "refresh_order": refresh_order.state_dict() if refresh_order is not None else None,
+            "step": run.step, "progress": progress.state_dict(), "bad_steps": run.optim.bad_steps_state(),
+            "phases": dict(run.phases.totals), "phase_counts": dict(run.phases.counts)}
+
+
+def _load_train_state(run: Run, progress: Progress, refresh_order: RefreshOrder | None, s: dict) -> None:
+    if run.bank is not None:
+        run.bank.load_state_dict(s["bank"])
+    run.model.appnp.load_histories(s["histories"])
+    if refresh_order is not None:
+        refresh_order.load_state_dict(s["refresh_order"])
+    run.step = s["step"]
+    progress.load_state_dict(s["progress"])
+    run.optim.load_bad_steps(s["bad_steps"])
+    run.phases.totals.update(s["phases"])
+    run.phases.counts.update(s["phase_counts"])
+
+
+def save_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | None, out_dir: Path) -> None:
+    """Write the resumable state. Collective: every rank calls it. Without DeepSpeed rank 0
+    writes ``checkpoint.pt`` with every rank's own state (RNG, counters) in ``ranks``."""
+    ranks = [None] * get_world_size()
+    if is_distributed():
+        torch.distributed.all_gather_object(ranks, _rank_state(run))
+    else:
+        ranks[0] = _rank_state(run)
+    engine = run.optim.engine
+    if engine is not None:
+        zero.save_engine_checkpoint(engine, out_dir / DEEPSPEED_DIR, run.step,
+                                    _train_state(run, progress, refresh_order), ranks[get_rank()])
+        return
+    if is_main():
+        state = {"model": run.model.state_dict(), "optim": run.optim.state_dict(),
+                 **_train_state(run, progress, refresh_order), "ranks": ranks}
+        checkpoint.save(out_dir / checkpoint.CHECKPOINT, state)
+    barrier()
+
+
+def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | None, out_dir: Path) -> bool:
+    """Restore the newest checkpoint of ``out_dir`` on every rank; False when there is none."""
+    engine = run.optim.engine
+    if engine is not None:
+        folder = out_dir / DEEPSPEED_DIR
+        if not zero.has_engine_checkpoint(folder):
+            return False
+        state, own = zero.load_engine_checkpoint(engine, folder)
+    else:
+        path = out_dir / checkpoint.CHECKPOINT
+        if not path.exists():
+            return False
+        state = checkpoint.load(path)  # on the CPU: RNG states stay byte tensors there
+        ranks = state["ranks"]
+        if len(ranks) != get_world_size():
+            raise FastleadingError(f"{path}: written by {len(ranks)} rank(s) but this run has "
+                                   f"WORLD_SIZE={get_world_size()}; resume with as many ranks")
+        run.model.load_state_dict(state["model"])
+        run.optim.load_state_dict(state["optim"])
+        own = ranks[get_rank()]
+    _load_train_state(run, progress, refresh_order, state)
+    if own is not None:
+        _load_rank_state(run, own)
+    return True
+
+
+def save_best(run: Run, epoch: int, out_dir: Path) -> None:
+    """``best.pt``: the NodeClassifier's weights (encoder and head; no histories). Under ZeRO-3
+    gathered from the partitions, which is collective: every rank calls it."""
+    engine = run.optim.engine
+    state = run.model.state_dict() if engine is None else zero.full_state_dict(engine)
+    if is_main():
+        checkpoint.save(out_dir / checkpoint.BEST, {"model": state, "epoch": epoch})

@@ -1,0 +1,158 @@
+"""The training steps: LEADING (the paper's Algorithm 1) and the two LM baselines.
+
+Each step runs forward and backward for one batch of targets and returns the loss (this
+rank's share of the global batch's mean loss, as a device tensor: the loop reads it only
+where it logs). The optimizer step is the loop's (:meth:`Optimization.step`), after
+``run.overlap.join()``.
+
+  leading     two pipelines + memory bank + implicit APPNP (the paper)
+  coupled     naive end-to-end LM+APPNP: every node of the sampled subgraph encoded with gradient
+  supervised  graph-less fine-tuning on the labelled targets
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fastleading.bank import MemoryBank
+from fastleading.config import Config
+from fastleading.distributed import sync_bank_rows
+from fastleading.encode import EncodeCounter, encode_eval, encode_nodes
+from fastleading.overlap import RefreshStream
+from fastleading.precision import Precision
+from fastleading.profiling import Phases
+from fastleading.sampler import NeighborSampler
+from fastleading.trainer.model import NodeClassifier
+from fastleading.trainer.optim import Optimization
+
+
+@dataclass
+class Subgraph:
+    """The sampled k-hop neighbourhood of a batch of targets (targets first)."""
+
+    ids: torch.Tensor               # int64 [n] global node ids, on the CPU
+    node_ids: torch.Tensor          # the same on the run's device
+    rowptr: torch.Tensor            # int64 [n+1] CSR of the subgraph (local ids), on the device
+    col: torch.Tensor               # [E] local column ids, on the device
+    dinv: torch.Tensor | None       # [n] normalisation of its Â (None: the subgraph's own degrees)
+
+
+@dataclass
+class Run:
+    """What a training step touches."""
+
+    cfg: Config
+    device: torch.device
+    precision: Precision
+    tokens: object                      # fastleading.data.tokens.TokenCache
+    labels: torch.Tensor                # int64 [N] on the device
+    model: NodeClassifier
+    bank: MemoryBank | None             # LEADING only
+    sampler: NeighborSampler | None     # graph methods only
+    # 1/sqrt(deg+1) of the full graph on the device (model.subgraph_norm=full-graph), else None:
+    # a sampled subgraph is then normalised with the degrees full-graph evaluation uses.
+    graph_dinv: torch.Tensor | None
+    overlap: RefreshStream
+    phases: Phases
+    counter: EncodeCounter
+    optim: Optimization
+    step: int = 0
+    # This rank's share of the global batch's mean loss (distributed.shard_weight); 1 in one process.
+    loss_weight: float = 1.0
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """LM embeddings ``[len(ids), H]`` (fp32) of nodes ``ids`` (CPU), with gradient. Under
+        DeepSpeed this is a call of the engine (ZeRO-3's gradient bookkeeping needs its forward)."""
+        encoder = self.optim.engine if self.optim.engine is not None else self.model.encoder
+        return encode_nodes(encoder, self.tokens, ids, self.device, self.precision)
+
+    def encode_nograd(self, ids: torch.Tensor) -> torch.Tensor:
+        """No-gradient encoding in eval mode (no dropout); stores no activations."""
+        return encode_eval(self.model.encoder, self.tokens, ids, self.device, self.precision)
+
+    def sample(self, targets: torch.Tensor) -> Subgraph:
+        """The targets' sampled neighbourhood (seeded by the step, so a resumed run samples alike)."""
+        sub = self.sampler.sample(targets, seed=self.cfg.train.seed * 1_000_003 + self.step)
+        node_ids = sub.node_ids.to(self.device)
+        dinv = self.graph_dinv[node_ids] if self.graph_dinv is not None else None
+        return Subgraph(sub.node_ids, node_ids, sub.rowptr.to(self.device), sub.col.to(self.device), dinv)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over ``targets`` (this rank's; unweighted)."""
+        return F.cross_entropy(logits.float(), self.labels[targets.to(self.labels.device)])
+
+    def backward(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward of this rank's share of the global mean loss; returns that share, detached."""
+        self.optim.backward(loss, self.loss_weight, implicit=self.model.appnp)
+        return loss.detach() * self.loss_weight
+
+
+def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor) -> torch.Tensor:
+    """One step of Algorithm 1 (forward and backward); returns the loss."""
+    phase, bank, model = run.phases, run.bank, run.model
+    # Pipeline 2, line 5: encode a random batch of ALL nodes without gradient (own CUDA stream
+    # when overlapping). Line 6, caching it, is deferred until after this step's lookups.
+    with phase("encode-refresh"), run.overlap.encode():
+        x_refresh = run.encode_nograd(refresh_ids)
+    run.counter.add("refresh", refresh_ids)
+
+    # Pipeline 1, line 3: the targets' k-hop neighbourhood, targets first.
+    with phase("sample"):
+        sub = run.sample(targets)
+    num_targets = len(targets)
+    with phase("encode-grad"):
+        x_targets = run.encode(targets)                                          # line 7
+    run.counter.add("grad", targets)
+    with phase("bank-refresh"):
+        sync_bank_rows(bank, targets, x_targets, run.step)                       # line 8 (every rank's rows)
+    with phase("bank-lookup"):
+        x_in = torch.empty(len(sub.ids), x_targets.shape[1], device=run.device)
+        bank.lookup(sub.node_ids[num_targets:], out=x_in, out_offset=num_targets)  # line 9
+        x_in[:num_targets] = x_targets                                           # line 10
+    run.overlap.lookups_done()
+    with phase("propagate"), run.precision.autocast():
+        logits = model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=True,  # line 11
+                                num_iters=run.cfg.model.num_iters, dinv=sub.dinv)
+    with phase("loss"):
+        loss = run.loss(logits[:num_targets], targets)                           # line 12
+    with phase("backward"):
+        loss = run.backward(loss)  # the implicit layer's backward also syncs its histories across ranks
+    with phase("bank-refresh"), run.overlap.scatter():
+        sync_bank_rows(bank, refresh_ids, x_refresh, run.step)                   # line 6 (every rank's rows)
+    return loss
+
+
+def coupled_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.Tensor:
+    """Naive end-to-end LM+APPNP: every node of the sampled subgraph is encoded with gradient
+    and the propagation is unrolled (the paper's LM+GNN rows)."""
+    phase = run.phases
+    with phase("sample"):
+        sub = run.sample(targets)
+    with phase("encode-grad"):
+        x_in = run.encode(sub.ids)
+    run.counter.add("grad", sub.ids)
+    with phase("propagate"), run.precision.autocast():
+        logits = run.model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=False,
+                                    num_iters=run.cfg.model.num_iters, dinv=sub.dinv)
+    with phase("loss"):
+        loss = run.loss(logits[:len(targets)], targets)
+    with phase("backward"):
+        return run.backward(loss)
+
+
+def supervised_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.Tensor:
+    """Graph-less fine-tuning: LM + head on the labelled targets only."""
+    phase = run.phases
+    with phase("encode-grad"):
+        x = run.encode(targets)
+    run.counter.add("grad", targets)
+    with phase("loss"), run.precision.autocast():
+        loss = run.loss(run.model.head(x), targets)
+    with phase("backward"):
+        return run.backward(loss)
+
+
+STEPS = {"leading": leading_step, "coupled": coupled_step, "supervised": supervised_step}

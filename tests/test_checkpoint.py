@@ -1,0 +1,116 @@
+"""Checkpoint files and resume: RNG states load on the CPU whatever the run's device, files
+that hold code are refused without running it, and a run stopped by max_steps ends with a
+checkpoint while best.pt holds weights only."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from fastleading import checkpoint
+from fastleading.errors import FastleadingError
+from fastleading.trainer import state as state_mod
+from fastleading.trainer.loop import build_trainer, train
+from fastleading.trainer.state import Progress, load_checkpoint, save_checkpoint
+
+from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
+
+
+def test_resume_loads_rng_states_on_the_cpu_whatever_the_run_device(tiny_bert, tmp_path, monkeypatch):
+    tr = build_trainer(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0"), tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tr.run, tr.progress, tr.refresh_order, tmp_path / "run")
+    # A GPU run: whatever the loader is asked to map to the run's device lands on another
+    # device type ("meta" stands in for cuda here), where torch.set_rng_state refuses it.
+    tr.run.device = torch.device("cuda", 0)
+    real_load = torch.load
+
+    def load_like_a_gpu(path, map_location=None, **kwargs):
+        obj = real_load(path, map_location="cpu", **kwargs)
+        if map_location is None or torch.device(map_location).type == "cpu":
+            return obj
+
+        def to_other(x):
+            if isinstance(x, torch.Tensor):
+                return x.to("meta")
+            if isinstance(x, dict):
+                return {k: to_other(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return type(x)(to_other(v) for v in x)
+            return x
+        return to_other(obj)
+
+    monkeypatch.setattr(checkpoint.torch, "load", load_like_a_gpu)
+    expected = torch.get_rng_state()
+    torch.manual_seed(1234)  # the resumed process starts with other RNG states
+    assert load_checkpoint(tr.run, Progress(), tr.refresh_order, tmp_path / "run")
+    assert torch.equal(torch.get_rng_state(), expected)
+
+
+class SideEffect:
+    """Unpickling this object creates a file: the kind of code a shared checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("where", ["top", "inside the run state"])
+def test_a_checkpoint_that_carries_code_is_refused_and_the_code_never_runs(tmp_path, where):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoint.pt"
+    evil = SideEffect(marker)
+    obj = evil if where == "top" else {"model": {}, "progress": {"history": [evil]}}
+    torch.save(obj, path)
+    assert not marker.exists()
+    with pytest.raises(FastleadingError) as err:
+        checkpoint.load(path)
+    assert str(path) in str(err.value) and "refused" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists(), "loading ran the pickled code"
+
+
+def test_rng_state_is_plain_tensors_and_round_trips(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = state_mod.rng_state()
+    path = tmp_path / "rng.pt"
+    torch.save(state, path)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    state_mod.set_rng_state(checkpoint.load(path))  # weights_only=True accepts it
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and (got[1] == expected[1]).all() and got[2] == expected[2]
+
+
+def test_a_run_stopped_by_max_steps_ends_with_a_checkpoint_and_best_holds_weights_only(tiny_bert, tmp_path):
+    # 240 nodes at batch 16: 15 steps an epoch; stop at 5, far from checkpoint_every
+    cfg = small_config(tiny_bert, tmp_path / "cache", "data.split=high-0", "train.max_steps=5",
+                       "train.checkpoint_every=200")
+    train(cfg, tmp_path / "run", quiet=True)
+    state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT)
+    assert state["step"] == 5 and state["progress"]["batch_in_epoch"] == 5
+    best = checkpoint.load(tmp_path / "run" / checkpoint.BEST)["model"]
+    assert best and not [k for k in best if "history" in k], [k for k in best if "history" in k]
+    assert any(k.startswith("encoder.") for k in best) and any(k.startswith("head.") for k in best)
+    assert os.path.getsize(tmp_path / "run" / checkpoint.BEST) < os.path.getsize(tmp_path / "run" / checkpoint.CHECKPOINT)
+
+
+def test_resume_of_a_max_steps_run_continues_to_the_end(tiny_bert, tmp_path):
+    common = ("data.split=high-0", "train.epochs=1", "train.checkpoint_every=200", "model.head_dropout=0")
+    straight = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    train(small_config(tiny_bert, tmp_path / "cache", *common, "train.max_steps=7"), tmp_path / "b", quiet=True)
+    resumed = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", resume=True, quiet=True)
+    assert resumed["steps"] == straight["steps"]
+    assert resumed["history"][-1] == pytest.approx(straight["history"][-1])
+
+
+def test_pickle_protocol_error_is_one_line(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(pickle.dumps({"a": 1})[:5])
+    with pytest.raises(FastleadingError) as err:
+        checkpoint.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
