@@ -14,3 +14,20 @@ def test_kernel_benchmark_toy_runs_end_to_end(tmp_path):
     assert result["interpreter"] is True
     text = json.dumps(result)
     assert "appnp" in text and "gather" in text and "scatter" in text
+
+
+def test_cpu_benchmark_toy_runs_end_to_end(tmp_path):
+    """--cpu: the native step side by side with torch.sparse.mm, addmm and the reference (tiny graph)."""
+    argv = ["--cpu", "--toy", "--widths", "47", "--threads", "2", "--reps", "2", "--out-dir", str(tmp_path)]
+    assert main(argv) in (0, None)
+    (path,) = list(tmp_path.glob("appnp-cpu-toy-*.json"))
+    result = json.loads(path.read_text())
+    assert result["benchmark"] == "appnp-cpu" and result["toy"] is True and result["interpreter"] is False
+    assert result["env"]["torch_threads"] == 2 and "--cpu" in result["env"]["command"]
+    (rec,) = result["appnp"]
+    assert rec["width"] == 47 and rec["dtype"] == "fp32"
+    for key in ("native", "native_new_out", "csr_sparse_mm_axpy", "csr_addmm", "reference"):
+        assert len(rec[key]["samples_ms"]) == (1 if key == "reference" else 2) and rec[key]["GBps"] > 0
+    assert "ms" in rec["torch_sparse_matmul_axpy"] or "error" in rec["torch_sparse_matmul_axpy"]
+    assert rec["speedup_vs_csr_sparse_mm_axpy"] > 0 and rec["bitwise_equal_to_reference"] is True
+    assert rec["max_abs_diff_vs_csr_sparse_mm_axpy"] < 1e-4

@@ -7,6 +7,9 @@ degree. Sizes and max degrees follow the real graphs (after symmetrisation):
 
 - ogbn-arxiv: 169,343 nodes, 2,315,598 directed edges, max degree ~13k;
 - ogbn-products: 2,449,029 nodes, 123,718,280 directed edges, max degree ~17k.
+
+The CPU benchmark (``fastleading bench kernels --cpu``) uses a graph in between:
+500,000 nodes, 25M directed edges, hubs of ~10k neighbours.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ class GraphSize:
 OGB_SIZES = {
     "arxiv": GraphSize(169_343, 2_315_598, 13_161),
     "products": GraphSize(2_449_029, 123_718_280, 17_481),
+}
+
+CPU_SIZES = {
+    "powerlaw-500k": GraphSize(500_000, 25_000_000, 10_000),
 }
 
 PUBMED_FILE = Path("pubmed-cites") / "Pubmed-Diabetes.DIRECTED.cites.tab.gz"

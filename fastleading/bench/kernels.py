@@ -19,6 +19,17 @@ run, and speedup over the baseline. Results go to ``<out-dir>/<name>-<device>-<d
 
 ``--toy`` runs tiny sizes end to end (on CPU under ``TRITON_INTERPRET=1``) only to prove the
 pipeline works: those files say ``"interpreter": true`` and hold no performance number.
+
+``--cpu`` is the CPU mode (no Triton): the native fused APPNP step (``ops.appnp_step`` on
+the ``"native"`` backend, kernels/appnp.cpp) on a power-law graph of 500k nodes and 25M
+directed edges (:data:`fastleading.bench.graphs.CPU_SIZES`), on ``--threads`` threads (2),
+at widths 47 and 128, against ``torch.sparse.mm`` on a CSR ``Â`` plus the axpy, ``addmm``
+on the same ``Â``, the PyTorch reference (``"torch"`` backend) and torch_sparse's
+``matmul`` where it imports. The implementations run round-robin, ``--reps`` rounds after
+one warm-up call each (the slow reference ``--ref-reps`` times, without warm-up), so a
+machine shared with other jobs slows them alike; each gets its median wall time (and
+process CPU time), GB/s under :data:`BANDWIDTH_MODEL` and the speedups of the native step.
+The result goes to ``benchmarks/results/appnp-cpu-<date>.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import json
 import os
 import platform
 import re
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +75,10 @@ TOY = {"widths": [47, 200], "bank_widths": [384], "bank_rows": [64, 512]}
 TOY_GRAPHS = {"arxiv": graphs.GraphSize(300, 1_500, 120), "products": graphs.GraphSize(400, 3_000, 200)}
 TOY_PUBMED_NODES = 500
 TOY_BANK_SIZE = 3_000
+# The CPU mode (--cpu): its graph, widths and dtypes; --toy shrinks the graph.
+CPU_DEFAULTS = {"graphs": ["powerlaw-500k"], "widths": [47, 128], "dtypes": ["fp32"]}
+GPU_DEFAULTS = {"graphs": ["arxiv", "products", "pubmed"], "dtypes": ["fp32", "bf16"]}
+TOY_GRAPHS["powerlaw-500k"] = graphs.GraphSize(2_000, 30_000, 600)
 
 
 def add_kernel_bench_args(parser: argparse.ArgumentParser) -> None:
@@ -71,13 +88,23 @@ def add_kernel_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--toy", action="store_true",
                         help="tiny sizes (the only mode on CPU, under the Triton interpreter); not a performance run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cpu", action="store_true",
+                        help="CPU mode: the native APPNP step against torch.sparse.mm (CSR), the PyTorch reference "
+                             "and torch_sparse (no Triton); with --toy a tiny graph")
+    parser.add_argument("--threads", type=int, default=2, help="--cpu: torch threads (the native step uses as many)")
+    parser.add_argument("--reps", type=int, default=5, help="--cpu: timed round-robin rounds")
+    parser.add_argument("--ref-reps", type=int, default=1, help="--cpu: timed calls of the slow PyTorch reference")
     parser.add_argument("--out-dir", default=None,
-                        help="where the JSON goes (default: benchmarks/results on CUDA, a temp dir on CPU)")
-    parser.add_argument("--name", default="kernels", help="file name prefix")
-    parser.add_argument("--graphs", type=strs, default=["arxiv", "products", "pubmed"],
-                        help="comma list of arxiv, products (power-law synthetic of that size), pubmed (real)")
-    parser.add_argument("--widths", type=ints, help=f"APPNP feature widths (default {FULL['widths']}, toy {TOY['widths']})")
-    parser.add_argument("--dtypes", type=strs, default=["fp32", "bf16"], help="APPNP feature dtypes")
+                        help="where the JSON goes (default: benchmarks/results on CUDA and for --cpu, "
+                             "a temp dir for --toy on CPU)")
+    parser.add_argument("--name", default=None, help="file name prefix (default kernels; appnp for --cpu)")
+    parser.add_argument("--graphs", type=strs,
+                        help="comma list of arxiv, products, powerlaw-500k (power-law synthetic of that size), "
+                             f"pubmed (real); default {GPU_DEFAULTS['graphs']}, --cpu {CPU_DEFAULTS['graphs']}")
+    parser.add_argument("--widths", type=ints, help=f"APPNP feature widths (default {FULL['widths']}, toy "
+                                                    f"{TOY['widths']}, --cpu {CPU_DEFAULTS['widths']})")
+    parser.add_argument("--dtypes", type=strs, help=f"APPNP feature dtypes (default {GPU_DEFAULTS['dtypes']}, "
+                                                    f"--cpu {CPU_DEFAULTS['dtypes']})")
     parser.add_argument("--alpha", type=float, default=0.1, help="APPNP teleport weight")
     parser.add_argument("--bank-ops", type=strs, default=["gather", "scatter"])
     parser.add_argument("--bank-rows", type=ints,
@@ -125,6 +152,11 @@ def measure(timer: Timer, fn: Callable[[], object], nbytes: int, copy_gbps: floa
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    return with_rates(t, nbytes, copy_gbps)
+
+
+def with_rates(t: dict, nbytes: int, copy_gbps: float) -> dict:
+    """A timing ``t`` (``"ms"``, ...) plus GB/s of ``nbytes`` and % of the copy bandwidth."""
     gbps = nbytes / (t["ms"] * 1e6)
     return {**t, "GBps": gbps, "pct_of_copy": 100.0 * gbps / copy_gbps}
 
@@ -307,8 +339,222 @@ def bench_bank(args, timer: Timer, copy_gbps: float, device: torch.device) -> li
     return results
 
 
+# ----------------------------------------------------------------------------- CPU mode
+def round_robin(fns: dict[str, Callable[[], object]], reps: int, few: dict[str, int],
+                ours: str) -> tuple[dict[str, dict], dict[str, object]]:
+    """Time ``fns`` side by side on the CPU: one untimed warm-up call each, then ``reps`` rounds
+    that call each in turn. ``few[name]`` caps the timed calls of a slow one (no warm-up).
+
+    Returns per name the median wall time ``ms`` (also min, max, every sample) and the median
+    process CPU time ``cpu_ms`` (all threads; less sensitive to other jobs taking the cores),
+    or ``{"error": ...}`` for a baseline that raised (``ours`` raising propagates); and the
+    output of each one's first call.
+    """
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    first: dict[str, object] = {}
+    errors: dict[str, str] = {}
+
+    def call(name: str, timed: bool) -> None:
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = fns[name]()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
+            if name == ours:
+                raise
+            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            return
+        first.setdefault(name, result)
+        if timed:
+            samples[name].append((wall * 1e3, cpu * 1e3))
+
+    for name in fns:
+        if name not in few:
+            call(name, timed=False)
+    for _ in range(reps):
+        for name in fns:
+            if name not in errors and len(samples[name]) < few.get(name, reps):
+                call(name, timed=True)
+    timings = {}
+    for name, runs in samples.items():
+        if name in errors or not runs:
+            timings[name] = {"error": errors.get(name, "not run")}
+            continue
+        walls = [w for w, _ in runs]
+        timings[name] = {"ms": statistics.median(walls), "ms_min": min(walls), "ms_max": max(walls),
+                         "cpu_ms": statistics.median(c for _, c in runs), "samples_ms": walls}
+    return timings, first
+
+
+def torch_sparse_matrix(a_hat: torch.Tensor):
+    """``Â`` as a torch_sparse ``SparseTensor`` and None, or None and why it cannot be had."""
+    try:
+        import torch_sparse
+    except ImportError as e:
+        return None, f"ImportError: {e}"
+    try:
+        return torch_sparse.SparseTensor(rowptr=a_hat.crow_indices().long(), col=a_hat.col_indices().long(),
+                                         value=a_hat.values(), sparse_sizes=tuple(a_hat.shape)), None
+    except (RuntimeError, ValueError, TypeError) as e:
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+CPU_SPEEDUPS = ("csr_sparse_mm_axpy", "csr_addmm", "reference", "torch_sparse_matmul_axpy")
+CPU_IMPLEMENTATIONS = (
+    "native: ops.appnp_step on the 'native' backend writing into a preallocated out (as the GPU mode times "
+    "the Triton step); native_new_out: the same allocating its output, as the baselines do; "
+    "csr_sparse_mm_axpy: torch.sparse.mm(A_hat, x).mul_(1-a).add_(x_in, alpha=a) with A_hat a torch CSR "
+    "tensor (normalised weights and self loops precomputed, built outside the timings); csr_addmm: "
+    "torch.addmm(x_in, A_hat, x, beta=a, alpha=1-a); reference: ops.appnp_step on the 'torch' backend "
+    "(index_select + index_add_); torch_sparse_matmul_axpy: torch_sparse.matmul on the same A_hat plus the "
+    "axpy, where torch_sparse imports")
+
+
+def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, args,
+                          copy_gbps: float) -> tuple[dict, list[dict]]:
+    """All widths x dtypes of one graph on the CPU; returns (graph record, result records)."""
+    from fastleading import _native
+
+    n, e = rowptr.numel() - 1, col.numel()
+    deg = rowptr[1:] - rowptr[:-1]
+    graph = {"graph": name, "num_nodes": n, "num_edges": e, "max_degree": int(deg.max()),
+             "mean_degree": e / max(n, 1), "isolated_nodes": int((deg == 0).sum()), "col_dtype": str(col.dtype)}
+    dinv = ops.gcn_dinv(rowptr)
+    alpha = args.alpha
+    results = []
+    gen = torch.Generator().manual_seed(args.seed)
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        start = time.perf_counter()
+        a_hat = normalized_csr(rowptr, col, dinv, dtype)  # built once, outside the timings
+        csr_build_ms = (time.perf_counter() - start) * 1e3
+        sparse_tensor, sparse_error = torch_sparse_matrix(a_hat)
+        for width in args.widths:
+            x = torch.randn(n, width, generator=gen).to(dtype)
+            x_in = torch.randn(n, width, generator=gen).to(dtype)
+            out = torch.empty_like(x)
+
+            def native():
+                with ops.use_backend("native"):
+                    return ops.appnp_step(rowptr, col, x, x_in, alpha, dinv, out)
+
+            def native_new_out():  # as the baselines: a fresh output tensor per call
+                with ops.use_backend("native"):
+                    return ops.appnp_step(rowptr, col, x, x_in, alpha, dinv)
+
+            def reference():
+                with ops.use_backend("torch"):
+                    return ops.appnp_step(rowptr, col, x, x_in, alpha, dinv)
+
+            fns = {"native": native, "native_new_out": native_new_out,
+                   "csr_sparse_mm_axpy": lambda: torch.sparse.mm(a_hat, x).mul_(1 - alpha).add_(x_in, alpha=alpha),
+                   "csr_addmm": lambda: torch.addmm(x_in, a_hat, x, beta=alpha, alpha=1 - alpha),
+                   "reference": reference}
+            if sparse_tensor is not None:
+                import torch_sparse
+
+                fns["torch_sparse_matmul_axpy"] = (
+                    lambda: torch_sparse.matmul(sparse_tensor, x).mul_(1 - alpha).add_(x_in, alpha=alpha))
+            timings, first = round_robin(fns, args.reps, {"reference": args.ref_reps}, ours="native")
+            nbytes = appnp_bytes(n, e, col, width, dtype)
+            rec = {"graph": name, "width": width, "dtype": dtype_name, "compulsory_bytes": nbytes,
+                   "threads": torch.get_num_threads(), "native_isa": _native.appnp_isas()[0],
+                   "csr_build_ms": csr_build_ms}
+            for key, t in timings.items():
+                rec[key] = with_rates(t, nbytes, copy_gbps) if "ms" in t else t
+            if sparse_tensor is None:
+                rec["torch_sparse_matmul_axpy"] = {"error": sparse_error}
+            for key in CPU_SPEEDUPS:
+                rec[f"speedup_vs_{key}"] = speedup(rec[key], rec["native"])
+            rec["speedup_new_out_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"], rec["native_new_out"])
+            ours = first["native"].float()
+            for key in ("csr_sparse_mm_axpy", "reference"):
+                if key in first:
+                    rec[f"max_abs_diff_vs_{key}"] = float((ours - first[key].float()).abs().max())
+            if "reference" in first:
+                rec["bitwise_equal_to_reference"] = torch.equal(first["native"], first["reference"])
+            rec["max_abs_value"] = float(ours.abs().max())
+            results.append(rec)
+            print(summary_line(rec), flush=True)
+            del x, x_in, out, first, ours
+        del a_hat, sparse_tensor
+    return graph, results
+
+
+def transparent_hugepages() -> str | None:
+    """The kernel's THP mode (``[madvise]`` means torch's 4 KiB pages: random row gathers miss the TLB)."""
+    try:
+        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        return None
+
+
+def run_cpu_bench(args: argparse.Namespace) -> Path:
+    """The CPU mode of :func:`run_kernel_bench` (``--cpu``); returns the JSON path."""
+    from fastleading import _native
+    from fastleading.bench.sampler import git_commit, machine
+
+    for key, value in CPU_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for d in args.dtypes:
+        if d not in DTYPES:
+            raise FastleadingError(f"--dtypes: unknown dtype {d!r}: expected one of {', '.join(DTYPES)}")
+    if args.threads < 1 or args.reps < 1 or args.ref_reps < 1:
+        raise FastleadingError("--threads, --reps and --ref-reps must be >= 1")
+    if not hasattr(_native, "appnp_step"):
+        raise FastleadingError("bench kernels --cpu: fastleading._native has no appnp_step; rebuild it")
+    torch.set_num_threads(args.threads)
+    env = environment(torch.device("cpu"), interpreter=False, argv=getattr(args, "argv", None))
+    env.update(git_commit=git_commit(), machine=machine(), torch_threads=torch.get_num_threads(),
+               mkl=torch.backends.mkl.is_available(), native_isas=_native.appnp_isas(),
+               transparent_hugepage=transparent_hugepages())
+    copy_bytes = (8 << 20) if args.toy else (256 << 20)
+    src = torch.ones(copy_bytes // 4)
+    dst = torch.empty_like(src)
+    copy_ms = round_robin({"copy": lambda: dst.copy_(src)}, args.reps, {}, ours="copy")[0]["copy"]["ms"]
+    copy_gbps = 2 * copy_bytes / (copy_ms * 1e6)
+    del src, dst
+    report = {"benchmark": "appnp-cpu", "toy": bool(args.toy), "interpreter": False,
+              "note": ("toy sizes: smoke run, not representative" if args.toy else
+                       f"performance run on {os.cpu_count()} logical CPUs that other jobs may share: the "
+                       "implementations run round-robin in one process, so compare them by the ratios"),
+              "env": env, "bandwidth_model": BANDWIDTH_MODEL, "copy_GBps": copy_gbps,
+              "copy_note": f"torch copy_ of {copy_bytes >> 20} MiB on {args.threads} threads, median of {args.reps}",
+              "alpha": args.alpha, "reps": args.reps, "ref_reps": args.ref_reps,
+              "implementations": CPU_IMPLEMENTATIONS,
+              "timing": "wall-clock ms per step: median of the round-robin samples (cpu_ms: process CPU time, "
+                        "all threads); speedup_vs_X = X ms / native ms",
+              "graphs": [], "appnp": []}
+    for entry in load_graphs(args, args.toy):
+        if len(entry) == 2:
+            report["graphs"].append({"graph": entry[0], "skipped": entry[1]})
+            print(f"skipping {entry[0]}: {entry[1]}", flush=True)
+            continue
+        graph, results = bench_appnp_cpu_graph(*entry, args, copy_gbps)
+        report["graphs"].append(graph)
+        report["appnp"].extend(results)
+    env["load_avg_1m_at_end"] = os.getloadavg()[0]
+    out_dir = Path(args.out_dir) if args.out_dir else (
+        Path(tempfile.gettempdir()) / "fastleading-bench" if args.toy else Path("benchmarks/results"))
+    now = datetime.datetime.now()
+    stem = f"{args.name or 'appnp'}-cpu{'-toy' if args.toy else ''}-{now:%Y-%m-%d}"
+    path = out_dir / f"{stem}.json"
+    if path.exists():  # never overwrite an earlier run of the same day
+        path = out_dir / f"{stem}-{now:%H%M%S}.json"
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}", flush=True)
+    return path
+
+
 # ----------------------------------------------------------------------------- run
-def environment(device: torch.device, interpreter: bool) -> dict:
+def command_line(argv: list[str] | None) -> str:
+    """The command that ran: ``fastleading bench kernels ARGS`` when main() got the arguments
+    (the CLI passes them), else this process's own command line."""
+    return shlex.join(["fastleading", "bench", "kernels", *argv] if argv is not None else [sys.executable, *sys.argv])
+
+
+def environment(device: torch.device, interpreter: bool, argv: list[str] | None = None) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10).stdout.strip() or "unknown"
@@ -322,7 +568,7 @@ def environment(device: torch.device, interpreter: bool) -> dict:
         triton_version = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     return {"device": device.type, "device_name": name, "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda, "git_commit": commit, "command": " ".join([sys.executable] + sys.argv),
+            "cuda": torch.version.cuda, "git_commit": commit, "command": command_line(argv),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
             "triton_interpreter": interpreter}
 
@@ -330,9 +576,10 @@ def environment(device: torch.device, interpreter: bool) -> dict:
 def load_graphs(args, toy: bool) -> list[tuple[str, torch.Tensor, torch.Tensor] | tuple[str, str]]:
     """(name, rowptr, col) per requested graph, or (name, reason) when it cannot be had."""
     loaded = []
+    synthetic = {**graphs.OGB_SIZES, **graphs.CPU_SIZES}
     for name in args.graphs:
-        if name in graphs.OGB_SIZES:
-            size = TOY_GRAPHS[name] if toy else graphs.OGB_SIZES[name]
+        if name in synthetic:
+            size = TOY_GRAPHS[name] if toy else synthetic[name]
             loaded.append((f"{name}-like", *graphs.powerlaw_csr(size, seed=args.seed)))
         elif name == "pubmed":
             try:
@@ -344,7 +591,8 @@ def load_graphs(args, toy: bool) -> list[tuple[str, torch.Tensor, torch.Tensor] 
                 rowptr, col = graphs.induced_prefix(rowptr, col, TOY_PUBMED_NODES)
             loaded.append((name, rowptr, col))
         else:
-            raise FastleadingError(f"--graphs: unknown graph {name!r}: expected arxiv, products or pubmed")
+            raise FastleadingError(f"--graphs: unknown graph {name!r}: expected arxiv, products, powerlaw-500k "
+                                   "or pubmed")
     return loaded
 
 
@@ -360,14 +608,20 @@ def _require_interpreter_for_cpu() -> None:
 
 def run_kernel_bench(args: argparse.Namespace) -> Path:
     """Run the benchmark described by ``args`` (see :func:`add_kernel_bench_args`); returns the JSON path."""
+    if args.cpu:
+        return run_cpu_bench(args)
+    for key, value in GPU_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FastleadingError("--device cuda: no CUDA device is available (use --device cpu --toy)")
     interpreter = device.type == "cpu"
     if interpreter:
         if not args.toy:
-            raise FastleadingError("bench kernels on CPU runs only with --toy (the Triton interpreter is "
-                                   "~1 ms per program: full sizes need a CUDA device)")
+            raise FastleadingError("bench kernels on CPU runs the Triton kernels only with --toy (the Triton "
+                                   "interpreter is ~1 ms per program: full sizes need a CUDA device); "
+                                   "--cpu benchmarks the native CPU step")
         _require_interpreter_for_cpu()
     for d in args.dtypes:
         if d not in DTYPES:
@@ -384,7 +638,7 @@ def run_kernel_bench(args: argparse.Namespace) -> Path:
               "note": ("Triton CPU interpreter at toy sizes: proves the pipeline runs end to end; "
                        "NOT a performance number") if interpreter else
                       ("toy sizes: smoke run, not representative" if args.toy else "performance run"),
-              "env": environment(device, interpreter), "bandwidth_model": BANDWIDTH_MODEL, "copy_GBps": copy_gbps, "alpha": args.alpha,
+              "env": environment(device, interpreter, getattr(args, "argv", None)), "bandwidth_model": BANDWIDTH_MODEL, "copy_GBps": copy_gbps, "alpha": args.alpha,
               "graphs": [], "appnp": [], "bank": []}
     for entry in load_graphs(args, args.toy):
         if len(entry) == 2:
@@ -399,7 +653,7 @@ def run_kernel_bench(args: argparse.Namespace) -> Path:
         Path(tempfile.gettempdir()) / "fastleading-bench" if interpreter else Path("benchmarks/results"))
     slug = re.sub(r"[^a-z0-9]+", "-", report["env"]["device_name"].lower()).strip("-") or device.type
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"{args.name}-{slug}{'-toy' if args.toy else ''}-{stamp}.json"
+    path = out_dir / f"{args.name or 'kernels'}-{slug}{'-toy' if args.toy else ''}-{stamp}.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}", flush=True)
     return path
@@ -409,7 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     """``fastleading bench kernels [options]``."""
     parser = argparse.ArgumentParser(prog="fastleading bench kernels", description=__doc__.split("\n\n")[0])
     add_kernel_bench_args(parser)
-    run_kernel_bench(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else None
+    run_kernel_bench(args)
     return 0
 
 
