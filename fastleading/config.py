@@ -86,7 +86,11 @@ class ModelConfig:
     subgraph_norm: str = _f("full-graph", "Degrees that normalise Â on a sampled subgraph: the full graph's "
                             "(training sees the operator evaluation uses) or the subgraph's own.",
                             ("full-graph", "subgraph"))
-    gnn: str = _f("gcn", "Downstream / shallow GNN.", ("gcn", "gat", "sage", "appnp", "mlp"))
+    gnn: str = _f("gcn", "Downstream / shallow GNN (revgat, gamlp: the paper's ogbn-arxiv / ogbn-products models).",
+                  ("gcn", "gat", "sage", "appnp", "mlp", "revgat", "gamlp"))
+    gnn_layers: int = _f(3, "revgat: reversible GAT blocks; gamlp: layers of each of its MLPs.")
+    gnn_hops: int = _f(5, "gamlp: propagation hops K (features X, ÂX, ..., Â^K X, computed once before training).")
+    gnn_batch_size: int = _f(10000, "gamlp: training nodes per mini-batch.")
 
 
 @dataclass
@@ -271,7 +275,9 @@ def validate(cfg: Config) -> None:
     t, m, d = cfg.train, cfg.model, cfg.data
     positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
                 "train.eval_batch_size": t.eval_batch_size, "model.num_iters": m.num_iters,
-                "model.eval_iters": m.eval_iters, "data.max_length": d.max_length}
+                "model.eval_iters": m.eval_iters, "data.max_length": d.max_length,
+                "model.gnn_layers": m.gnn_layers, "model.gnn_hops": m.gnn_hops,
+                "model.gnn_batch_size": m.gnn_batch_size}
     for name, v in positive.items():
         if v < 1:
             raise FastleadingError(f"config key '{name}': expected a positive integer, got {v}")

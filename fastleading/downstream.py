@@ -15,84 +15,68 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fastleading import checkpoint
 from fastleading.config import Config, from_dict
 from fastleading.errors import FastleadingError
+from fastleading.gnn import GNN
 from fastleading.io import atomic_write, atomic_write_text
-from fastleading.nn import Head, propagate
 from fastleading.profiling import peak_memory_bytes
-
-
-class GNN(nn.Module):
-    """Two-layer GCN / GAT / GraphSAGE, MLP->APPNP (``appnp``), or a plain ``mlp``."""
-
-    def __init__(self, kind: str, in_dim: int, num_classes: int, hidden: int, dropout: float,
-                 alpha: float, num_iters: int):
-        super().__init__()
-        from torch_geometric.nn import GATConv, GCNConv, SAGEConv
-
-        self.kind, self.dropout, self.alpha, self.num_iters = kind, dropout, alpha, num_iters
-        if kind in ("appnp", "mlp"):
-            self.head = Head(in_dim, num_classes, hidden, dropout)
-        elif kind == "gcn":
-            self.convs = nn.ModuleList([GCNConv(in_dim, hidden), GCNConv(hidden, num_classes)])
-        elif kind == "sage":
-            self.convs = nn.ModuleList([SAGEConv(in_dim, hidden), SAGEConv(hidden, num_classes)])
-        elif kind == "gat":
-            heads = 8
-            self.convs = nn.ModuleList([GATConv(in_dim, hidden // heads, heads=heads, dropout=dropout),
-                                        GATConv(hidden, num_classes, heads=1, dropout=dropout)])
-        else:
-            raise FastleadingError(f"config key 'model.gnn': expected gcn, gat, sage, appnp or mlp, got {kind!r}")
-
-    def forward(self, x, edge_index, rowptr, col):
-        if self.kind == "mlp":
-            return self.head(x)
-        if self.kind == "appnp":
-            return propagate(self.head(x), rowptr, col, self.alpha, self.num_iters)
-        for i, conv in enumerate(self.convs):
-            x = F.dropout(x, self.dropout, self.training)
-            x = conv(x, edge_index)
-            if i < len(self.convs) - 1:
-                x = F.elu(x)
-        return x
-
-
-def edge_index_of(rowptr: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-    """``[2, E]`` (source, target) of a symmetric CSR."""
-    row = torch.repeat_interleave(torch.arange(len(rowptr) - 1), rowptr[1:] - rowptr[:-1])
-    return torch.stack([col.long(), row])
 
 
 def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed: int = 0,
               device: torch.device | str = "cpu", hidden: int = 256, dropout: float = 0.5, lr: float = 0.01,
-              weight_decay: float = 5e-4, alpha: float = 0.1, num_iters: int = 10) -> dict:
-    """Full-batch training on fixed ``features [N, F]``; returns accuracies at the best valid epoch."""
+              weight_decay: float = 5e-4, alpha: float = 0.1, num_iters: int = 10, layers: int | None = None,
+              hops: int | None = None, batch_size: int | None = None) -> dict:
+    """Train the GNN ``kind`` (:class:`fastleading.gnn.GNN`) on fixed ``features [N, F]``;
+    returns accuracies at the epoch with the best valid accuracy.
+
+    Full-batch models take one step per epoch on all training nodes; a mini-batched one
+    (``gamlp``) takes one per ``batch_size`` training nodes, in a fresh order every epoch,
+    and is evaluated in batches. ``layers`` / ``hops`` / ``batch_size`` default to
+    ``model.gnn_layers`` / ``model.gnn_hops`` / ``model.gnn_batch_size``.
+    """
+    defaults = Config().model
+    layers = defaults.gnn_layers if layers is None else layers
+    hops = defaults.gnn_hops if hops is None else hops
+    batch_size = defaults.gnn_batch_size if batch_size is None else batch_size
+    if batch_size < 1:
+        raise FastleadingError(f"config key 'model.gnn_batch_size': expected a positive integer, got {batch_size}")
     torch.manual_seed(seed)
     device = torch.device(device)
-    x = features.to(device=device, dtype=torch.float32)
-    rowptr, col = graph.rowptr.to(device), graph.col.to(device)
-    edge_index = edge_index_of(graph.rowptr, graph.col).to(device)
+    model = GNN(kind, features.shape[1], graph.num_classes, hidden, dropout, alpha, num_iters, layers, hops).to(device)
+    inputs = model.inputs(graph, features, device)
     labels = graph.labels.to(device)
     train, valid, test = (s.to(device) for s in (split.train, split.valid, split.test))
-    model = GNN(kind, x.shape[1], graph.num_classes, hidden, dropout, alpha, num_iters).to(device)
+    evaluated = torch.cat([train, valid, test])
+    order = torch.Generator().manual_seed(seed)  # batch order; the global generator drives dropout
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def batches(ids: torch.Tensor, size: int | None) -> tuple[torch.Tensor, ...]:
+        # near-equal batches: no batch of 1 node for BatchNorm to trip on
+        return (ids,) if size is None else torch.tensor_split(ids, -(-len(ids) // size))
+
+    train_size = batch_size if model.mini_batched else None
+    eval_size = 4 * batch_size if model.mini_batched else None
     best = {"valid": -1.0}
     for epoch in range(1, epochs + 1):
         model.train()
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x, edge_index, rowptr, col)[train], labels[train])
-        loss.backward()
-        opt.step()
+        ids = train[torch.randperm(len(train), generator=order).to(device)] if model.mini_batched else train
+        total = torch.zeros((), device=device)
+        for batch in batches(ids, train_size):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(inputs, batch), labels[batch])
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(batch)
         model.eval()
         with torch.no_grad():
-            pred = model(x, edge_index, rowptr, col).argmax(-1)
-        acc = {name: float((pred[idx] == labels[idx]).float().mean())
-               for name, idx in (("train", train), ("valid", valid), ("test", test))}
+            pred = torch.cat([model(inputs, batch).argmax(-1) for batch in batches(evaluated, eval_size)])
+        correct = (pred == labels[evaluated]).float()
+        acc = {name: float(part.mean())
+               for name, part in zip(("train", "valid", "test"), correct.split([len(train), len(valid), len(test)]))}
         if acc["valid"] > best["valid"]:
-            best = {**acc, "epoch": epoch, "loss": float(loss.detach())}
+            best = {**acc, "epoch": epoch, "loss": float(total) / len(train)}
     return {"gnn": kind, **best}
 
 
@@ -206,7 +190,8 @@ def downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None =
     # full-batch training reads every row anyway: one writable fp32 copy in memory
     result = train_gnn(graph, torch.from_numpy(np.array(features, dtype=np.float32)), split, cfg.model.gnn,
                        cfg.train.downstream_epochs, cfg.train.seed, resolve_device(cfg.train.device),
-                       cfg.model.head_hidden, alpha=cfg.model.alpha, num_iters=cfg.model.eval_iters)
+                       cfg.model.head_hidden, alpha=cfg.model.alpha, num_iters=cfg.model.eval_iters,
+                       layers=cfg.model.gnn_layers, hops=cfg.model.gnn_hops, batch_size=cfg.model.gnn_batch_size)
     result.update({"dataset": cfg.data.dataset, "split": cfg.data.split or graph.default_split,
                    "embeddings": str(path)})
     if out_dir is not None:
