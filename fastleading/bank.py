@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fastleading import ops
+from fastleading import ops, transfer
 
 
 class MemoryBank:
@@ -39,7 +39,7 @@ class MemoryBank:
         A row with a non-finite value keeps its previous embedding (its stamp still moves), so
         one bad encode cannot spread through every later lookup.
         """
-        ids = ids.to(self.emb.device)
+        ids = transfer.to_device(ids, self.emb.device)
         emb = emb.detach()
         finite = torch.isfinite(emb).all(dim=1, keepdim=True)
         emb = torch.where(finite, emb, self.emb.index_select(0, ids).to(emb.dtype))
@@ -47,11 +47,11 @@ class MemoryBank:
 
     def lookup(self, ids: torch.Tensor, out: torch.Tensor | None = None, out_offset: int = 0) -> torch.Tensor:
         """Rows ``ids`` as ``[M, dim]``, or written into ``out[out_offset:out_offset+M]``."""
-        return ops.bank_gather(self.emb, ids.to(self.emb.device), out=out, out_offset=out_offset)
+        return ops.bank_gather(self.emb, transfer.to_device(ids, self.emb.device), out=out, out_offset=out_offset)
 
     def staleness(self, ids: torch.Tensor, step: int) -> torch.Tensor:
         """Steps since each row was last written (``step + 1`` for never-written rows)."""
-        return step - self.stamp[ids.to(self.stamp.device)]
+        return step - self.stamp[transfer.to_device(ids, self.stamp.device)]
 
     def state_dict(self) -> dict:
         return {"emb": self.emb, "stamp": self.stamp}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fastleading import transfer
 from fastleading.errors import FastleadingError
 
 
@@ -236,7 +237,7 @@ def allgather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
     """
     if rows.dim() != 2 or ids.dim() != 1 or ids.numel() != rows.shape[0]:
         raise ValueError(f"expected ids [M] and rows [M, d], got {list(ids.shape)} and {list(rows.shape)}")
-    ids = ids.to(rows.device, torch.int64)
+    ids = transfer.to_device(ids.to(torch.int64), rows.device)
     if not is_distributed():
         return ids, rows
     world = dist.get_world_size()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from fastleading import transfer
 from fastleading.distributed import allgather_rows, get_rank, get_world_size, shard
 from fastleading.precision import Precision
 
@@ -25,12 +26,10 @@ def encode_nodes(encoder, tokens, ids: torch.Tensor, device: torch.device, preci
 
     ``encoder`` is an :class:`fastleading.lm.LMEncoder` (or a DeepSpeed engine around one);
     ``tokens`` a :class:`fastleading.data.tokens.TokenCache`. On a GPU the token rows are
-    pinned so that the host-to-device copies are asynchronous."""
+    copied from pinned memory without blocking (:func:`fastleading.transfer.to_device`)."""
     input_ids, mask = tokens.batch(ids.cpu())
-    if device.type == "cuda":
-        input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
     with precision.autocast():
-        return encoder(input_ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+        return encoder(transfer.to_device(input_ids, device), transfer.to_device(mask, device))
 
 
 @torch.inference_mode()

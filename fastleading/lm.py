@@ -83,6 +83,7 @@ class LMEncoder(nn.Module):
         else:
             self.pooling = "mean" if is_sentence_transformer(cfg.name) else "cls"
         attn = attn_implementation(cfg.attn_implementation)
+        self.attn_implementation = attn
         if cfg.random_init:
             model = AutoModel.from_config(config, attn_implementation=attn)
         else:
@@ -106,8 +107,24 @@ class LMEncoder(nn.Module):
             # Left padding: positions count real tokens only, so a row's embedding does not
             # depend on how much padding the batch needed.
             kwargs["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        out = self.model(input_ids=input_ids, attention_mask=self._model_mask(attention_mask), **kwargs)
         return pool(out.last_hidden_state, attention_mask, self.pooling).float()
+
+    def _model_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The mask handed to the model. For SDPA a boolean ``[B, 1, Lq, L]`` mask built on the
+        device, which transformers uses as it is: from a 2D mask it would first read
+        ``mask.all()`` back to the host to decide whether the mask can be dropped, a
+        synchronisation in every forward on a GPU. Decoders get the causal mask with the
+        diagonal always kept, so a left-padding query row is never fully masked (SDPA would give
+        NaN there). Other attention implementations get the 2D mask."""
+        if self.attn_implementation != "sdpa":
+            return attention_mask
+        keep = attention_mask.bool()[:, None, None, :]
+        if self.is_decoder:
+            length = attention_mask.shape[1]
+            causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril_()
+            keep = (keep & causal) | torch.eye(length, dtype=torch.bool, device=attention_mask.device)
+        return keep
 
 
 def _with_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:

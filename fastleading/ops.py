@@ -137,6 +137,12 @@ def _appnp_backend(x: torch.Tensor) -> str:
 
 
 # ----------------------------------------------------------------------------- validation
+def _checks_index_values(t: torch.Tensor) -> bool:
+    """Whether the index values in ``t`` are range-checked: on the CPU yes; on a GPU the check
+    would read device values back to the host (a synchronisation), so kernels trust them."""
+    return not t.is_cuda
+
+
 def _check_graph(rowptr: torch.Tensor, col: torch.Tensor, n: int, dinv: torch.Tensor | None) -> None:
     if rowptr.dtype != torch.int64 or rowptr.dim() != 1 or rowptr.numel() != n + 1:
         raise ValueError(f"rowptr must be int64 [N+1] = [{n + 1}], got {rowptr.dtype} {list(rowptr.shape)}")
@@ -144,7 +150,7 @@ def _check_graph(rowptr: torch.Tensor, col: torch.Tensor, n: int, dinv: torch.Te
         raise ValueError(f"col must be int32/int64 [E], got {col.dtype} {list(col.shape)}")
     if rowptr.device != col.device:
         raise ValueError(f"rowptr on {rowptr.device} but col on {col.device}")
-    if not rowptr.is_cuda and col.numel() and (int(col.min()) < 0 or int(col.max()) >= n):
+    if _checks_index_values(col) and col.numel() and (int(col.min()) < 0 or int(col.max()) >= n):
         raise IndexError(f"col has entries outside [0, {n})")
     if dinv is not None and (dinv.shape != (n,) or dinv.device != rowptr.device):
         raise ValueError(f"dinv must be [{n}] on {rowptr.device}, got {list(dinv.shape)} on {dinv.device}")
@@ -175,7 +181,7 @@ def _check_out(out: torch.Tensor, like: torch.Tensor, *no_overlap: torch.Tensor)
 def _check_ids(ids: torch.Tensor, num_rows: int) -> None:
     if ids.dtype != torch.int64 or ids.dim() != 1:
         raise ValueError(f"ids must be int64 [M], got {ids.dtype} {list(ids.shape)}")
-    if not ids.is_cuda and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_rows):
+    if _checks_index_values(ids) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_rows):
         raise IndexError(f"ids has entries outside [0, {num_rows})")
 
 
@@ -224,7 +230,8 @@ def gcn_dinv(rowptr: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
 
 
 def _triton_plan(rowptr: torch.Tensor):
-    """Cached ``(AppnpPlan, dinv)`` of the graph ``rowptr``."""
+    """Cached ``(AppnpPlan, dinv)`` of the graph ``rowptr`` (built from ``rowptr`` itself, which
+    reads device values, unless :func:`prepare_graph` built it first)."""
     from fastleading.kernels.appnp import build_appnp_plan
 
     key = id(rowptr)
@@ -232,11 +239,28 @@ def _triton_plan(rowptr: torch.Tensor):
     if hit is not None and hit[0]() is rowptr and hit[1] == rowptr._version:
         _plan_cache.move_to_end(key)
         return hit[2]
-    entry = (build_appnp_plan(rowptr), gcn_dinv(rowptr))
-    _plan_cache[key] = (weakref.ref(rowptr), rowptr._version, entry)
+    return _cache_plan(rowptr, build_appnp_plan(rowptr))
+
+
+def _cache_plan(rowptr: torch.Tensor, plan) -> tuple:
+    entry = (plan, gcn_dinv(rowptr))
+    _plan_cache[id(rowptr)] = (weakref.ref(rowptr), rowptr._version, entry)
+    _plan_cache.move_to_end(id(rowptr))
     while len(_plan_cache) > _PLAN_CACHE_SIZE:
         _plan_cache.popitem(last=False)
     return entry
+
+
+def prepare_graph(rowptr: torch.Tensor, host_rowptr: torch.Tensor) -> None:
+    """Build and cache the Triton work partition of the graph ``rowptr`` from ``host_rowptr``,
+    its copy on the CPU, so that no device value is read (building it from a CUDA ``rowptr``
+    reads degrees back to the host). Call it where a graph is made, e.g. for each sampled
+    subgraph; a no-op when the Triton kernels will not run on ``rowptr``'s device."""
+    if rowptr.numel() < 2 or not _use_triton(rowptr):
+        return
+    from fastleading.kernels.appnp import build_appnp_plan
+
+    _cache_plan(rowptr, build_appnp_plan(host_rowptr.cpu()).to(rowptr.device))
 
 
 def appnp_step_reference(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, x_in: torch.Tensor,

@@ -109,15 +109,17 @@ def test_scatter_rounds_fp32_to_bf16_like_torch(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_last_occurrence_marks_the_winning_position_of_every_id(device):
-    """The scatter kernel writes position m only if winner[ids[m]] == m: that must be the last m of each id.
-    (The interpreter runs programs in order, so the scatter test alone cannot tell a race from a rule.)"""
+    """The scatter kernel writes position m only if last[m]: that must be the last m of each id,
+    and exactly one position per id. (The interpreter runs programs in order, so the scatter
+    test alone cannot tell a race from a rule.)"""
     from fastleading.kernels.bank import last_occurrence
 
     gen = torch.Generator().manual_seed(8)
     ids = ids_with_duplicates(50, 200, gen)
-    expected = {i: m for m, i in enumerate(ids.tolist())}
-    winner = last_occurrence(ids.to(device), 50).cpu()
-    assert {i: int(winner[i]) for i in expected} == expected
+    expected = sorted({i: m for m, i in enumerate(ids.tolist())}.values())
+    last = last_occurrence(ids.to(device)).cpu()
+    assert last.dtype == torch.bool and last.shape == ids.shape
+    assert last.nonzero().flatten().tolist() == expected
 
 
 def test_bad_bank_inputs_are_rejected():
@@ -153,7 +155,7 @@ for width, bank_t, rows_t in [(384, "bf16", "bf16"), (47, "bf16", "fp32")]:
                       "out_ptr": (f"*{rows_t}", 0), "n_ids": ("i32", 1000), "n_cols": ("i32", width),
                       "stride_bank": ("i32", width), "stride_out": ("i32", width)}, {"ROWS": rows, "BLOCK_D": block_d})
     scatter = compile_(bank._bank_scatter_kernel, {"bank_ptr": (f"*{bank_t}", 0), "ids_ptr": ("*i64", 0),
-                       "winner_ptr": ("*i64", 0), "rows_ptr": (f"*{rows_t}", 0), "stamps_ptr": ("*i64", 0),
+                       "last_ptr": ("*i1", 0), "rows_ptr": (f"*{rows_t}", 0), "stamps_ptr": ("*i64", 0),
                        "step": ("i32", 3), "n_ids": ("i32", 1000), "n_cols": ("i32", width), "stride_bank": ("i32", width),
                        "stride_rows": ("i32", width)}, {"HAS_STAMPS": True, "ROWS": rows, "BLOCK_D": block_d})
     if width % 16 == 0:  # aligned rows: every feature access is a 16-byte vector

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fastleading import ops, transfer
 from fastleading.bank import MemoryBank
 from fastleading.config import Config
 from fastleading.distributed import sync_bank_rows
@@ -76,13 +77,16 @@ class Run:
     def sample(self, targets: torch.Tensor) -> Subgraph:
         """The targets' sampled neighbourhood (seeded by the step, so a resumed run samples alike)."""
         sub = self.sampler.sample(targets, seed=self.cfg.train.seed * 1_000_003 + self.step)
-        node_ids = sub.node_ids.to(self.device)
+        node_ids = transfer.to_device(sub.node_ids, self.device)
+        rowptr = transfer.to_device(sub.rowptr, self.device)
+        # the kernels' work partition is built here, from the host copy: no device reads
+        ops.prepare_graph(rowptr, sub.rowptr)
         dinv = self.graph_dinv[node_ids] if self.graph_dinv is not None else None
-        return Subgraph(sub.node_ids, node_ids, sub.rowptr.to(self.device), sub.col.to(self.device), dinv)
+        return Subgraph(sub.node_ids, node_ids, rowptr, transfer.to_device(sub.col, self.device), dinv)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over ``targets`` (this rank's; unweighted)."""
-        return F.cross_entropy(logits.float(), self.labels[targets.to(self.labels.device)])
+        return F.cross_entropy(logits.float(), self.labels[transfer.to_device(targets, self.labels.device)])
 
     def backward(self, loss: torch.Tensor) -> torch.Tensor:
         """Backward of this rank's share of the global mean loss; returns that share, detached."""

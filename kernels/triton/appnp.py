@@ -29,6 +29,7 @@ a per-graph :class:`AppnpPlan`, built once with torch ops and cached by the call
 runs the very same kernels.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -158,6 +159,14 @@ class AppnpPlan:
     @property
     def num_chunks(self) -> int:
         return self.chunk_start.numel()
+
+    def to(self, device: torch.device | str) -> "AppnpPlan":
+        """The same plan with its tensors on ``device`` (host copies from pinned memory, not blocking)."""
+        from fastleading import transfer
+
+        move = {name: transfer.to_device(getattr(self, name), device)
+                for name in ("light_order", "heavy_rows", "chunk_ptr", "chunk_start", "chunk_end")}
+        return dataclasses.replace(self, **move)
 
 
 def default_heavy_threshold(rowptr: torch.Tensor) -> int:

@@ -36,15 +36,17 @@ def _bank_gather_kernel(bank_ptr, ids_ptr, out_ptr, n_ids, n_cols, stride_bank, 
     tl.store(out_ptr + slot.to(tl.int64) * stride_out + d, cast_to(vals, out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _bank_scatter_kernel(bank_ptr, ids_ptr, winner_ptr, rows_ptr, stamps_ptr, step, n_ids, n_cols,
+# `step` changes every call: not a specialisation key (a new value must not recompile the kernel)
+@triton.jit(do_not_specialize=["step"])
+def _bank_scatter_kernel(bank_ptr, ids_ptr, last_ptr, rows_ptr, stamps_ptr, step, n_ids, n_cols,
                          stride_bank, stride_rows, HAS_STAMPS: tl.constexpr,
                          ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """bank[ids[m]] = rows[m] (and stamps[ids[m]] = step) where m is the last position of ids[m]."""
+    """bank[ids[m]] = rows[m] (and stamps[ids[m]] = step) where m is the last position of ids[m]
+    (last_ptr[m] != 0)."""
     slot = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
     row_mask = slot < n_ids
     ids = tl.load(ids_ptr + slot, mask=row_mask, other=0).to(tl.int64)
-    wins = row_mask & (tl.load(winner_ptr + ids, mask=row_mask, other=-1) == slot)
+    wins = row_mask & (tl.load(last_ptr + slot, mask=row_mask, other=0) != 0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     mask = wins & (d < n_cols)
     vals = tl.load(rows_ptr + slot.to(tl.int64) * stride_rows + d, mask=mask)
@@ -79,14 +81,16 @@ def gather_rows(bank: torch.Tensor, ids: torch.Tensor, out: torch.Tensor) -> tor
     return out
 
 
-def last_occurrence(ids: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """int64 ``[num_rows]`` scratch whose entry ``ids[m]`` is the largest ``m`` with that id.
+def last_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    """bool ``[M]``: True at the last position of each distinct id of ``ids`` (int64 ``[M]``).
 
-    Entries no id points at are left uninitialised (never read by the scatter kernel).
+    A stable sort groups equal ids in their original order, so the last of each group is the
+    id's last occurrence: O(M) memory and no host synchronisation, whatever the bank's size.
     """
-    winner = torch.empty(num_rows, dtype=torch.int64, device=ids.device)
-    positions = torch.arange(ids.numel(), dtype=torch.int64, device=ids.device)
-    return winner.scatter_reduce_(0, ids, positions, "amax", include_self=False)
+    sorted_ids, order = torch.sort(ids, stable=True)
+    last_in_group = torch.ones_like(sorted_ids, dtype=torch.bool)
+    last_in_group[:-1] = sorted_ids[1:] != sorted_ids[:-1]
+    return torch.empty_like(last_in_group).scatter_(0, order, last_in_group)
 
 
 def scatter_rows(bank: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor,
@@ -97,9 +101,9 @@ def scatter_rows(bank: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor,
     n_ids, n_cols = rows.shape
     if n_ids == 0:
         return
-    winner = last_occurrence(ids, bank.shape[0])
+    last = last_occurrence(ids)
     rows_per_prog, block_d = _tiles(max(n_cols, 1), bank.stride(0) % 16 == 0 and rows.stride(0) % 16 == 0)
     grid = (triton.cdiv(n_ids, rows_per_prog), max(1, triton.cdiv(n_cols, block_d)))
     _bank_scatter_kernel[grid](
-        bank, ids, winner, rows, stamps if stamps is not None else ids, int(step), n_ids, n_cols,
+        bank, ids, last, rows, stamps if stamps is not None else ids, int(step), n_ids, n_cols,
         bank.stride(0), rows.stride(0), HAS_STAMPS=stamps is not None, ROWS=rows_per_prog, BLOCK_D=block_d)
