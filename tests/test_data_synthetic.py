@@ -85,10 +85,33 @@ def test_load_dataset_caches_by_options(tmp_path):
     cfg = DataConfig(cache_dir=str(tmp_path), synthetic_nodes=300, synthetic_classes=3)
     g1 = load_dataset(cfg)
     assert g1.path.parent == tmp_path / "graphs" and g1.path.name.startswith("synthetic-")
-    assert g1.default_split == "low-0" and len(g1.split_names) == 10
+    assert g1.default_split == "low-0" and len(g1.split_names) == 11
     cfg.synthetic_seed = 1
     g2 = load_dataset(cfg)
     assert g2.path != g1.path and not torch.equal(g1.labels, g2.labels)
+
+
+def test_products_split_has_ogbn_products_proportions(tmp_path):
+    """``data.split=products``: a random 8.03 / 1.61 / 90.37 percent split (ogbn-products'
+    196,615 / 39,323 / 2,213,091 of 2,449,029, which it reproduces exactly at that size)."""
+    from fastleading.data.splits import PRODUCTS_COUNTS, products_split
+
+    cfg = DataConfig(cache_dir=str(tmp_path), synthetic_nodes=5000, synthetic_classes=7, synthetic_tokens=True)
+    graph = load_dataset(cfg)
+    s = graph.split("products")
+    parts = [s.train.numpy(), s.valid.numpy(), s.test.numpy()]
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(5000))  # a partition of all nodes
+    total = sum(PRODUCTS_COUNTS)
+    for part, count in zip(parts, PRODUCTS_COUNTS):
+        assert abs(len(part) - 5000 * count / total) <= 1
+    assert set(graph.labels[s.train].tolist()) == set(range(7))
+    # the same split after a round trip through the cache, and a different one for another seed
+    again = load_dataset(cfg).split("products")
+    assert torch.equal(again.train, s.train) and torch.equal(again.test, s.test)
+    other = products_split(np.zeros(5000, dtype=np.int64), seed=1)
+    assert not torch.equal(other.train, s.train)
+    full = products_split(np.zeros(total, dtype=np.int64))
+    assert (len(full.train), len(full.valid), len(full.test)) == PRODUCTS_COUNTS
 
 
 def test_bad_options_are_named():

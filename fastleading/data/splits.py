@@ -6,6 +6,12 @@ Two settings of the LEADING paper:
   (or all the rest, when fewer remain) for test;
 * ``high-<seed>``: 60 / 20 / 20 percent of the labelled nodes.
 
+And one shaped like a benchmark's, for synthetic stand-ins of it:
+
+* ``products``: ogbn-products' proportions (196,615 train / 39,323 valid / 2,213,091 test of
+  2,449,029 nodes: 8.03 / 1.61 / 90.37 percent), drawn at random (ogbn-products itself splits
+  by sales rank); at ogbn-products size the counts are exactly its own.
+
 Only labelled nodes (label >= 0) are drawn. On very small graphs the per-class count is
 capped at half of each class and validation at half of what remains, so that every set
 stays non-empty.
@@ -59,6 +65,16 @@ def fraction_split(labels: np.ndarray, seed: int, train: float = 0.6, valid: flo
     n_valid = int(round(valid * len(perm)))
     return Split(_sorted(perm[:n_train]), _sorted(perm[n_train:n_train + n_valid]),
                  _sorted(perm[n_train + n_valid:]))
+
+
+# ogbn-products' official split: train / valid / test counts of its 2,449,029 nodes
+PRODUCTS_COUNTS = (196_615, 39_323, 2_213_091)
+
+
+def products_split(labels: np.ndarray, seed: int = 0) -> Split:
+    """A random split of the labelled nodes in ogbn-products' proportions (:data:`PRODUCTS_COUNTS`)."""
+    total = sum(PRODUCTS_COUNTS)
+    return fraction_split(labels, seed, train=PRODUCTS_COUNTS[0] / total, valid=PRODUCTS_COUNTS[1] / total)
 
 
 def seeded_splits(labels: np.ndarray, num_seeds: int) -> dict[str, Split]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fastleading.data.splits import seeded_splits
+from fastleading.data.splits import products_split, seeded_splits
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
 from fastleading.errors import FastleadingError
 from fastleading.graph import build_csr
@@ -43,16 +43,20 @@ FILLER_WORDS = 400
 DEGREE_EXPONENT = 2.5
 NUM_SEEDS = 5
 BLOCK = 16384          # nodes per text/token generation block (fixes the random stream)
+# The named splits every synthetic graph has; part of the cache key, so a cached graph made
+# before a split was added is rebuilt rather than found without it.
+SPLITS = "low-0..4,high-0..4,products"
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
 
 def options(cfg: "DataConfig") -> dict:
-    """The DataConfig fields that change the generated graph (its cache key)."""
-    return {k: getattr(cfg, k) for k in ("synthetic_nodes", "synthetic_classes", "synthetic_avg_degree",
-                                          "synthetic_words", "synthetic_homophily", "synthetic_signal",
-                                          "synthetic_seed", "synthetic_tokens")}
+    """The DataConfig fields that change the generated graph, and its split names (its cache key)."""
+    fields = {k: getattr(cfg, k) for k in ("synthetic_nodes", "synthetic_classes", "synthetic_avg_degree",
+                                            "synthetic_words", "synthetic_homophily", "synthetic_signal",
+                                            "synthetic_seed", "synthetic_tokens")}
+    return {**fields, "splits": SPLITS}
 
 
 def build(cfg: "DataConfig") -> TextAttributedGraph:
@@ -148,7 +152,8 @@ def generate(num_nodes: int, num_classes: int, avg_degree: float = 8.0, words: i
              homophily: float = 0.8, signal: float = 0.25, seed: int = 0,
              with_text: bool = True) -> TextAttributedGraph:
     """A synthetic TAG (see the module docstring). Splits ``low-0..4`` (default
-    ``low-0``) and ``high-0..4``; TF-IDF shallow features when ``with_text``.
+    ``low-0``), ``high-0..4`` and ``products`` (ogbn-products' 8 / 1.6 / 90 percent,
+    :func:`fastleading.data.splits.products_split`); TF-IDF shallow features when ``with_text``.
     Without text (scale mode) the graph is marked ``metadata['synthetic_tokens']`` and
     its tokens come from :func:`write_synthetic_tokens`."""
     _check_options(num_nodes, num_classes, avg_degree, words, homophily, signal)
@@ -168,9 +173,10 @@ def generate(num_nodes: int, num_classes: int, avg_degree: float = 8.0, words: i
         features, _ = tfidf_features(strings, max_features=len(vocab), min_df=1, max_df=1.0)
     metadata = {"name": "synthetic", "synthetic": params, "synthetic_tokens": not with_text,
                 "homophily": homophily, "avg_degree": avg_degree}
+    splits = {**seeded_splits(labels, NUM_SEEDS), "products": products_split(labels, seed)}
     return TextAttributedGraph(rowptr, col, torch.from_numpy(labels),
                                [f"class-{c}" for c in range(num_classes)],
-                               seeded_splits(labels, NUM_SEEDS), "low-0", texts, features, metadata)
+                               splits, "low-0", texts, features, metadata)
 
 
 def _check_options(num_nodes: int, num_classes: int, avg_degree: float, words: int, homophily: float,
