@@ -1,0 +1,182 @@
+"""`fastleading study` and `fastleading plot` on the synthetic TAG with a tiny LM (CPU):
+results JSON, markdown table, PNGs, resume, the missing-matplotlib path, and the CiteSeer preset."""
+
+import importlib.util
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastleading.cli import main
+from fastleading.plot import PLOT_HINT
+from fastleading.study import StudyOutput
+
+from tiny_models import save_tiny_model
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUNS = ["leading-low-0-seed0", "shallow-low-0-seed0", "leading-low-0-seed1", "shallow-low-0-seed1"]
+
+
+def study_args(root: Path, model: str, *extra: str) -> list[str]:
+    # tests/test_train.py's small_config, shortened: 1 epoch, few propagation / GNN iterations
+    return ["study", "--dataset", "synthetic", "--methods", "leading,shallow", "--seeds", "2",
+            "--downstream", "gcn,sage", "--out", str(root / "out"), "--model", model, "--epochs", "1",
+            "--device", "cpu", "--quiet",
+            "--override", f"data.cache_dir={root / 'cache'}", "--override", "data.synthetic_nodes=240",
+            "data.synthetic_classes=3", "data.synthetic_words=12", "data.max_length=16", "train.batch_size=20",
+            "train.eval_batch_size=240", "train.log_every=1", "model.head_hidden=16", "model.eval_iters=5",
+            "train.downstream_epochs=5", "train.fill_bank=false", *extra]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny tensors: on 2 shared cores, intra-op threads spin against other jobs (3x slower)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("study")
+    model = save_tiny_model(root / "bert", "bert", hidden=16, layers=1)
+    assert main(study_args(root, model)) == 0
+    return root, model
+
+
+def assert_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and 300 <= im.width <= 3000 and 200 <= im.height <= 3000, (path, im.size)
+
+
+def pct(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * std:.1f}"
+
+
+def test_study_writes_results_json_table_and_plots(study):
+    root, _ = study
+    out = root / "out"
+    result = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in result["runs"]] == RUNS
+    for run in result["runs"]:
+        assert run["config"]["train"]["method"] == run["method"]
+        assert run["config"]["train"]["seed"] == run["seed"] and run["config"]["data"]["split"] == "low-0"
+        assert run["summary"] == json.loads((out / run["run_dir"] / "summary.json").read_text())
+        assert set(run["downstream"]) == {"gcn", "sage"}
+        for gnn, d in run["downstream"].items():
+            assert d["gnn"] == gnn and 0.0 <= d["test"] <= 1.0
+    assert bool(result["runs"][0]["summary"].get("history")) and not result["runs"][1]["summary"].get("history")
+    # the table's numbers are mean ± sample std of the runs in the JSON
+    rows = {}
+    for line in (out / "table.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in ("leading", "shallow") and len(cells) == 7:
+            rows[cells[0]] = cells
+    assert set(rows) == {"leading", "shallow"}
+    for method, cells in rows.items():
+        mine = [r for r in result["runs"] if r["method"] == method]
+        assert cells[1] == "2"
+        assert cells[2] == pct([r["summary"]["best_valid_acc"] for r in mine])
+        assert cells[3] == pct([r["summary"]["test_acc"] for r in mine])
+        assert cells[4] == pct([r["downstream"]["gcn"]["test"] for r in mine])
+        assert cells[5] == pct([r["downstream"]["sage"]["test"] for r in mine])
+        assert result["results"][method]["head"]["values"] == [r["summary"]["test_acc"] for r in mine]
+    # the fixed-feature method has no history: said in the table, not an error
+    table = (out / "table.md").read_text()
+    assert re.search(r"^shallow: fixed features.*no validation accuracy by epoch", table, re.M)
+    assert "| leading |" in table.split("by epoch, mean over runs")[1]
+    assert result["results"]["shallow"]["history"] is False and "shallow" not in result["valid_by_epoch"]
+    assert result["valid_by_epoch"]["leading"]["1"]["n"] == 2
+    for name in ("valid_curves.png", "test_acc.png"):
+        assert_png(out / name)
+
+
+def test_resume_skips_finished_runs_and_without_matplotlib_writes_json_and_table(study, monkeypatch, capsys):
+    root, model = study
+    out = root / "out"
+    watched = [p for run in RUNS for p in (out / "runs" / run).glob("*.json")]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    for name in ("valid_curves.png", "test_acc.png", "results.json", "table.md"):
+        (out / name).unlink()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib...` raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    args = [a for a in study_args(root, model) if a != "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in watched} == before  # summaries, configs, downstream results untouched
+    assert printed.count("(reused,") == 4 and "(trained," not in printed
+    assert [line for line in printed.splitlines() if "matplotlib" in line] == [f"plots skipped: {PLOT_HINT}"]
+    assert (out / "results.json").is_file() and (out / "table.md").is_file()
+    assert not (out / "valid_curves.png").exists() and not (out / "test_acc.png").exists()
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["reused"] * 4
+
+
+def test_a_run_folder_of_another_config_stops_the_study_before_training(study, capsys):
+    root, model = study
+    assert main(study_args(root, model, "model.alpha=0.2")) == 2
+    err = capsys.readouterr().err
+    assert "leading-low-0-seed0: holds a run of another config (model.alpha: 0.1 there, 0.2 here)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_plot_draws_run_curves(study, tmp_path, monkeypatch, capsys):
+    root, _ = study
+    runs = root / "out" / "runs"
+    assert main(["plot", str(runs / RUNS[0])]) == 0
+    assert_png(runs / RUNS[0] / "curves.png")
+    both = tmp_path / "both.png"
+    assert main(["plot", str(runs / RUNS[0]), str(runs / RUNS[2]), str(runs / RUNS[1]), "--out", str(both)]) == 0
+    assert_png(both)
+    capsys.readouterr()
+    # a fixed-feature run alone has nothing to draw: one line, no traceback
+    assert main(["plot", str(runs / RUNS[1])]) == 2
+    assert "shallow: fixed features, no per-step metrics" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["plot", str(runs / RUNS[0]), "--out", str(tmp_path / "no.png")]) == 2
+    assert capsys.readouterr().err.strip() == f"fastleading: error: {PLOT_HINT}"
+    assert not (tmp_path / "no.png").exists()
+
+
+def test_citeseer_preset_is_a_call_of_the_study(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "study_citeseer", Path(__file__).resolve().parents[1] / "benchmarks" / "study_citeseer.py")
+    preset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preset)
+    (tmp_path / "data" / "citeseer-tag").mkdir(parents=True)
+    calls = []
+
+    def fake_run_study(base, out_dir, **kw):
+        calls.append((base, out_dir, kw))
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "results.json").write_text('{"device": "cpu", "date": "2026-01-01"}\n')
+        (Path(out_dir) / "table.md").write_text("| method |\n")
+        return StudyOutput({"device": "cpu", "date": "2026-01-01"}, Path(out_dir), Path(out_dir) / "results.json",
+                           Path(out_dir) / "table.md")
+
+    monkeypatch.setattr(preset, "run_study", fake_run_study)
+    monkeypatch.setattr(sys, "argv", ["study_citeseer.py", "--root", str(tmp_path / "data"), "--seeds", "2",
+                                      "--epochs", "7", "--max-length", "32", "--methods", "leading,shallow",
+                                      "--override", "model.num_iters=4", "--runs", str(tmp_path / "runs"),
+                                      "--out", str(tmp_path / "r.json")])
+    assert preset.main() == 0
+    (base, out_dir, kw), = calls
+    assert out_dir == str(tmp_path / "runs")
+    assert kw["methods"] == ["leading", "shallow"] and kw["seeds"] == 2
+    assert kw["splits"] == ["low-{seed}"] and kw["downstream"] == ["gcn"]
+    assert (base.data.dataset, base.data.max_length, base.train.epochs, base.model.num_iters) == \
+        ("citeseer-tag", 32, 7, 4)
+    assert (tmp_path / "r.json").read_text() == (tmp_path / "runs" / "results.json").read_text()
+    assert "| method |" in capsys.readouterr().out
