@@ -33,7 +33,45 @@ struct AppnpProblem {
   float alpha = 0.f;
   // Edges the gather runs ahead of itself with software prefetches (0: none).
   int64_t prefetch_distance = 0;
+
+  // Column passes (see appnp.cpp): a pass gathers, for every row, the next neighbours in
+  // CSR order while they are < col_limit, continuing where the previous pass stopped
+  // (cursor[r]), and keeps the fp32 sums in acc between passes. The first pass starts with
+  // the self loop, the last one (col_limit = num_rows) takes every remaining neighbour and
+  // applies the epilogue. With one pass (first and last) cursor and acc are unused.
+  bool first_pass = true;
+  bool last_pass = true;
+  uint64_t col_floor = 0;  // the previous pass's col_limit: prefetches skip ids outside [floor, limit)
+  uint64_t col_limit = 0;
+  int64_t* cursor = nullptr;  // [num_rows]
+  float* acc = nullptr;       // [num_rows, num_cols], row stride acc_stride
+  int64_t acc_stride = 0;
 };
+
+// The x row to prefetch for the neighbour id `ahead` (read `prefetch_distance` edges ahead in
+// col): itself when this pass will gather it, else `fallback` (a row already in cache), so a
+// lookahead that crosses into rows of other passes fetches nothing (no branch: the id is random).
+static inline int64_t prefetch_row(const AppnpProblem& p, uint64_t ahead, int64_t fallback) {
+  return ahead - p.col_floor < p.col_limit - p.col_floor ? static_cast<int64_t>(ahead) : fallback;
+}
+
+// The edges [begin, end) of row r that this pass gathers (updates the cursor). Static: each
+// instruction-set build of the row kernels gets its own copy (no symbol merged across them).
+static inline void pass_edges(const AppnpProblem& p, const void* col, int64_t r, int64_t* begin, int64_t* end) {
+  *begin = p.first_pass ? p.rowptr[r] : p.cursor[r];
+  *end = p.rowptr[r + 1];
+  if (p.last_pass) return;
+  int64_t e = *begin;
+  if (p.col_int64) {
+    const int64_t* c = static_cast<const int64_t*>(col);
+    while (e < *end && static_cast<uint64_t>(c[e]) < p.col_limit) ++e;
+  } else {
+    const int32_t* c = static_cast<const int32_t*>(col);
+    while (e < *end && static_cast<uint64_t>(static_cast<int64_t>(c[e])) < p.col_limit) ++e;
+  }
+  *end = e;
+  p.cursor[r] = e;
+}
 
 // Computes rows [row_begin, row_end) of out; the edges of those rows are already checked.
 // Returns false when a column index lies outside [0, num_rows) (nothing is read for it).
@@ -58,11 +96,16 @@ std::vector<std::string> appnp_isas();
 
 // Runs the step on up to `num_threads` threads (0: all cores) with the row kernel of `isa`
 // ("auto": the best of appnp_isas()). p.dinv may be null: 1/sqrt(deg+1) is computed first.
-// p.prefetch_distance < 0 picks a default for the row width. Rows are cut into chunks of
+// p.prefetch_distance < 0 picks a default for the row width; passes < 1 picks the number of
+// column passes from the size of x (1 when x fits a cache share). Rows are cut into chunks of
 // about equal edge count; every row is computed by one thread in a fixed order, so the
 // result is the same for any thread count. Throws std::invalid_argument for a malformed
 // rowptr or an unknown isa and std::out_of_range for column indices outside [0, num_rows).
-// Returns the number of threads it ran on.
-int appnp_step(AppnpProblem p, int num_threads, const std::string& isa);
+// Returns the number of threads it ran on and the number of column passes.
+struct AppnpRun {
+  int threads;
+  int passes;
+};
+AppnpRun appnp_step(AppnpProblem p, int num_threads, const std::string& isa, int passes = 0);
 
 }  // namespace fastleading

@@ -84,29 +84,41 @@ struct Operands {
   uint64_t n;
   int64_t sx, sxin, sout, ahead, edge_limit;
   float one_minus_alpha, alpha;
+  bool first_pass, last_pass;
+  float* acc;
+  int64_t acc_stride;
+  const AppnpProblem* problem;
 };
 
-// One row, features [c0, c0 + 16 * NV) (the last vector masked by `tail`); false when a
-// column index is out of range.
+// One row, features [c0, c0 + 16 * NV) (the last vector masked by `tail`), the edges
+// [e_begin, e_end) of this pass; false when a column index is out of range.
 template <class T, class Col, int NV>
 FL_INLINE bool row_block(const Operands& o, const Col* __restrict col, const T* x, const T* x_in, T* out,
-                         int64_t r, int64_t c0, __mmask16 tail) {
+                         int64_t r, int64_t c0, __mmask16 tail, int64_t e_begin, int64_t e_end) {
   const float* __restrict dinv = o.dinv;
   const int64_t block_bytes = (NV - 1) * kLanes * static_cast<int64_t>(sizeof(T)) +
                               __builtin_popcount(tail) * static_cast<int64_t>(sizeof(T));
   __m512 acc[NV];
   const float di_scalar = dinv[r];
   const __m512 di = _mm512_set1_ps(di_scalar);
-  const T* xr = x + r * o.sx + c0;
+  float* kept = o.acc != nullptr ? o.acc + r * o.acc_stride + c0 : nullptr;  // the sums between passes
+  if (o.first_pass) {
+    const T* xr = x + r * o.sx + c0;
 #pragma GCC unroll 16
-  for (int v = 0; v < NV; ++v) {
-    const __m512 xv = v == NV - 1 ? Lanes<T>::load(xr + v * kLanes, tail) : Lanes<T>::load(xr + v * kLanes);
-    acc[v] = _mm512_mul_ps(di, xv);
+    for (int v = 0; v < NV; ++v) {
+      const __m512 xv = v == NV - 1 ? Lanes<T>::load(xr + v * kLanes, tail) : Lanes<T>::load(xr + v * kLanes);
+      acc[v] = _mm512_mul_ps(di, xv);
+    }
+  } else {
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      acc[v] = v == NV - 1 ? Lanes<float>::load(kept + v * kLanes, tail) : Lanes<float>::load(kept + v * kLanes);
+    }
   }
   bool ok = true;
-  for (int64_t e = o.rowptr[r], e_end = o.rowptr[r + 1]; e < e_end; ++e) {
+  for (int64_t e = e_begin; e < e_end; ++e) {
     if (o.ahead > 0 && e + o.ahead < o.edge_limit) {
-      const int64_t jp = static_cast<int64_t>(col[e + o.ahead]);
+      const int64_t jp = prefetch_row(*o.problem, static_cast<uint64_t>(static_cast<int64_t>(col[e + o.ahead])), r);
       prefetch_bytes(x + jp * o.sx + c0, block_bytes);
       _mm_prefetch(reinterpret_cast<const char*>(dinv + jp), _MM_HINT_T0);
     }
@@ -122,6 +134,11 @@ FL_INLINE bool row_block(const Operands& o, const Col* __restrict col, const T* 
       const __m512 xv = v == NV - 1 ? Lanes<T>::load(xj + v * kLanes, tail) : Lanes<T>::load(xj + v * kLanes);
       acc[v] = _mm512_add_ps(acc[v], _mm512_mul_ps(xv, dj));
     }
+  }
+  if (!o.last_pass) {
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) Lanes<float>::store(kept + v * kLanes, acc[v], v == NV - 1 ? tail : __mmask16(0xFFFF));
+    return ok;
   }
   const __m512 scale = _mm512_set1_ps(o.one_minus_alpha * di_scalar);
   const __m512 alpha = _mm512_set1_ps(o.alpha);
@@ -141,7 +158,8 @@ FL_INLINE bool row_block(const Operands& o, const Col* __restrict col, const T* 
 template <class T, class Col, int NV_LAST>
 bool rows(const AppnpProblem& p, int64_t row_begin, int64_t row_end) {
   const Operands o{p.rowptr, p.dinv, static_cast<uint64_t>(p.num_rows), p.x_stride, p.x_in_stride,
-                   p.out_stride, p.prefetch_distance, p.rowptr[row_end], p.one_minus_alpha, p.alpha};
+                   p.out_stride, p.prefetch_distance, p.rowptr[row_end], p.one_minus_alpha, p.alpha,
+                   p.first_pass, p.last_pass, p.acc, p.acc_stride, &p};
   const Col* col = static_cast<const Col*>(p.col);
   const T* x = static_cast<const T*>(p.x);
   const T* x_in = static_cast<const T*>(p.x_in);
@@ -153,10 +171,12 @@ bool rows(const AppnpProblem& p, int64_t row_begin, int64_t row_end) {
   const __mmask16 tail = static_cast<__mmask16>(tail_lanes == kLanes ? 0xFFFF : (1u << tail_lanes) - 1);
   bool ok = true;
   for (int64_t r = row_begin; r < row_end; ++r) {
+    int64_t e_begin, e_end;
+    pass_edges(p, col, r, &e_begin, &e_end);
     for (int64_t b = 0; b < full_blocks; ++b) {
-      ok &= row_block<T, Col, kMaxVectors>(o, col, x, x_in, out, r, b * block, __mmask16(0xFFFF));
+      ok &= row_block<T, Col, kMaxVectors>(o, col, x, x_in, out, r, b * block, __mmask16(0xFFFF), e_begin, e_end);
     }
-    ok &= row_block<T, Col, NV_LAST>(o, col, x, x_in, out, r, full_blocks * block, tail);
+    ok &= row_block<T, Col, NV_LAST>(o, col, x, x_in, out, r, full_blocks * block, tail, e_begin, e_end);
   }
   return ok;
 }

@@ -10,7 +10,7 @@
 //   out[i] = ((1-a) * dinv[i]) * agg + a * x_in[i]
 // The feature dim is cut into blocks of kBlock; each block walks the row's neighbours once
 // with its fp32 accumulator in L1, prefetching the block of the neighbour `prefetch_distance`
-// edges ahead (across row boundaries).
+// edges ahead (across row boundaries; only neighbours of the current column pass).
 
 #ifndef FASTLEADING_APPNP_NS
 #error "define FASTLEADING_APPNP_NS before including appnp_rows.h"
@@ -139,15 +139,21 @@ bool rows(const AppnpProblem& p, int64_t row_begin, int64_t row_end) {
   bool ok = true;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const float di = dinv[r];
-    const int64_t e_begin = rowptr[r], e_end = rowptr[r + 1];
+    int64_t e_begin, e_end;
+    pass_edges(p, col, r, &e_begin, &e_end);
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
       const int64_t w = cols - c0 < kBlock ? cols - c0 : kBlock;
       const int64_t block_bytes = w * static_cast<int64_t>(sizeof(T));
-      const float* xi = load_block(x + r * sx + c0, buf, w);
-      for (int64_t k = 0; k < w; ++k) acc[k] = di * xi[k];
+      float* __restrict kept = p.acc != nullptr ? p.acc + r * p.acc_stride + c0 : nullptr;  // sums between passes
+      if (p.first_pass) {
+        const float* xi = load_block(x + r * sx + c0, buf, w);
+        for (int64_t k = 0; k < w; ++k) acc[k] = di * xi[k];
+      } else {
+        for (int64_t k = 0; k < w; ++k) acc[k] = kept[k];
+      }
       for (int64_t e = e_begin; e < e_end; ++e) {
         if (ahead > 0 && e + ahead < edge_limit) {
-          const int64_t jp = static_cast<int64_t>(col[e + ahead]);
+          const int64_t jp = prefetch_row(p, static_cast<uint64_t>(static_cast<int64_t>(col[e + ahead])), r);
           prefetch_bytes(x + jp * sx + c0, block_bytes);
           __builtin_prefetch(dinv + jp);
         }
@@ -159,6 +165,10 @@ bool rows(const AppnpProblem& p, int64_t row_begin, int64_t row_end) {
         const float dj = dinv[j];
         const float* __restrict xj = load_block(x + static_cast<int64_t>(j) * sx + c0, buf, w);
         for (int64_t k = 0; k < w; ++k) acc[k] += xj[k] * dj;
+      }
+      if (!p.last_pass) {
+        for (int64_t k = 0; k < w; ++k) kept[k] = acc[k];
+        continue;
       }
       const float scale = one_minus_alpha * di;
       const T* __restrict xin = x_in + r * sxin + c0;

@@ -105,9 +105,9 @@ int64_t row_stride(const Matrix& a, const char* name) {
   return a.stride(0);
 }
 
-int appnp_step_py(Array<int64_t> rowptr, AnyVector col, Matrix x, Matrix x_in, double alpha, Matrix out,
+nb::tuple appnp_step_py(Array<int64_t> rowptr, AnyVector col, Matrix x, Matrix x_in, double alpha, Matrix out,
                    std::optional<Array<float>> dinv, int num_threads, const std::string& isa,
-                   int64_t prefetch_distance) {
+                   int64_t prefetch_distance, int passes) {
   AppnpProblem p;
   p.num_rows = static_cast<int64_t>(x.shape(0));
   p.num_cols = static_cast<int64_t>(x.shape(1));
@@ -141,8 +141,12 @@ int appnp_step_py(Array<int64_t> rowptr, AnyVector col, Matrix x, Matrix x_in, d
   p.one_minus_alpha = static_cast<float>(1.0 - alpha);
   p.alpha = static_cast<float>(alpha);
   p.prefetch_distance = prefetch_distance;
-  nb::gil_scoped_release release;
-  return appnp_step(p, num_threads, isa);
+  AppnpRun run;
+  {
+    nb::gil_scoped_release release;
+    run = appnp_step(p, num_threads, isa, passes);
+  }
+  return nb::make_tuple(run.threads, run.passes);
 }
 
 }  // namespace
@@ -174,7 +178,8 @@ NB_MODULE(_native, m) {
         nb::arg("fanouts"), nb::arg("seed"), nb::arg("num_threads") = 0);
 
   const char* appnp_doc =
-      "appnp_step(rowptr, col, x, x_in, alpha, out, dinv=None, num_threads=0, isa='auto', prefetch=-1) -> threads\n\n"
+      "appnp_step(rowptr, col, x, x_in, alpha, out, dinv=None, num_threads=0, isa='auto', prefetch=-1, passes=0)\n"
+      "    -> (threads, passes)\n\n"
       "out = (1-alpha) * Â x + alpha * x_in with Â = D̃^{-1/2}(A+I)D̃^{-1/2}, in one pass over the CSR\n"
       "graph (rowptr int64 [N+1], col int32|int64 [E], no self loops). x, x_in, out: [N, C] CPU arrays\n"
       "(torch tensors through DLPack) of one dtype, float32/bfloat16/float16, unit stride along C;\n"
@@ -182,11 +187,13 @@ NB_MODULE(_native, m) {
       "computed when None. Accumulates in fp32 in the PyTorch reference's order; the result is\n"
       "bitwise the same for any num_threads (0: every core) and any isa ('auto' = the first of\n"
       "appnp_isas()). prefetch: edges the gather prefetches ahead (-1: by row width, 0: off).\n"
-      "Returns the number of threads it ran on (fewer than num_threads for small inputs). Raises\n"
+      "passes: column passes (each gathers from a slice of x; 0: by the size of x), with the same\n"
+      "result for any number.\n"
+      "Returns the threads it ran on (fewer than num_threads for small inputs) and the passes. Raises\n"
       "IndexError for col entries outside [0, N), ValueError for a bad rowptr. Releases the GIL.";
   m.def("appnp_step", &appnp_step_py, nb::arg("rowptr"), nb::arg("col"), nb::arg("x"), nb::arg("x_in"),
         nb::arg("alpha"), nb::arg("out"), nb::arg("dinv") = nb::none(), nb::arg("num_threads") = 0,
-        nb::arg("isa") = "auto", nb::arg("prefetch") = -1, appnp_doc);
+        nb::arg("isa") = "auto", nb::arg("prefetch") = -1, nb::arg("passes") = 0, appnp_doc);
   m.def("appnp_isas", &appnp_isas,
         "Instruction sets of appnp_step that this build runs on this CPU, best first (avx512, avx2, generic).");
 }

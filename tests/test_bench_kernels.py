@@ -25,7 +25,7 @@ def test_cpu_benchmark_toy_runs_end_to_end(tmp_path):
     assert result["benchmark"] == "appnp-cpu" and result["toy"] is True and result["interpreter"] is False
     assert result["env"]["torch_threads"] == 2 and "--cpu" in result["env"]["command"]
     (rec,) = result["appnp"]
-    assert rec["width"] == 47 and rec["dtype"] == "fp32"
+    assert rec["width"] == 47 and rec["dtype"] == "fp32" and rec["native_passes"] == 1 and rec["native_threads"] >= 1
     for key in ("native", "native_new_out", "csr_sparse_mm_axpy", "csr_addmm", "reference"):
         assert len(rec[key]["samples_ms"]) == (1 if key == "reference" else 2) and rec[key]["GBps"] > 0
     assert "ms" in rec["torch_sparse_matmul_axpy"] or "error" in rec["torch_sparse_matmul_axpy"]

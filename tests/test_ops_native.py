@@ -17,9 +17,11 @@ from test_ops_appnp import DTYPES, assert_close, expected_step, make_case, skewe
 ISAS = _native.appnp_isas()
 
 
-def native_step(rowptr, col, x, x_in, alpha, dinv=None, num_threads=1, isa="auto", prefetch=-1):
+def native_step(rowptr, col, x, x_in, alpha, dinv=None, num_threads=1, isa="auto", prefetch=-1, passes=0):
     out = torch.full_like(x, float("nan"))  # unwritten entries would stay NaN
-    threads = _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv, num_threads, isa, prefetch)
+    threads, used_passes = _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv, num_threads, isa, prefetch,
+                                              passes)
+    assert used_passes == passes or passes == 0 or used_passes == x.shape[0]  # at most one pass per row
     return out, threads
 
 
@@ -52,7 +54,7 @@ def test_native_step_matches_dense_float64_and_the_reference(dtype, width, col_d
 
 @pytest.mark.parametrize("col_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_same_bits_for_every_thread_count_isa_and_prefetch_distance(dtype, col_dtype):
+def test_same_bits_for_every_thread_count_isa_prefetch_distance_and_passes(dtype, col_dtype):
     rowptr, col, gen = large_skewed_graph(20_000, 200_000, seed=11 + DTYPES.index(dtype))
     col = col.to(col_dtype)
     x = torch.randn(20_000, 47, generator=gen).to(dtype)
@@ -67,15 +69,36 @@ def test_same_bits_for_every_thread_count_isa_and_prefetch_distance(dtype, col_d
     for isa in ISAS:
         for prefetch in (0, 1, 16, 1000):
             assert torch.equal(native_step(rowptr, col, x, x_in, 0.1, None, 2, isa, prefetch)[0], first)
+        for passes in (2, 3, 5):  # column passes keep each row's CSR summation order
+            assert torch.equal(native_step(rowptr, col, x, x_in, 0.1, dinv, 3, isa, -1, passes)[0], first)
     assert torch.equal(first, ops.appnp_step_reference(rowptr, col, x, x_in, 0.1, dinv))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_passes_on_rows_with_unsorted_columns(dtype):
+    """Passes stop a row at its first neighbour past the pass's id range; the last pass takes
+    the rest, so rows whose columns are not sorted still sum every neighbour once, in CSR order."""
+    (rowptr, col), x, x_in, a_hat = make_case(300, 900, 47, dtype, torch.int64, "cpu", 21)
+    gen = torch.Generator().manual_seed(1)
+    shuffled = col.clone()
+    for r in range(300):
+        lo, hi = int(rowptr[r]), int(rowptr[r + 1])
+        shuffled[lo:hi] = col[lo:hi][torch.randperm(hi - lo, generator=gen)]
+    assert not torch.equal(shuffled, col)
+    want = ops.appnp_step_reference(rowptr, shuffled, x, x_in, 0.25)
+    for isa in ISAS:
+        for passes in (1, 2, 4, 300, 1000):
+            got, _ = native_step(rowptr, shuffled, x, x_in, 0.25, isa=isa, passes=passes)
+            assert torch.equal(got, want)
+    assert_close(want, expected_step(a_hat, x, x_in, 0.25), dtype)
 
 
 @pytest.mark.parametrize("width", [200, 513])
 def test_wide_features_span_several_blocks(width):
     """Blocks of 256 features: 200 is one partial block, 513 two full ones and one of a single lane."""
     (rowptr, col), x, x_in, a_hat = make_case(160, 300, width, torch.bfloat16, torch.int32, "cpu", 5 + width)
-    for isa in ISAS:
-        got, _ = native_step(rowptr, col, x, x_in, 0.2, isa=isa)
+    for isa, passes in [(isa, passes) for isa in ISAS for passes in (1, 3)]:
+        got, _ = native_step(rowptr, col, x, x_in, 0.2, isa=isa, passes=passes)
         assert_close(got, expected_step(a_hat, x, x_in, 0.2), torch.bfloat16)
         assert torch.equal(got, ops.appnp_step_reference(rowptr, col, x, x_in, 0.2))
 
@@ -85,9 +108,12 @@ def test_strided_rows_and_given_dinv():
     wide_x = torch.randn(200, 50)
     wide_x[:, 5:38] = x
     wide_out = torch.full((200, 64), float("nan"))
-    _native.appnp_step(rowptr, col, wide_x[:, 5:38], x_in, 0.3, wide_out[:, 10:43], ops.gcn_dinv(rowptr), 2)
-    assert_close(wide_out[:, 10:43], expected_step(a_hat, x, x_in, 0.3), torch.float32)
-    assert torch.isnan(wide_out[:, :10]).all() and torch.isnan(wide_out[:, 43:]).all()
+    for passes in (1, 3):  # fp32 passes keep their sums in out, here a strided view
+        wide_out.fill_(float("nan"))
+        _native.appnp_step(rowptr, col, wide_x[:, 5:38], x_in, 0.3, wide_out[:, 10:43], ops.gcn_dinv(rowptr), 2,
+                           passes=passes)
+        assert_close(wide_out[:, 10:43], expected_step(a_hat, x, x_in, 0.3), torch.float32)
+        assert torch.isnan(wide_out[:, :10]).all() and torch.isnan(wide_out[:, 43:]).all()
 
 
 def test_empty_graphs_and_shapes():
@@ -110,6 +136,8 @@ def test_bad_inputs_are_rejected():
             _native.appnp_step(rowptr, torch.tensor([1, 2], dtype=col_dtype), x, x, 0.5, out)
         with pytest.raises(IndexError, match="col"):
             _native.appnp_step(rowptr, torch.tensor([1, -1], dtype=col_dtype), x, x, 0.5, out)
+        with pytest.raises(IndexError, match="col"):  # left by the first passes, caught by the last
+            _native.appnp_step(rowptr, torch.tensor([1, 2], dtype=col_dtype), x, x, 0.5, out, passes=2)
     col = torch.tensor([1, 0])
     with pytest.raises(ValueError, match="rowptr"):
         _native.appnp_step(torch.tensor([0, 2, 1]), col, x, x, 0.5, out)

@@ -402,7 +402,9 @@ def torch_sparse_matrix(a_hat: torch.Tensor):
 CPU_SPEEDUPS = ("csr_sparse_mm_axpy", "csr_addmm", "reference", "torch_sparse_matmul_axpy")
 CPU_IMPLEMENTATIONS = (
     "native: ops.appnp_step on the 'native' backend writing into a preallocated out (as the GPU mode times "
-    "the Triton step); native_new_out: the same allocating its output, as the baselines do; "
+    "the Triton step), with the column passes it picks (native_passes); native_new_out: the same allocating "
+    "its output, as the baselines do; native_one_pass (where native_passes > 1): _native.appnp_step forced "
+    "to one pass; "
     "csr_sparse_mm_axpy: torch.sparse.mm(A_hat, x).mul_(1-a).add_(x_in, alpha=a) with A_hat a torch CSR "
     "tensor (normalised weights and self loops precomputed, built outside the timings); csr_addmm: "
     "torch.addmm(x_in, A_hat, x, beta=a, alpha=1-a); reference: ops.appnp_step on the 'torch' backend "
@@ -446,10 +448,16 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
                 with ops.use_backend("torch"):
                     return ops.appnp_step(rowptr, col, x, x_in, alpha, dinv)
 
+            # What the native step chooses here (untimed): its threads and column passes.
+            native_threads, native_passes = _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv,
+                                                               torch.get_num_threads())
             fns = {"native": native, "native_new_out": native_new_out,
                    "csr_sparse_mm_axpy": lambda: torch.sparse.mm(a_hat, x).mul_(1 - alpha).add_(x_in, alpha=alpha),
                    "csr_addmm": lambda: torch.addmm(x_in, a_hat, x, beta=alpha, alpha=1 - alpha),
                    "reference": reference}
+            if native_passes > 1:  # the same step in one pass over all of x, for comparison
+                fns["native_one_pass"] = lambda: _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv,
+                                                                    torch.get_num_threads(), passes=1)
             if sparse_tensor is not None:
                 import torch_sparse
 
@@ -459,6 +467,7 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
             nbytes = appnp_bytes(n, e, col, width, dtype)
             rec = {"graph": name, "width": width, "dtype": dtype_name, "compulsory_bytes": nbytes,
                    "threads": torch.get_num_threads(), "native_isa": _native.appnp_isas()[0],
+                   "native_threads": native_threads, "native_passes": native_passes,
                    "csr_build_ms": csr_build_ms}
             for key, t in timings.items():
                 rec[key] = with_rates(t, nbytes, copy_gbps) if "ms" in t else t
@@ -466,6 +475,9 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
                 rec["torch_sparse_matmul_axpy"] = {"error": sparse_error}
             for key in CPU_SPEEDUPS:
                 rec[f"speedup_vs_{key}"] = speedup(rec[key], rec["native"])
+            if "native_one_pass" in rec:
+                rec["speedup_one_pass_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"],
+                                                                        rec["native_one_pass"])
             rec["speedup_new_out_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"], rec["native_new_out"])
             ours = first["native"].float()
             for key in ("csr_sparse_mm_axpy", "reference"):
