@@ -35,7 +35,7 @@ import torch
 
 from fastleading.bench.sampler import git_commit, machine
 from fastleading.config import Config, TrainConfig, apply_overrides
-from fastleading.encode import budget_chunks, encode_eval, length_order, padding_ratio
+from fastleading.encode import DEFAULT_TOKEN_BUDGET, budget_chunks, encode_eval, length_order, padding_ratio
 from fastleading.precision import resolve_precision
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, default=600, help="fixed random subset of nodes (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset")
     p.add_argument("--eval-batch-size", type=int, default=TrainConfig.eval_batch_size)
-    p.add_argument("--token-budget", type=int, default=TrainConfig.encode_token_budget)
+    p.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET)
     p.add_argument("--sweep-budgets", default="", help="comma-separated extra budgets (largest max length only)")
     p.add_argument("--sweep-subset", type=int, default=300, help="nodes of the subset used by the sweep")
     p.add_argument("--json", default=None, help="write the results here")
