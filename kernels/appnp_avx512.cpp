@@ -72,12 +72,6 @@ struct Lanes<F16> {
   }
 };
 
-FL_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
-  const char* b = static_cast<const char*>(p);
-  for (int64_t off = 0; off < bytes; off += kLine) _mm_prefetch(b + off, _MM_HINT_T0);
-  _mm_prefetch(b + bytes - 1, _MM_HINT_T0);
-}
-
 struct Operands {
   const int64_t* rowptr;
   const float* dinv;
@@ -87,7 +81,7 @@ struct Operands {
   bool first_pass, last_pass;
   float* acc;
   int64_t acc_stride;
-  const AppnpProblem* problem;
+  uint64_t pf_floor, pf_range;  // prefetch ids in [pf_floor, pf_floor + pf_range): this pass's
 };
 
 // One row, features [c0, c0 + 16 * NV) (the last vector masked by `tail`), the edges
@@ -96,8 +90,10 @@ template <class T, class Col, int NV>
 FL_INLINE bool row_block(const Operands& o, const Col* __restrict col, const T* x, const T* x_in, T* out,
                          int64_t r, int64_t c0, __mmask16 tail, int64_t e_begin, int64_t e_end) {
   const float* __restrict dinv = o.dinv;
-  const int64_t block_bytes = (NV - 1) * kLanes * static_cast<int64_t>(sizeof(T)) +
-                              __builtin_popcount(tail) * static_cast<int64_t>(sizeof(T));
+  // Prefetches cover the block's whole vectors (a masked tail adds at most one line), unrolled:
+  // at narrow widths the prefetch code is a large part of the instructions per edge.
+  constexpr int64_t kBlockBytes = NV * kLanes * static_cast<int64_t>(sizeof(T));
+  const int64_t prefetch_end = o.ahead > 0 ? o.edge_limit - o.ahead : INT64_MIN;
   __m512 acc[NV];
   const float di_scalar = dinv[r];
   const __m512 di = _mm512_set1_ps(di_scalar);
@@ -117,9 +113,14 @@ FL_INLINE bool row_block(const Operands& o, const Col* __restrict col, const T* 
   }
   bool ok = true;
   for (int64_t e = e_begin; e < e_end; ++e) {
-    if (o.ahead > 0 && e + o.ahead < o.edge_limit) {
-      const int64_t jp = prefetch_row(*o.problem, static_cast<uint64_t>(static_cast<int64_t>(col[e + o.ahead])), r);
-      prefetch_bytes(x + jp * o.sx + c0, block_bytes);
+    if (e < prefetch_end) {
+      // A neighbour of another pass prefetches row r instead (already in cache; no branch).
+      const uint64_t ja = static_cast<uint64_t>(static_cast<int64_t>(col[e + o.ahead]));
+      const int64_t jp = ja - o.pf_floor < o.pf_range ? static_cast<int64_t>(ja) : r;
+      const char* base = reinterpret_cast<const char*>(x + jp * o.sx + c0);
+#pragma GCC unroll 17
+      for (int64_t off = 0; off < kBlockBytes; off += kLine) _mm_prefetch(base + off, _MM_HINT_T0);
+      _mm_prefetch(base + kBlockBytes - 1, _MM_HINT_T0);  // the last line of a row not on a line start
       _mm_prefetch(reinterpret_cast<const char*>(dinv + jp), _MM_HINT_T0);
     }
     const uint64_t j = static_cast<uint64_t>(col[e]);
@@ -159,7 +160,7 @@ template <class T, class Col, int NV_LAST>
 bool rows(const AppnpProblem& p, int64_t row_begin, int64_t row_end) {
   const Operands o{p.rowptr, p.dinv, static_cast<uint64_t>(p.num_rows), p.x_stride, p.x_in_stride,
                    p.out_stride, p.prefetch_distance, p.rowptr[row_end], p.one_minus_alpha, p.alpha,
-                   p.first_pass, p.last_pass, p.acc, p.acc_stride, &p};
+                   p.first_pass, p.last_pass, p.acc, p.acc_stride, p.col_floor, p.col_limit - p.col_floor};
   const Col* col = static_cast<const Col*>(p.col);
   const T* x = static_cast<const T*>(p.x);
   const T* x_in = static_cast<const T*>(p.x_in);
