@@ -123,6 +123,22 @@ def test_resume_skips_finished_runs_and_without_matplotlib_writes_json_and_table
     assert [r["status"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["reused"] * 4
 
 
+def test_a_run_killed_before_its_summary_continues_from_its_checkpoint(study, capsys):
+    root, model = study
+    run = root / "out" / "runs" / RUNS[0]
+    history = json.loads((run / "summary.json").read_text())["history"]
+    (run / "summary.json").unlink()
+    stale = (run / "downstream-gcn.json").stat().st_mtime_ns
+    untouched = {p: p.stat().st_mtime_ns for name in RUNS[1:] for p in (root / "out" / "runs" / name).glob("*.json")}
+    assert main(study_args(root, model)) == 0
+    capsys.readouterr()
+    record = json.loads((root / "out" / "results.json").read_text())
+    assert [r["status"] for r in record["runs"]] == ["resumed", "reused", "reused", "reused"]
+    assert record["runs"][0]["summary"]["history"] == history  # no step trained again
+    assert (run / "downstream-gcn.json").stat().st_mtime_ns != stale  # downstream results of a re-run are redone
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+
+
 def test_a_run_folder_of_another_config_stops_the_study_before_training(study, capsys):
     root, model = study
     assert main(study_args(root, model, "model.alpha=0.2")) == 2
