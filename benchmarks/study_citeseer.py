@@ -70,7 +70,8 @@ def main() -> int:
         print(f"study_citeseer: error: {e}", file=sys.stderr)
         return 2
     result = study.results
-    out = Path(args.out or f"benchmarks/results/citeseer-study-{result['device'].replace(' ', '_')}-{result['date']}.json")
+    device = result["device"].replace(" ", "_")
+    out = Path(args.out or f"benchmarks/results/citeseer-study-{device}-{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(study.results_path, out)
     print("\n" + study.table_path.read_text(), end="")

@@ -168,7 +168,8 @@ def check_splits(graph, specs: list[RunSpec]) -> None:
     known = list(graph.split_names)
     for split in dict.fromkeys(s.split for s in specs):
         if split not in known:
-            raise FastleadingError(f"dataset '{graph.name}': unknown split '{split}' (known: {', '.join(known) or 'none'})")
+            raise FastleadingError(f"dataset '{graph.name}': unknown split '{split}' "
+                                   f"(known: {', '.join(known) or 'none'})")
 
 
 def _comparable(d: dict) -> dict:
