@@ -43,12 +43,14 @@ MODEL_CONFIGS = {
     "gpt2-xl": ("GPT2Config", {"n_embd": 1600, "n_layer": 48, "n_head": 25, "architectures": ["GPT2LMHeadModel"]}),
     "toy-bert": ("BertConfig", {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                                 "intermediate_size": 64}),
+    "toy-gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "architectures": ["GPT2LMHeadModel"]}),
 }
 
 
-def model_dir(name: str, root: Path) -> Path:
+def model_dir(name: str, root: Path, tokenizer: str | None = None) -> Path:
     """A folder with ``name``'s config (random weights are made from it) and a fast tokenizer
-    (all-MiniLM-L6-v2's uncased WordPiece: its ids are valid for every config here)."""
+    (all-MiniLM-L6-v2's uncased WordPiece: its ids are valid for every config here), read from
+    ``tokenizer`` (a folder) when given, else from the offline MiniLM package."""
     import transformers
     from transformers import AutoTokenizer
 
@@ -58,7 +60,8 @@ def model_dir(name: str, root: Path) -> Path:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     getattr(transformers, cls)(**kwargs).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")).save_pretrained(folder)
+    source = tokenizer or resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
 
 
@@ -177,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--memory-sweep", action="store_true", help="also the Table 6 sweep (hops, iterations)")
+    p.add_argument("--sweep-hops", default="2,3,4,5", help="--memory-sweep: hop counts (fanouts 10,5,3,3,3 cut)")
+    p.add_argument("--sweep-iters", default="2,4,6,8,10", help="--memory-sweep: propagation iterations")
+    p.add_argument("--tokenizer", default=None, help="folder of the fast tokenizer saved with the random models "
+                                                     "(default: the offline all-MiniLM-L6-v2 package)")
     p.add_argument("--toy", action="store_true", help="tiny sizes on CPU, to check the pipeline end to end")
     p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/step-<device>-<date>.json "
                                                 "on CUDA, a temporary file on CPU)")
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_tflops(device)
     rows, sweep = [], []
     for name in args.models.split(","):
-        path = model_dir(name, root)
+        path = model_dir(name, root, args.tokenizer)
         for seq in map(int, args.seqs.split(",")):
             for batch in map(int, args.batches.split(",")):
                 results = {}
@@ -219,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.memory_sweep:
             seq, batch = int(args.seqs.split(",")[0]), int(args.batches.split(",")[0])
             for method in ("leading", "coupled"):
-                for hops in (2, 3, 4, 5):
+                for hops in map(int, args.sweep_hops.split(",")):
                     fan = ",".join(str(f) for f in [10, 5, 3, 3, 3][:hops])
                     sweep.append(_sweep_point(args, path, seq, batch, method, cache, f"train.fanouts={fan}",
                                               {"model": name, "method": method, "hops": hops}))
-                for iters in (2, 4, 6, 8, 10):
+                for iters in map(int, args.sweep_iters.split(",")):
                     sweep.append(_sweep_point(args, path, seq, batch, method, cache, f"model.num_iters={iters}",
                                               {"model": name, "method": method, "iters": iters}))
     result = {"benchmark": "step", **environment(device), "command": "fastleading bench step " + " ".join(argv or []),
