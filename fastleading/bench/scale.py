@@ -4,9 +4,13 @@ The graph is the built-in ``synthetic`` dataset in scale mode (``data.synthetic_
 token ids written straight into the token cache) at ogbn-products' shape: 2,449,029 nodes,
 ~124M directed edges, 47 classes, split ``products`` (ogbn-products' 8.03 / 1.61 / 90.37
 percent). The LM is a stand-in: a BERT configuration shrunk to be cheap on CPU (2 layers,
-hidden 64, random weights, ``model.random_init=true``) with all-MiniLM-L6-v2's tokenizer, so
-what is measured is the system around the LM (data, sampler, bank, propagation, evaluation,
-checkpoint), not the LM.
+hidden 64, feed-forward 128, random weights, ``model.random_init=true``) with
+all-MiniLM-L6-v2's tokenizer, on short texts (12 words on average, ``data.max_length=16``),
+so what is measured is the system around the LM (data, sampler, bank, propagation,
+evaluation, checkpoint), not the LM. Even so the evaluation's LM pass over every node is the
+largest cost (minutes on 2 cores): the bank fill, another such pass, is off by default
+(``--fill-bank`` turns it on), and evaluation encodes 1024 nodes per forward
+(``train.eval_batch_size``).
 
 Two child processes, so each has its own peak RSS:
 
@@ -211,8 +215,9 @@ class Events:
         self.poller = poller
         self.items: list[dict] = []
 
-    def wrap(self, module, name: str, label=None):
-        """Replace ``module.name`` by a timed wrapper (nothing when it does not exist)."""
+    def wrap(self, module, name: str, label=None, note=None):
+        """Replace ``module.name`` by a timed wrapper (nothing when it does not exist);
+        ``note(args, kwargs, result)`` adds fields to the call's record."""
         fn = getattr(module, name, None)
         if fn is None:
             return
@@ -222,7 +227,10 @@ class Events:
             item = {"name": label(args, kwargs) if label else name, "start": events.poller.now()}
             events.items.append(item)
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                if note is not None:
+                    item.update(note(args, kwargs, result))
+                return result
             finally:
                 item["end"] = events.poller.now()
 
@@ -297,6 +305,8 @@ def worker_train(spec: dict) -> dict:
     from fastleading.trainer import loop
 
     cfg = apply_overrides(Config(), spec["overrides"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     out_dir = Path(spec["run_dir"])
     poller = RssPoller()
     events = Events(poller)
@@ -312,8 +322,11 @@ def worker_train(spec: dict) -> dict:
     events.wrap(loop, "encode_graph", label=lambda a, k: "encode_graph:" + str(k.get("kind", a[2] if len(a) > 2 else "?")))
     events.wrap(loop, "evaluate")
     events.wrap(loop, "full_graph_logits")
-    events.wrap(evaluate_mod, "propagate", label=lambda a, k: "propagate")
-    events.wrap(evaluate_mod, "solve_appnp", label=lambda a, k: "propagate")
+    # iterations: propagate's num_iters argument; solve_appnp returns (solution, iterations)
+    events.wrap(evaluate_mod, "propagate", label=lambda a, k: "propagate",
+                note=lambda a, k, r: {"iters": k.get("num_iters", a[4] if len(a) > 4 else None)})
+    events.wrap(evaluate_mod, "solve_appnp", label=lambda a, k: "propagate",
+                note=lambda a, k, r: {"iters": r[1] if isinstance(r, tuple) and len(r) == 2 else None})
     events.wrap(loop, "save_checkpoint")
     events.wrap(loop, "save_best")
     step_starts: list[float] = []
@@ -347,7 +360,7 @@ def worker_train(spec: dict) -> dict:
         "lm_parameters": sum(p.numel() for p in tr.run.model.encoder.parameters()),
         "checkpoint_bytes": _file_bytes(out_dir / checkpoint.CHECKPOINT),
         "best_bytes": _file_bytes(out_dir / checkpoint.BEST),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         **peak_rss(), "peak_rss_anon_bytes": poller.window(0, poller.now())[1],
         "rss_timeline_gib": poller.timeline(120),
     }
@@ -356,10 +369,11 @@ def worker_train(spec: dict) -> dict:
 # -- the parent ------------------------------------------------------------------------------
 
 def stand_in_model(root: Path, hidden: int, layers: int, heads: int) -> Path:
-    """A folder with a BERT config shrunk to ``layers`` x ``hidden`` (random weights are built
+    """A folder with a BERT config shrunk to ``layers`` x ``hidden`` (feed-forward 2 x hidden, as
+    ``tests/tiny_models.py``; random weights are built
     from it: ``model.random_init=true``) and all-MiniLM-L6-v2's fast tokenizer. Written once
     per shape: a stable folder keeps the token cache's key (which covers the tokenizer)."""
-    folder = root / f"bert-l{layers}-h{hidden}"
+    folder = root / f"bert-l{layers}-h{hidden}-a{heads}-ff{2 * hidden}"
     if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
         return folder
     from transformers import AutoTokenizer, BertConfig
@@ -369,7 +383,7 @@ def stand_in_model(root: Path, hidden: int, layers: int, heads: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=root))
     tok = AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
     BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-               intermediate_size=4 * hidden, max_position_embeddings=512).save_pretrained(tmp)
+               intermediate_size=2 * hidden, max_position_embeddings=512).save_pretrained(tmp)
     tok.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)
@@ -458,13 +472,13 @@ def _evaluation(train: dict, num_nodes: int) -> dict:
     encode = sum(x["seconds"] for x in inside if x["name"] == "encode_graph:eval")
     logits = sum(x["seconds"] for x in inside if x["name"] == "full_graph_logits")
     prop = sum(x["seconds"] for x in inside if x["name"] == "propagate")
+    iters = next((x.get("iters") for x in inside if x["name"] == "propagate"), None)
     return {"evaluations": len(evals), "total_s": e["seconds"], "encode_s": round(encode, 3),
             "propagation_s": round(prop, 3), "head_s": round(logits - prop, 3),
             "other_s": round(e["seconds"] - encode - logits, 3),
             "encode_nodes_per_s": round(num_nodes / encode, 1) if encode else None,
             "peak_rss_gib": e["peak_rss_gib"], "peak_rss_anon_gib": e["peak_rss_anon_gib"],
-            "propagation_iters": next((h.get("propagation_iters") for h in train["summary"].get("history", [])
-                                       if "propagation_iters" in h), None)}
+            "propagation_iters": iters, "propagation_s_per_iter": round(prop / iters, 3) if iters else None}
 
 
 def _one(train: dict, name: str) -> dict | None:
@@ -503,17 +517,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--avg-degree", type=float, default=PRODUCTS_AVG_DEGREE, help="data.synthetic_avg_degree")
     p.add_argument("--classes", type=int, default=PRODUCTS_CLASSES)
     p.add_argument("--split", default="products")
-    p.add_argument("--words", type=int, default=24, help="data.synthetic_words (tokens per text ~ words + 2)")
-    p.add_argument("--max-length", type=int, default=32)
+    p.add_argument("--words", type=int, default=12, help="data.synthetic_words (tokens per text ~ words + 2)")
+    p.add_argument("--max-length", type=int, default=16)
     p.add_argument("--hidden", type=int, default=64, help="stand-in BERT hidden size")
     p.add_argument("--layers", type=int, default=2, help="stand-in BERT layers")
     p.add_argument("--heads", type=int, default=2, help="stand-in BERT attention heads")
-    p.add_argument("--steps", type=int, default=100, help="training steps (train.max_steps; checkpoint at the last)")
+    p.add_argument("--steps", type=int, default=50, help="training steps (train.max_steps; checkpoint at the last)")
     p.add_argument("--batch-size", type=int, default=32, help="train.batch_size")
-    p.add_argument("--eval-batch-size", type=int, default=256, help="train.eval_batch_size")
+    p.add_argument("--eval-batch-size", type=int, default=1024, help="train.eval_batch_size")
     p.add_argument("--fill-bank", action=argparse.BooleanOptionalAction, default=False,
                    help="train.fill_bank (off by default: it is one more full-graph encode, as long as the "
                         "evaluation's)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads of the training process "
+                                                        "(0: torch's default, one per core)")
     p.add_argument("--set", action="append", default=[], metavar="section.key=value", help="any other config field")
     p.add_argument("--cache-dir", default=None, help="dataset / token cache (default: data.cache_dir's default; "
                                                      "reused between runs)")
@@ -542,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     models = Path(args.cache_dir) / "bench-scale-models"
     models.mkdir(parents=True, exist_ok=True)
     model = stand_in_model(models, args.hidden, args.layers, args.heads)
-    spec = {"overrides": overrides(args, model), "run_dir": str(run_dir)}
+    spec = {"overrides": overrides(args, model), "run_dir": str(run_dir), "threads": args.threads}
     result = {"benchmark": "scale", "date": date, "toy": bool(args.toy),
               "command": "fastleading bench scale " + " ".join(argv),
               "git_commit": _git("rev-parse", "HEAD") or "unknown",
@@ -550,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                                   if line[:2].strip() and not line.startswith("??")],
               "machine": machine(), "versions": versions(),
               "stand_in_lm": {"kind": "BertConfig, random weights", "hidden": args.hidden, "layers": args.layers,
-                              "heads": args.heads, "intermediate": 4 * args.hidden,
+                              "heads": args.heads, "intermediate": 2 * args.hidden,
                               "tokenizer": "all-MiniLM-L6-v2 (WordPiece, 30,522)"},
               "config_overrides": spec["overrides"]}
     wall = time.perf_counter()
@@ -593,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy": {"valid": summary.get("best_valid_acc"), "test": summary.get("test_acc"),
                          "note": "random-weight stand-in LM after a few steps: not a result"},
             "model_parameters": train["model_parameters"], "lm_parameters": train["lm_parameters"],
-            "torch_threads": train["torch_threads"],
+            "torch_threads": train["torch_threads"], "load_avg_1m_at_end": train["load_avg_1m_at_end"],
             "peak_rss_bytes": train["peak_rss_bytes"], "peak_rss_anon_bytes": train["peak_rss_anon_bytes"],
             "rss_end_bytes": train["rss_end_bytes"], "rss_anon_end_bytes": train["rss_anon_end_bytes"],
             "rss_file_end_bytes": train["rss_file_end_bytes"],
