@@ -179,6 +179,11 @@ class RssPoller:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
+    def at(self, t: float) -> tuple[int, int]:
+        """(RSS, anonymous RSS) in bytes of the last sample at or before ``t``."""
+        before = [s for s in self.samples if s[0] <= t] or self.samples[:1]
+        return before[-1][1], before[-1][2]
+
     def window(self, start: float, end: float) -> tuple[int, int]:
         """(peak RSS, peak anonymous RSS) in bytes between ``start`` and ``end``."""
         inside = [s for s in self.samples if start <= s[0] <= end] or [self.samples[-1]]
@@ -243,6 +248,8 @@ class Events:
             item["seconds"] = round(item["end"] - item["start"], 3)
             item["peak_rss_gib"] = round(peak / GIB, 3)
             item["peak_rss_anon_gib"] = round(anon / GIB, 3)
+            # what the call added on top of what was resident when it started
+            item["rss_anon_at_start_gib"] = round(self.poller.at(item["start"])[1] / GIB, 3)
             item["start"], item["end"] = round(item["start"], 3), round(item["end"], 3)
         return self.items
 
