@@ -82,7 +82,10 @@ class ModelConfig:
     num_iters: int = _f(2, "Propagation iterations per training step (warm-started).")
     warm_backward: bool = _f(True, "Start the implicit backward from the previous visit's gradient (paper eq. 6) "
                              "rather than from zero.")
-    eval_iters: int = _f(50, "Propagation iterations for full-graph evaluation.")
+    eval_iters: int = _f(50, "Full-graph evaluation: at most this many propagation iterations (LEADING: "
+                         "conjugate-gradient iterations towards model.eval_tol).")
+    eval_tol: float = _f(1e-4, "Full-graph evaluation of LEADING: solve the fixed point by conjugate gradient "
+                         "until each column's relative residual is below this (warm-started from the last evaluation).")
     subgraph_norm: str = _f("full-graph", "Degrees that normalise Â on a sampled subgraph: the full graph's "
                             "(training sees the operator evaluation uses) or the subgraph's own.",
                             ("full-graph", "subgraph"))
@@ -111,6 +114,11 @@ class TrainConfig:
     grad_accum: int = _f(1, "Steps of gradient accumulation per optimizer step.")
     eval_every: int = _f(1, "Evaluate every this many epochs.")
     eval_batch_size: int = _f(256, "Nodes per no-gradient encode batch in evaluation and bank filling.")
+    encode_token_budget: int = _f(16384, "Token positions (rows x padded width) per no-gradient forward: evaluation, "
+                                  "bank fill and pipeline 2 encode their nodes longest first in micro-batches "
+                                  "of at most this many (and at most eval_batch_size nodes in evaluation and "
+                                  "the fill); a longer single text goes alone. 0 = off: id / refresh order, "
+                                  "padded to each batch's longest text.")
     patience: int = _f(0, "Stop after this many evaluations without a better valid accuracy (0 = never).")
     seed: int = _f(0, "Random seed.")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N.")
@@ -120,7 +128,10 @@ class TrainConfig:
                          ("auto", "bf16", "fp16", "fp32"))
     overlap: bool = _f(True, "Run pipeline 2 on its own CUDA stream (GPU only).")
     kernels: str = _f("auto", "auto (Triton on CUDA), triton, torch.", ("auto", "triton", "torch"))
-    checkpoint_every: int = _f(200, "Steps between checkpoints (0 = only at epoch ends).")
+    checkpoint_every: int = _f(0, "Steps between checkpoints besides the epoch ends and train.checkpoint_minutes "
+                               "(0 = none).")
+    checkpoint_minutes: float = _f(30.0, "Wall-clock minutes between checkpoints besides the epoch ends (0 = none); "
+                                   "checked at the logging points.")
     log_every: int = _f(10, "Steps between metrics lines.")
     profile: bool = _f(False, "Write a torch.profiler trace and a per-phase time table.")
     deepspeed: Optional[str] = _f(None, "DeepSpeed preset (zero1, zero2, zero3, zero2-offload, zero3-offload) or JSON file.")
@@ -285,10 +296,17 @@ def validate(cfg: Config) -> None:
         raise FastleadingError(f"config key 'model.alpha': expected 0 < alpha <= 1, got {m.alpha}")
     if not t.fanouts or any(f < 1 for f in t.fanouts):
         raise FastleadingError(f"config key 'train.fanouts': expected a non-empty list of positive integers, got {t.fanouts}")
+    if t.checkpoint_minutes < 0 or t.checkpoint_every < 0:
+        raise FastleadingError("config keys 'train.checkpoint_every' / 'train.checkpoint_minutes': expected >= 0, got "
+                               f"{t.checkpoint_every} / {t.checkpoint_minutes}")
+    if not 0.0 < m.eval_tol < 1.0:
+        raise FastleadingError(f"config key 'model.eval_tol': expected 0 < eval_tol < 1, got {m.eval_tol}")
     if t.max_bad_steps < 0:
         raise FastleadingError(f"config key 'train.max_bad_steps': expected >= 0, got {t.max_bad_steps}")
     if t.refresh_batch_size < 0:
         raise FastleadingError(f"config key 'train.refresh_batch_size': expected >= 0, got {t.refresh_batch_size}")
+    if t.encode_token_budget < 0:
+        raise FastleadingError(f"config key 'train.encode_token_budget': expected >= 0, got {t.encode_token_budget}")
 
 
 def field_help(cls) -> dict[str, str]:

@@ -98,7 +98,9 @@ class LMEncoder(nn.Module):
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if cfg.lora:
             model = _with_lora(model, cfg)
-        self.model = model
+        # from_pretrained returns the model in eval mode; a new module trains (dropout on), as
+        # every nn.Module does: the trainer's first step must not depend on what ran before it
+        self.model = model.train()
         self.name = cfg.name
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -160,6 +160,57 @@ def propagate(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alpha
     return x
 
 
+@torch.no_grad()
+def solve_appnp(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alpha: float, tol: float,
+                max_iters: int, x0: torch.Tensor | None = None, dinv: torch.Tensor | None = None,
+                column_block: int = 64) -> tuple[torch.Tensor, int]:
+    """The fixed point ``X* = a (I - (1-a)Â)^{-1} X_in`` by conjugate gradient, for full-graph
+    inference of the implicit layer.
+
+    ``I - (1-a)Â`` is symmetric positive definite (Â's eigenvalues lie in [-1, 1], so its own
+    lie in [a, 2-a]): CG needs about ``sqrt((2-a)/a)`` times fewer iterations than the fixed-point
+    iteration's ``1/a`` (for a = 0.1: ~20 instead of ~90 for a relative residual of 1e-4).
+    Each column is its own system; columns are solved ``column_block`` at a time to bound the
+    five work buffers. Iterates from ``x0`` (a previous solution: warm start; zeros when None)
+    until every column's residual norm is at most ``tol`` times that of its right-hand side
+    ``a X_in``, or ``max_iters`` iterations. Reads one flag per iteration back to the host.
+
+    Returns ``(X [N, C] fp32 (float64 for float64 inputs), iterations of the slowest block)``.
+    """
+    acc = ops.accumulation_dtype(x_in)
+    if dinv is None:
+        dinv = ops.gcn_dinv(rowptr, acc)
+    out = torch.empty(x_in.shape, dtype=acc, device=x_in.device)
+    most = 0
+    for start in range(0, x_in.shape[1], column_block):
+        cols = slice(start, start + column_block)
+        b = alpha * x_in[:, cols].to(acc)
+        zeros = torch.zeros_like(b)
+
+        def matvec(p: torch.Tensor) -> torch.Tensor:  # (I - (1-a)Â) p; appnp_step gives (1-a)Âp + a*0
+            return p - ops.appnp_step(rowptr, col, p, zeros, alpha, dinv)
+
+        x = torch.zeros_like(b) if x0 is None else x0[:, cols].to(acc).clone()
+        r = b - matvec(x) if x0 is not None else b.clone()
+        p = r.clone()
+        rs = (r * r).sum(0)
+        bound = (tol * tol) * (b * b).sum(0)
+        tiny = torch.finfo(acc).tiny
+        iters = 0
+        while iters < max_iters and not bool((rs <= bound).all()):
+            ap = matvec(p)
+            step = rs / (p * ap).sum(0).clamp_min(tiny)
+            x.add_(step * p)
+            r.sub_(step * ap)
+            rs_next = (r * r).sum(0)
+            p = r + (rs_next / rs.clamp_min(tiny)) * p
+            rs = rs_next
+            iters += 1
+        out[:, cols] = x
+        most = max(most, iters)
+    return out, most
+
+
 class Head(nn.Module):
     """MLP (or linear) classifier ``[*, in_dim] -> [*, num_classes]``."""
 

@@ -147,3 +147,24 @@ def test_the_guard_catches_the_reads_that_were_removed(tiny_bert, tmp_path, guar
         monkeypatch.setattr(bank_kernels, "last_occurrence", lambda ids: (int(ids.max()), real(ids))[1])
     run_steps(tr, guard, steps=1)
     assert guard.reads, regression
+
+
+def test_host_to_device_copies_are_pinned_and_non_blocking(monkeypatch):
+    # no GPU here: record what to_device asks of the tensor on its way to "cuda"
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append(("to", a, k)) or self)
+    transfer.to_device(torch.arange(4), torch.device("cuda", 0))
+    assert calls == ["pin", ("to", (torch.device("cuda", 0),), {"non_blocking": True})]
+    calls.clear()
+    t = torch.arange(4)
+    assert transfer.to_device(t, torch.device("cpu")) is t and calls == []  # already there: no copy
+
+
+def test_the_scatter_kernel_does_not_specialise_on_the_step():
+    # a new step value must not compile a new kernel (Triton specialises ints on ==1 and %16 by default)
+    from fastleading.kernels import bank
+
+    kernel = bank._bank_scatter_kernel
+    step = kernel.arg_names.index("step")
+    assert step in kernel.do_not_specialize or "step" in kernel.do_not_specialize

@@ -1,5 +1,7 @@
 """ImplicitAPPNP against the exact fixed point and the exact implicit gradient (float64)."""
 
+import math
+
 import pytest
 import torch
 
@@ -150,3 +152,26 @@ def test_low_precision_histories_through_the_ops_dispatch_track_the_float64_laye
             assert rel_err(got, want) < tol, (visit, rel_err(got, want))
         for name in ("x_history", "g_history"):
             assert rel_err(getattr(low, name).double(), getattr(ref, name)) < tol, (visit, name)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.3])
+def test_conjugate_gradient_solves_the_fixed_point_and_a_warm_start_agrees(alpha):
+    from fastleading.nn import solve_appnp
+
+    gen = torch.Generator().manual_seed(11)
+    n = 120
+    rowptr, col = random_graph(n, 400, gen)
+    a_hat = dense_a_hat(rowptr, col, n)
+    x_in = torch.randn(n, 70, dtype=torch.float64, generator=gen)  # more columns than one block
+    want = exact(a_hat, alpha, x_in)
+    cold, cold_iters = solve_appnp(x_in, rowptr, col, alpha, tol=1e-10, max_iters=500, column_block=32)
+    assert rel_err(cold, want) < 1e-8 and 0 < cold_iters < 500
+    # far fewer iterations than the fixed-point iteration needs for the same accuracy
+    assert cold_iters < 0.5 * math.log(1e-10) / math.log(1 - alpha)
+    # warm start from a nearby solution (the previous evaluation's): same answer, fewer iterations
+    nearby = exact(a_hat, alpha, x_in + 0.01 * torch.randn(n, 70, dtype=torch.float64, generator=gen))
+    warm, warm_iters = solve_appnp(x_in, rowptr, col, alpha, tol=1e-10, max_iters=500, x0=nearby, column_block=32)
+    assert rel_err(warm, want) < 1e-8 and warm_iters < cold_iters
+    # the tolerance bounds the error (condition number (2-a)/a times the relative residual)
+    loose, _ = solve_appnp(x_in.float(), rowptr, col, alpha, tol=1e-4, max_iters=500)
+    assert loose.dtype == torch.float32 and rel_err(loose.double(), want) < (2 - alpha) / alpha * 1e-4

@@ -94,3 +94,12 @@ def test_lora_trains_only_adapters_and_checkpointing_keeps_outputs(tmp_path):
             encoder(ids, mask)
         return total
     assert saved_bytes(ckpt) < saved_bytes(plain) / 2  # checkpointing really is on
+
+
+def test_a_new_encoder_trains_with_dropout_from_the_start(tmp_path):
+    # from_pretrained leaves a Hugging Face model in eval mode; a fresh nn.Module (and so every
+    # training step from the first, resumed or not) must be in train mode, dropout on
+    from fastleading.config import ModelConfig
+
+    enc = LMEncoder(ModelConfig(name=save_tiny_model(tmp_path / "m", "bert", hidden=32)))
+    assert enc.training and all(m.training for m in enc.modules())

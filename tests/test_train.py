@@ -34,7 +34,8 @@ def small_config(model: str, cache: Path, *overrides: str) -> Config:
 
 
 def test_leading_run_writes_every_output(tiny_bert, tmp_path):
-    cfg = small_config(tiny_bert, tmp_path / "cache")
+    # no bank fill: pipeline 2 runs in the first epoch (an evaluation makes the second fresh)
+    cfg = small_config(tiny_bert, tmp_path / "cache", "train.fill_bank=false")
     summary = train(cfg, tmp_path / "run", quiet=True)
     run = tmp_path / "run"
     for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "best.pt"):
@@ -44,7 +45,8 @@ def test_leading_run_writes_every_output(tiny_bert, tmp_path):
     for key in ("method", "dataset", "model", "best_valid_acc", "test_acc", "epochs", "encodes_per_node_per_epoch",
                 "peak_memory_bytes", "wall_time_s", "phase_time_s"):
         assert key in summary, key
-    for phase in ("sample", "encode-grad", "encode-refresh", "propagate", "backward", "optimizer"):
+    for phase in ("sample", "encode-grad", "encode-refresh", "propagate", "backward", "optimizer", "eval-encode",
+                  "eval-propagate"):
         assert summary["phase_time_s"][phase] > 0, phase
     assert 0.0 <= summary["test_acc"] <= 1.0 and summary["epochs"] == 2
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -66,17 +68,43 @@ def test_encodes_per_node_per_epoch_about_two_for_leading_far_more_for_coupled(t
     assert coupled["encodes_per_node_per_epoch"]["grad"] > 5.0
 
 
-def test_default_refresh_reencodes_every_node_once_per_epoch_on_a_low_label_split(tiny_bert, tmp_path):
-    # 60 targets of 240 nodes: 4 steps an epoch, so pipeline 2 must take 60 nodes a step
+def test_each_node_is_encoded_without_gradient_once_per_epoch_and_no_row_is_older_than_an_epoch(
+        tiny_bert, tmp_path, monkeypatch):
+    """Defaults on a low-label split (60 targets of 240 nodes: 4 steps an epoch): the bank fill
+    and each epoch's evaluation encode every node afresh and refresh the bank, so pipeline 2
+    rests; every node costs one no-gradient encode per epoch and no bank row is ever read
+    more than an epoch after it was written."""
+    from fastleading.trainer import steps
+
+    oldest = []
+    real = steps.STEPS["leading"]
+
+    def spy(run, targets, refresh_ids):
+        oldest.append(run.step - int(run.bank.stamp.min()))  # the stalest row any lookup could read
+        return real(run, targets, refresh_ids)
+    monkeypatch.setitem(steps.STEPS, "leading", spy)
+    summary = train(small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.epochs=3"), tmp_path / "run",
+                    quiet=True)
+    assert summary["steps"] == 12 and len(oldest) == 12
+    enc = summary["encodes_per_graph_node_per_epoch"]
+    assert enc["nograd"] == 0.0 and enc["eval"] == pytest.approx(1.0) and enc["nograd_total"] == pytest.approx(1.0)
+    assert enc["fill"] == pytest.approx(1 / 3)
+    assert max(oldest) <= 4  # one epoch
+    # every row was rewritten by the last evaluation (step 12)
+    state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT)
+    assert int(state["bank"]["stamp"].min()) == 12
+
+
+def test_without_a_fresh_bank_pipeline_2_reencodes_every_node_once_in_the_epoch(tiny_bert, tmp_path):
+    # no bank fill: the first epoch starts stale, so pipeline 2 takes 60 nodes a step (240 / 4 steps)
     cfg = small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.fill_bank=false")
     summary = train(cfg, tmp_path / "run", quiet=True)
     assert summary["refresh_batch_size"] == 60
-    assert summary["encodes_per_graph_node_per_epoch"]["nograd"] == pytest.approx(1.0)
     state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT)
     refreshes = state["ranks"][0]["counter"]["per_node"]["refresh"]
-    assert torch.equal(refreshes, torch.full((240,), 2, dtype=refreshes.dtype))
-    # every row was written in the second epoch (0-based steps 4..7): none is older than an epoch
-    assert int(state["bank"]["stamp"].min()) >= 4
+    # epoch 1 refreshed every node once; its evaluation made epoch 2 fresh, so pipeline 2 rested
+    assert torch.equal(refreshes, torch.ones(240, dtype=refreshes.dtype))
+    assert summary["encodes_per_graph_node_per_epoch"]["nograd"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("norm", ["full-graph", "subgraph"])
@@ -139,7 +167,7 @@ def test_leading_activation_memory_flat_in_hops_and_iterations_coupled_grows(tmp
 
 
 def test_profile_writes_trace_and_phase_table(tiny_bert, tmp_path, capsys):
-    cfg = small_config(tiny_bert, tmp_path / "cache", "train.epochs=1", "train.profile=true")
+    cfg = small_config(tiny_bert, tmp_path / "cache", "train.epochs=1", "train.profile=true", "train.fill_bank=false")
     train(cfg, tmp_path / "run", quiet=True)
     trace = json.loads((tmp_path / "run" / "trace.json").read_text())
     names = {e.get("name") for e in trace["traceEvents"]}
@@ -274,22 +302,42 @@ def dense_a_hat(rowptr: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
     return d[:, None] * a * d[None, :]
 
 
-@pytest.mark.parametrize("method,iters", [("coupled", 2), ("leading", 50)])
-def test_each_method_is_evaluated_with_the_operator_it_trains(tiny_bert, tmp_path, method, iters):
+@pytest.mark.parametrize("method", ["coupled", "leading"])
+def test_each_method_is_evaluated_with_the_operator_it_trains(tiny_bert, tmp_path, method):
     # coupled trains num_iters unrolled steps from X_in; LEADING's implicit layer the fixed point
     from fastleading.trainer.evaluate import full_graph_logits
 
     cfg = small_config(tiny_bert, tmp_path / "c", f"train.method={method}", "model.num_iters=2",
-                       "model.eval_iters=50")
+                       "model.eval_iters=200", "model.eval_tol=1e-7")
     tr = build_trainer(cfg, tmp_path / "r")
     model, graph = tr.run.model, tr.graph
     emb = torch.randn(graph.num_nodes, model.encoder.hidden_size)
-    got = full_graph_logits(model, emb, graph.rowptr, graph.col, cfg, tr.run.precision)
+    got, _, iters = full_graph_logits(model, emb, graph.rowptr, graph.col, cfg, tr.run.precision)
     model.eval()
     with torch.no_grad():
         x_in = model.head(emb).double()
     a_hat, alpha = dense_a_hat(graph.rowptr, graph.col), cfg.model.alpha
-    want = x_in
-    for _ in range(iters):
-        want = (1 - alpha) * a_hat @ want + alpha * x_in
+    if method == "coupled":
+        want = x_in
+        for _ in range(2):
+            want = (1 - alpha) * a_hat @ want + alpha * x_in
+        assert iters == 2
+    else:
+        want = alpha * torch.linalg.solve(torch.eye(len(a_hat), dtype=torch.float64) - (1 - alpha) * a_hat, x_in)
+        assert 2 < iters < 200
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_warm_started_evaluation_equals_a_cold_one(tiny_bert, tmp_path):
+    from fastleading.trainer.evaluate import full_graph_logits
+
+    cfg = small_config(tiny_bert, tmp_path / "c", "model.eval_tol=1e-6", "model.eval_iters=500")
+    tr = build_trainer(cfg, tmp_path / "r")
+    model, graph, precision = tr.run.model, tr.graph, tr.run.precision
+    emb = torch.randn(graph.num_nodes, model.encoder.hidden_size)
+    _, previous, _ = full_graph_logits(model, emb, graph.rowptr, graph.col, cfg, precision)
+    moved = emb + 0.05 * torch.randn_like(emb)  # the LM moved a little since the last evaluation
+    cold, _, cold_iters = full_graph_logits(model, moved, graph.rowptr, graph.col, cfg, precision)
+    warm, _, warm_iters = full_graph_logits(model, moved, graph.rowptr, graph.col, cfg, precision, x0=previous)
+    torch.testing.assert_close(warm, cold, rtol=1e-4, atol=1e-5)
+    assert warm_iters < cold_iters

@@ -1,11 +1,17 @@
-"""Full-graph evaluation: encode every node, apply the head, propagate over the whole graph."""
+"""Full-graph evaluation: encode every node, apply the head, propagate over the whole graph.
+
+LEADING's implicit layer is evaluated at its fixed point, solved by conjugate gradient to
+``model.eval_tol`` and warm-started from the previous evaluation's solution
+(:func:`fastleading.nn.solve_appnp`); the coupled baseline with the ``model.num_iters``
+unrolled steps it trains.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from fastleading.config import Config
-from fastleading.nn import propagate
+from fastleading.nn import propagate, solve_appnp
 from fastleading.precision import Precision
 from fastleading.trainer.model import NodeClassifier
 
@@ -15,36 +21,43 @@ GRAPH_METHODS = ("leading", "coupled")
 HEAD_CHUNK = 65536
 
 
-def eval_operator_iters(cfg: Config) -> int:
-    """Propagation steps of full-graph inference, each method with the operator it trained:
-    LEADING's implicit layer solves the fixed point (``model.eval_iters`` steps); the coupled
-    baseline unrolls ``model.num_iters`` steps from X_in (the paper's LM+APPNP rows)."""
-    return cfg.model.num_iters if cfg.train.method == "coupled" else cfg.model.eval_iters
-
-
 @torch.no_grad()
 def full_graph_logits(model: NodeClassifier, emb: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor,
-                      cfg: Config, precision: Precision) -> torch.Tensor:
-    """fp32 logits ``[N, C]`` of every node from its LM embedding ``emb [N, H]`` (any float
-    dtype): the head on every node and, for graph methods, propagation over the full graph
-    ``rowptr/col`` (on ``emb``'s device) with the method's own operator."""
-    graph_method = cfg.train.method in GRAPH_METHODS
-    iters = eval_operator_iters(cfg)
+                      cfg: Config, precision: Precision,
+                      x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Logits of every node from its LM embedding ``emb [N, H]`` (any float dtype): the head on
+    every node and, for graph methods, propagation over the full graph ``rowptr/col`` (on
+    ``emb``'s device) with the method's own operator.
+
+    Returns ``(fp32 logits [N, C], the propagated matrix to warm-start the next evaluation
+    from (LEADING; None otherwise), propagation iterations used)``; ``x0`` is the previous one.
+    """
+    method = cfg.train.method
+    alpha = model.appnp.alpha
+
+    def spread(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        if method == "leading":
+            solution, iters = solve_appnp(x, rowptr, col, alpha, cfg.model.eval_tol, cfg.model.eval_iters, x0)
+            return solution, solution, iters
+        if method in GRAPH_METHODS:
+            return propagate(x, rowptr, col, alpha, cfg.model.num_iters), None, cfg.model.num_iters
+        return x, None, 0
+
+    def head(x: torch.Tensor) -> torch.Tensor:
+        with precision.autocast():
+            return torch.cat([model.head(x[i:i + HEAD_CHUNK].float()).float() for i in range(0, len(x), HEAD_CHUNK)])
+
     was_training = model.training
     model.eval()
     try:
-        with precision.autocast():
-            if model.predict_first or not graph_method:
-                logits = torch.cat([model.head(emb[i:i + HEAD_CHUNK].float()).float()
-                                    for i in range(0, len(emb), HEAD_CHUNK)])
-                if graph_method:
-                    logits = propagate(logits, rowptr, col, model.appnp.alpha, iters)
-            else:
-                z = propagate(emb.float(), rowptr, col, model.appnp.alpha, iters)
-                logits = torch.cat([model.head(z[i:i + HEAD_CHUNK]).float() for i in range(0, len(z), HEAD_CHUNK)])
+        if model.predict_first:
+            logits, solution, iters = spread(head(emb))
+        else:
+            z, solution, iters = spread(emb.float())
+            logits = head(z)
     finally:
         model.train(was_training)
-    return logits.float()
+    return logits.float(), solution, iters
 
 
 def accuracies(logits: torch.Tensor, labels: torch.Tensor, split) -> dict[str, float]:

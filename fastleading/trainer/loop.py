@@ -33,7 +33,8 @@ from fastleading import ops, zero
 from fastleading.bank import MemoryBank
 from fastleading.config import Config
 from fastleading.data import prepare
-from fastleading.distributed import DistEnv, all_reduce_mean, barrier, broadcast_module_, init_distributed, is_main
+from fastleading.distributed import (DistEnv, all_reduce_mean, barrier, broadcast_module_, init_distributed,
+                                     is_distributed, is_main)
 from fastleading.encode import EncodeCounter, encode_all
 from fastleading.errors import FastleadingError
 from fastleading.overlap import RefreshStream
@@ -130,13 +131,35 @@ def encode_graph(tr: Trainer, desc: str, kind: str) -> torch.Tensor:
                       tr.cfg.train.eval_batch_size, tr.quiet, desc, run.counter, kind)
 
 
-def evaluate(tr: Trainer) -> dict[str, float]:
-    """Accuracies of the current model on the whole graph (every node re-encoded)."""
-    run = tr.run
-    emb = encode_graph(tr, "evaluate", "eval")
-    logits = full_graph_logits(run.model, emb, tr.graph.rowptr.to(run.device), tr.graph.col.to(run.device),
-                               tr.cfg, run.precision)
-    return accuracies(logits, run.labels, tr.split)
+def evaluate(tr: Trainer) -> tuple[dict[str, float], int]:
+    """Accuracies of the current model on the whole graph, and the propagation iterations used.
+
+    Every node is re-encoded; under LEADING the fresh rows also refresh the bank, so pipeline 2
+    rests in the epoch that follows (each node then costs one no-gradient encode per epoch, as
+    the paper's economy, and no row is ever more than an epoch stale). The propagation is
+    warm-started from the previous evaluation's solution."""
+    run, progress = tr.run, tr.progress
+    with run.phases("eval-encode"):
+        emb = encode_graph(tr, "evaluate", "eval")
+    if run.bank is not None:
+        run.bank.refresh_all(emb, run.step)
+        progress.bank_fresh_epoch = progress.epoch
+    x0 = progress.eval_solution.to(run.device) if progress.eval_solution is not None else None
+    with run.phases("eval-propagate"):
+        logits, progress.eval_solution, iters = full_graph_logits(
+            run.model, emb, tr.graph.rowptr.to(run.device), tr.graph.col.to(run.device), tr.cfg, run.precision, x0)
+    return accuracies(logits, run.labels, tr.split), iters
+
+
+def checkpoint_clock_due(last_save: float, minutes: float) -> bool:
+    """Whether ``minutes`` of wall time have passed since ``last_save`` (rank 0's clock decides for
+    every rank: a collective, so call it at the logging points only)."""
+    due = bool(minutes) and time.monotonic() - last_save >= 60.0 * minutes
+    if is_distributed():
+        flag = torch.tensor([float(due)])
+        torch.distributed.broadcast(flag, 0)
+        due = bool(flag.item())
+    return due
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
@@ -158,7 +181,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         if is_main():
             cfg.save(out_dir / "config.json")
         if run.bank is not None and t.fill_bank:
-            run.bank.refresh(torch.arange(tr.graph.num_nodes), encode_graph(tr, "fill bank", "fill"), step=0)
+            run.bank.refresh_all(encode_graph(tr, "fill bank", "fill"), step=0)
+            progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
     log = MetricsLog(out_dir / "metrics.jsonl", resumed_from)
     step_fn = STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
@@ -166,23 +190,26 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     profiler = StepProfiler(out_dir, t.profile and is_main())
     bar = tqdm(total=total_steps, initial=run.step, disable=tr.quiet, desc=f"{t.method}", unit="step")
     last_eval = progress.history[-1]["valid"] if progress.history else float("nan")
-    saved_at = resumed_from
+    saved_at, saved_time = resumed_from, time.monotonic()
 
     def checkpoint_now() -> None:
-        nonlocal saved_at
+        nonlocal saved_at, saved_time
         save_checkpoint(run, progress, tr.refresh_order, out_dir)
-        saved_at = run.step
+        saved_at, saved_time = run.step, time.monotonic()
 
     def out_of_steps() -> bool:
         return bool(t.max_steps) and run.step >= t.max_steps
 
     while progress.epoch < t.epochs and not out_of_steps():
         order = epoch_order(tr.split.train, t.seed, progress.epoch)
+        # pipeline 2 re-encodes every node once in an epoch, unless the epoch starts with all of
+        # them freshly encoded (bank fill, or the evaluation that ended the previous epoch)
+        refreshing = tr.refresh_order is not None and progress.bank_fresh_epoch != progress.epoch
         while progress.batch_in_epoch < per_epoch and not out_of_steps():
             targets, run.loss_weight = global_targets(order, progress.batch_in_epoch, t.batch_size, env.rank,
                                                       env.world_size)
             refresh = (refresh_batch(tr.refresh_order, tr.refresh_size, env.rank, env.world_size)
-                       if tr.refresh_order is not None else None)
+                       if refreshing else None)
             loss = step_fn(run, targets, refresh)
             run.overlap.join()
             run.step += 1
@@ -204,6 +231,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", valid=f"{last_eval:.3f}")
                 run.optim.check_bad_steps(run.step, t.max_bad_steps)
+                if boundary and saved_at != run.step and checkpoint_clock_due(saved_time, t.checkpoint_minutes):
+                    checkpoint_now()
             bar.update(1)
         if progress.batch_in_epoch < per_epoch:  # max_steps stopped it inside the epoch
             break
@@ -212,10 +241,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         run.optim.check_bad_steps(run.step, t.max_bad_steps)
         stop = False
         if progress.epoch % t.eval_every == 0 or progress.epoch == t.epochs:
-            acc = evaluate(tr)
+            acc, iters = evaluate(tr)
             last_eval = acc["valid"]
             progress.history.append({"epoch": progress.epoch, **acc})
-            log.write({"step": run.step, "epoch": progress.epoch, "eval": acc})
+            log.write({"step": run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
             if acc["valid"] > progress.best_valid:
                 progress.best_valid, progress.best_epoch, progress.evals_since_best = acc["valid"], progress.epoch, 0
                 save_best(run, progress.epoch, out_dir)
@@ -234,7 +263,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     profiler.close()
     log.close()
     if not progress.history:  # max_steps stopped training before the first evaluation
-        acc = evaluate(tr)
+        acc, _ = evaluate(tr)
         progress.history.append({"epoch": progress.epoch, **acc})
         progress.best_valid, progress.best_epoch = acc["valid"], progress.epoch
         save_best(run, progress.epoch, out_dir)

@@ -45,7 +45,8 @@ def encode_rates(counter: EncodeCounter, num_train: int, num_nodes: int, epochs:
     ``encodes_per_node_per_epoch`` divides the training steps' encodes by the targets per
     epoch (the paper's "encoding times per node": 1 + 1 for LEADING with equal batch sizes;
     ``nograd`` is pipeline 2); ``encodes_per_graph_node_per_epoch`` divides by the nodes of
-    the graph and also reports the bank fill and evaluation."""
+    the graph and also reports the bank fill, evaluation and ``nograd_total`` (pipeline 2 plus
+    evaluation: every no-gradient encode of the training itself, the fill excepted)."""
     totals = all_reduce_sum(torch.tensor([counter.totals[k] for k in EncodeCounter.KINDS], dtype=torch.float64))
     by_kind = dict(zip(EncodeCounter.KINDS, totals.tolist()))
     epochs = max(epochs, 1e-9)
@@ -55,7 +56,8 @@ def encode_rates(counter: EncodeCounter, num_train: int, num_nodes: int, epochs:
         "encodes_per_graph_node_per_epoch": {"grad": by_kind["grad"] / num_nodes / epochs,
                                              "nograd": by_kind["refresh"] / num_nodes / epochs,
                                              "fill": by_kind["fill"] / num_nodes / epochs,
-                                             "eval": by_kind["eval"] / num_nodes / epochs},
+                                             "eval": by_kind["eval"] / num_nodes / epochs,
+                                             "nograd_total": (by_kind["refresh"] + by_kind["eval"]) / num_nodes / epochs},
     }
 
 

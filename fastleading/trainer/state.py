@@ -12,7 +12,7 @@ run's (device) tensors in place.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,14 @@ class Progress:
     best_epoch: int = -1
     evals_since_best: int = 0
     history: list = field(default_factory=list)  # one {"epoch", "train", "valid", "test"} per evaluation
+    # the epoch that starts with every bank row freshly encoded (by the fill or an evaluation):
+    # pipeline 2 skips it, so no node is LM-encoded twice in that epoch without gradient
+    bank_fresh_epoch: int = -1
+    # the last evaluation's propagated matrix, the next one's warm start (LEADING)
+    eval_solution: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():

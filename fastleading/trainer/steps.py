@@ -71,8 +71,11 @@ class Run:
         return encode_nodes(encoder, self.tokens, ids, self.device, self.precision)
 
     def encode_nograd(self, ids: torch.Tensor) -> torch.Tensor:
-        """No-gradient encoding in eval mode (no dropout); stores no activations."""
-        return encode_eval(self.model.encoder, self.tokens, ids, self.device, self.precision)
+        """No-gradient encoding in eval mode (no dropout); stores no activations. Longest first
+        in micro-batches of at most ``train.encode_token_budget`` token positions; rows in the
+        order of ``ids``."""
+        return encode_eval(self.model.encoder, self.tokens, ids, self.device, self.precision,
+                           token_budget=self.cfg.train.encode_token_budget)
 
     def sample(self, targets: torch.Tensor) -> Subgraph:
         """The targets' sampled neighbourhood (seeded by the step, so a resumed run samples alike)."""
@@ -94,14 +97,17 @@ class Run:
         return loss.detach() * self.loss_weight
 
 
-def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor) -> torch.Tensor:
-    """One step of Algorithm 1 (forward and backward); returns the loss."""
+def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor | None) -> torch.Tensor:
+    """One step of Algorithm 1 (forward and backward); returns the loss. ``refresh_ids`` None:
+    pipeline 2 rests this step (the bank was encoded afresh at the start of the epoch)."""
     phase, bank, model = run.phases, run.bank, run.model
     # Pipeline 2, line 5: encode a random batch of ALL nodes without gradient (own CUDA stream
     # when overlapping). Line 6, caching it, is deferred until after this step's lookups.
-    with phase("encode-refresh"), run.overlap.encode():
-        x_refresh = run.encode_nograd(refresh_ids)
-    run.counter.add("refresh", refresh_ids)
+    x_refresh = None
+    if refresh_ids is not None:
+        with phase("encode-refresh"), run.overlap.encode():
+            x_refresh = run.encode_nograd(refresh_ids)
+        run.counter.add("refresh", refresh_ids)
 
     # Pipeline 1, line 3: the targets' k-hop neighbourhood, targets first.
     with phase("sample"):
@@ -124,8 +130,9 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor) -> 
         loss = run.loss(logits[:num_targets], targets)                           # line 12
     with phase("backward"):
         loss = run.backward(loss)  # the implicit layer's backward also syncs its histories across ranks
-    with phase("bank-refresh"), run.overlap.scatter():
-        sync_bank_rows(bank, refresh_ids, x_refresh, run.step)                   # line 6 (every rank's rows)
+    if x_refresh is not None:
+        with phase("bank-refresh"), run.overlap.scatter():
+            sync_bank_rows(bank, refresh_ids, x_refresh, run.step)               # line 6 (every rank's rows)
     return loss
 
 
