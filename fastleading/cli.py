@@ -5,8 +5,11 @@
     fastleading train    --config run.yaml --out runs/x [section.key=value ...]
     fastleading train    --resume runs/x
     fastleading export   --run runs/x --out runs/x/embeddings.npy
+    fastleading export   --run runs/x --lm runs/x/lm [--lora-adapter]
     fastleading downstream --dataset citeseer-tag --embeddings runs/x/embeddings.npy --gnn gcn
-    fastleading bench    kernels|sampler|step [...]
+    fastleading bench    kernels|sampler|step|scale [...]
+    fastleading study    --dataset citeseer-tag --methods leading,shallow --seeds 3 --downstream gcn --out runs/s
+    fastleading plot     runs/x [runs/y ...] [--out curves.png]
 
 Every option is a field of :mod:`fastleading.config`; the short flags below are aliases of
 the most used ones, and ``section.key=value`` sets any other.
@@ -91,10 +94,24 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from fastleading.downstream import export_embeddings
+    if args.out is None and args.lm is None:
+        raise FastleadingError("export: give --out FILE.npy (node embeddings), --lm DIR (the fine-tuned LM) or both")
+    if args.lora_adapter and args.lm is None:
+        raise FastleadingError("export: --lora-adapter applies to --lm DIR")
+    if args.lm is not None:
+        from fastleading.export import check_target
 
-    path = export_embeddings(args.run, args.out, quiet=args.quiet)
-    print(f"embeddings: {path}")
+        check_target(Path(args.lm))  # refuse before spending time on the embeddings
+    if args.out is not None:
+        from fastleading.downstream import export_embeddings
+
+        path = export_embeddings(args.run, args.out, quiet=args.quiet)
+        print(f"embeddings: {path}")
+    if args.lm is not None:
+        from fastleading.export import export_lm
+
+        path = export_lm(args.run, args.lm, lora_adapter=args.lora_adapter)
+        print(f"lm: {path}")
     return 0
 
 
@@ -112,9 +129,39 @@ def cmd_bench(args) -> int:
         from fastleading.bench.kernels import main as bench_main
     elif args.what == "step":
         from fastleading.bench.step import main as bench_main
+    elif args.what == "scale":
+        from fastleading.bench.scale import main as bench_main
     else:
         from fastleading.bench.sampler import main as bench_main
     return int(bench_main(args.rest) or 0)
+
+
+def cmd_study(args) -> int:
+    from fastleading.study import run_study
+
+    base = load_config(args.config) if args.config else Config()
+    shortcuts = [f"{key}={value}" for key, value in (("data.dataset", args.dataset), ("model.name", args.model),
+                                                     ("train.epochs", args.epochs), ("train.device", args.device))
+                 if value is not None]
+    base = apply_overrides(base, shortcuts + list(args.override) + list(args.overrides))
+    settings = {k: v for k, v in vars(args).items() if k != "fn"}
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    out = run_study(base, args.out, methods=args.methods, seeds=args.seeds,
+                    splits=args.splits.split(",") if args.splits is not None else None, downstream=args.downstream,
+                    task=args.task, name=args.name, note=args.note,
+                    command="fastleading " + " ".join(sys.argv[1:]), settings=settings, log=log)
+    print(out.table_path.read_text(), end="")
+    print(f"\nresults: {out.results_path}\ntable: {out.table_path}")
+    for path in out.plots:
+        print(f"plot: {path}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from fastleading.plot import plot_runs
+
+    print(f"curves: {plot_runs(args.runs, args.out)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true", help="write a torch.profiler trace and a phase table")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("export", help="write a run's fine-tuned node embeddings (.npy)")
+    p = sub.add_parser("export", help="write a run's fine-tuned node embeddings (.npy) and/or its fine-tuned LM")
     p.add_argument("--run", required=True, help="run folder written by `fastleading train`")
-    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--out", default=None, help="output .npy file (node embeddings)")
+    p.add_argument("--lm", metavar="DIR", default=None,
+                   help="write the best checkpoint's LM and tokenizer as a Hugging Face folder (a new or empty DIR)")
+    p.add_argument("--lora-adapter", action="store_true",
+                   help="LoRA runs: write the peft adapter alone instead of merging it into the base weights")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("downstream", help="train a GNN (model.gnn) on exported embeddings")
@@ -148,10 +199,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for downstream-<gnn>.json")
     p.set_defaults(fn=cmd_downstream)
 
-    p = sub.add_parser("bench", help="microbenchmarks (kernels, sampler, step)")
-    p.add_argument("what", choices=["kernels", "sampler", "step"])
+    p = sub.add_parser("bench", help="benchmarks (kernels, sampler, step; scale: a training run at ogbn-products size)")
+    p.add_argument("what", choices=["kernels", "sampler", "step", "scale"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark")
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("study", help="methods x seeds x splits: results JSON, mean ± std table, plots")
+    p.add_argument("--config", help="YAML, TOML or JSON config file: the base of every run")
+    p.add_argument("--dataset", default=None, help="sets data.dataset")
+    p.add_argument("--model", default=None, help="sets model.name")
+    p.add_argument("--epochs", default=None, help="sets train.epochs")
+    p.add_argument("--device", default=None, help="sets train.device")
+    p.add_argument("--methods", default="leading,supervised,pretrained,shallow",
+                   help="comma-separated train.method values (default: %(default)s)")
+    p.add_argument("--seeds", default="3",
+                   help="a count (3 = seeds 0,1,2) or a comma list (0,2,5; one seed: 5,); sets train.seed")
+    p.add_argument("--splits", default=None,
+                   help="comma-separated data.split values; '{seed}' is replaced by the seed (low-{seed}: one "
+                        "split per seed); default: data.split (the dataset's default split)")
+    p.add_argument("--downstream", default="gcn",
+                   help="comma-separated GNNs (model.gnn) trained on each run's exported embeddings; 'none' for none")
+    p.add_argument("--task", default="node-classification", choices=["node-classification"])
+    p.add_argument("--override", action="append", default=[], metavar="section.key=value",
+                   help="config override for every run (repeatable)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="more overrides for every run")
+    p.add_argument("--out", default="runs/study", help="study folder: results.json, table.md, PNGs, runs/")
+    p.add_argument("--name", default="", help="title of the study in the table and the plots")
+    p.add_argument("--note", default="", help="free text stored in results.json")
+    p.set_defaults(fn=cmd_study)
+
+    p = sub.add_parser("plot", help="loss and accuracy curves of run folders (PNG)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `fastleading train`")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png for one run)")
+    p.set_defaults(fn=cmd_plot)
     for p in sub.choices.values():
         if p.prog.split()[-1] != "bench":
             p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -113,7 +113,8 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "Max gradient norm (0 = off).")
     grad_accum: int = _f(1, "Steps of gradient accumulation per optimizer step.")
     eval_every: int = _f(1, "Evaluate every this many epochs.")
-    eval_batch_size: int = _f(256, "Nodes per no-gradient encode batch in evaluation and bank filling.")
+    eval_batch_size: int = _f(256, "At most this many nodes per no-gradient forward in evaluation and bank filling "
+                              "(see train.encode_token_budget).")
     encode_token_budget: int = _f(16384, "Token positions (rows x padded width) per no-gradient forward: evaluation, "
                                   "bank fill and pipeline 2 encode their nodes longest first in micro-batches "
                                   "of at most this many (and at most eval_batch_size nodes in evaluation and "
@@ -127,7 +128,8 @@ class TrainConfig:
     bank_dtype: str = _f("auto", "Memory-bank dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.",
                          ("auto", "bf16", "fp16", "fp32"))
     overlap: bool = _f(True, "Run pipeline 2 on its own CUDA stream (GPU only).")
-    kernels: str = _f("auto", "auto (Triton on CUDA), triton, torch.", ("auto", "triton", "torch"))
+    kernels: str = _f("auto", "auto (Triton on CUDA, the native C++ step on CPU), triton, native, torch (the PyTorch "
+                      "reference).", ("auto", "triton", "native", "torch"))
     checkpoint_every: int = _f(0, "Steps between checkpoints besides the epoch ends and train.checkpoint_minutes "
                                "(0 = none).")
     checkpoint_minutes: float = _f(30.0, "Wall-clock minutes between checkpoints besides the epoch ends (0 = none); "

@@ -128,7 +128,8 @@ def pretrained_embeddings(cfg: Config, quiet: bool = True):
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
     encoder = LMEncoder(cfg.model).to(device)
-    emb = encode_all(encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet)
+    emb = encode_all(encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet,
+                     token_budget=cfg.train.encode_token_budget)
     return graph, emb.float().cpu()
 
 
@@ -151,7 +152,8 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     model = NodeClassifier(cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype)
     model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST)["model"])
     model.to(device)
-    emb = encode_all(model.encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet)
+    emb = encode_all(model.encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet,
+                     token_budget=cfg.train.encode_token_budget)
     return cfg, graph, emb.float().cpu()
 
 

@@ -128,7 +128,8 @@ def encode_graph(tr: Trainer, desc: str, kind: str) -> torch.Tensor:
     """Every node's LM embedding without gradient, counted as ``kind`` (``fill`` or ``eval``)."""
     run = tr.run
     return encode_all(run.model.encoder, run.tokens, tr.graph.num_nodes, run.device, run.precision,
-                      tr.cfg.train.eval_batch_size, tr.quiet, desc, run.counter, kind)
+                      tr.cfg.train.eval_batch_size, tr.quiet, desc, run.counter, kind,
+                      token_budget=tr.cfg.train.encode_token_budget)
 
 
 def evaluate(tr: Trainer) -> tuple[dict[str, float], int]:
