@@ -430,6 +430,16 @@ def _git(*argv: str) -> str:
         return ""
 
 
+def uncommitted_files() -> list[str]:
+    """Tracked files with uncommitted changes (measured as they are in the working tree)."""
+    try:
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line[3:] for line in status.splitlines() if len(line) > 3 and not line.startswith("??")]
+
+
 def machine() -> dict:
     cpu = ""
     if Path("/proc/cpuinfo").exists():
@@ -569,8 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "scale", "date": date, "toy": bool(args.toy),
               "command": "fastleading bench scale " + " ".join(argv),
               "git_commit": _git("rev-parse", "HEAD") or "unknown",
-              "git_uncommitted": [line[3:] for line in _git("status", "--porcelain").splitlines()
-                                  if line[:2].strip() and not line.startswith("??")],
+              "git_uncommitted": uncommitted_files(),
               "machine": machine(), "versions": versions(),
               "stand_in_lm": {"kind": "BertConfig, random weights", "hidden": args.hidden, "layers": args.layers,
                               "heads": args.heads, "intermediate": 2 * args.hidden,
