@@ -53,4 +53,6 @@ def test_node_tables_at_products_size():
     assert rows["CSR col"] == e * 4 and rows["CSR rowptr"] == (n + 1) * 8
     bf16 = {t["table"]: t["bytes"] for t in node_tables(n, e, hidden=768, classes=47, max_length=128, float_bytes=2)}
     assert bf16["memory bank: emb"] == n * 768 * 2 and bf16["token cache: input_ids"] == rows["token cache: input_ids"]
-    assert sum(t["bytes"] for t in evaluation_tables(n, 384, 47)) == n * (384 + 2 * 47) * 4
+    assert rows["last evaluation's solution (warm start)"] == n * 47 * 4
+    # embeddings, head logits and six conjugate-gradient work arrays of one 47-column block
+    assert sum(t["bytes"] for t in evaluation_tables(n, 384, 47)) == n * (384 + 7 * 47) * 4

@@ -63,44 +63,52 @@ GIB = 2 ** 30
 
 def node_tables(num_nodes: int, num_edges: int, hidden: int, classes: int, max_length: int,
                 float_bytes: int = 4, num_split: int | None = None) -> list[dict]:
-    """Every table of a LEADING run whose size grows with the graph, with its bytes, as the
-    code allocates it (module and class named in ``where``). ``float_bytes``: the bank dtype
-    (``train.bank_dtype``: fp32 = 4 on CPU, bf16 = 2 on GPU), which the implicit histories
-    share. ``num_split``: nodes in the split's train + valid + test (default: all)."""
+    """Every table of a LEADING run whose size grows with the graph and that lives for the whole
+    run, with its bytes, as the code allocates it (module and class named in ``where``).
+    ``float_bytes``: the bank dtype (``train.bank_dtype``: fp32 = 4 on CPU, bf16 = 2 on GPU),
+    which the implicit histories share. ``num_split``: nodes in the split's train + valid + test
+    (default: all). ``anonymous``: False for the memory-mapped files (their pages count in RSS
+    once read, but the kernel can drop them); ``in_checkpoint``: saved in ``checkpoint.pt``."""
     n, e, h, c, length = num_nodes, num_edges, hidden, classes, max_length
     num_split = n if num_split is None else num_split
     fdt = {4: "fp32", 2: "bf16"}.get(float_bytes, f"{8 * float_bytes}-bit")
     col_bytes = 4 if n <= 2 ** 31 else 8
-    rows = [
-        ("memory bank: emb", f"[N, H] {fdt}", n * h * float_bytes, "bank.py MemoryBank.emb", True),
-        ("memory bank: stamp", "[N] int64", n * 8, "bank.py MemoryBank.stamp", True),
-        ("implicit history x_history", f"[N, C] {fdt}", n * c * float_bytes, "nn.py ImplicitAPPNP", True),
-        ("implicit history g_history", f"[N, C] {fdt}", n * c * float_bytes, "nn.py ImplicitAPPNP", True),
-        ("encode counters (grad, refresh)", "2 x [N] int32", 2 * n * 4, "encode.py EncodeCounter", True),
-        ("token cache: input_ids", f"[N, {length}] int32", n * length * 4, "data/tokens.py (memory-mapped)", False),
-        ("token cache: lengths", "[N] int32", n * 4, "data/tokens.py (memory-mapped)", False),
-        ("CSR rowptr", "[N+1] int64", (n + 1) * 8, "data/tag.py (memory-mapped)", False),
-        ("CSR col", f"[E] int{8 * col_bytes}", e * col_bytes, "data/tag.py (memory-mapped)", False),
-        ("labels", "[N] int64", n * 8, "data/tag.py (memory-mapped)", False),
-        ("split ids (train + valid + test)", "int64", num_split * 8, "data/tag.py Split", False),
-        ("full-graph dinv", "[N] fp32", n * 4, "trainer/loop.py build_trainer (ops.gcn_dinv)", True),
-        ("pipeline 2 order", "[N] int64", n * 8, "trainer/batches.py RefreshOrder", True),
+    rows = [  # table, shape, bytes, where, anonymous, in checkpoint
+        ("memory bank: emb", f"[N, H] {fdt}", n * h * float_bytes, "bank.py MemoryBank.emb", True, True),
+        ("memory bank: stamp", "[N] int64", n * 8, "bank.py MemoryBank.stamp", True, True),
+        ("implicit history x_history", f"[N, C] {fdt}", n * c * float_bytes, "nn.py ImplicitAPPNP", True, True),
+        ("implicit history g_history", f"[N, C] {fdt}", n * c * float_bytes, "nn.py ImplicitAPPNP", True, True),
+        ("last evaluation's solution (warm start)", "[N, C] fp32", n * c * 4,
+         "trainer/state.py Progress.eval_solution (after the first evaluation)", True, True),
+        ("encode counters (grad, refresh)", "2 x [N] int32", 2 * n * 4, "encode.py EncodeCounter", True, True),
+        ("token cache: input_ids", f"[N, {length}] int32", n * length * 4, "data/tokens.py, memory-mapped", False, False),
+        ("token cache: lengths", "[N] int32", n * 4, "data/tokens.py, memory-mapped", False, False),
+        ("CSR rowptr", "[N+1] int64", (n + 1) * 8, "data/tag.py, memory-mapped", False, False),
+        ("CSR col", f"[E] int{8 * col_bytes}", e * col_bytes, "data/tag.py, memory-mapped", False, False),
+        ("labels", "[N] int64", n * 8, "data/tag.py, memory-mapped", False, False),
+        ("split ids (train + valid + test)", "int64", num_split * 8, "data/tag.py Split", True, False),
+        ("full-graph dinv", "[N] fp32", n * 4, "trainer/loop.py build_trainer (ops.gcn_dinv)", True, False),
+        ("pipeline 2 order", "[N] int64", n * 8, "trainer/batches.py RefreshOrder", True, False),
     ]
-    out = [{"table": t, "shape": s, "bytes": b, "where": w, "in_checkpoint": False, "anonymous": a}
-           for t, s, b, w, a in rows]
-    for row in out:
-        row["in_checkpoint"] = row["table"].startswith(("memory bank", "implicit", "encode counters"))
-    return out
+    return [{"table": t, "shape": s, "bytes": b, "where": w, "anonymous": a, "in_checkpoint": k}
+            for t, s, b, w, a, k in rows]
 
 
-def evaluation_tables(num_nodes: int, hidden: int, classes: int, float_bytes: int = 4) -> list[dict]:
-    """The ``[N, *]`` arrays a full-graph evaluation allocates on top of the run's tables
-    (``trainer/loop.py evaluate`` -> ``encode_all``, ``trainer/evaluate.py full_graph_logits``)."""
+def evaluation_tables(num_nodes: int, hidden: int, classes: int, float_bytes: int = 4,
+                      column_block: int = 64) -> list[dict]:
+    """The ``[N, *]`` arrays a full-graph evaluation of LEADING allocates on top of the run's
+    tables, at their peak (inside the conjugate-gradient solve): ``trainer/loop.py evaluate``
+    keeps the embeddings of every node (``encode_all``) while ``trainer/evaluate.py
+    full_graph_logits`` applies the head and ``nn.py solve_appnp`` solves one block of
+    ``column_block`` columns at a time with six work arrays (b, zeros, x, r, p, A p) beside its
+    output (which becomes the next warm start, counted in :func:`node_tables`)."""
     n, h, c = num_nodes, hidden, classes
+    block = min(c, column_block)
     return [
         {"table": "embeddings of every node (encode_all)", "shape": "[N, H] bank dtype", "bytes": n * h * float_bytes},
-        {"table": "head logits (propagation input)", "shape": "[N, C] fp32", "bytes": n * c * 4},
-        {"table": "propagated logits (output)", "shape": "[N, C] fp32", "bytes": n * c * 4},
+        {"table": "head logits (the propagation's input)", "shape": "[N, C] fp32", "bytes": n * c * 4},
+        {"table": "conjugate-gradient work arrays (b, zeros, x, r, p, Ap)", "shape": f"6 x [N, {block}] fp32",
+         "bytes": 6 * n * block * 4},
     ]
 
 
