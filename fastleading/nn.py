@@ -174,6 +174,7 @@ def solve_appnp(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alp
     five work buffers. Iterates from ``x0`` (a previous solution: warm start; zeros when None)
     until every column's residual norm is at most ``tol`` times that of its right-hand side
     ``a X_in``, or ``max_iters`` iterations. Reads one flag per iteration back to the host.
+    Per column block the work memory is five ``[N, block]`` buffers, updated in place.
 
     Returns ``(X [N, C] fp32 (float64 for float64 inputs), iterations of the slowest block)``.
     """
@@ -182,28 +183,30 @@ def solve_appnp(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alp
         dinv = ops.gcn_dinv(rowptr, acc)
     out = torch.empty(x_in.shape, dtype=acc, device=x_in.device)
     most = 0
+    tiny = torch.finfo(acc).tiny
     for start in range(0, x_in.shape[1], column_block):
         cols = slice(start, start + column_block)
         b = alpha * x_in[:, cols].to(acc)
-        zeros = torch.zeros_like(b)
+        ap = torch.empty_like(b)  # the one matrix-product buffer, reused every iteration
 
-        def matvec(p: torch.Tensor) -> torch.Tensor:  # (I - (1-a)Â) p; appnp_step gives (1-a)Âp + a*0
-            return p - ops.appnp_step(rowptr, col, p, zeros, alpha, dinv)
+        def matvec(p: torch.Tensor) -> torch.Tensor:
+            # (I - (1-a)Â) p = (1+a) p - ((1-a)Âp + a p), the second term one fused APPNP step
+            ops.appnp_step(rowptr, col, p, p, alpha, dinv, out=ap)
+            return ap.mul_(-1.0).add_(p, alpha=1.0 + alpha)
 
         x = torch.zeros_like(b) if x0 is None else x0[:, cols].to(acc).clone()
-        r = b - matvec(x) if x0 is not None else b.clone()
+        r = b.sub_(matvec(x)) if x0 is not None else b.clone()
         p = r.clone()
-        rs = (r * r).sum(0)
-        bound = (tol * tol) * (b * b).sum(0)
-        tiny = torch.finfo(acc).tiny
+        rs = torch.linalg.vector_norm(r, dim=0).square_()
+        bound = (tol * tol) * torch.linalg.vector_norm(alpha * x_in[:, cols].to(acc), dim=0).square_()
         iters = 0
         while iters < max_iters and not bool((rs <= bound).all()):
-            ap = matvec(p)
-            step = rs / (p * ap).sum(0).clamp_min(tiny)
-            x.add_(step * p)
-            r.sub_(step * ap)
-            rs_next = (r * r).sum(0)
-            p = r + (rs_next / rs.clamp_min(tiny)) * p
+            matvec(p)
+            step = rs / torch.linalg.vecdot(p, ap, dim=0).clamp_min(tiny)
+            x.addcmul_(p, step)
+            r.addcmul_(ap, step, value=-1.0)
+            rs_next = torch.linalg.vector_norm(r, dim=0).square_()
+            p.mul_(rs_next / rs.clamp_min(tiny)).add_(r)
             rs = rs_next
             iters += 1
         out[:, cols] = x
