@@ -95,20 +95,21 @@ def node_tables(num_nodes: int, num_edges: int, hidden: int, classes: int, max_l
 
 
 def evaluation_tables(num_nodes: int, hidden: int, classes: int, float_bytes: int = 4,
-                      column_block: int = 64) -> list[dict]:
+                      column_block: int = 64, cg_work: int = 6) -> list[dict]:
     """The ``[N, *]`` arrays a full-graph evaluation of LEADING allocates on top of the run's
     tables, at their peak (inside the conjugate-gradient solve): ``trainer/loop.py evaluate``
     keeps the embeddings of every node (``encode_all``) while ``trainer/evaluate.py
     full_graph_logits`` applies the head and ``nn.py solve_appnp`` solves one block of
-    ``column_block`` columns at a time with six work arrays (b, zeros, x, r, p, A p) beside its
-    output (which becomes the next warm start, counted in :func:`node_tables`)."""
+    ``column_block`` columns at a time with ``cg_work`` work arrays beside its output (which
+    becomes the next warm start, counted in :func:`node_tables`): six (b, zeros, x, r, p, A p)
+    in commit 0db3140, which the scale run measured; 8fc8805 updates five in place."""
     n, h, c = num_nodes, hidden, classes
     block = min(c, column_block)
     return [
         {"table": "embeddings of every node (encode_all)", "shape": "[N, H] bank dtype", "bytes": n * h * float_bytes},
         {"table": "head logits (the propagation's input)", "shape": "[N, C] fp32", "bytes": n * c * 4},
-        {"table": "conjugate-gradient work arrays (b, zeros, x, r, p, Ap)", "shape": f"6 x [N, {block}] fp32",
-         "bytes": 6 * n * block * 4},
+        {"table": "conjugate-gradient work arrays", "shape": f"{cg_work} x [N, {block}] fp32",
+         "bytes": cg_work * n * block * 4},
     ]
 
 
