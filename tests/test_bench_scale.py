@@ -32,6 +32,11 @@ def test_scale_benchmark_toy_writes_every_field(tmp_path):
     assert t["encode_totals"]["grad"] == 64 and t["encode_totals"]["eval"] == 3000
     ev = t["evaluation"]
     assert ev["evaluations"] == 1
+    # the benchmark times the loop by wrapping its calls: every one of them must have been seen
+    names = {e["name"] for e in t["events"]}
+    assert {"build_trainer", "encode_graph:eval", "evaluate", "full_graph_logits", "propagate",
+            "save_checkpoint", "save_best"} <= names, names
+    assert ev["propagation_iters"] >= 1
     for key in ("total_s", "encode_s", "propagation_s", "head_s", "peak_rss_gib"):
         assert ev[key] is not None and ev[key] >= 0, key
     assert t["checkpoint"]["calls"] == 1 and t["checkpoint"]["bytes"] > 0 and t["checkpoint"]["total_s"] >= 0
