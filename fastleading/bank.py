@@ -45,12 +45,6 @@ class MemoryBank:
         emb = torch.where(finite, emb, self.emb.index_select(0, ids).to(emb.dtype))
         ops.bank_scatter(self.emb, ids, emb, self.stamp, step)
 
-    def refresh_all(self, emb: torch.Tensor, step: int, chunk: int = 1 << 16) -> None:
-        """:meth:`refresh` every row from ``emb [N, dim]``, ``chunk`` rows at a time (bounded scratch)."""
-        for start in range(0, self.num_nodes, chunk):
-            ids = torch.arange(start, min(start + chunk, self.num_nodes))
-            self.refresh(ids, emb[start:start + chunk], step)
-
     def lookup(self, ids: torch.Tensor, out: torch.Tensor | None = None, out_offset: int = 0) -> torch.Tensor:
         """Rows ``ids`` as ``[M, dim]``, or written into ``out[out_offset:out_offset+M]``."""
         return ops.bank_gather(self.emb, transfer.to_device(ids, self.emb.device), out=out, out_offset=out_offset)

@@ -28,11 +28,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from typing import TYPE_CHECKING
+
 import torch
 
 from fastleading import transfer
 from fastleading.distributed import allgather_rows, get_rank, get_world_size, shard
 from fastleading.precision import Precision
+
+if TYPE_CHECKING:
+    from fastleading.bank import MemoryBank
 
 # Token positions per no-gradient forward for callers that pass no budget; the default of
 # ``train.encode_token_budget`` (tests/test_encode.py checks they agree). 256 x 64: never more
@@ -140,8 +145,10 @@ def encode_eval(encoder, tokens, ids: torch.Tensor, device: torch.device, precis
 def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision: Precision,
                batch_size: int, quiet: bool = True, desc: str = "encode",
                counter: "EncodeCounter | None" = None, kind: str = "eval",
-               token_budget: int | None = None) -> torch.Tensor:
-    """LM embeddings of every node, ``[N, H]`` in the bank dtype on ``device``.
+               token_budget: int | None = None, into: "MemoryBank | None" = None, step: int = 0) -> torch.Tensor:
+    """LM embeddings of every node, ``[N, H]`` in the bank dtype on ``device``; with ``into``
+    (a :class:`fastleading.bank.MemoryBank`) written straight into the bank as its rows
+    refreshed at ``step`` (no second ``[N, H]`` matrix) and returned as ``into.emb``.
 
     The nodes are taken longest first (:func:`length_order` of ``tokens.lengths``, the same on
     every rank) and cut by :func:`budget_chunks` into chunks of ``world x rows`` nodes, where
@@ -155,7 +162,10 @@ def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision:
 
     rank, world = get_rank(), get_world_size()
     budget = DEFAULT_TOKEN_BUDGET if token_budget is None else token_budget
-    out = torch.empty(num_nodes, encoder.hidden_size, dtype=precision.bank_dtype, device=device)
+    if into is None:
+        out = torch.empty(num_nodes, encoder.hidden_size, dtype=precision.bank_dtype, device=device)
+    else:
+        out = into.emb
     lengths = tokens.lengths[:num_nodes]
     order = length_order(lengths) if budget else torch.arange(num_nodes)
     for start, stop in tqdm(budget_chunks(lengths[order], budget, batch_size, world), desc=desc, leave=False,
@@ -170,7 +180,10 @@ def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision:
         if counter is not None:
             counter.add(kind, len(local))
         all_ids, all_emb = allgather_rows(local, emb.to(out.dtype))
-        out[all_ids] = all_emb
+        if into is None:
+            out[all_ids] = all_emb
+        else:
+            into.refresh(all_ids, all_emb, step)
     return out
 
 

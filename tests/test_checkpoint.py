@@ -2,6 +2,7 @@
 that hold code are refused without running it, and a run stopped by max_steps ends with a
 checkpoint while best.pt holds weights only."""
 
+import json
 import os
 import pickle
 
@@ -93,6 +94,9 @@ def test_a_run_stopped_by_max_steps_ends_with_a_checkpoint_and_best_holds_weight
     train(cfg, tmp_path / "run", quiet=True)
     state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT)
     assert state["step"] == 5 and state["progress"]["batch_in_epoch"] == 5
+    # the evaluation that ends a max_steps run is logged like any other
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "eval" in line] == [5] and "propagation_iters" in lines[-1]
     best = checkpoint.load(tmp_path / "run" / checkpoint.BEST)["model"]
     assert best and not [k for k in best if "history" in k], [k for k in best if "history" in k]
     assert any(k.startswith("encoder.") for k in best) and any(k.startswith("head.") for k in best)

@@ -125,11 +125,13 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
 
 
 def encode_graph(tr: Trainer, desc: str, kind: str) -> torch.Tensor:
-    """Every node's LM embedding without gradient, counted as ``kind`` (``fill`` or ``eval``)."""
+    """Every node's LM embedding without gradient, counted as ``kind`` (``fill`` or ``eval``).
+    Under LEADING the rows go straight into the bank (refreshed at this step; no second
+    ``[N, H]`` matrix) and the bank's table is returned."""
     run = tr.run
     return encode_all(run.model.encoder, run.tokens, tr.graph.num_nodes, run.device, run.precision,
                       tr.cfg.train.eval_batch_size, tr.quiet, desc, run.counter, kind,
-                      token_budget=tr.cfg.train.encode_token_budget)
+                      token_budget=tr.cfg.train.encode_token_budget, into=run.bank, step=run.step)
 
 
 def evaluate(tr: Trainer) -> tuple[dict[str, float], int]:
@@ -141,9 +143,8 @@ def evaluate(tr: Trainer) -> tuple[dict[str, float], int]:
     warm-started from the previous evaluation's solution."""
     run, progress = tr.run, tr.progress
     with run.phases("eval-encode"):
-        emb = encode_graph(tr, "evaluate", "eval")
+        emb = encode_graph(tr, "evaluate", "eval")  # under LEADING: the bank, every row fresh
     if run.bank is not None:
-        run.bank.refresh_all(emb, run.step)
         progress.bank_fresh_epoch = progress.epoch
     x0 = progress.eval_solution.to(run.device) if progress.eval_solution is not None else None
     with run.phases("eval-propagate"):
@@ -182,7 +183,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         if is_main():
             cfg.save(out_dir / "config.json")
         if run.bank is not None and t.fill_bank:
-            run.bank.refresh_all(encode_graph(tr, "fill bank", "fill"), step=0)
+            encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
     log = MetricsLog(out_dir / "metrics.jsonl", resumed_from)
     step_fn = STEPS[t.method]
@@ -260,14 +261,15 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     # checkpoint cannot hold half-accumulated gradients).
     if saved_at != run.step and run.step % t.grad_accum == 0:
         checkpoint_now()
+    if not progress.history:  # max_steps stopped training before the first evaluation
+        acc, iters = evaluate(tr)
+        progress.history.append({"epoch": progress.epoch, **acc})
+        log.write({"step": run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
+        progress.best_valid, progress.best_epoch = acc["valid"], progress.epoch
+        save_best(run, progress.epoch, out_dir)
     bar.close()
     profiler.close()
     log.close()
-    if not progress.history:  # max_steps stopped training before the first evaluation
-        acc, _ = evaluate(tr)
-        progress.history.append({"epoch": progress.epoch, **acc})
-        progress.best_valid, progress.best_epoch = acc["valid"], progress.epoch
-        save_best(run, progress.epoch, out_dir)
     best = max(progress.history, key=lambda h: h["valid"])
     n_epochs = run.step / per_epoch
     summary = {

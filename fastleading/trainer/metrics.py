@@ -51,6 +51,9 @@ def encode_rates(counter: EncodeCounter, num_train: int, num_nodes: int, epochs:
     by_kind = dict(zip(EncodeCounter.KINDS, totals.tolist()))
     epochs = max(epochs, 1e-9)
     return {
+        # the counts themselves: a run shorter than an epoch (train.max_steps) makes the
+        # per-epoch rates below large (one evaluation divided by a fraction of an epoch)
+        "encodes_total": {kind: int(count) for kind, count in by_kind.items()},
         "encodes_per_node_per_epoch": {"grad": by_kind["grad"] / num_train / epochs,
                                        "nograd": by_kind["refresh"] / num_train / epochs},
         "encodes_per_graph_node_per_epoch": {"grad": by_kind["grad"] / num_nodes / epochs,
