@@ -449,18 +449,6 @@ def uncommitted_files() -> list[str]:
     return [line[3:] for line in status.splitlines() if len(line) > 3 and not line.startswith("??")]
 
 
-def machine() -> dict:
-    cpu = ""
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "memory_gib": round(mem / GIB, 1), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
-
-
 def versions() -> dict:
     import numpy
     import torch
@@ -585,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     models.mkdir(parents=True, exist_ok=True)
     model = stand_in_model(models, args.hidden, args.layers, args.heads)
     spec = {"overrides": overrides(args, model), "run_dir": str(run_dir), "threads": args.threads}
+    from fastleading.bench.sampler import machine
+
     result = {"benchmark": "scale", "date": date, "toy": bool(args.toy),
               "command": "fastleading bench scale " + " ".join(argv),
               "git_commit": _git("rev-parse", "HEAD") or "unknown",
