@@ -33,6 +33,18 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
     return path
 
 
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files that :func:`atomic_write` leaves when its process is killed mid-write
+    (``.<name>.<random>.tmp`` beside the target). Call it only when no writer can be running,
+    e.g. when a run resumes. Returns what was removed."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), binary=False)
 

@@ -118,3 +118,16 @@ def test_pickle_protocol_error_is_one_line(tmp_path):
     with pytest.raises(FastleadingError) as err:
         checkpoint.load(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_removes_the_temp_files_of_a_write_that_was_killed(tiny_bert, tmp_path):
+    # a run killed inside an atomic write leaves its temp file (".<name>.<random>.tmp") behind
+    common = ("data.split=high-0", "train.epochs=1")
+    train(small_config(tiny_bert, tmp_path / "cache", *common, "train.max_steps=3"), tmp_path / "run", quiet=True)
+    stale = [tmp_path / "run" / ".checkpoint.pt.k1ll3d.tmp", tmp_path / "run" / ".summary.json.x9.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    keep = tmp_path / "run" / "notes.tmp"  # not one of ours: left alone
+    keep.write_text("mine")
+    train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "run", resume=True, quiet=True)
+    assert not any(path.exists() for path in stale) and keep.exists()

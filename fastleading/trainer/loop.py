@@ -37,6 +37,7 @@ from fastleading.distributed import (DistEnv, all_reduce_mean, barrier, broadcas
                                      is_distributed, is_main)
 from fastleading.encode import EncodeCounter, encode_all
 from fastleading.errors import FastleadingError
+from fastleading.io import remove_stale_temp_files
 from fastleading.overlap import RefreshStream
 from fastleading.precision import resolve_device, resolve_precision
 from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
@@ -177,6 +178,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     resumed_from = None
+    if resume and is_main():
+        remove_stale_temp_files(out_dir)  # a killed run may have died inside an atomic write
     if resume and load_checkpoint(run, progress, tr.refresh_order, out_dir):
         resumed_from = run.step
     else:
