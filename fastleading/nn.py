@@ -22,9 +22,10 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: "ImplicitAPPNP"):
-        x0 = layer.x_history[node_ids].to(x_in.dtype)                         # eq. 4: X_0^k = X_L^{k-1}
+        stored = layer.x_history[node_ids]
+        x0 = stored.to(x_in.dtype)                                             # eq. 4: X_0^k = X_L^{k-1}
         x = ops.appnp_iterate(rowptr, col, x0, x_in, layer.alpha, layer.num_iters, dinv)  # eq. 5
-        _write_finite_rows(layer.x_history, node_ids, x.detach())
+        _write_finite_rows(layer.x_history, node_ids, x.detach(), previous=stored)
         ctx.save_for_backward(rowptr, col, dinv, node_ids)
         ctx.layer = layer
         return x
@@ -47,12 +48,15 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
         return g, None, None, None, None, None
 
 
-def _write_finite_rows(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> None:
+def _write_finite_rows(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor,
+                       previous: torch.Tensor | None = None) -> None:
     """``table[ids] = rows`` for the rows whose values are all finite; the other rows of ``ids``
-    keep their previous value, so one non-finite step cannot poison the warm starts of every
-    later visit. Decided on the device: no host synchronisation."""
+    keep their previous value (``previous``: ``table[ids]`` as already gathered, else gathered
+    here), so one non-finite step cannot poison the warm starts of every later visit. Decided
+    on the device: no host synchronisation."""
     finite = torch.isfinite(rows).all(dim=1, keepdim=True)
-    table[ids] = torch.where(finite, rows.to(table.dtype), table[ids])
+    old = table[ids] if previous is None else previous
+    table[ids] = torch.where(finite, rows.to(table.dtype), old)
 
 
 class ImplicitAPPNP(nn.Module):
