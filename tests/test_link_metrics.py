@@ -1,0 +1,62 @@
+"""Link metrics against brute-force references (every positive against every negative by loops)."""
+
+import itertools
+
+import pytest
+import torch
+
+from fastleading.errors import FastleadingError
+from fastleading.linkmetrics import auc, link_metrics, ogb_ranks
+
+
+def brute_auc(pos, neg):
+    total = 0.0
+    for p, n in itertools.product(pos.tolist(), neg.reshape(-1).tolist()):
+        total += 1.0 if p > n else 0.5 if p == n else 0.0
+    return total / (len(pos) * neg.numel())
+
+
+def brute_rank(p, negs):
+    # OGB ogbl-citation2 Evaluator: 0.5 * (optimistic + pessimistic) + 1
+    return 1 + 0.5 * (sum(n > p for n in negs) + sum(n >= p for n in negs))
+
+
+def test_toy_case_by_hand():
+    pos = torch.tensor([3.0, 1.0, 0.5])
+    neg = torch.tensor([[1.0, 2.0, 0.0], [1.0, 1.0, 2.0], [0.5, 0.5, 0.5]])
+    # ranks: 1; 1 + (1 + 3)/2 = 3; 1 + (0 + 3)/2 = 2.5
+    assert ogb_ranks(pos, neg).tolist() == [1.0, 3.0, 2.5]
+    m = link_metrics(pos, neg, hits=(1, 2, 3))
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 2.5) / 3)
+    assert m["hits@1"] == pytest.approx(1 / 3) and m["hits@2"] == pytest.approx(1 / 3)
+    assert m["hits@3"] == pytest.approx(1.0)
+    # AUC: pos 3 beats all 9; pos 1 beats 0, 0.5 x3 (4), ties 1.0 x3 (1.5) -> 5.5; pos 0.5 beats 0 (1), ties 3 (1.5)
+    assert m["auc"] == pytest.approx((9 + 5.5 + 2.5) / 27)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_scores_with_ties_match_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randint(0, 6, (13,), generator=g).float()  # few values: many ties
+    neg = torch.randint(0, 6, (13, 7), generator=g).float()
+    assert auc(pos, neg) == pytest.approx(brute_auc(pos, neg), abs=1e-12)
+    ranks = ogb_ranks(pos, neg)
+    ref = [brute_rank(p, n) for p, n in zip(pos.tolist(), neg.tolist())]
+    assert ranks.tolist() == ref
+    m = link_metrics(pos, neg, hits=(1, 3, 5))
+    assert m["mrr"] == pytest.approx(sum(1 / r for r in ref) / len(ref))
+    for k in (1, 3, 5):
+        assert m[f"hits@{k}"] == pytest.approx(sum(r <= k for r in ref) / len(ref))
+
+
+def test_continuous_scores_match_brute_force():
+    g = torch.Generator().manual_seed(7)
+    pos, neg = torch.randn(40, generator=g) + 0.5, torch.randn(40, 9, generator=g)
+    assert auc(pos, neg) == pytest.approx(brute_auc(pos, neg), abs=1e-12)
+
+
+def test_bad_shapes_and_empty():
+    with pytest.raises(FastleadingError, match="neg \\[P, K\\]"):
+        ogb_ranks(torch.zeros(3), torch.zeros(4, 2))
+    m = link_metrics(torch.zeros(0), torch.zeros(0, 5))
+    assert all(v != v for v in m.values())
