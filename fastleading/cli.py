@@ -30,7 +30,7 @@ ALIASES = {
     "dataset": "data.dataset", "root": "data.root", "split": "data.split", "max_length": "data.max_length",
     "cache_dir": "data.cache_dir", "model": "model.name", "method": "train.method", "epochs": "train.epochs",
     "batch_size": "train.batch_size", "device": "train.device", "precision": "train.precision",
-    "seed": "train.seed", "deepspeed": "train.deepspeed", "gnn": "model.gnn",
+    "seed": "train.seed", "deepspeed": "train.deepspeed", "gnn": "model.gnn", "task": "train.task",
 }
 
 
@@ -87,8 +87,13 @@ def cmd_train(args) -> int:
 
         require_deepspeed()
     summary = train_method(cfg, out, resume=bool(args.resume), quiet=args.quiet)
-    print(f"{summary['method']} on {summary['dataset']}: best valid {summary['best_valid_acc']:.4f}, "
-          f"test {summary['test_acc']:.4f}")
+    if summary.get("task") == "link":
+        print(f"{summary['method']} link prediction on {summary['dataset']}: best valid AUC "
+              f"{summary['best_valid_auc']:.4f} MRR {summary['best_valid_mrr']:.4f}, test AUC "
+              f"{summary['test_auc']:.4f} MRR {summary['test_mrr']:.4f}")
+    else:
+        print(f"{summary['method']} on {summary['dataset']}: best valid {summary['best_valid_acc']:.4f}, "
+              f"test {summary['test_acc']:.4f}")
     print(f"summary: {out / 'summary.json'}")
     return 0
 

@@ -58,6 +58,11 @@ class DataConfig:
     synthetic_seed: int = _f(0, "synthetic: generator seed.")
     synthetic_tokens: bool = _f(False, "synthetic: write token ids straight into the token cache, no strings "
                                 "(scale mode for benchmarks up to ogbn-products size).")
+    link_split: str = _f("", "train.task=link: train/valid/test percentages of the edges (10/30/60, 85/5/10), or "
+                         "'official' (ogbl-citation2); '' = the dataset's official split, else 85/5/10.")
+    link_seed: int = _f(0, "train.task=link: seed of a generated edge split and of its fixed evaluation negatives.")
+    link_eval_negatives: int = _f(100, "train.task=link: fixed negatives per validation / test edge of a generated "
+                                  "split (MRR / Hits@K rank each edge against its own).")
 
 
 @dataclass
@@ -94,10 +99,13 @@ class ModelConfig:
     gnn_layers: int = _f(3, "revgat: reversible GAT blocks; gamlp: layers of each of its MLPs.")
     gnn_hops: int = _f(5, "gamlp: propagation hops K (features X, ÂX, ..., Â^K X, computed once before training).")
     gnn_batch_size: int = _f(10000, "gamlp: training nodes per mini-batch.")
+    link_decoder: str = _f("dot", "train.task=link: pair score from the two node representations.", ("dot", "mlp"))
+    link_dim: int = _f(128, "train.task=link: width of a node's representation (the head's output).")
 
 
 @dataclass
 class TrainConfig:
+    task: str = _f("node", "node: node classification; link: link prediction.", ("node", "link"))
     method: str = _f("leading", "Training method.", ("leading", "supervised", "pretrained", "coupled", "shallow"))
     epochs: int = _f(3, "Training epochs (over the training targets).")
     batch_size: int = _f(32, "Target nodes per step (pipeline 1).")
@@ -139,6 +147,9 @@ class TrainConfig:
     deepspeed: Optional[str] = _f(None, "DeepSpeed preset (zero1, zero2, zero3, zero2-offload, zero3-offload) or JSON file.")
     downstream_epochs: int = _f(200, "Epochs of the downstream / shallow GNN.")
     max_steps: int = _f(0, "Stop after this many steps (0 = no limit).")
+    link_negatives: int = _f(1, "train.task=link: random negative pairs per training edge in a step.")
+    link_hits: list = _f([10, 50, 100], "train.task=link: K of the reported Hits@K.")
+    link_select: str = _f("mrr", "train.task=link: validation metric that picks the best epoch.", ("mrr", "auc"))
     max_bad_steps: int = _f(10, "Stop after this many consecutive optimizer steps whose loss or gradients were "
                             "non-finite (each is skipped); 0 = never stop.")
 
@@ -290,7 +301,8 @@ def validate(cfg: Config) -> None:
                 "train.eval_batch_size": t.eval_batch_size, "model.num_iters": m.num_iters,
                 "model.eval_iters": m.eval_iters, "data.max_length": d.max_length,
                 "model.gnn_layers": m.gnn_layers, "model.gnn_hops": m.gnn_hops,
-                "model.gnn_batch_size": m.gnn_batch_size}
+                "model.gnn_batch_size": m.gnn_batch_size, "model.link_dim": m.link_dim,
+                "train.link_negatives": t.link_negatives, "data.link_eval_negatives": d.link_eval_negatives}
     for name, v in positive.items():
         if v < 1:
             raise FastleadingError(f"config key '{name}': expected a positive integer, got {v}")
@@ -307,6 +319,13 @@ def validate(cfg: Config) -> None:
         raise FastleadingError(f"config key 'train.max_bad_steps': expected >= 0, got {t.max_bad_steps}")
     if t.refresh_batch_size < 0:
         raise FastleadingError(f"config key 'train.refresh_batch_size': expected >= 0, got {t.refresh_batch_size}")
+    if not t.link_hits or any(k < 1 for k in t.link_hits):
+        raise FastleadingError(f"config key 'train.link_hits': expected a non-empty list of positive integers, "
+                               f"got {t.link_hits}")
+    if d.link_split and d.link_split != "official":
+        from fastleading.data.link_split import parse_ratios
+
+        parse_ratios(d.link_split)
     if t.encode_token_budget < 0:
         raise FastleadingError(f"config key 'train.encode_token_budget': expected >= 0, got {t.encode_token_budget}")
 

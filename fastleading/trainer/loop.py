@@ -46,7 +46,7 @@ from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targe
                                          refresh_batch_size, steps_per_epoch)
 from fastleading.trainer.evaluate import GRAPH_METHODS, accuracies, full_graph_logits
 from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
-from fastleading.trainer.model import NodeClassifier
+from fastleading.trainer.model import build_model
 from fastleading.trainer.optim import build_optimization
 from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint
 from fastleading.trainer.steps import STEPS, Run
@@ -66,6 +66,7 @@ class Trainer:
     refresh_size: int                   # pipeline 2's nodes per step and rank
     progress: Progress
     quiet: bool = True
+    task: object = None                 # train.task=link: fastleading.trainer.link.LinkTask
 
 
 def seed_everything(seed: int) -> None:
@@ -95,11 +96,17 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
     graph, tokens = prepare(cfg)
     if env.rank == 0:
         barrier()
-    split = graph.split(cfg.data.split)
+    task = None
+    if t.task == "link":  # the graph becomes the training graph; the items are edges
+        from fastleading.trainer.link import link_task
+
+        graph, split, task = link_task(cfg, graph)
+    else:
+        split = graph.split(cfg.data.split)
     if len(split.train) == 0:
         raise FastleadingError(f"dataset '{cfg.data.dataset}': split '{cfg.data.split}' has no training nodes")
     n = graph.num_nodes
-    model = NodeClassifier(cfg, n, graph.num_classes, precision.bank_dtype).to(device)
+    model = build_model(cfg, n, graph.num_classes, precision.bank_dtype).to(device)
     if env.is_distributed:
         broadcast_module_(model)  # identical replicas (and histories) on every rank
         torch.manual_seed(t.seed + env.rank)  # but each rank draws its own dropout masks
@@ -119,7 +126,11 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
               sampler=NeighborSampler(graph.rowptr, graph.col, list(t.fanouts)) if t.method in GRAPH_METHODS else None,
               graph_dinv=graph_dinv, overlap=RefreshStream(device, overlap), phases=Phases(device, sync=t.profile),
               counter=EncodeCounter(n), optim=optim)
-    return Trainer(cfg=cfg, out_dir=out_dir, env=env, graph=graph, split=split, run=run,
+    if task is not None:
+        from fastleading.trainer.link import LinkRun
+
+        run = LinkRun.from_run(run, task)
+    return Trainer(cfg=cfg, out_dir=out_dir, env=env, graph=graph, split=split, run=run, task=task,
                    refresh_order=RefreshOrder(n, t.seed) if leading else None,
                    refresh_size=refresh_batch_size(cfg, n, len(split.train), env.world_size) if leading else 0,
                    progress=Progress(), quiet=quiet)
@@ -151,6 +162,8 @@ def evaluate(tr: Trainer) -> tuple[dict[str, float], int]:
     with run.phases("eval-propagate"):
         logits, progress.eval_solution, iters = full_graph_logits(
             run.model, emb, tr.graph.rowptr.to(run.device), tr.graph.col.to(run.device), tr.cfg, run.precision, x0)
+    if tr.task is not None:
+        return tr.task.metrics(run.model, logits), iters
     return accuracies(logits, run.labels, tr.split), iters
 
 
@@ -189,7 +202,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
     log = MetricsLog(out_dir / "metrics.jsonl", resumed_from)
-    step_fn = STEPS[t.method]
+    step_fn = tr.task.step if tr.task is not None else STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
     profiler = StepProfiler(out_dir, t.profile and is_main())
@@ -278,7 +291,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     summary = {
         "method": t.method, "dataset": cfg.data.dataset, "model": cfg.model.name,
         "split": cfg.data.split or tr.graph.default_split,
-        "best_valid_acc": best["valid"], "test_acc": best["test"], "best_epoch": best["epoch"],
+        **({"best_valid_acc": best["valid"], "test_acc": best["test"]} if tr.task is None
+           else tr.task.summary_fields(best)),
+        "best_epoch": best["epoch"],
         "epochs": round(n_epochs, 4), "steps": run.step,
         **encode_rates(run.counter, len(tr.split.train), tr.graph.num_nodes, n_epochs),
         "refresh_batch_size": tr.refresh_size,

@@ -39,3 +39,22 @@ class NodeClassifier(nn.Module):
         if self.predict_first:
             return spread(self.head(x_in))
         return self.head(spread(x_in))
+
+
+class LinkPredictor(NodeClassifier):
+    """:class:`NodeClassifier` whose head maps to ``model.link_dim``-wide node representations
+    (propagated like logits), plus the pair decoder (``model.link_decoder``)."""
+
+    def __init__(self, cfg: Config, num_nodes: int, history_dtype: torch.dtype):
+        super().__init__(cfg, num_nodes, cfg.model.link_dim, history_dtype)
+        from fastleading.linkdecoder import LinkDecoder
+
+        self.decoder = LinkDecoder(cfg.model.link_decoder, cfg.model.link_dim, cfg.model.head_hidden,
+                                   cfg.model.head_dropout)
+
+
+def build_model(cfg: Config, num_nodes: int, num_classes: int, history_dtype: torch.dtype) -> NodeClassifier:
+    """The model of ``cfg.train.task``: a :class:`NodeClassifier`, or a :class:`LinkPredictor`."""
+    if cfg.train.task == "link":
+        return LinkPredictor(cfg, num_nodes, history_dtype)
+    return NodeClassifier(cfg, num_nodes, num_classes, history_dtype)

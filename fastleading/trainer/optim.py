@@ -38,9 +38,12 @@ def lr_lambda(cfg: Config, total_steps: int):
 
 
 def param_groups(model, cfg: Config) -> list[dict]:
-    """The LM's trainable parameters at ``train.lr_lm``, the head's at ``train.lr_head``."""
+    """The LM's trainable parameters at ``train.lr_lm``, the head's (and a link decoder's) at ``train.lr_head``."""
     lm = [p for p in model.encoder.parameters() if p.requires_grad]
-    return [{"params": lm, "lr": cfg.train.lr_lm}, {"params": list(model.head.parameters()), "lr": cfg.train.lr_head}]
+    head = list(model.head.parameters())
+    if getattr(model, "decoder", None) is not None:
+        head += list(model.decoder.parameters())
+    return [{"params": lm, "lr": cfg.train.lr_lm}, {"params": head, "lr": cfg.train.lr_head}]
 
 
 class Optimization:

@@ -1,0 +1,178 @@
+"""LEADING for link prediction (``train.task=link``): the loop's task hooks and the link run.
+
+A step takes a batch of training edges ``(s, t)`` and ``train.link_negatives`` random pairs
+``(s, t')`` per edge. The distinct endpoints of all of them are the step's targets: encoded
+with gradient, their neighbours read from the bank, propagated by the implicit APPNP,
+exactly :func:`fastleading.trainer.steps.leading_step` (and ``coupled_step`` /
+``supervised_step`` for the baselines) with two task hooks of :class:`LinkRun`:
+
+* ``sample``: the targets' neighbourhood is sampled on the TRAINING graph (the dataset's
+  graph without any validation / test edge, :func:`fastleading.data.link_split.training_graph`),
+  and this batch's own training edges are dropped from the sampled CSR, both directions
+  (:class:`EdgeDroppingSampler`); the full-graph normalisation ``D̃^{-1/2}`` of their endpoints
+  is corrected for the dropped edges, so not even their degree tells the model about them;
+* ``loss``: the decoder (:class:`fastleading.linkdecoder.LinkDecoder`) scores the pairs from the
+  targets' propagated representations; binary cross-entropy, ``mean over positives + mean over
+  negatives`` (OGB's ogbl-citation2 example).
+
+Evaluation (:func:`link_metrics_of`): every node encoded without gradient, the head and the
+propagation over the training graph (:func:`fastleading.trainer.evaluate.full_graph_logits`,
+LEADING at its fixed point), then every validation / test edge scored against its fixed
+negatives: AUC, MRR and Hits@K (:mod:`fastleading.linkmetrics`). Nothing of size ``N x N``;
+the step allocates nothing ``[N]``-sized and reads nothing back from the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fastleading import transfer
+from fastleading.config import Config
+from fastleading.data.link_split import LinkSplit, drop_edges, load_link_split, sample_negatives, training_graph
+from fastleading.data.tag import Split
+from fastleading.errors import FastleadingError
+from fastleading.linkdecoder import score_pairs
+from fastleading.linkmetrics import link_metrics
+from fastleading.trainer.steps import STEPS, Run, Subgraph
+
+
+@dataclass
+class LinkBatch:
+    """One step's pairs in local target ids (on the run's device)."""
+
+    pos_src: torch.Tensor     # [B]
+    pos_dst: torch.Tensor     # [B]
+    neg_dst: torch.Tensor     # [B, k] (the negatives share the positive's source)
+
+
+class EdgeDroppingSampler:
+    """Wraps a :class:`fastleading.sampler.NeighborSampler`: each sample drops the pairs set in
+    :attr:`drop` (local ids of the targets, which come first in every sample) from the
+    sampled CSR, and records how many edges each local node lost (:attr:`removed`)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.drop: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.removed: torch.Tensor | None = None  # int64 [n] of the last sample, on the CPU
+
+    def __getattr__(self, name):  # everything else (rowptr, col, fanouts, ...) is the inner sampler's
+        return getattr(self.inner, name)
+
+    def sample(self, targets, seed: int):
+        sub = self.inner.sample(targets, seed)
+        if self.drop is None:
+            self.removed = None
+            return sub
+        rowptr, col, keep = drop_edges(sub.rowptr, sub.col, *self.drop)
+        self.removed = (sub.rowptr[1:] - sub.rowptr[:-1]) - (rowptr[1:] - rowptr[:-1])
+        changes = {"rowptr": rowptr, "col": col}
+        for f in dataclasses.fields(sub):  # any other per-edge array goes with its edges
+            value = getattr(sub, f.name)
+            if f.name not in changes and isinstance(value, torch.Tensor) and value.shape[:1] == sub.col.shape:
+                changes[f.name] = value[keep] if keep is not None else value
+        return dataclasses.replace(sub, **changes)
+
+
+@dataclass
+class LinkRun(Run):
+    """A :class:`Run` whose targets are a batch's endpoints (see the module docstring)."""
+
+    link: "LinkTask | None" = None
+    batch: LinkBatch | None = None
+
+    @classmethod
+    def from_run(cls, run: Run, task: "LinkTask") -> "LinkRun":
+        fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(Run)}
+        if fields["sampler"] is not None:
+            fields["sampler"] = EdgeDroppingSampler(fields["sampler"])
+        return cls(**fields, link=task)
+
+    def begin_batch(self, edge_ids: torch.Tensor) -> torch.Tensor:
+        """Set up the step of training edges ``edge_ids`` (CPU); returns its targets (CPU):
+        the distinct endpoints of the edges and of their seeded negatives."""
+        train = self.link.split.train
+        src, dst = train[0, edge_ids], train[1, edge_ids]
+        k = self.cfg.train.link_negatives
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step + 500_009)
+        neg = sample_negatives(self.link.num_nodes, src, k, g)
+        targets, local = torch.unique(torch.cat([src, dst, neg.reshape(-1)]), return_inverse=True)
+        b = len(src)
+        pos_src, pos_dst, neg_dst = local[:b], local[b:2 * b], local[2 * b:].view(b, k)
+        if isinstance(self.sampler, EdgeDroppingSampler):
+            self.sampler.drop = (pos_src, pos_dst)
+        self.batch = LinkBatch(*(transfer.to_device(t, self.device) for t in (pos_src, pos_dst, neg_dst)))
+        return targets
+
+    def sample(self, targets: torch.Tensor) -> Subgraph:
+        sub = super().sample(targets)
+        removed = getattr(self.sampler, "removed", None)
+        if isinstance(sub.dinv, torch.Tensor) and removed is not None:
+            # the full-graph degree of a dropped edge's endpoints, less the dropped edges
+            deg = torch.round(sub.dinv.double().pow(-2)) - transfer.to_device(removed, self.device).double()
+            sub = dataclasses.replace(sub, dinv=deg.rsqrt().to(sub.dinv.dtype))
+        return sub
+
+    def loss(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of the batch's pairs, scored from the targets' rows ``z``."""
+        b, decoder = self.batch, self.model.decoder
+        z = z.float()
+        zs = z[b.pos_src]
+        pos = decoder(zs, z[b.pos_dst])
+        neg = decoder(zs[:, None, :], z[b.neg_dst])
+        return F.softplus(-pos).mean() + F.softplus(neg).mean()
+
+
+@dataclass
+class LinkTask:
+    """What the loop needs for ``train.task=link``: the split, the step, the metrics."""
+
+    cfg: Config
+    split: LinkSplit
+    num_nodes: int
+
+    def step(self, run: LinkRun, edge_ids: torch.Tensor, refresh_ids: torch.Tensor | None) -> torch.Tensor:
+        return STEPS[self.cfg.train.method](run, run.begin_batch(edge_ids), refresh_ids)
+
+    def metrics(self, model, z: torch.Tensor) -> dict[str, float]:
+        return link_metrics_of(model, z, self.split, self.cfg)
+
+    def summary_fields(self, best: dict) -> dict:
+        out = {"task": "link", "split": self.split.name, "link_split": self.split.sizes(),
+               "best_valid": best["valid"], "best_valid_auc": best["valid_auc"], "best_valid_mrr": best["valid_mrr"],
+               "test_auc": best["test_auc"], "test_mrr": best["test_mrr"]}
+        out.update({k: v for k, v in best.items() if k.startswith("test_hits@")})
+        return out
+
+
+def link_metrics_of(model, z: torch.Tensor, split: LinkSplit, cfg: Config) -> dict[str, float]:
+    """``{"valid", "test"}`` (the ``train.link_select`` metric) and ``valid_*`` / ``test_*`` AUC,
+    MRR and Hits@K of node representations ``z [N, D]`` under ``model.decoder``."""
+    out = {}
+    for name, pos, neg in (("valid", split.valid, split.valid_neg), ("test", split.test, split.test_neg)):
+        p = score_pairs(model.decoder, z, pos[0], pos[1])
+        n = score_pairs(model.decoder, z, pos[0], neg)
+        for key, value in link_metrics(p, n, cfg.train.link_hits).items():
+            out[f"{name}_{key}"] = value
+    sel = cfg.train.link_select
+    out["valid"], out["test"] = out[f"valid_{sel}"], out[f"test_{sel}"]
+    return out
+
+
+def link_task(cfg: Config, graph) -> tuple[object, Split, LinkTask]:
+    """(the graph with its CSR replaced by the training graph, the loop's items: training /
+    validation / test EDGE ids, the task)."""
+    if cfg.train.deepspeed:
+        raise FastleadingError("config key 'train.deepspeed': not supported with train.task=link")
+    if cfg.model.subgraph_norm not in ("full-graph", "subgraph"):
+        raise FastleadingError(f"config key 'model.subgraph_norm': train.task=link supports full-graph or subgraph, "
+                               f"got {cfg.model.subgraph_norm!r}")
+    split = load_link_split(cfg, graph)
+    view = copy.copy(graph)
+    view.rowptr, view.col = training_graph(graph.rowptr, graph.col, split)
+    items = Split(*(torch.arange(e.shape[1]) for e in (split.train, split.valid, split.test)))
+    return view, items, LinkTask(cfg, split, graph.num_nodes)

@@ -1,0 +1,230 @@
+"""Link prediction: the edge split, the training graph, no label leakage in a step or in the
+training graph, the evaluation against a brute-force reference, and runs end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastleading.config import Config, apply_overrides
+from fastleading.data import load_dataset
+from fastleading.data.link_split import drop_edges, random_link_split, training_graph
+from fastleading.errors import FastleadingError
+from fastleading.linkdecoder import LinkDecoder, score_pairs
+from fastleading.trainer import evaluate as evaluate_module
+from fastleading.trainer.link import link_metrics_of
+from fastleading.trainer.loop import build_trainer, train
+
+from tiny_models import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "bert", "bert", hidden=32)
+
+
+def link_config(model: str, cache: Path, *overrides: str) -> Config:
+    return apply_overrides(Config(), [
+        f"model.name={model}", f"data.cache_dir={cache}", "data.synthetic_nodes=150", "data.synthetic_words=10",
+        "data.max_length=12", "train.batch_size=16", "train.epochs=1", "train.eval_batch_size=128",
+        "train.log_every=1", "model.head_hidden=16", "model.link_dim=8", "train.task=link",
+        "data.link_eval_negatives=20", *overrides])
+
+
+def edge_set(rowptr, col):
+    rows = torch.repeat_interleave(torch.arange(len(rowptr) - 1), rowptr[1:] - rowptr[:-1])
+    return set(zip(rows.tolist(), col.long().tolist()))
+
+
+def toy_graph(seed=0, n=60, m=200):
+    from fastleading.graph import build_csr
+
+    g = torch.Generator().manual_seed(seed)
+    return build_csr(torch.randint(0, n, (m,), generator=g), torch.randint(0, n, (m,), generator=g), n)
+
+
+# ----------------------------------------------------------------------------- split
+@pytest.mark.parametrize("ratios", ["10/30/60", "85/5/10"])
+def test_random_split_partitions_the_edges_and_draws_fixed_non_edge_negatives(ratios):
+    rowptr, col = toy_graph()
+    edges = {(u, v) for u, v in edge_set(rowptr, col) if u < v}
+    split = random_link_split(rowptr, col, ratios, seed=3, num_negatives=7)
+    parts = [set(zip(*e.tolist())) for e in (split.train, split.valid, split.test)]
+    assert sum(len(p) for p in parts) == len(edges) and set().union(*parts) == edges  # a partition
+    fr = [float(r) / 100 for r in ratios.split("/")]
+    assert abs(len(parts[0]) - fr[0] * len(edges)) <= 1 and abs(len(parts[1]) - fr[1] * len(edges)) <= 1
+    both = edges | {(v, u) for u, v in edges}
+    for pos, neg in ((split.valid, split.valid_neg), (split.test, split.test_neg)):
+        assert neg.shape == (pos.shape[1], 7)
+        for s, row in zip(pos[0].tolist(), neg.tolist()):
+            assert all(t != s and (s, t) not in both for t in row)
+    again = random_link_split(rowptr, col, ratios, seed=3, num_negatives=7)
+    assert all(torch.equal(getattr(split, k), getattr(again, k)) for k in ("train", "valid", "test", "test_neg"))
+    other = random_link_split(rowptr, col, ratios, seed=4, num_negatives=7)
+    assert not torch.equal(split.train, other.train)
+
+
+def test_training_graph_is_the_training_edges_both_ways():
+    rowptr, col = toy_graph(1)
+    split = random_link_split(rowptr, col, "10/30/60", seed=0, num_negatives=3)
+    t_rowptr, t_col = training_graph(rowptr, col, split)
+    expect = {(u, v) for u, v in zip(*split.train.tolist())}
+    expect |= {(v, u) for u, v in expect}
+    assert edge_set(t_rowptr, t_col) == expect
+    assert t_col.dtype == col.dtype
+
+
+def test_drop_edges_matches_a_set_reference():
+    rowptr, col = toy_graph(2)
+    pairs = torch.tensor([[0, 5, 7, 59], [1, 9, 7, 3]])
+    new_rowptr, new_col, keep = drop_edges(rowptr, col, pairs[0], pairs[1])
+    drop = {(u, v) for u, v in zip(*pairs.tolist())} | {(v, u) for u, v in zip(*pairs.tolist())}
+    assert edge_set(new_rowptr, new_col) == edge_set(rowptr, col) - drop
+    assert int(keep.sum()) == len(new_col)
+
+
+def test_bad_link_split_is_one_line_naming_the_field():
+    for bad in ("1/2", "50/50/10", "a/b/c", "0/50/50"):
+        with pytest.raises(FastleadingError, match="data.link_split"):
+            apply_overrides(Config(), [f"data.link_split={bad}"])
+
+
+# ----------------------------------------------------------------------------- no leakage
+def capture_propagations(tr, monkeypatch):
+    """Every (node_ids, rowptr, col, dinv) the model propagates over in training steps."""
+    seen = []
+    real = type(tr.run.model).classify
+
+    def spy(self, x_in, rowptr, col, node_ids, implicit, num_iters, dinv=None):
+        seen.append((node_ids.cpu(), rowptr.cpu(), col.cpu(), None if dinv is None else dinv.cpu()))
+        return real(self, x_in, rowptr, col, node_ids, implicit, num_iters, dinv)
+
+    monkeypatch.setattr(type(tr.run.model), "classify", spy)
+    return seen
+
+
+def global_edges(node_ids, rowptr, col):
+    return {(int(node_ids[u]), int(node_ids[v])) for u, v in edge_set(rowptr, col)}
+
+
+@pytest.mark.parametrize("method", ["leading", "coupled"])
+def test_a_step_never_sees_its_own_training_edges(tiny_bert, tmp_path, monkeypatch, method):
+    # fanout above every degree: the sampled subgraph holds every training-graph edge among the
+    # targets, so without the drop each positive edge of the batch WOULD be in it (checked below)
+    cfg = link_config(tiny_bert, tmp_path / "c", f"train.method={method}", "train.fanouts=1000",
+                      "train.link_negatives=2")
+    tr = build_trainer(cfg, tmp_path / "run")
+    seen = capture_propagations(tr, monkeypatch)
+    run, task = tr.run, tr.task
+    edge_ids = torch.arange(10)
+    targets = run.begin_batch(edge_ids)
+    batch = {(int(u), int(v)) for u, v in zip(*task.split.train[:, edge_ids].tolist())}
+    undropped = run.sampler.inner.sample(targets, seed=cfg.train.seed * 1_000_003 + run.step)
+    before = global_edges(undropped.node_ids, undropped.rowptr, undropped.col)
+    assert all((u, v) in before and (v, u) in before for u, v in batch)  # the test can fail
+    loss = task.step(run, edge_ids, None)
+    assert torch.isfinite(loss)
+    node_ids, rowptr, col, dinv = seen[-1]
+    after = global_edges(node_ids, rowptr, col)
+    assert after == before - batch - {(v, u) for u, v in batch}
+    assert set(node_ids[:len(targets)].tolist()) == set(targets.tolist())
+    # the normalisation: training-graph degree less this batch's edges, as if they did not exist
+    deg = (tr.graph.rowptr[1:] - tr.graph.rowptr[:-1])[node_ids].double()
+    lost = torch.zeros(len(node_ids), dtype=torch.float64)
+    for u, v in batch:
+        lost[(node_ids == u).nonzero()] += 1
+        lost[(node_ids == v).nonzero()] += 1
+    torch.testing.assert_close(dinv.double(), (deg - lost + 1).rsqrt(), rtol=1e-6, atol=0)
+
+
+def test_validation_and_test_edges_are_never_in_the_training_graph(tiny_bert, tmp_path, monkeypatch):
+    cfg = link_config(tiny_bert, tmp_path / "c", "train.fanouts=1000")
+    tr = build_trainer(cfg, tmp_path / "run")
+    split = tr.task.split
+    held_out = {(u, v) for u, v in zip(*torch.cat([split.valid, split.test], 1).tolist())}
+    held_out |= {(v, u) for u, v in held_out}
+    full = load_dataset(cfg.data)
+    assert held_out <= edge_set(full.rowptr, full.col)  # they are edges of the dataset
+    train_graph = edge_set(tr.graph.rowptr, tr.graph.col)
+    assert not held_out & train_graph and len(train_graph) == 2 * split.train.shape[1]
+    assert tr.run.sampler.inner.rowptr is tr.graph.rowptr  # sampling reads the training graph
+    seen = capture_propagations(tr, monkeypatch)
+    eval_graphs = []
+    real = evaluate_module.solve_appnp
+
+    def spy_solve(x, rowptr, col, *a, **k):
+        eval_graphs.append(edge_set(rowptr.cpu(), col.cpu()))
+        return real(x, rowptr, col, *a, **k)
+
+    monkeypatch.setattr(evaluate_module, "solve_appnp", spy_solve)
+    train(cfg, tmp_path / "run", quiet=True)
+    assert len(seen) >= 7 and eval_graphs
+    for node_ids, rowptr, col, _ in seen:
+        assert not global_edges(node_ids, rowptr, col) & held_out
+    assert all(g == train_graph for g in eval_graphs)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("kind", ["dot", "mlp"])
+def test_link_metrics_of_match_a_brute_force_reference(kind, monkeypatch):
+    import fastleading.linkdecoder as linkdecoder
+
+    monkeypatch.setattr(linkdecoder, "SCORE_CHUNK", 7)  # several chunks
+    torch.manual_seed(0)
+    z = torch.randn(30, 4)
+    split = random_link_split(*toy_graph(3, n=30, m=80), "60/20/20", seed=0, num_negatives=5)
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = LinkDecoder(kind, 4, hidden=8)
+
+    model = M()
+    cfg = apply_overrides(Config(), ["train.link_hits=1,3", "train.link_select=auc"])
+    got = link_metrics_of(model, z, split, cfg)
+    model.eval()
+    for name, pos, neg in (("valid", split.valid, split.valid_neg), ("test", split.test, split.test_neg)):
+        with torch.no_grad():
+            p = [float(model.decoder(z[s], z[t])) for s, t in zip(*pos.tolist())]
+            n = [[float(model.decoder(z[s], z[t])) for t in row] for s, row in zip(pos[0].tolist(), neg.tolist())]
+        ranks = [1 + 0.5 * (sum(x > a for x in row) + sum(x >= a for x in row)) for a, row in zip(p, n)]
+        flat = [x for row in n for x in row]
+        auc = sum(1.0 if a > x else 0.5 if a == x else 0.0 for a in p for x in flat) / (len(p) * len(flat))
+        assert got[f"{name}_auc"] == pytest.approx(auc, abs=1e-6)
+        assert got[f"{name}_mrr"] == pytest.approx(sum(1 / r for r in ranks) / len(ranks), abs=1e-6)
+        for k in (1, 3):
+            assert got[f"{name}_hits@{k}"] == pytest.approx(sum(r <= k for r in ranks) / len(ranks))
+    assert got["valid"] == got["valid_auc"] and got["test"] == got["test_auc"]
+    # score_pairs in chunks equals one decoder call
+    torch.testing.assert_close(score_pairs(model.decoder, z, split.test[0], split.test_neg),
+                               model.decoder(z[split.test[0]][:, None], z[split.test_neg]).detach())
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("method", ["leading", "supervised"])
+def test_link_runs_write_link_summaries(tiny_bert, tmp_path, method):
+    cfg = link_config(tiny_bert, tmp_path / "c", f"train.method={method}", "data.link_split=10/30/60",
+                      "model.link_decoder=mlp")
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["task"] == "link" and on_disk["split"] == "10/30/60-seed0"
+    for key in ("best_valid_auc", "best_valid_mrr", "test_auc", "test_mrr", "test_hits@10", "test_hits@100"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["best_valid"] == summary["best_valid_mrr"]
+    sizes = summary["link_split"]
+    assert sizes["negatives_per_positive"] == 20 and sizes["train"] < sizes["valid"] < sizes["test"]
+    assert summary["steps"] == -(-sizes["train"] // 16)
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_cli_train_task_link(tiny_bert, tmp_path, capsys):
+    from fastleading.cli import main
+
+    rc = main(["train", "--task", "link", "--quiet", "--out", str(tmp_path / "run"), f"model.name={tiny_bert}",
+               f"data.cache_dir={tmp_path / 'c'}", "data.synthetic_nodes=120", "data.max_length=12",
+               "train.batch_size=32", "train.epochs=1", "model.head_hidden=16", "model.link_dim=8",
+               "data.link_eval_negatives=10"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "link prediction on synthetic: best valid AUC" in out and "MRR" in out
