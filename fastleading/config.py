@@ -91,9 +91,12 @@ class ModelConfig:
                          "conjugate-gradient iterations towards model.eval_tol).")
     eval_tol: float = _f(1e-4, "Full-graph evaluation of LEADING: solve the fixed point by conjugate gradient "
                          "until each column's relative residual is below this (warm-started from the last evaluation).")
-    subgraph_norm: str = _f("full-graph", "Degrees that normalise Â on a sampled subgraph: the full graph's "
-                            "(training sees the operator evaluation uses) or the subgraph's own.",
-                            ("full-graph", "subgraph"))
+    subgraph_norm: str = _f("full-graph", "Normalisation of Â on a sampled subgraph: the full graph's degrees "
+                            "(training sees the operator evaluation uses, a row keeps only its sampled share of "
+                            "neighbours), 'weighted' (full graph's degrees and each drawn message weighted by "
+                            "degree / draws: an unbiased estimate of the full-graph row; non-symmetric, the "
+                            "backward applies the transpose) or the subgraph's own degrees.",
+                            ("full-graph", "weighted", "subgraph"))
     gnn: str = _f("gcn", "Downstream / shallow GNN (revgat, gamlp: the paper's ogbn-arxiv / ogbn-products models).",
                   ("gcn", "gat", "sage", "appnp", "mlp", "revgat", "gamlp"))
     gnn_layers: int = _f(3, "revgat: reversible GAT blocks; gamlp: layers of each of its MLPs.")
@@ -328,6 +331,10 @@ def validate(cfg: Config) -> None:
         parse_ratios(d.link_split)
     if t.encode_token_budget < 0:
         raise FastleadingError(f"config key 'train.encode_token_budget': expected >= 0, got {t.encode_token_budget}")
+    if m.subgraph_norm == "weighted" and t.task == "link":
+        # the link step drops its batch's edges from the symmetric sampled CSR, not from the draws
+        raise FastleadingError("config key 'model.subgraph_norm': 'weighted' is not supported with train.task=link "
+                               "(use full-graph)")
 
 
 def field_help(cls) -> dict[str, str]:

@@ -2,10 +2,15 @@
 the explicit (unrolled) APPNP of the coupled baseline, and the prediction head.
 
 The propagation operator is ``Â = D̃^{-1/2}(A+I)D̃^{-1/2}`` with ``D̃ = D + I``; one step
-``X <- (1-a) Â X + a X_in`` is :func:`fastleading.ops.appnp_step` (Triton on CUDA).
+``X <- (1-a) Â X + a X_in`` is :func:`fastleading.ops.appnp_step` (Triton on CUDA). On a
+sampled subgraph the normalisation ``dinv`` may instead be an :class:`ImportanceNorm`: the
+importance-weighted, non-symmetric operator ``Ã`` of ``model.subgraph_norm=weighted``, whose
+backward passes apply ``Ãᵀ``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -14,25 +19,110 @@ from fastleading import ops
 from fastleading.distributed import allgather_rows, is_distributed
 
 
+@dataclass(frozen=True)
+class ImportanceNorm:
+    """The normalisation of an importance-weighted sampled operator (``model.subgraph_norm=weighted``).
+
+    With the CSR ``C`` passed as ``rowptr/col`` (who drew whom, :class:`fastleading.sampler.Draws`),
+    the full graph's ``d = dinv`` and the row weights ``w`` (``deg_i / draws_i``)::
+
+        Ã = D⁻¹ + W D^{-1/2} C D^{-1/2},   D⁻¹ = diag(d²) (the self loop), W = diag(w)
+
+    so row ``i`` is ``d_i² x_i + w_i Σ_{j∈C_i} d_i d_j x_j``, whose mean over the draws is the
+    full-graph row of ``Â`` for a node that drew its neighbours (exactly it when all were drawn).
+    ``Ã`` is not symmetric: backward passes apply ``Ãᵀ = D⁻¹ + D^{-1/2} Cᵀ D^{-1/2} W`` with
+    ``Cᵀ = (rowptr_t, col_t)``. Both run on the fused APPNP step ``K_C x = (D⁻¹ + D^{-1/2} C
+    D^{-1/2}) x`` (Triton on CUDA, native C++ on CPU) plus per-row scales::
+
+        Ã x = W K_C x + (1-W) D⁻¹ x,      Ãᵀ g = K_{Cᵀ}(W g) + (1-W) D⁻¹ g
+
+    Attributes (all ``[n]`` or CSR over the subgraph's local ids, on the features' device):
+        dinv: the full graph's ``1/sqrt(deg+1)`` of the subgraph's nodes (fp32; float64 for
+            float64 features).
+        weight: ``w`` (same dtype rules).
+        rowptr_t, col_t: ``Cᵀ``.
+    """
+
+    dinv: torch.Tensor
+    weight: torch.Tensor
+    rowptr_t: torch.Tensor
+    col_t: torch.Tensor
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.dinv, self.weight, self.rowptr_t, self.col_t
+
+
+def weighted_iterate(rowptr: torch.Tensor, col: torch.Tensor, norm: ImportanceNorm, x0: torch.Tensor,
+                     x_in: torch.Tensor, alpha: float, num_iters: int, transpose: bool = False) -> torch.Tensor:
+    """``num_iters`` steps of ``X <- (1-a) Ã X + a X_in`` from ``x0`` (``Ãᵀ`` when ``transpose``),
+    ``Ã`` the importance-weighted operator of ``rowptr/col`` and ``norm``. Runs in the
+    accumulation dtype (fp32, float64 for float64) and returns a new tensor of x0's dtype."""
+    if num_iters < 0:
+        raise ValueError(f"num_iters must be >= 0, got {num_iters}")
+    if num_iters == 0:
+        return x0.clone()
+    acc = ops.accumulation_dtype(x0)
+    dinv = norm.dinv.to(acc).contiguous()
+    w = norm.weight.to(acc)[:, None]
+    keep = (1.0 - w) * (1.0 - alpha) * dinv[:, None].square()  # (1-a)(1-W)D⁻¹, [n, 1]
+    x_in = x_in.to(acc).contiguous()
+    x = x0.to(acc)
+    if transpose:
+        graph = (norm.rowptr_t, norm.col_t)
+        scaled = torch.empty(x.shape, dtype=acc, device=x.device)
+    else:
+        graph = (rowptr, col)
+        bias = (1.0 - w) * alpha * x_in  # with W (1-a K x + a x_in) it makes a x_in in every row
+    buffers = [torch.empty(x.shape, dtype=acc, device=x.device) for _ in range(min(num_iters, 2))]
+    for it in range(num_iters):
+        out = buffers[it % 2]
+        if transpose:  # (1-a) K_{Cᵀ}(W x) + a x_in + (1-a)(1-W) D⁻¹ x
+            ops.appnp_step(*graph, torch.mul(w, x, out=scaled), x_in, alpha, dinv, out=out)
+            out.addcmul_(keep, x)
+        else:  # W ((1-a) K_C x + a x_in) + (1-a)(1-W) D⁻¹ x + (1-W) a x_in
+            ops.appnp_step(*graph, x, x_in, alpha, dinv, out=out)
+            out.mul_(w).addcmul_(keep, x).add_(bias)
+        x = out
+    return x.to(x0.dtype)
+
+
+def _iterate(rowptr, col, norm, x0, x_in, alpha: float, num_iters: int, transpose: bool = False):
+    """APPNP iterations with ``Â`` (``norm``: a ``dinv`` tensor; symmetric, so ``transpose`` is
+    the same) or with the importance-weighted ``Ã`` (``norm``: an :class:`ImportanceNorm`)."""
+    if isinstance(norm, ImportanceNorm):
+        return weighted_iterate(rowptr, col, norm, x0, x_in, alpha, num_iters, transpose)
+    return ops.appnp_iterate(rowptr, col, x0, x_in, alpha, num_iters, norm)
+
+
+def _saved_norm(norm) -> tuple[torch.Tensor, ...]:
+    return norm.tensors() if isinstance(norm, ImportanceNorm) else (norm,)
+
+
+def _restored_norm(saved: tuple[torch.Tensor, ...]):
+    return ImportanceNorm(*saved) if len(saved) > 1 else saved[0]
+
+
 class _ImplicitAPPNPFunction(torch.autograd.Function):
     """Forward: L warm-started iterations towards ``X* = a (I-(1-a)Â)^{-1} X_in`` (eqs. 4-5).
-    Backward: L warm-started iterations of ``G = (1-a) Â G + a dL/dX`` (eqs. 6-7), whose fixed
-    point is the exact implicit gradient ``a (I-(1-a)Â)^{-T} dL/dX*`` (Â is symmetric).
+    Backward: L warm-started iterations of ``G = (1-a) Âᵀ G + a dL/dX`` (eqs. 6-7), whose fixed
+    point is the exact implicit gradient ``a (I-(1-a)Â)^{-T} dL/dX*`` (``Âᵀ = Â`` for a ``dinv``
+    tensor; the importance-weighted ``Ã`` of an :class:`ImportanceNorm` needs its transpose).
     Nothing but the graph is saved for backward: memory does not grow with L."""
 
     @staticmethod
     def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: "ImplicitAPPNP"):
         stored = layer.x_history[node_ids]
         x0 = stored.to(x_in.dtype)                                             # eq. 4: X_0^k = X_L^{k-1}
-        x = ops.appnp_iterate(rowptr, col, x0, x_in, layer.alpha, layer.num_iters, dinv)  # eq. 5
+        x = _iterate(rowptr, col, dinv, x0, x_in, layer.alpha, layer.num_iters)  # eq. 5
         _write_finite_rows(layer.x_history, node_ids, x.detach(), previous=stored)
-        ctx.save_for_backward(rowptr, col, dinv, node_ids)
+        ctx.save_for_backward(rowptr, col, node_ids, *_saved_norm(dinv))
         ctx.layer = layer
         return x
 
     @staticmethod
     def backward(ctx, grad_out):
-        rowptr, col, dinv, node_ids = ctx.saved_tensors
+        rowptr, col, node_ids, *norm = ctx.saved_tensors
+        dinv = _restored_norm(norm)
         layer = ctx.layer
         grad_out = grad_out.contiguous()
         # grad_out carries layer.grad_scale x dL/dX of the unscaled mean loss; the history is
@@ -42,7 +132,7 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
             g0 = layer.g_history[node_ids].to(grad_out.dtype) * scale        # eq. 6: G_L^k = G_0^{k-1}
         else:
             g0 = torch.zeros_like(grad_out)
-        g = ops.appnp_iterate(rowptr, col, g0, grad_out, layer.alpha, layer.num_iters, dinv)  # eq. 7
+        g = _iterate(rowptr, col, dinv, g0, grad_out, layer.alpha, layer.num_iters, transpose=True)  # eq. 7
         _write_finite_rows(layer.g_history, node_ids, g.detach() / scale)
         layer.sync_histories(node_ids)
         return g, None, None, None, None, None
@@ -73,8 +163,10 @@ class ImplicitAPPNP(nn.Module):
             in mini-batch training is another batch's: after L steps a share of about
             ``(1-a)^L`` of it stays in this step's gradient (like momentum).
 
-    ``forward(x_in [n, C], rowptr, col, node_ids [n])`` propagates over the subgraph whose CSR
-    (local ids) is ``rowptr/col`` and whose node ``i`` is global node ``node_ids[i]``.
+    ``forward(x_in [n, C], rowptr, col, node_ids [n], dinv)`` propagates over the subgraph whose
+    CSR (local ids) is ``rowptr/col`` and whose node ``i`` is global node ``node_ids[i]``;
+    ``dinv`` normalises ``Â`` (the subgraph's own degrees when None), or is an
+    :class:`ImportanceNorm` (the importance-weighted ``Ã``, with ``rowptr/col`` who drew whom).
 
     The histories are ``[N, C]`` buffers that are not part of ``state_dict()`` (a trained
     model does not need them): checkpoints store them through :meth:`histories_state`. Only
@@ -97,7 +189,7 @@ class ImplicitAPPNP(nn.Module):
         self.grad_scale: float | torch.Tensor = 1.0
 
     def forward(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor,
-                node_ids: torch.Tensor, dinv: torch.Tensor | None = None) -> torch.Tensor:
+                node_ids: torch.Tensor, dinv: torch.Tensor | ImportanceNorm | None = None) -> torch.Tensor:
         if dinv is None:
             dinv = ops.gcn_dinv(rowptr, ops.accumulation_dtype(x_in))
         return _ImplicitAPPNPFunction.apply(x_in.contiguous(), rowptr, col, dinv, node_ids, self)
@@ -150,17 +242,38 @@ class _APPNPStepFunction(torch.autograd.Function):
         return grad_x, ctx.alpha * g, None, None, None, None
 
 
+class _WeightedStepFunction(torch.autograd.Function):
+    """One differentiable step with the importance-weighted ``Ã``: d/dx = (1-a) Ãᵀ g, d/dx_in = a g."""
+
+    @staticmethod
+    def forward(ctx, x, x_in, rowptr, col, norm: ImportanceNorm, alpha: float):
+        ctx.save_for_backward(rowptr, col, *norm.tensors())
+        ctx.alpha = alpha
+        return weighted_iterate(rowptr, col, norm, x, x_in, alpha, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        rowptr, col, *norm = ctx.saved_tensors
+        grad_x = weighted_iterate(rowptr, col, ImportanceNorm(*norm), g, torch.zeros_like(g), ctx.alpha, 1,
+                                  transpose=True)
+        return grad_x, ctx.alpha * g, None, None, None, None
+
+
 def propagate(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alpha: float, num_iters: int,
-              dinv: torch.Tensor | None = None) -> torch.Tensor:
+              dinv: torch.Tensor | ImportanceNorm | None = None) -> torch.Tensor:
     """Explicit APPNP: ``num_iters`` steps from ``X_0 = X_in``, differentiable by unrolling
-    (the coupled baseline and the shallow GNN); without grad, the full-graph inference solver."""
+    (the coupled baseline and the shallow GNN); without grad, the full-graph inference solver.
+    ``dinv`` as :meth:`ImplicitAPPNP.forward`'s."""
     if dinv is None:
         dinv = ops.gcn_dinv(rowptr, ops.accumulation_dtype(x_in))
     if not torch.is_grad_enabled() or not x_in.requires_grad:
-        return ops.appnp_iterate(rowptr, col, x_in, x_in, alpha, num_iters, dinv)
+        return _iterate(rowptr, col, dinv, x_in, x_in, alpha, num_iters)
     x = x_in
     for _ in range(num_iters):
-        x = _APPNPStepFunction.apply(x, x_in, rowptr, col, dinv, alpha)
+        if isinstance(dinv, ImportanceNorm):
+            x = _WeightedStepFunction.apply(x, x_in, rowptr, col, dinv, alpha)
+        else:
+            x = _APPNPStepFunction.apply(x, x_in, rowptr, col, dinv, alpha)
     return x
 
 
@@ -200,7 +313,7 @@ def solve_appnp(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alp
 
         x = torch.zeros_like(b) if x0 is None else x0[:, cols].to(acc).clone()
         r = b.sub_(matvec(x)) if x0 is not None else b.clone()
-        p = r.clone()
+        p = ops.empty_rows(*r.shape, r.dtype, r.device).copy_(r)  # the gathered operand: rows padded to 64 bytes
         rs = torch.linalg.vector_norm(r, dim=0).square_()
         bound = (tol * tol) * torch.linalg.vector_norm(alpha * x_in[:, cols].to(acc), dim=0).square_()
         iters = 0

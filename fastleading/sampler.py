@@ -5,6 +5,11 @@ At hop h every node first reached at hop h-1 (the targets for h = 1) draws
 fanout is -1). The result is a :class:`SampledSubgraph`: the targets first, then the new
 nodes of hop 1, hop 2, ..., and the sampled edges as a symmetric CSR over local ids.
 
+With ``draws=True`` the subgraph also says who drew whom (:class:`Draws`), for the
+importance-weighted propagation of ``model.subgraph_norm=weighted``: a node ``i`` that drew
+``k_i`` of its ``deg_i`` neighbours weights their messages by ``deg_i / k_i``, an unbiased
+estimate of its full-graph row.
+
 Two backends keep the same contract (the samples themselves differ):
 
 - ``"native"``: C++ (``fastleading._native.sample``) for CPU graphs. The draws of node v at
@@ -30,6 +35,33 @@ BACKENDS = ("auto", "native", "torch")
 
 
 @dataclass(frozen=True)
+class Draws:
+    """Who drew whom in a sampled subgraph (local ids), and the importance weight of each row.
+
+    Attributes:
+        rowptr: int64 ``[n+1]``; col: int64 ``[E']``: the directed CSR ``C``. Row ``i`` of a
+            node that was expanded (reached before the last hop) lists the neighbours it drew
+            itself (a drawn self loop is dropped); row ``i`` of a node of the last hop, which
+            draws nothing, lists the nodes that drew it. Columns sorted within rows.
+        rowptr_t, col_t: ``C^T`` in the same form.
+        weight: float64 ``[n]``: ``deg_i / k_i`` for an expanded node that drew ``k_i`` of its
+            ``deg_i`` full-graph neighbours (1 when all were drawn: the row is exact), and
+            ``deg_i / len(row i)`` for a node of the last hop (a ratio estimate: the nodes that
+            drew it are not a uniform sample of its neighbours); 0 for an empty row.
+
+    The weighted operator of a row ``i`` is then ``dinv_i^2 x_i + weight_i * sum_{j in C_i}
+    dinv_i dinv_j x_j`` with the full graph's ``dinv``: for an expanded row its expectation over
+    the draws is the full-graph row of ``Â`` (see :class:`fastleading.nn.ImportanceNorm`).
+    """
+
+    rowptr: torch.Tensor
+    col: torch.Tensor
+    rowptr_t: torch.Tensor
+    col_t: torch.Tensor
+    weight: torch.Tensor
+
+
+@dataclass(frozen=True)
 class SampledSubgraph:
     """A sampled k-hop neighbourhood.
 
@@ -41,6 +73,8 @@ class SampledSubgraph:
         col: int64 ``[E]`` local ids.
         num_targets: B.
         nodes_per_hop: ``[B, new nodes at hop 1, ..., at hop H]``, summing to n.
+        draws: who drew whom and the rows' importance weights (a sampler made with
+            ``draws=True``), else None.
     """
 
     node_ids: torch.Tensor
@@ -48,6 +82,7 @@ class SampledSubgraph:
     col: torch.Tensor
     num_targets: int
     nodes_per_hop: list[int]
+    draws: Draws | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -71,10 +106,12 @@ class NeighborSampler:
         backend: ``"native"`` (C++, CPU graphs), ``"torch"`` (any device) or ``"auto"``
             (``"torch"`` for a graph on the GPU, else ``"native"``).
         num_threads: threads of the native backend; 0 uses every core.
+        draws: also return who drew whom and the importance weights (:class:`Draws`); the
+            sample itself is the same.
     """
 
     def __init__(self, rowptr: torch.Tensor, col: torch.Tensor, fanouts: Sequence[int],
-                 backend: str = "auto", num_threads: int = 0):
+                 backend: str = "auto", num_threads: int = 0, draws: bool = False):
         if backend not in BACKENDS:
             raise FastleadingError(f"sampler backend: expected one of {BACKENDS}, got {backend!r}")
         fanouts = [int(f) for f in fanouts]
@@ -89,6 +126,7 @@ class NeighborSampler:
         self.fanouts = fanouts
         self.backend = backend
         self.num_threads = num_threads
+        self.draws = bool(draws)
         self.num_nodes = rowptr.numel() - 1
         if backend == "native":
             # Zero-copy views the C++ code reads (tensors and views share memory).
@@ -109,15 +147,28 @@ class NeighborSampler:
 
     def _sample_native(self, targets: torch.Tensor, seed: int) -> SampledSubgraph:
         try:
-            node_ids, rowptr, col, per_hop = _native.sample(
-                self._rowptr_np, self._col_np, np.ascontiguousarray(targets.numpy()), self.fanouts,
-                seed % 2**64, self.num_threads)
+            out = _native.sample(self._rowptr_np, self._col_np, np.ascontiguousarray(targets.numpy()),
+                                 self.fanouts, seed % 2**64, self.num_threads, self.draws)
         except IndexError:
             raise FastleadingError(f"sampler targets: node ids must lie in [0, {self.num_nodes})") from None
         except ValueError:
             raise FastleadingError("sampler targets: a node id appears twice") from None
-        return SampledSubgraph(torch.from_numpy(node_ids), torch.from_numpy(rowptr), torch.from_numpy(col),
-                               targets.numel(), per_hop)
+        node_ids, rowptr, col = (torch.from_numpy(a) for a in out[:3])
+        per_hop = out[3]
+        draws = None
+        if self.draws:
+            num_draws, d_rowptr, d_col, t_rowptr, t_col = (torch.from_numpy(a) for a in out[4:])
+            draws = Draws(d_rowptr, d_col, t_rowptr, t_col,
+                          self._weights(node_ids, num_draws, d_rowptr, node_ids.numel() - per_hop[-1]))
+        return SampledSubgraph(node_ids, rowptr, col, targets.numel(), per_hop, draws)
+
+    def _weights(self, node_ids: torch.Tensor, num_draws: torch.Tensor, draw_rowptr: torch.Tensor,
+                 expanded: int) -> torch.Tensor:
+        """:attr:`Draws.weight` (float64 ``[n]``); the first ``expanded`` local ids were expanded."""
+        degree = (self.rowptr[node_ids + 1] - self.rowptr[node_ids]).double()
+        count = torch.where(torch.arange(node_ids.numel(), device=node_ids.device) < expanded,
+                            num_draws, draw_rowptr[1:] - draw_rowptr[:-1]).double()
+        return torch.where(count > 0, degree / count.clamp(min=1), torch.zeros_like(degree))
 
     def _sample_torch(self, targets: torch.Tensor, seed: int) -> SampledSubgraph:
         if int(targets.min()) < 0 or int(targets.max()) >= self.num_nodes:
@@ -130,10 +181,11 @@ class NeighborSampler:
         nodes = targets
         frontier = torch.arange(targets.numel(), device=device)  # local ids of the last hop's new nodes
         per_hop = [targets.numel()]
-        edge_src, edge_dst = [], []
+        edge_src, edge_dst, num_draws = [], [], []
         for fanout in self.fanouts:
             start = self.rowptr[nodes[frontier]]
             degree = self.rowptr[nodes[frontier] + 1] - start
+            num_draws.append(degree if fanout < 0 else degree.clamp(max=fanout))
             owner, position = _draw_positions(degree, fanout, generator)
             drawn = self.col[start[owner] + position].long()
             u = frontier[owner]
@@ -145,8 +197,20 @@ class NeighborSampler:
             edge_dst.append(v)
             frontier = torch.arange(known, nodes.numel(), device=device)
             per_hop.append(nodes.numel() - known)
-        rowptr, col = build_csr_reference(torch.cat(edge_src), torch.cat(edge_dst), nodes.numel())
-        return SampledSubgraph(nodes, rowptr, col, targets.numel(), per_hop)
+        src, dst = torch.cat(edge_src), torch.cat(edge_dst)
+        n = nodes.numel()
+        rowptr, col = build_csr_reference(src, dst, n)
+        draws = None
+        if self.draws:
+            expanded = n - per_hop[-1]
+            last = dst >= expanded  # drawn at the last hop by a node that is the drawn one's row
+            src, dst = torch.cat([src, dst[last]]), torch.cat([dst, src[last]])
+            d_rowptr, d_col = _directed_csr(src, dst, n)
+            t_rowptr, t_col = _directed_csr(dst, src, n)
+            counts = torch.zeros(n, dtype=torch.int64, device=device)
+            counts[:expanded] = torch.cat(num_draws)
+            draws = Draws(d_rowptr, d_col, t_rowptr, t_col, self._weights(nodes, counts, d_rowptr, expanded))
+        return SampledSubgraph(nodes, rowptr, col, targets.numel(), per_hop, draws)
 
 
 def _draw_positions(degree: torch.Tensor, fanout: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +243,15 @@ def _draw_positions(degree: torch.Tensor, fanout: int, generator: torch.Generato
         slots = offset[rows][:, None] + torch.arange(fanout, device=device)
         position[slots.flatten()] = chosen.flatten()
     return owner, position
+
+
+def _directed_csr(src: torch.Tensor, dst: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 CSR ``(rowptr [n+1], col)`` of the directed edges ``src -> dst`` (duplicates kept),
+    columns sorted within rows."""
+    order = torch.argsort(src * n + dst)
+    rowptr = torch.zeros(n + 1, dtype=torch.int64, device=src.device)
+    rowptr[1:] = torch.cumsum(torch.bincount(src, minlength=n), 0)
+    return rowptr, dst[order]
 
 
 def _relabel(nodes: torch.Tensor, drawn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,17 +72,24 @@ nb::tuple build_csr_py(Array<Id> src, Array<Id> dst, int64_t num_nodes, int num_
 
 template <class Col>
 nb::tuple sample_py(Array<int64_t> rowptr, Array<Col> col, Array<int64_t> targets,
-                    std::vector<int64_t> fanouts, uint64_t seed, int num_threads) {
+                    std::vector<int64_t> fanouts, uint64_t seed, int num_threads, bool draws) {
   if (rowptr.shape(0) < 1) throw std::invalid_argument("rowptr must have num_nodes + 1 entries");
   Subgraph sub;
   {
     nb::gil_scoped_release release;
     sub = sample_subgraph<Col>(rowptr.data(), col.data(), static_cast<int64_t>(rowptr.shape(0)) - 1,
                                targets.data(), static_cast<int64_t>(targets.shape(0)), fanouts,
-                               seed, num_threads);
+                               seed, num_threads, draws);
+  }
+  if (!draws) {
+    return nb::make_tuple(to_numpy(std::move(sub.node_ids)), to_numpy(std::move(sub.csr.rowptr)),
+                          to_numpy(std::move(sub.csr.col)), std::move(sub.nodes_per_hop));
   }
   return nb::make_tuple(to_numpy(std::move(sub.node_ids)), to_numpy(std::move(sub.csr.rowptr)),
-                        to_numpy(std::move(sub.csr.col)), std::move(sub.nodes_per_hop));
+                        to_numpy(std::move(sub.csr.col)), std::move(sub.nodes_per_hop),
+                        to_numpy(std::move(sub.num_draws)), to_numpy(std::move(sub.draws.rowptr)),
+                        to_numpy(std::move(sub.draws.col)), to_numpy(std::move(sub.draws_t.rowptr)),
+                        to_numpy(std::move(sub.draws_t.col)));
 }
 
 using AnyVector = nb::ndarray<nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -166,16 +173,19 @@ NB_MODULE(_native, m) {
         nb::arg("num_threads") = 0);
 
   const char* sample_doc =
-      "sample(rowptr, col, targets, fanouts, seed, num_threads) -> (node_ids, rowptr, col, nodes_per_hop)\n\n"
+      "sample(rowptr, col, targets, fanouts, seed, num_threads, draws=False) -> (node_ids, rowptr, col, nodes_per_hop)\n\n"
       "Multi-hop neighbour sampling without replacement around the unique int64 targets [B]\n"
       "of the CSR graph (rowptr int64 [N+1], col int32|int64 [E]). Returns the subgraph's\n"
       "global node ids int64 [n] (targets first, then each hop's new nodes), its symmetric CSR\n"
       "over local ids (rowptr int64 [n+1], col int64 [E']) and the node count per hop.\n"
+      "draws=True appends (num_draws [n], draw_rowptr, draw_col, draw_rowptr_t, draw_col_t): the\n"
+      "neighbour positions each node drew (0 when never expanded), the directed CSR of who drew\n"
+      "whom (a node never expanded: the nodes that drew it) and its transpose, all int64.\n"
       "Deterministic in seed, independent of num_threads. Releases the GIL.";
   m.def("sample", &sample_py<int32_t>, nb::arg("rowptr"), nb::arg("col"), nb::arg("targets"),
-        nb::arg("fanouts"), nb::arg("seed"), nb::arg("num_threads") = 0, sample_doc);
+        nb::arg("fanouts"), nb::arg("seed"), nb::arg("num_threads") = 0, nb::arg("draws") = false, sample_doc);
   m.def("sample", &sample_py<int64_t>, nb::arg("rowptr"), nb::arg("col"), nb::arg("targets"),
-        nb::arg("fanouts"), nb::arg("seed"), nb::arg("num_threads") = 0);
+        nb::arg("fanouts"), nb::arg("seed"), nb::arg("num_threads") = 0, nb::arg("draws") = false);
 
   const char* appnp_doc =
       "appnp_step(rowptr, col, x, x_in, alpha, out, dinv=None, num_threads=0, isa='auto', prefetch=-1, passes=0)\n"

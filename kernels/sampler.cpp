@@ -2,7 +2,8 @@
 //   1. draw the neighbour positions of every frontier node (parallel over frontier nodes);
 //   2. relabel the drawn neighbours to local ids (sequential, first appearance order) with an
 //      open-addressing hash map, so nothing of size num_nodes is touched per batch;
-//   3. record the edges; at the end build_csr symmetrises and deduplicates them.
+//   3. record the edges; at the end build_csr symmetrises and deduplicates them (and, for
+//      importance-weighted propagation, directed_csr keeps who drew whom, and its transpose).
 // A [10, 5] batch of 128 targets draws ~7.7k neighbours and runs on one thread; threads start
 // only for frontiers large enough to pay for them.
 
@@ -159,12 +160,29 @@ class IdMap {
   int bits_ = 0;
 };
 
+// CSR of the directed edges src[e] -> dst[e] as given (duplicates kept: a graph with repeated
+// neighbour entries counts them, as the propagation does), columns sorted within rows.
+Csr<int64_t> directed_csr(const std::vector<int64_t>& src, const std::vector<int64_t>& dst,
+                          int64_t num_nodes) {
+  const int64_t num_edges = static_cast<int64_t>(src.size());
+  Csr<int64_t> out{Buffer<int64_t>(num_nodes + 1), Buffer<int64_t>(num_edges)};
+  int64_t* rowptr = out.rowptr.data();
+  std::fill(rowptr, rowptr + num_nodes + 1, int64_t{0});
+  for (int64_t e = 0; e < num_edges; ++e) ++rowptr[src[e] + 1];
+  for (int64_t i = 0; i < num_nodes; ++i) rowptr[i + 1] += rowptr[i];
+  std::vector<int64_t> cursor(rowptr, rowptr + num_nodes);
+  for (int64_t e = 0; e < num_edges; ++e) out.col[cursor[src[e]]++] = dst[e];
+  for (int64_t i = 0; i < num_nodes; ++i) std::sort(out.col.data() + rowptr[i], out.col.data() + rowptr[i + 1]);
+  return out;
+}
+
 }  // namespace
 
 template <class Col>
 Subgraph sample_subgraph(const int64_t* rowptr, const Col* col, int64_t num_nodes,
                          const int64_t* targets, int64_t num_targets,
-                         const std::vector<int64_t>& fanouts, uint64_t seed, int num_threads) {
+                         const std::vector<int64_t>& fanouts, uint64_t seed, int num_threads,
+                         bool with_draws) {
   const int max_threads = resolve_threads(num_threads);
   Subgraph out;
   std::vector<int64_t>& nodes = out.node_ids;
@@ -191,6 +209,10 @@ Subgraph sample_subgraph(const int64_t* rowptr, const Col* col, int64_t num_node
     offset.assign(frontier + 1, 0);
     for (int64_t i = 0; i < frontier; ++i) offset[i + 1] = offset[i] + draws_of(nodes[frontier_begin + i]);
     const int64_t total = offset[frontier];
+    if (with_draws) {
+      out.num_draws.resize(frontier_end);
+      for (int64_t i = 0; i < frontier; ++i) out.num_draws[frontier_begin + i] = offset[i + 1] - offset[i];
+    }
 
     // Step 1: draw (global ids of) neighbours, frontier node i's at drawn[offset[i]..).
     // First the positions of every node of the task, prefetching the column entries they
@@ -253,15 +275,29 @@ Subgraph sample_subgraph(const int64_t* rowptr, const Col* col, int64_t num_node
     frontier_end = static_cast<int64_t>(nodes.size());
     out.nodes_per_hop.push_back(frontier_end - frontier_begin);
   }
+  const int64_t n = static_cast<int64_t>(nodes.size());
   out.csr = build_csr<int64_t, int64_t>(edge_src.data(), edge_dst.data(),
-                                        static_cast<int64_t>(edge_src.size()),
-                                        static_cast<int64_t>(nodes.size()), num_threads);
+                                        static_cast<int64_t>(edge_src.size()), n, num_threads);
+  if (with_draws) {
+    // The edges as drawn (u -> v: u drew v), plus v -> u for every v never expanded (reached
+    // at the last hop: local id >= frontier_begin), whose row is then the nodes that drew it.
+    out.num_draws.resize(n, 0);
+    const int64_t drawn_edges = static_cast<int64_t>(edge_src.size());
+    for (int64_t e = 0; e < drawn_edges; ++e) {
+      if (edge_dst[e] >= frontier_begin) {
+        edge_src.push_back(edge_dst[e]);
+        edge_dst.push_back(edge_src[e]);
+      }
+    }
+    out.draws = directed_csr(edge_src, edge_dst, n);
+    out.draws_t = directed_csr(edge_dst, edge_src, n);
+  }
   return out;
 }
 
 template Subgraph sample_subgraph<int32_t>(const int64_t*, const int32_t*, int64_t, const int64_t*,
-                                           int64_t, const std::vector<int64_t>&, uint64_t, int);
+                                           int64_t, const std::vector<int64_t>&, uint64_t, int, bool);
 template Subgraph sample_subgraph<int64_t>(const int64_t*, const int64_t*, int64_t, const int64_t*,
-                                           int64_t, const std::vector<int64_t>&, uint64_t, int);
+                                           int64_t, const std::vector<int64_t>&, uint64_t, int, bool);
 
 }  // namespace fastleading

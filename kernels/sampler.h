@@ -16,6 +16,13 @@ struct Subgraph {
   Csr<int64_t> csr;
   // [num_targets, new nodes at hop 1, ..., new nodes at hop H]; sums to node_ids.size().
   std::vector<int64_t> nodes_per_hop;
+  // Only when sampled with `with_draws` (importance-weighted propagation), over local ids:
+  // num_draws[i] = the neighbour positions node i drew, min(degree, fanout), 0 for a node that
+  // was never expanded (the last hop's). Row i of `draws` lists the nodes i drew (without a
+  // self loop) when num_draws[i] > 0, else the nodes that drew i; columns sorted, no
+  // duplicates. `draws_t` is its transpose.
+  std::vector<int64_t> num_draws;
+  Csr<int64_t> draws, draws_t;
 };
 
 // Samples `fanouts.size()` hops around `targets` in the graph (rowptr [num_nodes + 1],
@@ -23,10 +30,12 @@ struct Subgraph {
 // min(degree, fanouts[h-1]) distinct neighbours uniformly (all of them when the fanout is
 // negative). The draw of node v at hop h depends only on (seed, h, v): the result is the same
 // for any thread count. Throws std::out_of_range for a target outside [0, num_nodes) and
-// std::invalid_argument for a repeated target.
+// std::invalid_argument for a repeated target. `with_draws` also fills num_draws, draws and
+// draws_t (the same sample: the draws do not depend on it).
 template <class Col>
 Subgraph sample_subgraph(const int64_t* rowptr, const Col* col, int64_t num_nodes,
                          const int64_t* targets, int64_t num_targets,
-                         const std::vector<int64_t>& fanouts, uint64_t seed, int num_threads);
+                         const std::vector<int64_t>& fanouts, uint64_t seed, int num_threads,
+                         bool with_draws = false);
 
 }  // namespace fastleading

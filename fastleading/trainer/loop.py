@@ -117,13 +117,14 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
     overlap = t.overlap and (ds_config is None or zero.zero_stage(ds_config) < 3)
     leading = t.method == "leading"
     graph_dinv = None
-    if t.method in GRAPH_METHODS and cfg.model.subgraph_norm == "full-graph":
+    if t.method in GRAPH_METHODS and cfg.model.subgraph_norm in ("full-graph", "weighted"):
         graph_dinv = ops.gcn_dinv(graph.rowptr).to(device)
     ops.set_backend(t.kernels)
     run = Run(cfg=cfg, device=device, precision=precision, tokens=tokens, labels=graph.labels.to(device),
               model=model,
               bank=MemoryBank(n, model.encoder.hidden_size, precision.bank_dtype, device) if leading else None,
-              sampler=NeighborSampler(graph.rowptr, graph.col, list(t.fanouts)) if t.method in GRAPH_METHODS else None,
+              sampler=NeighborSampler(graph.rowptr, graph.col, list(t.fanouts),
+                                      draws=cfg.model.subgraph_norm == "weighted") if t.method in GRAPH_METHODS else None,
               graph_dinv=graph_dinv, overlap=RefreshStream(device, overlap), phases=Phases(device, sync=t.profile),
               counter=EncodeCounter(n), optim=optim)
     if task is not None:

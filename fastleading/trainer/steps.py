@@ -22,6 +22,7 @@ from fastleading.bank import MemoryBank
 from fastleading.config import Config
 from fastleading.distributed import sync_bank_rows
 from fastleading.encode import EncodeCounter, encode_eval, encode_nodes
+from fastleading.nn import ImportanceNorm
 from fastleading.overlap import RefreshStream
 from fastleading.precision import Precision
 from fastleading.profiling import Phases
@@ -38,7 +39,10 @@ class Subgraph:
     node_ids: torch.Tensor          # the same on the run's device
     rowptr: torch.Tensor            # int64 [n+1] CSR of the subgraph (local ids), on the device
     col: torch.Tensor               # [E] local column ids, on the device
-    dinv: torch.Tensor | None       # [n] normalisation of its Â (None: the subgraph's own degrees)
+    # [n] normalisation of its Â (None: the subgraph's own degrees); model.subgraph_norm=weighted:
+    # the importance-weighted Ã's (full-graph dinv, row weights, transposed CSR), and rowptr/col
+    # are then who drew whom (fastleading.sampler.Draws), not the symmetric subgraph
+    dinv: torch.Tensor | ImportanceNorm | None
 
 
 @dataclass
@@ -53,8 +57,8 @@ class Run:
     model: NodeClassifier
     bank: MemoryBank | None             # LEADING only
     sampler: NeighborSampler | None     # graph methods only
-    # 1/sqrt(deg+1) of the full graph on the device (model.subgraph_norm=full-graph), else None:
-    # a sampled subgraph is then normalised with the degrees full-graph evaluation uses.
+    # 1/sqrt(deg+1) of the full graph on the device (model.subgraph_norm=full-graph or weighted),
+    # else None: a sampled subgraph is then normalised with the degrees full-graph evaluation uses.
     graph_dinv: torch.Tensor | None
     overlap: RefreshStream
     phases: Phases
@@ -81,11 +85,20 @@ class Run:
         """The targets' sampled neighbourhood (seeded by the step, so a resumed run samples alike)."""
         sub = self.sampler.sample(targets, seed=self.cfg.train.seed * 1_000_003 + self.step)
         node_ids = transfer.to_device(sub.node_ids, self.device)
-        rowptr = transfer.to_device(sub.rowptr, self.device)
-        # the kernels' work partition is built here, from the host copy: no device reads
-        ops.prepare_graph(rowptr, sub.rowptr)
         dinv = self.graph_dinv[node_ids] if self.graph_dinv is not None else None
-        return Subgraph(sub.node_ids, node_ids, rowptr, transfer.to_device(sub.col, self.device), dinv)
+        if sub.draws is None:
+            return Subgraph(sub.node_ids, node_ids, *self._graph(sub.rowptr, sub.col), dinv)
+        # model.subgraph_norm=weighted: who drew whom and its transpose, weights built on the host
+        d = sub.draws
+        norm = ImportanceNorm(dinv, transfer.to_device(d.weight.float(), self.device), *self._graph(d.rowptr_t, d.col_t))
+        return Subgraph(sub.node_ids, node_ids, *self._graph(d.rowptr, d.col), norm)
+
+    def _graph(self, host_rowptr: torch.Tensor, host_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sampled CSR on the device; the kernels' work partition is built here, from the host
+        copy: no device reads."""
+        rowptr = transfer.to_device(host_rowptr, self.device)
+        ops.prepare_graph(rowptr, host_rowptr)
+        return rowptr, transfer.to_device(host_col, self.device)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over ``targets`` (this rank's; unweighted)."""
