@@ -101,20 +101,36 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
         features = graph.features
     else:
         graph, features = pretrained_embeddings(cfg, quiet)
-    split = graph.split(cfg.data.split)
     m = cfg.model
-    result = train_gnn(graph, torch.as_tensor(np.asarray(features)), split, "appnp", cfg.train.downstream_epochs,
-                       cfg.train.seed, device, m.head_hidden, 0.5, alpha=m.alpha, num_iters=m.eval_iters)
+    if cfg.train.task == "link":  # the same head and propagation, then LEADING's decoder
+        result, scores = link_gnn(cfg, graph, torch.as_tensor(np.asarray(features)), "appnp", m.eval_iters)
+    else:
+        split = graph.split(cfg.data.split)
+        result = train_gnn(graph, torch.as_tensor(np.asarray(features)), split, "appnp", cfg.train.downstream_epochs,
+                           cfg.train.seed, device, m.head_hidden, 0.5, alpha=m.alpha, num_iters=m.eval_iters)
+        scores = {"split": cfg.data.split or graph.default_split, "best_valid_acc": result["valid"],
+                  "test_acc": result["test"]}
     summary = {"method": cfg.train.method, "dataset": cfg.data.dataset,
                "model": cfg.model.name if cfg.train.method == "pretrained" else None,
-               "split": cfg.data.split or graph.default_split,
-               "best_valid_acc": result["valid"], "test_acc": result["test"], "best_epoch": result["epoch"],
+               **scores, "best_epoch": result["epoch"],
                "epochs": cfg.train.downstream_epochs,
                "encodes_per_node_per_epoch": {"grad": 0.0, "nograd": 0.0},
                "peak_memory_bytes": peak_memory_bytes(device), "wall_time_s": round(time.time() - start, 3),
                "phase_time_s": {}, "device": str(device)}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def link_gnn(cfg: Config, graph, features: torch.Tensor, kind: str, num_iters: int) -> tuple[dict, dict]:
+    """Link prediction with GNN ``kind`` on fixed ``features`` (:mod:`fastleading.downstream_link`):
+    (its result, the link entries of a summary)."""
+    from fastleading.data.link_split import link_view
+    from fastleading.downstream_link import train_link_gnn_cfg
+    from fastleading.linkmetrics import summary_fields
+
+    view, split = link_view(cfg, graph)
+    result = train_link_gnn_cfg(cfg, view, features, split, kind, num_iters)
+    return result, summary_fields(result, split.name, split.sizes())
 
 
 def pretrained_embeddings(cfg: Config, quiet: bool = True):
@@ -138,7 +154,7 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     from fastleading.data import prepare
     from fastleading.encode import encode_all
     from fastleading.precision import resolve_device, resolve_precision
-    from fastleading.trainer.model import NodeClassifier
+    from fastleading.trainer.model import build_model
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -149,7 +165,7 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
-    model = NodeClassifier(cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype)
+    model = build_model(cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype)
     model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST)["model"])
     model.to(device)
     emb = encode_all(model.encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet,
@@ -188,6 +204,14 @@ def downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None =
     if features.ndim != 2 or features.shape[0] != graph.num_nodes:
         raise FastleadingError(f"{path}: expected embeddings of shape [{graph.num_nodes}, dim] for dataset "
                                f"'{cfg.data.dataset}', got {list(features.shape)}")
+    if cfg.train.task == "link":
+        result, scores = link_gnn(cfg, graph, torch.from_numpy(np.array(features, dtype=np.float32)), cfg.model.gnn,
+                                  cfg.model.eval_iters)
+        result = {**result, **scores, "dataset": cfg.data.dataset, "embeddings": str(path)}
+        if out_dir is not None:
+            atomic_write_text(Path(out_dir) / f"downstream-link-{cfg.model.gnn}.json",
+                              json.dumps(result, indent=2) + "\n")
+        return result
     split = graph.split(cfg.data.split)
     # full-batch training reads every row anyway: one writable fp32 copy in memory
     result = train_gnn(graph, torch.from_numpy(np.array(features, dtype=np.float32)), split, cfg.model.gnn,

@@ -9,10 +9,13 @@ features (:mod:`fastleading.downstream_link`), so every method scores pairs alik
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from fastleading.errors import FastleadingError
+from fastleading.linkmetrics import link_metrics
 
 DECODERS = ("dot", "mlp")
 
@@ -60,3 +63,17 @@ def score_pairs(decoder: LinkDecoder, z: torch.Tensor, src: torch.Tensor, dst: t
         return torch.cat(out) if out else torch.zeros(shape, device=z.device)
     finally:
         decoder.train(was_training)
+
+
+def split_metrics(decoder: LinkDecoder, z: torch.Tensor, split, hits: Sequence[int], select: str) -> dict[str, float]:
+    """``valid_*`` / ``test_*`` AUC, MRR and Hits@K of node representations ``z [N, D]`` on the
+    validation / test edges of ``split`` (a :class:`fastleading.data.link_split.LinkSplit`),
+    each edge against its fixed negatives; ``valid`` / ``test``: the ``select`` metric."""
+    out = {}
+    for name, pos, neg in (("valid", split.valid, split.valid_neg), ("test", split.test, split.test_neg)):
+        p = score_pairs(decoder, z, pos[0], pos[1])
+        n = score_pairs(decoder, z, pos[0], neg)
+        for key, value in link_metrics(p, n, hits).items():
+            out[f"{name}_{key}"] = value
+    out["valid"], out["test"] = out[f"valid_{select}"], out[f"test_{select}"]
+    return out

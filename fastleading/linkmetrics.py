@@ -60,3 +60,13 @@ def link_metrics(pos: torch.Tensor, neg: torch.Tensor, hits: Sequence[int] = (10
     out = {"auc": auc(pos, neg), "mrr": float((1.0 / ranks).mean())}
     out.update({f"hits@{k}": float((ranks <= k).double().mean()) for k in hits})
     return out
+
+
+def summary_fields(best: dict, split_name: str, split_sizes: dict) -> dict:
+    """The link entries of a run's ``summary.json`` from its best evaluation ``best``
+    (``valid`` = the selected metric, ``valid_*`` / ``test_*``)."""
+    out = {"task": "link", "split": split_name, "link_split": split_sizes, "best_valid": best["valid"],
+           "best_valid_auc": best["valid_auc"], "best_valid_mrr": best["valid_mrr"],
+           "test_auc": best["test_auc"], "test_mrr": best["test_mrr"]}
+    out.update({k: v for k, v in best.items() if k.startswith("test_hits@")})
+    return out

@@ -11,9 +11,8 @@ from fastleading.config import Config, apply_overrides
 from fastleading.data import load_dataset
 from fastleading.data.link_split import drop_edges, random_link_split, training_graph
 from fastleading.errors import FastleadingError
-from fastleading.linkdecoder import LinkDecoder, score_pairs
+from fastleading.linkdecoder import LinkDecoder, score_pairs, split_metrics
 from fastleading.trainer import evaluate as evaluate_module
-from fastleading.trainer.link import link_metrics_of
 from fastleading.trainer.loop import build_trainer, train
 
 from tiny_models import save_tiny_model
@@ -167,7 +166,7 @@ def test_validation_and_test_edges_are_never_in_the_training_graph(tiny_bert, tm
 
 # ----------------------------------------------------------------------------- evaluation
 @pytest.mark.parametrize("kind", ["dot", "mlp"])
-def test_link_metrics_of_match_a_brute_force_reference(kind, monkeypatch):
+def test_split_metrics_match_a_brute_force_reference(kind, monkeypatch):
     import fastleading.linkdecoder as linkdecoder
 
     monkeypatch.setattr(linkdecoder, "SCORE_CHUNK", 7)  # several chunks
@@ -175,14 +174,9 @@ def test_link_metrics_of_match_a_brute_force_reference(kind, monkeypatch):
     z = torch.randn(30, 4)
     split = random_link_split(*toy_graph(3, n=30, m=80), "60/20/20", seed=0, num_negatives=5)
 
-    class M(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.decoder = LinkDecoder(kind, 4, hidden=8)
-
-    model = M()
-    cfg = apply_overrides(Config(), ["train.link_hits=1,3", "train.link_select=auc"])
-    got = link_metrics_of(model, z, split, cfg)
+    model = torch.nn.Module()
+    model.decoder = LinkDecoder(kind, 4, hidden=8)
+    got = split_metrics(model.decoder, z, split, (1, 3), "auc")
     model.eval()
     for name, pos, neg in (("valid", split.valid, split.valid_neg), ("test", split.test, split.test_neg)):
         with torch.no_grad():

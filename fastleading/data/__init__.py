@@ -89,7 +89,8 @@ def prepare(cfg: "Config") -> tuple[TextAttributedGraph, TokenCache | None]:
     Checks that the configured split exists and that LM methods get a graph with texts.
     """
     graph = load_dataset(cfg.data)
-    graph.split(cfg.data.split)  # fail early on an unknown split name
+    if cfg.train.task == "node":
+        graph.split(cfg.data.split)  # fail early on an unknown split name
     if cfg.train.method == "shallow":
         return graph, None
     require_text(graph)

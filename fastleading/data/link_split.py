@@ -22,6 +22,7 @@ to take a batch's own training edges out of its sampled subgraph.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -182,3 +183,12 @@ def load_link_split(cfg: "Config", graph) -> LinkSplit:
     if split.train.shape[1] == 0:
         raise FastleadingError(f"dataset '{d.dataset}': link split '{choice}' has no training edges")
     return split
+
+
+def link_view(cfg: "Config", graph) -> tuple[object, LinkSplit]:
+    """(``graph`` with its CSR replaced by the training graph, the link split): what every link
+    method trains and evaluates on."""
+    split = load_link_split(cfg, graph)
+    view = copy.copy(graph)
+    view.rowptr, view.col = training_graph(graph.rowptr, graph.col, split)
+    return view, split

@@ -15,7 +15,7 @@ exactly :func:`fastleading.trainer.steps.leading_step` (and ``coupled_step`` /
   targets' propagated representations; binary cross-entropy, ``mean over positives + mean over
   negatives`` (OGB's ogbl-citation2 example).
 
-Evaluation (:func:`link_metrics_of`): every node encoded without gradient, the head and the
+Evaluation (:meth:`LinkTask.metrics`, :func:`fastleading.linkdecoder.split_metrics`): every node encoded without gradient, the head and the
 propagation over the training graph (:func:`fastleading.trainer.evaluate.full_graph_logits`,
 LEADING at its fixed point), then every validation / test edge scored against its fixed
 negatives: AUC, MRR and Hits@K (:mod:`fastleading.linkmetrics`). Nothing of size ``N x N``;
@@ -24,7 +24,6 @@ the step allocates nothing ``[N]``-sized and reads nothing back from the device.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -33,11 +32,11 @@ import torch.nn.functional as F
 
 from fastleading import transfer
 from fastleading.config import Config
-from fastleading.data.link_split import LinkSplit, drop_edges, load_link_split, sample_negatives, training_graph
+from fastleading.data.link_split import LinkSplit, drop_edges, link_view, sample_negatives
 from fastleading.data.tag import Split
 from fastleading.errors import FastleadingError
-from fastleading.linkdecoder import score_pairs
-from fastleading.linkmetrics import link_metrics
+from fastleading.linkdecoder import split_metrics
+from fastleading.linkmetrics import summary_fields
 from fastleading.trainer.steps import STEPS, Run, Subgraph
 
 
@@ -139,28 +138,11 @@ class LinkTask:
         return STEPS[self.cfg.train.method](run, run.begin_batch(edge_ids), refresh_ids)
 
     def metrics(self, model, z: torch.Tensor) -> dict[str, float]:
-        return link_metrics_of(model, z, self.split, self.cfg)
+        """``valid_*`` / ``test_*`` AUC, MRR, Hits@K of the representations ``z [N, D]``."""
+        return split_metrics(model.decoder, z, self.split, self.cfg.train.link_hits, self.cfg.train.link_select)
 
     def summary_fields(self, best: dict) -> dict:
-        out = {"task": "link", "split": self.split.name, "link_split": self.split.sizes(),
-               "best_valid": best["valid"], "best_valid_auc": best["valid_auc"], "best_valid_mrr": best["valid_mrr"],
-               "test_auc": best["test_auc"], "test_mrr": best["test_mrr"]}
-        out.update({k: v for k, v in best.items() if k.startswith("test_hits@")})
-        return out
-
-
-def link_metrics_of(model, z: torch.Tensor, split: LinkSplit, cfg: Config) -> dict[str, float]:
-    """``{"valid", "test"}`` (the ``train.link_select`` metric) and ``valid_*`` / ``test_*`` AUC,
-    MRR and Hits@K of node representations ``z [N, D]`` under ``model.decoder``."""
-    out = {}
-    for name, pos, neg in (("valid", split.valid, split.valid_neg), ("test", split.test, split.test_neg)):
-        p = score_pairs(model.decoder, z, pos[0], pos[1])
-        n = score_pairs(model.decoder, z, pos[0], neg)
-        for key, value in link_metrics(p, n, cfg.train.link_hits).items():
-            out[f"{name}_{key}"] = value
-    sel = cfg.train.link_select
-    out["valid"], out["test"] = out[f"valid_{sel}"], out[f"test_{sel}"]
-    return out
+        return summary_fields(best, self.split.name, self.split.sizes())
 
 
 def link_task(cfg: Config, graph) -> tuple[object, Split, LinkTask]:
@@ -171,8 +153,6 @@ def link_task(cfg: Config, graph) -> tuple[object, Split, LinkTask]:
     if cfg.model.subgraph_norm not in ("full-graph", "subgraph"):
         raise FastleadingError(f"config key 'model.subgraph_norm': train.task=link supports full-graph or subgraph, "
                                f"got {cfg.model.subgraph_norm!r}")
-    split = load_link_split(cfg, graph)
-    view = copy.copy(graph)
-    view.rowptr, view.col = training_graph(graph.rowptr, graph.col, split)
+    view, split = link_view(cfg, graph)
     items = Split(*(torch.arange(e.shape[1]) for e in (split.train, split.valid, split.test)))
     return view, items, LinkTask(cfg, split, graph.num_nodes)
