@@ -163,6 +163,29 @@ def test_iterate_on_native_matches_dense_and_the_reference(dtype):
         ref = ops.appnp_iterate(rowptr, col, x0, x_in, 0.3, 5)
     assert_close(got, want, dtype)
     assert torch.equal(got, ref)
+    assert got.stride() == (48, 1)  # the native iterates live in rows padded to whole vectors
+
+
+def test_empty_rows_pads_cpu_rows_to_whole_vectors():
+    for dtype in (torch.float32, torch.bfloat16):
+        for width, stride in [(47, 48), (1, 16), (16, 16), (128, 128), (130, 144)]:
+            t = ops.empty_rows(1000, width, dtype, "cpu")
+            assert t.shape == (1000, width) and t.dtype == dtype
+            assert t.stride() == (stride, 1)
+            assert t.data_ptr() % 64 == 0  # every fp32 row starts a cache line
+    assert ops.empty_rows(0, 47, torch.float32, "cpu").shape == (0, 47)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_padded_rows_give_the_same_bits(dtype):
+    (rowptr, col), x, x_in, a_hat = make_case(300, 900, 47, dtype, torch.int32, "cpu", 12)
+    padded_x = ops.empty_rows(300, 47, dtype, "cpu").copy_(x)
+    for passes in (1, 3):
+        want, _ = native_step(rowptr, col, x, x_in, 0.2, passes=passes)
+        out = ops.empty_rows(300, 47, dtype, "cpu").fill_(float("nan"))
+        _native.appnp_step(rowptr, col, padded_x, x_in, 0.2, out, None, 2, passes=passes)
+        assert torch.equal(out, want)
+        assert_close(out, expected_step(a_hat, x, x_in, 0.2), dtype)
 
 
 def test_iterate_converges_to_the_fixed_point():

@@ -402,7 +402,10 @@ def torch_sparse_matrix(a_hat: torch.Tensor):
 CPU_SPEEDUPS = ("csr_sparse_mm_axpy", "csr_addmm", "reference", "torch_sparse_matmul_axpy")
 CPU_IMPLEMENTATIONS = (
     "native: ops.appnp_step on the 'native' backend writing into a preallocated out (as the GPU mode times "
-    "the Triton step), with the column passes it picks (native_passes); native_new_out: the same allocating "
+    "the Triton step), with the column passes it picks (native_passes); native_padded_rows (widths that are "
+    "not a multiple of 16): the same with x and out in ops.empty_rows' layout, rows padded to whole 64-byte "
+    "lines, as appnp_iterate and the CG solver keep their iterates (x_in as given); native_new_out: the same "
+    "as native allocating "
     "its output, as the baselines do; native_one_pass (where native_passes > 1): _native.appnp_step forced "
     "to one pass; "
     "csr_sparse_mm_axpy: torch.sparse.mm(A_hat, x).mul_(1-a).add_(x_in, alpha=a) with A_hat a torch CSR "
@@ -455,6 +458,15 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
                    "csr_sparse_mm_axpy": lambda: torch.sparse.mm(a_hat, x).mul_(1 - alpha).add_(x_in, alpha=alpha),
                    "csr_addmm": lambda: torch.addmm(x_in, a_hat, x, beta=alpha, alpha=1 - alpha),
                    "reference": reference}
+            if width % ops.ROW_ALIGN_ELEMENTS:  # the layout of appnp_iterate's and the CG solver's iterates
+                x_padded = ops.empty_rows(n, width, dtype, "cpu").copy_(x)
+                out_padded = ops.empty_rows(n, width, dtype, "cpu")
+
+                def native_padded_rows():
+                    with ops.use_backend("native"):
+                        return ops.appnp_step(rowptr, col, x_padded, x_in, alpha, dinv, out_padded)
+
+                fns["native_padded_rows"] = native_padded_rows
             if native_passes > 1:  # the same step in one pass over all of x, for comparison
                 fns["native_one_pass"] = lambda: _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv,
                                                                     torch.get_num_threads(), passes=1)
@@ -479,6 +491,10 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
                 rec["speedup_one_pass_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"],
                                                                         rec["native_one_pass"])
             rec["speedup_new_out_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"], rec["native_new_out"])
+            if "native_padded_rows" in rec:
+                rec["speedup_padded_rows_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"],
+                                                                           rec["native_padded_rows"])
+                rec["padded_rows_bitwise_equal_to_native"] = torch.equal(first["native_padded_rows"], first["native"])
             ours = first["native"].float()
             for key in ("csr_sparse_mm_axpy", "reference"):
                 if key in first:
@@ -488,7 +504,7 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
             rec["max_abs_value"] = float(ours.abs().max())
             results.append(rec)
             print(summary_line(rec), flush=True)
-            del x, x_in, out, first, ours
+            del x, x_in, out, first, ours, fns
         del a_hat, sparse_tensor
     return graph, results
 
