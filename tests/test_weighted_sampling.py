@@ -100,6 +100,15 @@ def test_draws_say_who_drew_whom(backend):
         assert transposed == drawn and d.rowptr_t[-1] == d.rowptr[-1]
 
 
+def test_native_draws_are_independent_of_thread_count():
+    rowptr, col = hub_graph(3000, 40000)
+    targets = torch.arange(0, 3000, 3)
+    subs = [NeighborSampler(rowptr, col, [25, 10], backend="native", num_threads=t, draws=True).sample(targets, seed=9)
+            for t in (1, 4)]
+    for f in ("rowptr", "col", "rowptr_t", "col_t", "weight"):
+        assert torch.equal(getattr(subs[0].draws, f), getattr(subs[1].draws, f)), f
+
+
 # -- unbiasedness -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend,samples", [("native", 3000), ("torch", 1000)])
@@ -172,6 +181,12 @@ def test_the_operator_and_its_transpose_match_the_dense_matrix():
     x = torch.randn(sub.num_nodes, 3, dtype=torch.float64)
     torch.testing.assert_close(apply_op(sub, rowptr, x), a @ x, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(apply_op(sub, rowptr, x, transpose=True), a.T @ x, rtol=1e-12, atol=1e-12)
+    # D^{-1/2} Ã D^{1/2} is row-stochastic (each row's weights restore its full degree), so the
+    # spectral radius of Ã is 1 like Â's and the APPNP iteration contracts by (1-a)
+    dinv = ops.gcn_dinv(rowptr, torch.float64)[sub.node_ids]
+    q = dinv[:, None] * a / dinv[None, :]  # D^{-1/2} = diag(dinv)
+    assert (q >= 0).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(sub.num_nodes, dtype=torch.float64), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("warm", [False, True])
