@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from fastleading.data import citeseer_tag, custom, ogbn_arxiv, ogbn_products, planetoid, synthetic
+from fastleading.data import citeseer_tag, custom, ogbl_citation2, ogbn_arxiv, ogbn_products, planetoid, synthetic
 from fastleading.data.info import format_info, info
 from fastleading.data.tag import FORMAT_VERSION, Split, TextAttributedGraph, require_text
 from fastleading.data.tokens import TokenCache, prepare_tokens
@@ -55,6 +55,9 @@ DATASETS: dict[str, DatasetEntry] = {
                                "ogbn-arxiv with titles/abstracts from <root>/ogbn_arxiv/ (OGB layout)"),
     "ogbn-products": DatasetEntry(ogbn_products.options, ogbn_products.build,
                                   "ogbn-products with Amazon texts from <root>/ogbn_products/ (OGB layout)"),
+    "ogbl-citation2": DatasetEntry(ogbl_citation2.options, ogbl_citation2.build,
+                                   "ogbl-citation2 (link prediction) from <root>/ogbl_citation2/ (OGB layout) with "
+                                   "your titleabs.tsv.gz paper texts"),
     "custom": DatasetEntry(custom.options, custom.build,
                            "your own folder (data.root): nodes.csv|nodes.jsonl, edges.csv, classes.txt"),
 }

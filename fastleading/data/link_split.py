@@ -161,8 +161,9 @@ def training_graph(rowptr: torch.Tensor, col: torch.Tensor, split: LinkSplit) ->
 
 
 def _official(name: str):
+    """The reader of a dataset's own link split, or None."""
     if name == "ogbl-citation2":
-        from fastleading.data import ogbl_citation2
+        from fastleading.data import ogbl_citation2  # imports this module: not at the top
 
         return ogbl_citation2.read_link_split
     return None
