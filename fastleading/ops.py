@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import mmap
 import os
 import weakref
 from collections import OrderedDict
@@ -225,20 +226,43 @@ def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
 
 ROW_ALIGN_ELEMENTS = 16
 """The native step's vector width (one AVX-512 vector of fp32; 16 fp32 = one 64-byte cache line)."""
+HUGE_PAGE_BYTES = 2 << 20
+HUGE_PAGE_MIN_BYTES = 16 << 20
+"""CPU feature matrices from this size up are put on transparent huge pages (:func:`empty_rows`)."""
+
+
+def huge_page_empty(nbytes: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """An uninitialised 1-D CPU tensor of ``nbytes`` on anonymous memory advised for transparent
+    huge pages (``MADV_HUGEPAGE``; the base 2 MiB aligned), or None where the platform has no such
+    advice. PyTorch's allocator leaves its memory on 4 KiB pages unless the machine's THP mode is
+    ``always``: random row gathers from a matrix of hundreds of MB then miss the TLB on almost
+    every row. The memory is unmapped when the last tensor viewing it is freed."""
+    if not hasattr(mmap, "MADV_HUGEPAGE") or nbytes <= 0:
+        return None
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(mmap.MADV_HUGEPAGE)
+    raw = torch.frombuffer(region, dtype=torch.uint8)  # the tensor keeps the mapping alive
+    offset = (-raw.data_ptr()) % HUGE_PAGE_BYTES
+    return raw[offset:offset + nbytes].view(dtype)
 
 
 def empty_rows(num_rows: int, num_cols: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
     """An uninitialised ``[num_rows, num_cols]`` feature matrix in the layout the native CPU step
-    gathers fastest: on the CPU, each row padded to a multiple of :data:`ROW_ALIGN_ELEMENTS`
-    elements (a view of the first ``num_cols`` columns; PyTorch's CPU allocator aligns the base
-    to 64 bytes). A gathered fp32 row of 47 features then covers exactly 3 cache lines instead of
-    3 or 4 (a bf16 one 2 instead of 2 or 3); padding costs at most 15 elements per row. Other
-    devices, and widths already a multiple, get a contiguous tensor."""
+    gathers fastest. On the CPU each row is padded to a multiple of :data:`ROW_ALIGN_ELEMENTS`
+    elements (a view of the first ``num_cols`` columns, base aligned to 64 bytes): a gathered fp32
+    row of 47 features then covers exactly 3 cache lines instead of 3 or 4 (a bf16 one 2 instead
+    of 2 or 3), for at most 15 elements of padding per row; and a matrix of at least
+    :data:`HUGE_PAGE_MIN_BYTES` lives on transparent huge pages (:func:`huge_page_empty`). Other
+    devices get a contiguous tensor from their allocator."""
     device = torch.device(device)
-    pad = (-num_cols) % ROW_ALIGN_ELEMENTS if device.type == "cpu" else 0
-    if pad == 0:
+    if device.type != "cpu":
         return torch.empty(num_rows, num_cols, dtype=dtype, device=device)
-    return torch.empty(num_rows, num_cols + pad, dtype=dtype, device=device)[:, :num_cols]
+    width = num_cols + (-num_cols) % ROW_ALIGN_ELEMENTS
+    nbytes = num_rows * width * torch.empty(0, dtype=dtype).element_size()
+    flat = huge_page_empty(nbytes, dtype) if nbytes >= HUGE_PAGE_MIN_BYTES else None
+    if flat is None:
+        flat = torch.empty(num_rows * width, dtype=dtype)
+    return flat.view(num_rows, width)[:, :num_cols]
 
 
 def gcn_dinv(rowptr: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -26,9 +26,9 @@ def test_cpu_benchmark_toy_runs_end_to_end(tmp_path):
     assert result["env"]["torch_threads"] == 2 and "--cpu" in result["env"]["command"]
     (rec,) = result["appnp"]
     assert rec["width"] == 47 and rec["dtype"] == "fp32" and rec["native_passes"] == 1 and rec["native_threads"] >= 1
-    for key in ("native", "native_padded_rows", "native_new_out", "csr_sparse_mm_axpy", "csr_addmm", "reference"):
+    for key in ("native", "native_iterate_layout", "native_new_out", "csr_sparse_mm_axpy", "csr_addmm", "reference"):
         assert len(rec[key]["samples_ms"]) == (1 if key == "reference" else 2) and rec[key]["GBps"] > 0
     assert "ms" in rec["torch_sparse_matmul_axpy"] or "error" in rec["torch_sparse_matmul_axpy"]
     assert rec["speedup_vs_csr_sparse_mm_axpy"] > 0 and rec["bitwise_equal_to_reference"] is True
     assert rec["max_abs_diff_vs_csr_sparse_mm_axpy"] < 1e-4
-    assert rec["padded_rows_bitwise_equal_to_native"] is True and rec["speedup_padded_rows_vs_csr_sparse_mm_axpy"] > 0
+    assert rec["iterate_layout_bitwise_equal_to_native"] is True and rec["speedup_iterate_layout_vs_csr_sparse_mm_axpy"] > 0

@@ -176,8 +176,42 @@ def test_empty_rows_pads_cpu_rows_to_whole_vectors():
     assert ops.empty_rows(0, 47, torch.float32, "cpu").shape == (0, 47)
 
 
+def vm_flags_of(address: int) -> list[str] | None:
+    """The VmFlags of this process's mapping that holds ``address`` (None when none does)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    return None
+
+
+def test_large_feature_matrices_are_advised_onto_huge_pages():
+    import mmap
+    import os
+
+    if not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.exists("/proc/self/smaps"):
+        pytest.skip("no MADV_HUGEPAGE or /proc/self/smaps on this platform: empty_rows uses PyTorch's allocator")
+    t = ops.empty_rows(ops.HUGE_PAGE_MIN_BYTES // (48 * 4) + 1, 47, torch.float32, "cpu")
+    assert t.data_ptr() % ops.HUGE_PAGE_BYTES == 0
+    t.fill_(2.0)
+    address = t.data_ptr()
+    assert "hg" in vm_flags_of(address)  # the region carries MADV_HUGEPAGE
+    assert float(t.sum()) == 2.0 * t.numel()
+    del t
+    assert vm_flags_of(address) is None  # unmapped with the last tensor that viewed it
+    small = ops.empty_rows(100, 47, torch.float32, "cpu")
+    assert "hg" not in (vm_flags_of(small.data_ptr()) or [])
+
+
+@pytest.mark.parametrize("huge_pages", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_padded_rows_give_the_same_bits(dtype):
+def test_padded_rows_give_the_same_bits(dtype, huge_pages, monkeypatch):
+    if huge_pages:  # every matrix on the huge-page path
+        monkeypatch.setattr(ops, "HUGE_PAGE_MIN_BYTES", 1)
     (rowptr, col), x, x_in, a_hat = make_case(300, 900, 47, dtype, torch.int32, "cpu", 12)
     padded_x = ops.empty_rows(300, 47, dtype, "cpu").copy_(x)
     for passes in (1, 3):

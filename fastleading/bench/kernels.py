@@ -402,14 +402,16 @@ def torch_sparse_matrix(a_hat: torch.Tensor):
 CPU_SPEEDUPS = ("csr_sparse_mm_axpy", "csr_addmm", "reference", "torch_sparse_matmul_axpy")
 CPU_IMPLEMENTATIONS = (
     "native: ops.appnp_step on the 'native' backend writing into a preallocated out (as the GPU mode times "
-    "the Triton step), with the column passes it picks (native_passes); native_padded_rows (widths that are "
-    "not a multiple of 16): the same with x and out in ops.empty_rows' layout, rows padded to whole 64-byte "
-    "lines, as appnp_iterate and the CG solver keep their iterates (x_in as given); native_new_out: the same "
+    "the Triton step), with the column passes it picks (native_passes); native_iterate_layout: the same with "
+    "x and out in ops.empty_rows' layout, as appnp_iterate and the CG solver keep their iterates (rows padded "
+    "to whole 64-byte lines, transparent huge pages from 16 MiB; x_in as given); native_new_out: the same "
     "as native allocating "
     "its output, as the baselines do; native_one_pass (where native_passes > 1): _native.appnp_step forced "
     "to one pass; "
     "csr_sparse_mm_axpy: torch.sparse.mm(A_hat, x).mul_(1-a).add_(x_in, alpha=a) with A_hat a torch CSR "
-    "tensor (normalised weights and self loops precomputed, built outside the timings); csr_addmm: "
+    "tensor (normalised weights and self loops precomputed, built outside the timings); "
+    "csr_sparse_mm_axpy_huge_pages: the same with x copied onto transparent huge pages "
+    "(ops.huge_page_empty, contiguous), the baseline given the memory advantage of ours; csr_addmm: "
     "torch.addmm(x_in, A_hat, x, beta=a, alpha=1-a); reference: ops.appnp_step on the 'torch' backend "
     "(index_select + index_add_); torch_sparse_matmul_axpy: torch_sparse.matmul on the same A_hat plus the "
     "axpy, where torch_sparse imports")
@@ -458,15 +460,20 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
                    "csr_sparse_mm_axpy": lambda: torch.sparse.mm(a_hat, x).mul_(1 - alpha).add_(x_in, alpha=alpha),
                    "csr_addmm": lambda: torch.addmm(x_in, a_hat, x, beta=alpha, alpha=1 - alpha),
                    "reference": reference}
-            if width % ops.ROW_ALIGN_ELEMENTS:  # the layout of appnp_iterate's and the CG solver's iterates
-                x_padded = ops.empty_rows(n, width, dtype, "cpu").copy_(x)
-                out_padded = ops.empty_rows(n, width, dtype, "cpu")
+            # the layout appnp_iterate and the CG solver keep their iterates in, and the baseline on huge pages
+            x_layout = ops.empty_rows(n, width, dtype, "cpu").copy_(x)
+            out_layout = ops.empty_rows(n, width, dtype, "cpu")
+            huge = ops.huge_page_empty(x.numel() * x.element_size(), dtype)
+            x_huge = huge.view(n, width).copy_(x) if huge is not None else None
 
-                def native_padded_rows():
-                    with ops.use_backend("native"):
-                        return ops.appnp_step(rowptr, col, x_padded, x_in, alpha, dinv, out_padded)
+            def native_iterate_layout():
+                with ops.use_backend("native"):
+                    return ops.appnp_step(rowptr, col, x_layout, x_in, alpha, dinv, out_layout)
 
-                fns["native_padded_rows"] = native_padded_rows
+            fns["native_iterate_layout"] = native_iterate_layout
+            if x_huge is not None:
+                fns["csr_sparse_mm_axpy_huge_pages"] = (
+                    lambda: torch.sparse.mm(a_hat, x_huge).mul_(1 - alpha).add_(x_in, alpha=alpha))
             if native_passes > 1:  # the same step in one pass over all of x, for comparison
                 fns["native_one_pass"] = lambda: _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv,
                                                                     torch.get_num_threads(), passes=1)
@@ -491,10 +498,10 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
                 rec["speedup_one_pass_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"],
                                                                         rec["native_one_pass"])
             rec["speedup_new_out_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"], rec["native_new_out"])
-            if "native_padded_rows" in rec:
-                rec["speedup_padded_rows_vs_csr_sparse_mm_axpy"] = speedup(rec["csr_sparse_mm_axpy"],
-                                                                           rec["native_padded_rows"])
-                rec["padded_rows_bitwise_equal_to_native"] = torch.equal(first["native_padded_rows"], first["native"])
+            for key in ("csr_sparse_mm_axpy", "csr_sparse_mm_axpy_huge_pages"):
+                if key in rec:
+                    rec[f"speedup_iterate_layout_vs_{key}"] = speedup(rec[key], rec["native_iterate_layout"])
+            rec["iterate_layout_bitwise_equal_to_native"] = torch.equal(first["native_iterate_layout"], first["native"])
             ours = first["native"].float()
             for key in ("csr_sparse_mm_axpy", "reference"):
                 if key in first:
@@ -504,7 +511,7 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
             rec["max_abs_value"] = float(ours.abs().max())
             results.append(rec)
             print(summary_line(rec), flush=True)
-            del x, x_in, out, first, ours, fns
+            del x, x_in, out, first, ours, fns, x_layout, out_layout, huge, x_huge
         del a_hat, sparse_tensor
     return graph, results
 
