@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fastleading.data.link_split import LinkSplit, sample_negatives
+from fastleading.errors import FastleadingError
 from fastleading.gnn import GNN
 from fastleading.linkdecoder import LinkDecoder, split_metrics
 
@@ -30,12 +31,13 @@ def train_link_gnn(graph, features: torch.Tensor, split: LinkSplit, kind: str, e
                    hits: Sequence[int] = (10, 50, 100), select: str = "mrr") -> dict:
     """Train GNN ``kind`` + decoder on the training edges of ``split`` over ``graph`` (the
     training graph); returns the metrics of the epoch with the best validation ``select``."""
+    if features.dim() != 2 or features.shape[0] != graph.num_nodes or features.shape[1] == 0:
+        raise FastleadingError(f"link prediction: expected node features of shape [{graph.num_nodes}, F >= 1], "
+                               f"got {list(features.shape)}")
     torch.manual_seed(seed)
     device = torch.device(device)
     model = GNN(kind, features.shape[1], dim, hidden, dropout, alpha, num_iters).to(device)
     if model.mini_batched:
-        from fastleading.errors import FastleadingError
-
         raise FastleadingError(f"config key 'model.gnn': {kind} is not supported for link prediction "
                                "(gcn, sage, gat, appnp, mlp, revgat are)")
     dec = LinkDecoder(decoder, dim, hidden, dropout).to(device)

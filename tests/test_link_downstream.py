@@ -72,7 +72,7 @@ def test_pretrained_link_and_downstream_on_exported_link_embeddings(tiny_bert, t
     assert len(graphs) == 2 and not any(g & held_out_edges(cfg) for g in graphs)
 
 
-def test_gamlp_is_refused_for_links(tmp_path):
+def test_gamlp_and_empty_features_are_refused_for_links(tmp_path):
     from fastleading.data.link_split import link_view
     from fastleading.downstream_link import train_link_gnn
     from fastleading.errors import FastleadingError
@@ -82,3 +82,5 @@ def test_gamlp_is_refused_for_links(tmp_path):
     view, split = link_view(cfg, graph)
     with pytest.raises(FastleadingError, match="model.gnn"):
         train_link_gnn(view, graph.features, split, "gamlp", 1)
+    with pytest.raises(FastleadingError, match="node features of shape"):
+        train_link_gnn(view, graph.features[:, :0], split, "gcn", 1)

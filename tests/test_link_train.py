@@ -222,3 +222,46 @@ def test_cli_train_task_link(tiny_bert, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "link prediction on synthetic: best valid AUC" in out and "MRR" in out
+
+
+def test_resumed_link_run_matches_an_uninterrupted_one(tiny_bert, tmp_path):
+    common = ("train.epochs=2", "train.fill_bank=false")
+    straight = train(link_config(tiny_bert, tmp_path / "c", *common), tmp_path / "a", quiet=True)
+    train(link_config(tiny_bert, tmp_path / "c", *common, "train.max_steps=5"), tmp_path / "b", quiet=True)
+    cfg_path = tmp_path / "b" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["train"]["max_steps"] = 0
+    cfg_path.write_text(json.dumps(cfg))
+    from fastleading.cli import main
+
+    assert main(["train", "--quiet", "--resume", str(tmp_path / "b")]) == 0
+    resumed = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert resumed["steps"] == straight["steps"]
+    for key in ("best_valid_auc", "best_valid_mrr", "test_auc", "test_mrr", "test_hits@10"):
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-5), key
+
+
+def test_link_prediction_on_a_custom_dataset_without_labels(tiny_bert, tmp_path):
+    import csv
+
+    from fastleading.methods import train_method
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    with open(folder / "nodes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        for i in range(80):
+            w.writerow([f"n{i}", f"paper about {['graphs', 'proteins', 'planets', 'poems'][i % 4]} and "
+                                 f"{['lemmas', 'cells', 'orbits'][i % 3]}"])
+    with open(folder / "edges.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["src", "dst"])
+        for u, v in torch.randint(0, 80, (240, 2), generator=g).tolist():
+            w.writerow([f"n{u}", f"n{v}"])
+    for method in ("leading", "shallow"):
+        cfg = link_config(tiny_bert, tmp_path / "c", "data.dataset=custom", f"data.root={folder}",
+                          f"train.method={method}", "train.downstream_epochs=3", "data.link_split=10/30/60")
+        summary = train_method(cfg, tmp_path / method, quiet=True)
+        assert summary["task"] == "link" and summary["split"] == "10/30/60-seed0" and 0 <= summary["test_auc"] <= 1
