@@ -95,6 +95,29 @@ def test_each_node_is_encoded_without_gradient_once_per_epoch_and_no_row_is_olde
     assert int(state["bank"]["stamp"].min()) == 12
 
 
+def test_products_shaped_split_costs_at_most_1_2_nograd_encodes_per_node_per_epoch(tiny_bert, tmp_path, monkeypatch):
+    """Defaults on ogbn-products' proportions (8% of the nodes are targets: 19 of 240, 5 steps an
+    epoch at batch 4): no-gradient encodes per graph node per epoch, evaluation included, <= 1.2
+    (issue 11; before, pipeline 2 and the evaluation each encoded every node: 2.0), and no bank
+    row read more than an epoch after it was written."""
+    from fastleading.trainer import steps
+
+    oldest = []
+    real = steps.STEPS["leading"]
+
+    def spy(run, targets, refresh_ids):
+        oldest.append(run.step - int(run.bank.stamp.min()))
+        return real(run, targets, refresh_ids)
+    monkeypatch.setitem(steps.STEPS, "leading", spy)
+    summary = train(small_config(tiny_bert, tmp_path / "c", "data.split=products", "train.batch_size=4",
+                                 "train.epochs=3"), tmp_path / "run", quiet=True)
+    per_epoch = summary["steps"] // 3
+    assert per_epoch == 5 and len(oldest) == 15
+    enc = summary["encodes_per_graph_node_per_epoch"]
+    assert enc["nograd_total"] <= 1.2 and enc["eval"] == pytest.approx(1.0)
+    assert max(oldest) <= per_epoch
+
+
 def test_without_a_fresh_bank_pipeline_2_reencodes_every_node_once_in_the_epoch(tiny_bert, tmp_path):
     # no bank fill: the first epoch starts stale, so pipeline 2 takes 60 nodes a step (240 / 4 steps)
     cfg = small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.fill_bank=false")
