@@ -63,6 +63,7 @@ def test_pretrained_link_and_downstream_on_exported_link_embeddings(tiny_bert, t
     for gnn in ("gcn", "sage"):
         rc = main(["downstream", "--quiet", "--task", "link", "--gnn", gnn, "--embeddings", str(emb),
                    "--out", str(tmp_path / "run"), f"data.cache_dir={tmp_path / 'c'}", "data.synthetic_nodes=150",
+                   "data.synthetic_classes=3",
                    "data.synthetic_words=10", "train.downstream_epochs=5", "model.link_dim=8",
                    "data.link_eval_negatives=20", "model.link_decoder=mlp"])
         assert rc == 0

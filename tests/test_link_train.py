@@ -15,20 +15,13 @@ from fastleading.linkdecoder import LinkDecoder, score_pairs, split_metrics
 from fastleading.trainer import evaluate as evaluate_module
 from fastleading.trainer.loop import build_trainer, train
 
-from tiny_models import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "bert", "bert", hidden=32)
+from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 def link_config(model: str, cache: Path, *overrides: str) -> Config:
-    return apply_overrides(Config(), [
-        f"model.name={model}", f"data.cache_dir={cache}", "data.synthetic_nodes=150", "data.synthetic_words=10",
-        "data.max_length=12", "train.batch_size=16", "train.epochs=1", "train.eval_batch_size=128",
-        "train.log_every=1", "model.head_hidden=16", "model.link_dim=8", "train.task=link",
-        "data.link_eval_negatives=20", *overrides])
+    return small_config(model, cache, "data.synthetic_nodes=150", "data.synthetic_words=10", "data.max_length=12",
+                        "train.epochs=1", "model.head_hidden=16", "model.link_dim=8", "train.task=link",
+                        "data.link_eval_negatives=20", *overrides)
 
 
 def edge_set(rowptr, col):
