@@ -101,6 +101,10 @@ def test_missing_files_and_node_task(tmp_path):
     cfg = cfg_for(tmp_path / "d2", tmp_path / "c2", "train.task=node")
     with pytest.raises(FastleadingError, match="no splits"):
         load_dataset(cfg.data).split("")
+    from fastleading.data import prepare
+
+    with pytest.raises(FastleadingError, match="set train.task=link"):
+        prepare(cfg)
 
 
 def test_leading_and_shallow_link_runs_on_the_fixture(tiny_bert, tmp_path):

@@ -93,6 +93,9 @@ def prepare(cfg: "Config") -> tuple[TextAttributedGraph, TokenCache | None]:
     """
     graph = load_dataset(cfg.data)
     if cfg.train.task == "node":
+        if not graph.split_names and graph.metadata.get("link_split"):
+            raise FastleadingError(f"dataset '{graph.name}' has no node labels, it is for link prediction: "
+                                   "set train.task=link (--task link)")
         graph.split(cfg.data.split)  # fail early on an unknown split name
     if cfg.train.method == "shallow":
         return graph, None
