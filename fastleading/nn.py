@@ -29,9 +29,11 @@ class ImportanceNorm:
         Ã = D⁻¹ + W D^{-1/2} C D^{-1/2},   D⁻¹ = diag(d²) (the self loop), W = diag(w)
 
     so row ``i`` is ``d_i² x_i + w_i Σ_{j∈C_i} d_i d_j x_j``, whose mean over the draws is the
-    full-graph row of ``Â`` for a node that drew its neighbours (exactly it when all were drawn).
-    Each row's weights restore its full degree (``w_i |C_i| = deg_i``), so ``D^{-1/2} Ã D^{1/2}``
-    is row-stochastic: like ``Â``, ``Ã`` has spectral radius 1 and the APPNP iteration contracts.
+    full-graph row of ``Â`` for a node that drew its neighbours (exactly it when all were drawn);
+    the last hop's nodes drew nothing and keep their self loop only (``w = 0``). Each expanded
+    row's weights restore its full degree (``w_i |C_i| = deg_i``), so ``D^{-1/2} Ã D^{1/2}`` is
+    sub-stochastic (rows sum to 1, the last hop's to ``d_i²``): like ``Â``, ``Ã`` has spectral
+    radius at most 1 and the APPNP iteration contracts.
     ``Ã`` is not symmetric: backward passes apply ``Ãᵀ = D⁻¹ + D^{-1/2} Cᵀ D^{-1/2} W`` with
     ``Cᵀ = (rowptr_t, col_t)``. Both run on the fused APPNP step ``K_C x = (D⁻¹ + D^{-1/2} C
     D^{-1/2}) x`` (Triton on CUDA, native C++ on CPU) plus per-row scales::

@@ -41,17 +41,20 @@ class Draws:
     Attributes:
         rowptr: int64 ``[n+1]``; col: int64 ``[E']``: the directed CSR ``C``. Row ``i`` of a
             node that was expanded (reached before the last hop) lists the neighbours it drew
-            itself (a drawn self loop is dropped); row ``i`` of a node of the last hop, which
-            draws nothing, lists the nodes that drew it. Columns sorted within rows.
+            itself (a drawn self loop is dropped); the rows of the last hop's nodes, which draw
+            nothing, are empty. Columns sorted within rows.
         rowptr_t, col_t: ``C^T`` in the same form.
         weight: float64 ``[n]``: ``deg_i / k_i`` for an expanded node that drew ``k_i`` of its
-            ``deg_i`` full-graph neighbours (1 when all were drawn: the row is exact), and
-            ``deg_i / len(row i)`` for a node of the last hop (a ratio estimate: the nodes that
-            drew it are not a uniform sample of its neighbours); 0 for an empty row.
+            ``deg_i`` full-graph neighbours (1 when all were drawn: the row is exact); 0 for the
+            last hop's nodes (and any node that drew nothing).
 
     The weighted operator of a row ``i`` is then ``dinv_i^2 x_i + weight_i * sum_{j in C_i}
     dinv_i dinv_j x_j`` with the full graph's ``dinv``: for an expanded row its expectation over
-    the draws is the full-graph row of ``Â`` (see :class:`fastleading.nn.ImportanceNorm`).
+    the draws is the full-graph row of ``Â`` (see :class:`fastleading.nn.ImportanceNorm`); a
+    node of the last hop keeps only its self loop. (Estimating the last hop's rows from the
+    nodes that drew them, scaled to their degree, was tried: at hubs that estimate rests on one
+    neighbour, its noise reached the implicit layer's histories and training collapsed, see
+    README "Known limitations".)
     """
 
     rowptr: torch.Tensor
@@ -158,16 +161,13 @@ class NeighborSampler:
         draws = None
         if self.draws:
             num_draws, d_rowptr, d_col, t_rowptr, t_col = (torch.from_numpy(a) for a in out[4:])
-            draws = Draws(d_rowptr, d_col, t_rowptr, t_col,
-                          self._weights(node_ids, num_draws, d_rowptr, node_ids.numel() - per_hop[-1]))
+            draws = Draws(d_rowptr, d_col, t_rowptr, t_col, self._weights(node_ids, num_draws))
         return SampledSubgraph(node_ids, rowptr, col, targets.numel(), per_hop, draws)
 
-    def _weights(self, node_ids: torch.Tensor, num_draws: torch.Tensor, draw_rowptr: torch.Tensor,
-                 expanded: int) -> torch.Tensor:
-        """:attr:`Draws.weight` (float64 ``[n]``); the first ``expanded`` local ids were expanded."""
+    def _weights(self, node_ids: torch.Tensor, num_draws: torch.Tensor) -> torch.Tensor:
+        """:attr:`Draws.weight` (float64 ``[n]``): degree / draws, 0 where a node drew nothing."""
         degree = (self.rowptr[node_ids + 1] - self.rowptr[node_ids]).double()
-        count = torch.where(torch.arange(node_ids.numel(), device=node_ids.device) < expanded,
-                            num_draws, draw_rowptr[1:] - draw_rowptr[:-1]).double()
+        count = num_draws.double()
         return torch.where(count > 0, degree / count.clamp(min=1), torch.zeros_like(degree))
 
     def _sample_torch(self, targets: torch.Tensor, seed: int) -> SampledSubgraph:
@@ -202,14 +202,11 @@ class NeighborSampler:
         rowptr, col = build_csr_reference(src, dst, n)
         draws = None
         if self.draws:
-            expanded = n - per_hop[-1]
-            last = dst >= expanded  # drawn at the last hop by a node that is the drawn one's row
-            src, dst = torch.cat([src, dst[last]]), torch.cat([dst, src[last]])
             d_rowptr, d_col = _directed_csr(src, dst, n)
             t_rowptr, t_col = _directed_csr(dst, src, n)
             counts = torch.zeros(n, dtype=torch.int64, device=device)
-            counts[:expanded] = torch.cat(num_draws)
-            draws = Draws(d_rowptr, d_col, t_rowptr, t_col, self._weights(nodes, counts, d_rowptr, expanded))
+            counts[:n - per_hop[-1]] = torch.cat(num_draws)  # the last hop's nodes draw nothing
+            draws = Draws(d_rowptr, d_col, t_rowptr, t_col, self._weights(nodes, counts))
         return SampledSubgraph(nodes, rowptr, col, targets.numel(), per_hop, draws)
 
 

@@ -180,7 +180,7 @@ NB_MODULE(_native, m) {
       "over local ids (rowptr int64 [n+1], col int64 [E']) and the node count per hop.\n"
       "draws=True appends (num_draws [n], draw_rowptr, draw_col, draw_rowptr_t, draw_col_t): the\n"
       "neighbour positions each node drew (0 when never expanded), the directed CSR of who drew\n"
-      "whom (a node never expanded: the nodes that drew it) and its transpose, all int64.\n"
+      "whom (the last hop's rows empty) and its transpose, all int64.\n"
       "Deterministic in seed, independent of num_threads. Releases the GIL.";
   m.def("sample", &sample_py<int32_t>, nb::arg("rowptr"), nb::arg("col"), nb::arg("targets"),
         nb::arg("fanouts"), nb::arg("seed"), nb::arg("num_threads") = 0, nb::arg("draws") = false, sample_doc);

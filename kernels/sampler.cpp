@@ -279,16 +279,8 @@ Subgraph sample_subgraph(const int64_t* rowptr, const Col* col, int64_t num_node
   out.csr = build_csr<int64_t, int64_t>(edge_src.data(), edge_dst.data(),
                                         static_cast<int64_t>(edge_src.size()), n, num_threads);
   if (with_draws) {
-    // The edges as drawn (u -> v: u drew v), plus v -> u for every v never expanded (reached
-    // at the last hop: local id >= frontier_begin), whose row is then the nodes that drew it.
+    // The edges as drawn (u -> v: u drew v); the nodes of the last hop draw nothing.
     out.num_draws.resize(n, 0);
-    const int64_t drawn_edges = static_cast<int64_t>(edge_src.size());
-    for (int64_t e = 0; e < drawn_edges; ++e) {
-      if (edge_dst[e] >= frontier_begin) {
-        edge_src.push_back(edge_dst[e]);
-        edge_dst.push_back(edge_src[e]);
-      }
-    }
     out.draws = directed_csr(edge_src, edge_dst, n);
     out.draws_t = directed_csr(edge_dst, edge_src, n);
   }

@@ -19,8 +19,7 @@ struct Subgraph {
   // Only when sampled with `with_draws` (importance-weighted propagation), over local ids:
   // num_draws[i] = the neighbour positions node i drew, min(degree, fanout), 0 for a node that
   // was never expanded (the last hop's). Row i of `draws` lists the nodes i drew (without a
-  // self loop) when num_draws[i] > 0, else the nodes that drew i; columns sorted, no
-  // duplicates. `draws_t` is its transpose.
+  // self loop; empty for the last hop's nodes); columns sorted. `draws_t` is its transpose.
   std::vector<int64_t> num_draws;
   Csr<int64_t> draws, draws_t;
 };
