@@ -220,11 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="3",
                    help="a count (3 = seeds 0,1,2) or a comma list (0,2,5; one seed: 5,); sets train.seed")
     p.add_argument("--splits", default=None,
-                   help="comma-separated data.split values; '{seed}' is replaced by the seed (low-{seed}: one "
-                        "split per seed); default: data.split (the dataset's default split)")
+                   help="comma-separated data.split values (--task link: data.link_split ratios); '{seed}' is "
+                        "replaced by the seed (low-{seed}: one split per seed); default: data.split (the dataset's "
+                        "default split) or data.link_split")
     p.add_argument("--downstream", default="gcn",
                    help="comma-separated GNNs (model.gnn) trained on each run's exported embeddings; 'none' for none")
-    p.add_argument("--task", default="node-classification", choices=["node-classification"])
+    p.add_argument("--task", default=None, choices=["node-classification", "node", "link"],
+                   help="sets train.task; link: AUC / MRR, --splits are data.link_split ratios (10/30/60,85/5/10) "
+                        "and each seed sets data.link_seed too; default: train.task of the config / overrides")
     p.add_argument("--override", action="append", default=[], metavar="section.key=value",
                    help="config override for every run (repeatable)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="more overrides for every run")

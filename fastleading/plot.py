@@ -133,8 +133,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path
 
 # -------------------------------------------------------------------------------- studies
 def plot_valid_curves(curves: dict[str, dict[int, dict]], no_history: list[str], path: str | Path,
-                      title: str = "") -> Path:
-    """Validation accuracy by epoch per method: ``curves[method][epoch] = {"mean", "std", "n"}``,
+                      title: str = "", ylabel: str = "validation accuracy") -> Path:
+    """Validation accuracy (or ``ylabel``) by epoch per method: ``curves[method][epoch] = {"mean", "std", "n"}``,
     drawn as the mean with a ± std band; methods in ``no_history`` are named, not drawn."""
     fig = _figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -147,7 +147,7 @@ def plot_valid_curves(curves: dict[str, dict[int, dict]], no_history: list[str],
         ax.plot(epochs, mean, color=color, marker="o", ms=3, label=f"{method} (n={n})")
         ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=color, alpha=0.2, lw=0)
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title=title or "validation accuracy (mean ± std over runs)")
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title or f"{ylabel} (mean ± std over runs)")
     _integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
     if curves:
@@ -162,8 +162,8 @@ def plot_valid_curves(curves: dict[str, dict[int, dict]], no_history: list[str],
 
 
 def plot_test_acc(results: dict[str, dict[str, dict]], columns: dict[str, str], path: str | Path,
-                  title: str = "") -> Path:
-    """Grouped bars of test accuracy per method with ± std error bars:
+                  title: str = "", ylabel: str = "test accuracy") -> Path:
+    """Grouped bars of test accuracy (or ``ylabel``: AUC, MRR) per method with ± std error bars:
     ``results[method][key] = {"mean", "std", "values"}`` for each ``key`` of ``columns``
     (key -> legend label); each run's value is drawn as a dot on its bar."""
     fig = _figure(figsize=(max(6.0, 1.6 * len(results) * max(1, len(columns)) ** 0.5 + 2), 4.5),
@@ -184,7 +184,7 @@ def plot_test_acc(results: dict[str, dict[str, dict]], columns: dict[str, str], 
             ax.plot([x] * len(ms["values"]), ms["values"], "k.", ms=4, alpha=0.7, zorder=3)
         ax.bar(xs, means, width * 0.9, yerr=stds, capsize=3, color=f"C{j % 10}", label=label, zorder=2)
     ax.set_xticks(range(len(methods)), methods)
-    ax.set(ylabel="test accuracy", title=title or "test accuracy (mean ± std over runs; dots: runs)")
+    ax.set(ylabel=ylabel, title=title or f"{ylabel} (mean ± std over runs; dots: runs)")
     ax.grid(alpha=0.3, axis="y")
     if columns:
         fig.legend(fontsize=8, loc="outside right upper")

@@ -18,7 +18,16 @@ It is resumable: a run whose ``summary.json`` is complete is not trained again (
 midway continues from its checkpoint), a downstream result already written is kept; a run
 folder written with another config stops the study before anything trains.
 
-A task is a parameter (:data:`TASKS`); node classification is the only one so far.
+A task (:data:`TASKS`, a :class:`Task`: which summary keys are its metrics, which history key
+is its validation curve) is ``--task`` or the config's ``train.task``:
+
+- node classification: accuracy, as above;
+- link prediction (``--task link``): the splits are ``data.link_split`` ratios (``10/30/60``,
+  ``85/5/10``; run folders ``<method>-10-30-60-seed<seed>``) and each seed sets
+  ``data.link_seed`` too; per method the head's valid / test AUC and MRR (``head_auc``,
+  ``head_valid_mrr``, ...) and each downstream GNN's test AUC and MRR (``gcn_auc``, ``gcn_mrr``;
+  ``downstream-link-<gnn>.json``); the curve is the validation MRR by epoch; the bars are
+  ``test_metrics.png``.
 """
 
 from __future__ import annotations
@@ -45,12 +54,35 @@ IGNORED_KEYS = {("data", "cache_dir")}
 
 
 # ----------------------------------------------------------------------------------- tasks
-class NodeClassification:
-    """Node classification: accuracy of the built-in head at its best valid epoch (from
-    ``summary.json``) and of downstream GNNs on the run's exported embeddings."""
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric: where the built-in head's valid / test value sit in ``summary.json``,
+    where a downstream GNN's test value sits in its result, and the suffix of its keys in
+    ``results.json`` (``head<suffix>``, ``head_valid<suffix>``, ``<gnn><suffix>``)."""
 
-    name = "node-classification"
-    metric = "accuracy"
+    label: str          # in the table's column names ("" for node classification's accuracy)
+    valid_key: str      # summary.json: the head's validation value at its best epoch
+    test_key: str       # summary.json: the head's test value at that epoch
+    downstream_key: str  # downstream-<gnn>.json / downstream-link-<gnn>.json: the GNN's test value
+    suffix: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a study reads and writes for one ``train.task``: its metrics, the history key drawn
+    as the validation curve, file names. Training, export and downstream are the same calls for
+    every task (the run's config carries ``train.task``)."""
+
+    name: str
+    config_task: str        # train.task
+    metric: str             # results.json "metric"
+    description: str        # the table's header: what the numbers are
+    metrics: tuple[Metric, ...]
+    curve_key: str          # key of a summary history entry drawn by epoch
+    curve_label: str
+    split_key: str          # the config key a study's split sets
+    test_png: str
+    downstream_file: str    # written by fastleading.downstream.downstream, ``{gnn}`` replaced
 
     def train(self, cfg: Config, run_dir: Path, resume: bool) -> dict:
         from fastleading.methods import train_method
@@ -59,14 +91,23 @@ class NodeClassification:
 
     def complete(self, summary: dict, cfg: Config) -> bool:
         return (summary.get("method") == cfg.train.method
-                and all(isinstance(summary.get(k), (int, float)) for k in ("best_valid_acc", "test_acc")))
+                and all(isinstance(summary.get(k), (int, float))
+                        for m in self.metrics for k in (m.valid_key, m.test_key)))
 
     def head(self, summary: dict) -> dict:
-        """{"valid", "test"} of the built-in head (test at the best valid epoch)."""
-        return {"valid": summary["best_valid_acc"], "test": summary["test_acc"]}
+        """{suffix: {"valid", "test"}} of the built-in head per metric (test at the best valid epoch)."""
+        return {m.suffix: {"valid": summary[m.valid_key], "test": summary[m.test_key]} for m in self.metrics}
+
+    def scores(self, result: dict) -> dict:
+        """{suffix: test value} of a downstream GNN's result."""
+        return {m.suffix: result[m.downstream_key] for m in self.metrics}
+
+    def downstream_done(self, result: dict | None, gnn: str) -> bool:
+        return (result is not None and result.get("gnn") == gnn
+                and all(isinstance(result.get(m.downstream_key), (int, float)) for m in self.metrics))
 
     def history(self, summary: dict) -> list[dict]:
-        """Per-epoch evaluations ({"epoch", "valid", ...}); empty for the fixed-feature methods."""
+        """Per-epoch evaluations ({"epoch", curve_key, ...}); empty for the fixed-feature methods."""
         return summary.get("history") or []
 
     def export(self, run_dir: Path, path: Path) -> Path:
@@ -80,10 +121,31 @@ class NodeClassification:
         return downstream(apply_overrides(copy.deepcopy(cfg), [f"model.gnn={gnn}"]), embeddings, run_dir)
 
     def downstream_path(self, run_dir: Path, gnn: str) -> Path:
-        return run_dir / f"downstream-{gnn}.json"  # where fastleading.downstream.downstream writes
+        return run_dir / self.downstream_file.format(gnn=gnn)
 
 
-TASKS = {"node-classification": NodeClassification()}
+NODE_CLASSIFICATION = Task(
+    "node-classification", "node", "accuracy",
+    "Test accuracy (%) of the built-in head at its best validation epoch",
+    (Metric("", "best_valid_acc", "test_acc", "test"),), "valid", "accuracy", "data.split", TEST_PNG,
+    "downstream-{gnn}.json")
+LINK_PREDICTION = Task(
+    "link", "link", "auc,mrr",
+    "Test AUC and MRR (%) of the built-in head (LM + APPNP + decoder) at its best validation epoch",
+    (Metric("AUC", "best_valid_auc", "test_auc", "test_auc", "_auc"),
+     Metric("MRR", "best_valid_mrr", "test_mrr", "test_mrr", "_mrr")),
+    "valid_mrr", "MRR", "data.link_split", "test_metrics.png", "downstream-link-{gnn}.json")
+TASKS = {"node-classification": NODE_CLASSIFICATION, "link": LINK_PREDICTION}
+TASK_ALIASES = {"node": "node-classification", "link-prediction": "link"}
+
+
+def resolve_task(task: str | None, base: Config) -> Task:
+    """The study's task: ``task`` (a name of :data:`TASKS` or an alias), or, when None, the one
+    of ``base``'s ``train.task``."""
+    name = TASK_ALIASES.get(task, task) if task else TASK_ALIASES.get(base.train.task, base.train.task)
+    if name not in TASKS:
+        raise FastleadingError(f"--task '{task}': expected one of {', '.join([*TASKS, *TASK_ALIASES])}")
+    return TASKS[name]
 
 
 # ------------------------------------------------------------------------------------ plan
@@ -96,7 +158,8 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.split}-seed{self.seed}"
+        # a link split is a ratio (10/30/60): no slash in a folder name
+        return f"{self.method}-{(self.split or 'default').replace('/', '-')}-seed{self.seed}"
 
 
 @dataclass
@@ -133,10 +196,12 @@ def parse_list(text: str | Iterable[str] | None) -> list[str]:
     return [s.strip() for s in items if s.strip() and s.strip().lower() != "none"]
 
 
-def plan(base: Config, methods: list[str], seeds: list[int], splits: list[str]) -> list[RunSpec]:
+def plan(base: Config, methods: list[str], seeds: list[int], splits: list[str],
+         task: Task = NODE_CLASSIFICATION) -> list[RunSpec]:
     """One :class:`RunSpec` per (seed, split, method), in that nesting (so a study stopped
-    early has every method at the first seeds). A split may contain ``{seed}``
-    (``low-{seed}``: each seed its own split)."""
+    early has every method at the first seeds). A split sets ``task.split_key`` and may contain
+    ``{seed}`` (``low-{seed}``: each seed its own split); for link prediction the seed sets
+    ``data.link_seed`` too (each seed its own edge split and evaluation negatives)."""
     if not methods:
         raise FastleadingError("--methods: give at least one method")
     if len(set(methods)) < len(methods):
@@ -146,8 +211,9 @@ def plan(base: Config, methods: list[str], seeds: list[int], splits: list[str]) 
         for pattern in splits:
             split = pattern.replace("{seed}", str(seed))
             for method in methods:
-                cfg = apply_overrides(copy.deepcopy(base), [f"train.method={method}", f"train.seed={seed}",
-                                                            f"data.split={split}"])
+                seeded = [f"train.seed={seed}"] + ([f"data.link_seed={seed}"] if task.config_task == "link" else [])
+                cfg = apply_overrides(copy.deepcopy(base), [f"train.method={method}", *seeded,
+                                                            f"{task.split_key}={split}"])
                 specs.append(RunSpec(method, seed, split, cfg))
     names = [s.name for s in specs]
     if len(set(names)) < len(names):
@@ -155,16 +221,21 @@ def plan(base: Config, methods: list[str], seeds: list[int], splits: list[str]) 
     return specs
 
 
-def resolve_splits(base: Config, splits: list[str]):
+def resolve_splits(base: Config, splits: list[str], task: Task = NODE_CLASSIFICATION):
     """(the study's split patterns, none given = ``data.split``, with '' replaced by the
-    dataset's default split; the dataset, whose split names :func:`check_splits` checks)."""
+    dataset's default split; the dataset, whose split names :func:`check_splits` checks).
+    Link prediction: none given = ``data.link_split`` (its config check checks each ratio)."""
     from fastleading.data import load_dataset
 
     graph = load_dataset(base.data)
+    if task.config_task == "link":
+        return splits or [base.data.link_split], graph
     return [s or graph.default_split for s in (splits or [base.data.split])], graph
 
 
-def check_splits(graph, specs: list[RunSpec]) -> None:
+def check_splits(graph, specs: list[RunSpec], task: Task = NODE_CLASSIFICATION) -> None:
+    if task.config_task == "link":
+        return  # plan's apply_overrides has checked every data.link_split
     known = list(graph.split_names)
     for split in dict.fromkeys(s.split for s in specs):
         if split not in known:
@@ -234,7 +305,7 @@ def run_one(task, spec: RunSpec, run_dir: Path, gnns: list[str], log: Callable[[
     results, fresh = {}, []
     for gnn in gnns:
         done = _read_json(task.downstream_path(run_dir, gnn))
-        if done is not None and isinstance(done.get("test"), (int, float)) and done.get("gnn") == gnn:
+        if task.downstream_done(done, gnn):
             results[gnn] = done
         else:
             fresh.append(gnn)
@@ -245,7 +316,9 @@ def run_one(task, spec: RunSpec, run_dir: Path, gnns: list[str], log: Callable[[
         for gnn in fresh:
             results[gnn] = task.downstream(spec.cfg, emb, run_dir, gnn)
     head = task.head(summary)
-    scores = "  ".join([f"head test {head['test']:.4f}"] + [f"{g} test {results[g]['test']:.4f}" for g in gnns])
+    scores = "  ".join([f"head test{m.label and ' ' + m.label} {head[m.suffix]['test']:.4f}" for m in task.metrics]
+                       + [f"{g} test{m.label and ' ' + m.label} {task.scores(results[g])[m.suffix]:.4f}"
+                          for g in gnns for m in task.metrics])
     log(f"seed {spec.seed} {spec.split} {spec.method:<11} {scores}  ({status}, {time.time() - start:.0f} s)")
     config = _read_json(run_dir / "config.json") or spec.cfg.to_dict()
     return {"name": spec.name, "method": spec.method, "seed": spec.seed, "split": spec.split,
@@ -267,11 +340,13 @@ def aggregate(task, runs: list[dict], methods: list[str], gnns: list[str]) -> tu
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
         heads = [task.head(r["summary"]) for r in mine]
-        entry = {"runs": len(mine),
-                 "head": mean_std([h["test"] for h in heads]),
-                 "head_valid": mean_std([h["valid"] for h in heads])}
+        entry = {"runs": len(mine)}
+        for m in task.metrics:
+            entry["head" + m.suffix] = mean_std([h[m.suffix]["test"] for h in heads])
+            entry["head_valid" + m.suffix] = mean_std([h[m.suffix]["valid"] for h in heads])
         for gnn in gnns:
-            entry[gnn] = mean_std([r["downstream"][gnn]["test"] for r in mine])
+            for m in task.metrics:
+                entry[gnn + m.suffix] = mean_std([task.scores(r["downstream"][gnn])[m.suffix] for r in mine])
         entry["wall_s"] = mean_std([r["summary"].get("wall_time_s", 0.0) for r in mine])
         histories = [task.history(r["summary"]) for r in mine]
         entry["history"] = all(histories)
@@ -280,7 +355,7 @@ def aggregate(task, runs: list[dict], methods: list[str], gnns: list[str]) -> tu
             epochs = sorted({h["epoch"] for hist in histories for h in hist})
             valid_by_epoch[method] = {}
             for e in epochs:
-                values = [h["valid"] for hist in histories for h in hist if h["epoch"] == e]
+                values = [h[task.curve_key] for hist in histories for h in hist if h["epoch"] == e]
                 valid_by_epoch[method][str(e)] = {**mean_std(values), "n": len(values)}
     return results, valid_by_epoch
 
@@ -289,23 +364,30 @@ def _pct(ms: dict) -> str:
     return f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f}"
 
 
-def markdown_table(results: dict, valid_by_epoch: dict, gnns: list[str], header: str) -> str:
-    """The study's markdown: mean ± std (%) per method, a note on methods without a history,
-    and the validation accuracy by epoch."""
-    cols = ["method", "runs", "head valid", "head test", *(f"{g} test" for g in gnns), "train wall s"]
+def markdown_table(results: dict, valid_by_epoch: dict, gnns: list[str], header: str,
+                   task: Task = NODE_CLASSIFICATION) -> str:
+    """The study's markdown: mean ± std (%) per method (one column group per metric of
+    ``task``), a note on methods without a history, and the validation curve by epoch."""
+    def named(text: str, m: Metric) -> str:
+        return f"{text} {m.label}" if m.label else text
+
+    cols = ["method", "runs", *(named(c, m) for m in task.metrics for c in ("head valid", "head test")),
+            *(named(f"{g} test", m) for g in gnns for m in task.metrics), "train wall s"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
     for method, r in results.items():
-        row = [method, str(r["runs"]), _pct(r["head_valid"]), _pct(r["head"]), *(_pct(r[g]) for g in gnns),
+        row = [method, str(r["runs"]),
+               *(_pct(r[k + m.suffix]) for m in task.metrics for k in ("head_valid", "head")),
+               *(_pct(r[g + m.suffix]) for g in gnns for m in task.metrics),
                f"{r['wall_s']['mean']:.0f} ± {r['wall_s']['std']:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     no_history = [m for m, r in results.items() if not r["history"]]
     if no_history:
         lines += ["", f"{', '.join(no_history)}: fixed features, no LM trained; the built-in head (MLP + APPNP) "
-                      "trains in one go, so there is no validation accuracy by epoch (not drawn in "
+                      f"trains in one go, so there is no validation {task.curve_label} by epoch (not drawn in "
                       f"{VALID_PNG})."]
     if valid_by_epoch:
         epochs = sorted({int(e) for v in valid_by_epoch.values() for e in v})
-        lines += ["", "Validation accuracy (%) of the built-in head by epoch, mean over runs:", "",
+        lines += ["", f"Validation {task.curve_label} (%) of the built-in head by epoch, mean over runs:", "",
                   "| epoch | " + " | ".join(map(str, epochs)) + " |", "| --- |" + " --- |" * len(epochs)]
         for method, by_epoch in valid_by_epoch.items():
             cells = [f"{100 * by_epoch[str(e)]['mean']:.1f}" if str(e) in by_epoch else "" for e in epochs]
@@ -333,15 +415,17 @@ def device_name(runs: list[dict]) -> str:
 # ----------------------------------------------------------------------------------- study
 def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAULT_METHODS,
               seeds: str | int | Iterable[int] = 3, splits: Iterable[str] | None = None,
-              downstream: Iterable[str] = ("gcn",), task: str = "node-classification", name: str = "",
+              downstream: Iterable[str] = ("gcn",), task: str | None = None, name: str = "",
               note: str = "", command: str = "", settings: dict | None = None,
               log: Callable[[str], None] = print) -> StudyOutput:
     """Run (or resume) the study and write ``results.json``, ``table.md`` and, with matplotlib,
     the PNGs into ``out_dir``. ``base`` (with the study's overrides already applied) is every
-    run's config; each run sets ``train.method``, ``train.seed`` and ``data.split``."""
-    if task not in TASKS:
-        raise FastleadingError(f"--task '{task}': expected one of {', '.join(TASKS)}")
-    t = TASKS[task]
+    run's config; each run sets ``train.method``, ``train.seed`` and the split (``data.split``;
+    link prediction: ``data.link_split`` and ``data.link_seed``). ``task`` None: ``base``'s
+    ``train.task``; given, it sets ``train.task``."""
+    t = resolve_task(task, base)
+    base = apply_overrides(copy.deepcopy(base), [f"train.task={t.config_task}"])
+    task = t.name
     methods, gnns, seeds = parse_list(methods), parse_list(downstream), parse_seeds(seeds)
     for gnn in gnns:
         apply_overrides(copy.deepcopy(base), [f"model.gnn={gnn}"])  # an unknown GNN stops here, in one line
@@ -349,9 +433,9 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
         raise FastleadingError(f"--downstream: repeated GNN in {','.join(gnns)}")
     out_dir = Path(out_dir)
     runs_dir = out_dir / "runs"
-    patterns, graph = resolve_splits(base, parse_list(splits) if splits is not None else [])
-    specs = plan(base, methods, seeds, patterns)
-    check_splits(graph, specs)
+    patterns, graph = resolve_splits(base, parse_list(splits) if splits is not None else [], t)
+    specs = plan(base, methods, seeds, patterns, t)
+    check_splits(graph, specs, t)
     check_run_folders(specs, runs_dir)
     started = time.time()
     runs = [run_one(t, spec, runs_dir / spec.name, gnns, log) for spec in specs]
@@ -360,6 +444,7 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
 
     record = {
         "study": name or f"{base.data.dataset} {task}", "task": task, "metric": t.metric,
+        **({"metrics": {m.suffix.lstrip("_"): m.label for m in t.metrics}} if t.config_task == "link" else {}),
         "dataset": base.data.dataset, "model": base.model.name, "methods": methods, "seeds": seeds,
         "splits": patterns, "downstream": gnns, "device": device_name(runs), "torch": torch.__version__,
         "date": dt.date.today().isoformat(), "git_commit": _git_commit(), "command": command,
@@ -370,11 +455,11 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     }
     results_path = atomic_write_text(out_dir / RESULTS, json.dumps(record, indent=2) + "\n")
     n = len(seeds) * len(patterns)
-    header = (f"# {record['study']}\n\nTest accuracy (%) of the built-in head at its best validation epoch"
+    header = (f"# {record['study']}\n\n{t.description}"
               + (" and of each downstream GNN on the run's exported embeddings" if gnns else "")
               + f"; mean ± sample std over {n} run(s) per method (seeds {','.join(map(str, seeds))}; "
               f"splits {', '.join(patterns)}). Model {base.model.name}, dataset {base.data.dataset}.")
-    table_path = atomic_write_text(out_dir / TABLE, markdown_table(results, valid_by_epoch, gnns, header))
+    table_path = atomic_write_text(out_dir / TABLE, markdown_table(results, valid_by_epoch, gnns, header, t))
     out = StudyOutput(record, out_dir, results_path, table_path)
     from fastleading import plot
 
@@ -384,8 +469,26 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     curves = {m: {int(e): v for e, v in by_epoch.items()} for m, by_epoch in valid_by_epoch.items()}
     no_history = [m for m, r in results.items() if not r["history"]]
     out.plots.append(plot.plot_valid_curves(curves, no_history, out_dir / VALID_PNG,
-                                            f"{record['study']}: validation accuracy (mean ± std over runs)"))
-    columns = {"head": "built-in head", **{g: f"downstream {g}" for g in gnns}}
-    out.plots.append(plot.plot_test_acc(results, columns, out_dir / TEST_PNG,
-                                        f"{record['study']}: test accuracy (mean ± std; dots: runs)"))
+                                            f"{record['study']}: validation {t.curve_label} (mean ± std over runs)",
+                                            ylabel=f"validation {t.curve_label}"))
+    columns = {"head" + m.suffix: f"built-in head{m.label and ' ' + m.label}" for m in t.metrics}
+    columns.update({g + m.suffix: f"downstream {g}{m.label and ' ' + m.label}" for g in gnns for m in t.metrics})
+    what = t.metric if t.config_task != "link" else " / ".join(m.label for m in t.metrics)
+    out.plots.append(plot.plot_test_acc(results, columns, out_dir / t.test_png,
+                                        f"{record['study']}: test {what} (mean ± std; dots: runs)",
+                                        ylabel=f"test {what}"))
     return out
+
+
+def publish(study: StudyOutput, out: str | Path | None, stem: str) -> Path:
+    """For the benchmark presets: copy the study's results.json to ``out`` (default
+    ``benchmarks/results/<stem>-<device>-<date>.json``), print the table and where things are."""
+    import shutil
+
+    result = study.results
+    path = Path(out or f"benchmarks/results/{stem}-{result['device'].replace(' ', '_')}-{result['date']}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study.results_path, path)
+    print("\n" + study.table_path.read_text(), end="")
+    print(f"\nresults: {path}\nstudy folder: {study.out_dir}")
+    return path

@@ -166,9 +166,11 @@ def test_plot_draws_run_curves(study, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "no.png").exists()
 
 
-def test_citeseer_preset_is_a_call_of_the_study(tmp_path, monkeypatch, capsys):
+def run_preset(script: str, argv: list[str], tmp_path: Path, monkeypatch) -> tuple:
+    """Run ``benchmarks/<script>`` with ``argv`` (plus --root, --runs, --out under ``tmp_path``) and
+    a stand-in for run_study; returns run_study's (base, out_dir, kwargs)."""
     spec = importlib.util.spec_from_file_location(
-        "study_citeseer", Path(__file__).resolve().parents[1] / "benchmarks" / "study_citeseer.py")
+        Path(script).stem, Path(__file__).resolve().parents[1] / "benchmarks" / script)
     preset = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(preset)
     (tmp_path / "data" / "citeseer-tag").mkdir(parents=True)
@@ -183,16 +185,21 @@ def test_citeseer_preset_is_a_call_of_the_study(tmp_path, monkeypatch, capsys):
                            Path(out_dir) / "table.md")
 
     monkeypatch.setattr(preset, "run_study", fake_run_study)
-    monkeypatch.setattr(sys, "argv", ["study_citeseer.py", "--root", str(tmp_path / "data"), "--seeds", "2",
-                                      "--epochs", "7", "--max-length", "32", "--methods", "leading,shallow",
-                                      "--override", "model.num_iters=4", "--runs", str(tmp_path / "runs"),
+    monkeypatch.setattr(sys, "argv", [script, "--root", str(tmp_path / "data"), *argv, "--runs", str(tmp_path / "runs"),
                                       "--out", str(tmp_path / "r.json")])
     assert preset.main() == 0
     (base, out_dir, kw), = calls
     assert out_dir == str(tmp_path / "runs")
+    assert (tmp_path / "r.json").read_text() == (tmp_path / "runs" / "results.json").read_text()
+    return base, out_dir, kw
+
+
+def test_citeseer_preset_is_a_call_of_the_study(tmp_path, monkeypatch, capsys):
+    base, out_dir, kw = run_preset("study_citeseer.py", ["--seeds", "2", "--epochs", "7", "--max-length", "32",
+                                                         "--methods", "leading,shallow", "--override",
+                                                         "model.num_iters=4"], tmp_path, monkeypatch)
     assert kw["methods"] == ["leading", "shallow"] and kw["seeds"] == 2
     assert kw["splits"] == ["low-{seed}"] and kw["downstream"] == ["gcn"]
     assert (base.data.dataset, base.data.max_length, base.train.epochs, base.model.num_iters) == \
         ("citeseer-tag", 32, 7, 4)
-    assert (tmp_path / "r.json").read_text() == (tmp_path / "runs" / "results.json").read_text()
     assert "| method |" in capsys.readouterr().out
