@@ -15,13 +15,11 @@ On CPU, shorten --max-length and --epochs (the result file records what was used
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from fastleading.config import Config, apply_overrides
-from fastleading.errors import FastleadingError
-from fastleading.study import run_study
+from fastleading.study import run_preset
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 
@@ -55,28 +53,8 @@ def main() -> int:
                    "benchmarks/results/citeseer-study-<device>-<date>.json")
     p.add_argument("--note", default="", help="free text stored in the result file (e.g. what was shortened and why)")
     args = p.parse_args()
-    if not (Path(args.root) / "citeseer-tag").is_dir():
-        print(f"CiteSeer-TAG not found under {args.root}", file=sys.stderr)
-        return 2
-    methods = args.methods.split(",")
-    if unknown := set(methods) - set(METHODS):
-        p.error(f"--methods: unknown {sorted(unknown)}; expected some of {','.join(METHODS)}")
-    try:
-        study = run_study(base_config(args), args.runs, methods=methods, seeds=args.seeds, splits=["low-{seed}"],
-                          downstream=["gcn"], name="citeseer-tag low-label", note=args.note,
-                          command="python " + " ".join(sys.argv), settings=vars(args),
-                          log=lambda line: print(line, flush=True))
-    except FastleadingError as e:
-        print(f"study_citeseer: error: {e}", file=sys.stderr)
-        return 2
-    result = study.results
-    device = result["device"].replace(" ", "_")
-    out = Path(args.out or f"benchmarks/results/citeseer-study-{device}-{result['date']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(study.results_path, out)
-    print("\n" + study.table_path.read_text(), end="")
-    print(f"\nresults: {out}\nstudy folder: {study.out_dir}")
-    return 0
+    return run_preset(args, base_config(args), METHODS, splits=["low-{seed}"], name="citeseer-tag low-label",
+                      stem="citeseer-study", prog="study_citeseer")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import sys
 from pathlib import Path
 
 from fastleading.config import Config, apply_overrides
-from fastleading.errors import FastleadingError
-from fastleading.study import publish, run_study
+from fastleading.study import run_preset
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 SPLITS = ("10/30/60", "85/5/10")
@@ -62,23 +61,9 @@ def main() -> int:
                    "benchmarks/results/citeseer-link-study-<device>-<date>.json")
     p.add_argument("--note", default="", help="free text stored in the result file (e.g. what was shortened and why)")
     args = p.parse_args()
-    if not (Path(args.root) / "citeseer-tag").is_dir():
-        print(f"CiteSeer-TAG not found under {args.root}", file=sys.stderr)
-        return 2
-    methods = args.methods.split(",")
-    if unknown := set(methods) - set(METHODS):
-        p.error(f"--methods: unknown {sorted(unknown)}; expected some of {','.join(METHODS)}")
-    try:
-        study = run_study(base_config(args), args.runs, methods=methods, seeds=args.seeds,
-                          splits=[s.strip() for s in args.splits.split(",") if s.strip()], downstream=["gcn"],
-                          task="link", name="citeseer-tag link prediction", note=args.note,
-                          command="python " + " ".join(sys.argv), settings=vars(args),
-                          log=lambda line: print(line, flush=True))
-    except FastleadingError as e:
-        print(f"study_link_citeseer: error: {e}", file=sys.stderr)
-        return 2
-    publish(study, args.out, "citeseer-link-study")
-    return 0
+    return run_preset(args, base_config(args), METHODS, splits=[s.strip() for s in args.splits.split(",") if s.strip()],
+                      task="link", name="citeseer-tag link prediction", stem="citeseer-link-study",
+                      prog="study_link_citeseer")
 
 
 if __name__ == "__main__":

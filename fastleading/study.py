@@ -480,6 +480,33 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     return out
 
 
+def run_preset(args, base: Config, all_methods: Iterable[str], *, splits: list[str], name: str, stem: str,
+               prog: str, task: str | None = None, dataset_dir: str = "citeseer-tag") -> int:
+    """The body of a benchmark preset's ``main()`` (``benchmarks/study_*.py``): check that
+    ``<args.root>/<dataset_dir>`` exists and ``args.methods`` are known, run the study with the
+    preset's ``base`` config into ``args.runs``, and :func:`publish` it to ``args.out``. Returns
+    the exit code; errors are one line on stderr, prefixed with ``prog``."""
+    import sys
+
+    if not (Path(args.root) / dataset_dir).is_dir():
+        print(f"{prog}: error: {dataset_dir} not found under {args.root}", file=sys.stderr)
+        return 2
+    methods = args.methods.split(",")
+    if unknown := set(methods) - set(all_methods):
+        print(f"{prog}: error: --methods: unknown {sorted(unknown)}; expected some of {','.join(all_methods)}",
+              file=sys.stderr)
+        return 2
+    try:
+        study = run_study(base, args.runs, methods=methods, seeds=args.seeds, splits=splits, downstream=["gcn"],
+                          task=task, name=name, note=args.note, command="python " + " ".join(sys.argv),
+                          settings=vars(args), log=lambda line: print(line, flush=True))
+    except FastleadingError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    publish(study, args.out, stem)
+    return 0
+
+
 def publish(study: StudyOutput, out: str | Path | None, stem: str) -> Path:
     """For the benchmark presets: copy the study's results.json to ``out`` (default
     ``benchmarks/results/<stem>-<device>-<date>.json``), print the table and where things are."""

@@ -12,6 +12,7 @@ import pytest
 
 from fastleading.cli import main
 from fastleading.plot import PLOT_HINT
+from fastleading import study as study_module
 from fastleading.study import StudyOutput
 
 from tiny_models import save_tiny_model
@@ -184,7 +185,7 @@ def run_preset(script: str, argv: list[str], tmp_path: Path, monkeypatch) -> tup
         return StudyOutput({"device": "cpu", "date": "2026-01-01"}, Path(out_dir), Path(out_dir) / "results.json",
                            Path(out_dir) / "table.md")
 
-    monkeypatch.setattr(preset, "run_study", fake_run_study)
+    monkeypatch.setattr(study_module, "run_study", fake_run_study)
     monkeypatch.setattr(sys, "argv", [script, "--root", str(tmp_path / "data"), *argv, "--runs", str(tmp_path / "runs"),
                                       "--out", str(tmp_path / "r.json")])
     assert preset.main() == 0
