@@ -101,6 +101,27 @@ def test_decoder_tokenizer_pads_left_with_eos(graph, tmp_path, gpt2_like):
     assert (mask[:, -1] == 1).all()  # the last column holds every row's last token
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_an_empty_text_becomes_one_eos_token_not_an_all_masked_row(tmp_path, gpt2_like, side):
+    """GPT-2-like tokenizers add no special tokens: an empty text would give a row of padding only."""
+    from fastleading.data.tag import NodeTexts, TextAttributedGraph
+
+    texts = ["the quick fox", "", "lazy dog", ""]
+    g = TextAttributedGraph(torch.tensor([0, 1, 2, 3, 4]), torch.tensor([1, 0, 3, 2], dtype=torch.int32),
+                            torch.zeros(4, dtype=torch.long), ["a"], {}, "", texts=NodeTexts.from_strings(texts),
+                            metadata={"name": "empty-texts"})
+    g.save(tmp_path / "graph")
+    tok, _ = load_tokenizer(gpt2_like)
+    assert tok("")["input_ids"] == []  # the case this guards against
+    cache = prepare_tokens(g, tmp_path / "graph", gpt2_like, 8, tmp_path / "cache", padding_side=side)
+    assert cache.lengths.tolist() == [len(tok(t)["input_ids"]) or 1 for t in texts]
+    input_ids, mask = cache.batch(torch.arange(4))
+    assert (mask.sum(1) >= 1).all()
+    for i in (1, 3):
+        assert input_ids[i][mask[i].bool()].tolist() == [tok.eos_token_id]
+    assert input_ids[0][mask[0].bool()].tolist() == tok(texts[0])["input_ids"]
+
+
 def test_causal_lm_config_means_left_padding_even_with_a_pad_token(tmp_path, gpt2_like):
     import shutil
 

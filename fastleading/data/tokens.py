@@ -13,7 +13,9 @@ full definition), ``max_length`` and the padding side, so a second call opens th
 cache at once. Decoder models (GPT-2, Llama: ``architectures`` ending in CausalLM /
 LMHeadModel, ``config.is_decoder``, or a tokenizer without a pad token) pad on the
 LEFT, so that the last position holds every row's last token; a missing pad token is
-set to the EOS token.
+set to the EOS token. A text that tokenizes to nothing (an empty text, with a tokenizer that
+adds no special tokens, as GPT-2's) is stored as one EOS token (the pad token where there is
+no EOS), so that no row is all padding: an all-masked row would pool to NaN.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fastleading.data.tag import TextAttributedGraph, load_npy, publish_dir, req
 from fastleading.errors import FastleadingError
 
 TOKENIZE_BATCH = 1024
+FORMAT_VERSION = 2  # 2: no row of zero tokens
 
 
 @dataclass
@@ -122,7 +125,7 @@ def tokenizer_hash(tok) -> str:
 def token_dir(cache_dir: str | Path, graph_key: str, model_name: str, vocab_hash: str,
               max_length: int, padding_side: str) -> Path:
     model = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.rstrip("/").split("/")[-1])[:40]
-    key = json.dumps([graph_key, model_name, vocab_hash, max_length, padding_side])
+    key = json.dumps([graph_key, model_name, vocab_hash, max_length, padding_side, FORMAT_VERSION])
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     return Path(cache_dir).expanduser() / "tokens" / f"{graph_key}--{model}-L{max_length}-{padding_side}-{digest}"
 
@@ -189,8 +192,14 @@ def _write(graph: TextAttributedGraph, tok, side: str, max_length: int, out: Pat
                 enc = tok(graph.texts(range(start, stop)), max_length=max_length, truncation=True,
                           padding="max_length", return_attention_mask=True, return_token_type_ids=False,
                           return_tensors="np")
-                input_ids[start:stop] = enc["input_ids"]
-                lengths[start:stop] = enc["attention_mask"].sum(axis=1)
+                ids, count = enc["input_ids"], enc["attention_mask"].sum(axis=1)
+                empty = count == 0
+                if empty.any():  # one EOS instead of nothing, on the side the real tokens sit
+                    filler = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+                    ids[empty, 0 if side == "right" else max_length - 1] = filler
+                    count[empty] = 1
+                input_ids[start:stop] = ids
+                lengths[start:stop] = count
                 bar.update(stop - start)
     input_ids.flush()
     lengths.flush()
