@@ -17,12 +17,10 @@ On CPU, shorten --max-length, --epochs, --max-steps and e.g. ``--override model.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 from fastleading.config import Config, apply_overrides
-from fastleading.study import run_preset
+from fastleading.study import preset_parser, run_preset
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 SPLITS = ("10/30/60", "85/5/10")
@@ -40,26 +38,9 @@ def base_config(args) -> Config:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    p.add_argument("--seeds", type=int, default=3)
+    p = preset_parser(__doc__.split("\n\n")[0], METHODS, runs="runs/study-link-citeseer", stem="citeseer-link-study")
     p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated data.link_split ratios")
-    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=0, help="train.max_steps (0 = no limit)")
-    p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--refresh-batch-size", type=int, default=0)
-    p.add_argument("--lr-lm", type=float, default=5e-5)
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override for every run, e.g. model.num_iters=10 (repeatable)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--runs", default="runs/study-link-citeseer",
-                   help="study folder (results.json, table.md, plots, runs/)")
-    p.add_argument("--out", default=None, help="copy of results.json; default "
-                   "benchmarks/results/citeseer-link-study-<device>-<date>.json")
-    p.add_argument("--note", default="", help="free text stored in the result file (e.g. what was shortened and why)")
     args = p.parse_args()
     return run_preset(args, base_config(args), METHODS, splits=[s.strip() for s in args.splits.split(",") if s.strip()],
                       task="link", name="citeseer-tag link prediction", stem="citeseer-link-study",

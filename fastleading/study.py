@@ -480,6 +480,32 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     return out
 
 
+def preset_parser(description: str, methods: Iterable[str], runs: str, stem: str):
+    """The arguments every benchmark preset (``benchmarks/study_*.py``) shares: data root, seeds,
+    the CPU shortenings, methods, overrides, device, study folder, result file and note."""
+    import argparse
+
+    methods = ",".join(methods)
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--refresh-batch-size", type=int, default=0)
+    p.add_argument("--lr-lm", type=float, default=5e-5)
+    p.add_argument("--methods", default=methods, help="comma-separated subset of " + methods)
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for every run, e.g. model.num_iters=10 (repeatable)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runs", default=runs, help="study folder (results.json, table.md, plots, runs/)")
+    p.add_argument("--out", default=None, help=f"copy of results.json; default "
+                   f"benchmarks/results/{stem}-<device>-<date>.json")
+    p.add_argument("--note", default="", help="free text stored in the result file (e.g. what was shortened and why)")
+    return p
+
+
 def run_preset(args, base: Config, all_methods: Iterable[str], *, splits: list[str], name: str, stem: str,
                prog: str, task: str | None = None, dataset_dir: str = "citeseer-tag") -> int:
     """The body of a benchmark preset's ``main()`` (``benchmarks/study_*.py``): check that
