@@ -32,4 +32,4 @@ train: $(STAMP)
 	$(BIN)/fastleading train --out runs/default data.split=high-0
 
 test: $(STAMP)
-	$(BIN)/pytest -q -rs
+	$(BIN)/pytest -q -rs --durations=20

@@ -51,9 +51,12 @@ def test_shallow_link_learns_on_the_training_graph_only(tmp_path, monkeypatch):
 
 
 def test_pretrained_link_and_downstream_on_exported_link_embeddings(tiny_bert, tmp_path, monkeypatch, capsys):
-    pre = link_config(tiny_bert, tmp_path / "c", "train.method=pretrained", "train.downstream_epochs=3")
+    # frozen (random tiny) LM features of texts that share class words, on a homophilous graph:
+    # above chance (measured 0.636 and 0.633 test AUC for seeds 0 and 1; chance 0.5)
+    pre = link_config(tiny_bert, tmp_path / "c", "train.method=pretrained", "train.downstream_epochs=20",
+                      "data.synthetic_nodes=400", "data.synthetic_signal=0.8", "model.pooling=mean")
     summary = train_method(pre, tmp_path / "pre")
-    assert summary["task"] == "link" and 0 <= summary["test_auc"] <= 1
+    assert summary["task"] == "link" and summary["test_auc"] > 0.58
     # a LEADING link run, its LM's embeddings exported, then GCN / SAGE + decoder on them
     cfg = link_config(tiny_bert, tmp_path / "c")
     train_method(cfg, tmp_path / "run")
@@ -68,8 +71,9 @@ def test_pretrained_link_and_downstream_on_exported_link_embeddings(tiny_bert, t
                    "data.link_eval_negatives=20", "model.link_decoder=mlp"])
         assert rc == 0
         result = json.loads((tmp_path / "run" / f"downstream-link-{gnn}.json").read_text())
-        assert result["gnn"] == gnn and result["task"] == "link" and 0 <= result["test_mrr"] <= 1
-        assert set(result) >= {"best_valid_auc", "test_auc", "test_hits@50", "epoch"}
+        # the CLI's plumbing (that this GNN + decoder learns is test_shallow_link_learns_...)
+        assert result["gnn"] == gnn and result["task"] == "link"
+        assert set(result) >= {"best_valid_auc", "test_auc", "test_mrr", "test_hits@50", "epoch"}
     assert len(graphs) == 2 and not any(g & held_out_edges(cfg) for g in graphs)
 
 

@@ -48,10 +48,14 @@ def test_leading_run_writes_every_output(tiny_bert, tmp_path):
     for phase in ("sample", "encode-grad", "encode-refresh", "propagate", "backward", "optimizer", "eval-encode",
                   "eval-propagate"):
         assert summary["phase_time_s"][phase] > 0, phase
-    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["epochs"] == 2
+    assert summary["epochs"] == 2
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines if "loss" in l] == list(range(1, summary["steps"] + 1))
-    assert sum("eval" in l for l in lines) == 2
+    evals = [l for l in lines if "eval" in l]
+    assert len(evals) == 2
+    best = max(evals, key=lambda l: l["eval"]["valid"])  # the summary reports the best-valid evaluation
+    assert (summary["best_valid_acc"], summary["test_acc"], summary["best_epoch"]) == \
+        (best["eval"]["valid"], best["eval"]["test"], best["epoch"])
     # no temporary files left behind by the atomic writes
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
@@ -212,12 +216,15 @@ def test_leading_learns_and_the_lm_gradient_path_matters(tiny_bert, tmp_path):
     assert tuned["best_valid_acc"] >= frozen["best_valid_acc"] + 0.1, (tuned["history"], frozen["history"])
 
 
-@pytest.mark.parametrize("method", ["supervised", "coupled", "pretrained"])
-def test_baselines_report_the_same_metrics(tiny_bert, tmp_path, method):
-    cfg = small_config(tiny_bert, tmp_path / "cache", "train.epochs=1", f"train.method={method}",
-                       "train.downstream_epochs=20")
+@pytest.mark.parametrize("method", ["supervised", "coupled", "pretrained", "shallow"])
+def test_baselines_learn_and_report_the_same_metrics(tiny_bert, tmp_path, method):
+    # 3 classes (chance 0.33); measured test accuracy for seeds 0 / 1: supervised 0.71 / 0.73,
+    # coupled 0.79 / 0.90, pretrained 0.65 / 0.60, shallow 0.92 / 0.88
+    cfg = small_config(tiny_bert, tmp_path / "cache", "data.split=high-0", "train.epochs=4", "train.lr_head=3e-3",
+                       "train.lr_lm=3e-3", "model.pooling=mean", "train.warmup_ratio=0", "data.synthetic_signal=0.8",
+                       f"train.method={method}", "train.downstream_epochs=40")
     summary = train_method(cfg, tmp_path / "run", quiet=True)
-    assert summary["method"] == method and 0.0 <= summary["test_acc"] <= 1.0
+    assert summary["method"] == method and summary["test_acc"] >= 0.55, summary
     assert "encodes_per_node_per_epoch" in summary and "peak_memory_bytes" in summary
 
 
