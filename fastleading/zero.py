@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -190,13 +191,14 @@ def build_optimizer(param_groups: list[dict], weight_decay: float, ds_config: di
     mode: vectorised, several times faster than torch's AdamW on CPU tensors, at the price of
     a one-time JIT build of ``cpu_adam`` (C++ compiler and ninja needed; 335 s on a loaded
     2-core CPU machine, cached in ~/.cache/torch_extensions; on CPU it matched torch's AdamW
-    with two LR groups and weight decay to 3e-7). Otherwise torch's AdamW, which needs no build.
+    with two LR groups and weight decay to 3e-7). Otherwise torch's fused AdamW, which needs
+    no build and takes a skip flag (:func:`engine_step`).
     """
     if cpu_adam and offloads_optimizer(ds_config) and device.type == "cuda":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(param_groups, weight_decay=weight_decay, adamw_mode=True)
-    return torch.optim.AdamW(param_groups, weight_decay=weight_decay)
+    return torch.optim.AdamW(param_groups, weight_decay=weight_decay, fused=True)
 
 
 def _skip_shm_build() -> None:
@@ -260,10 +262,17 @@ def engine_loss_scale(engine) -> float:
     return float(scale) if scale is not None else 1.0
 
 
-def engine_step(engine) -> float | None:
+def engine_step(engine) -> tuple[float | None, bool] | None:
     """Call after every :func:`engine_backward`. At a gradient-accumulation boundary the engine
-    clips, steps the optimizer and the LR schedule and zeroes the gradients; returns the
-    global gradient norm before clipping then, ``None`` between boundaries."""
+    clips, steps the optimizer and the LR schedule and zeroes the gradients; returns
+    ``(global gradient norm before clipping, skipped)`` then (the norm None where a DeepSpeed
+    config turned its computation off), ``None`` between boundaries.
+
+    ``skipped``: the step changed no weight because a gradient was non-finite. DeepSpeed checks
+    that itself under fp16, bf16 and ZeRO 1-3 (and leaves the LR schedule where it was); plain
+    fp32 stage 0 steps the bare optimizer with no check, so here a non-finite norm is handed to
+    it as fused AdamW's ``found_inf`` (the plain trainer's skip: weights, moments and step
+    counts stay as they were)."""
     boundary = engine.is_gradient_accumulation_boundary()
     manual_norm = None
     if boundary and engine.zero_optimization_stage() == 0 and not (engine.bfloat16_enabled() or engine.fp16_enabled()):
@@ -271,11 +280,20 @@ def engine_step(engine) -> float | None:
         # (the gradients are already reduced across ranks at the boundary).
         grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
         manual_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-    engine.step()
+    skip = manual_norm is not None and not math.isfinite(manual_norm)
+    if skip:
+        engine.optimizer.found_inf, engine.optimizer.grad_scale = torch.ones((), device=grads[0].device), None
+    try:
+        engine.step()
+    finally:
+        if skip:
+            del engine.optimizer.found_inf, engine.optimizer.grad_scale
     if not boundary:
         return None
+    if manual_norm is not None:
+        return manual_norm, not math.isfinite(manual_norm)
     norm = engine.get_global_grad_norm()
-    return manual_norm if norm is None else float(norm)
+    return (None if norm is None else float(norm)), not engine.was_step_applied()
 
 
 def learning_rates(engine) -> list[float]:

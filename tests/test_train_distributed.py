@@ -98,6 +98,58 @@ def _ds_worker(model: str, out: Path) -> None:
         print(f"{case}: ok", flush=True)
 
 
+NONFINITE_STEPS, BAD_MICRO_STEPS = 8, (2, 4)  # 0-based micro steps: optimizer steps 1 and 2 (of 0-3) are bad
+NONFINITE_CASES = ("zero0", "zero1", "zero2", "zero3")
+
+
+def _ds_nonfinite_worker(model: str, out: Path) -> None:
+    """The plain trainer and each stage with a non-finite LM embedding at BAD_MICRO_STEPS: the
+    weights after every optimizer step and the trainer's streaks of bad steps."""
+    from fastleading import zero
+    from fastleading.trainer import loop as T
+    from fastleading.trainer import steps
+
+    encode = steps.Run.encode
+
+    def bad_encode(self, ids):
+        x = encode(self, ids)
+        return x * float("inf") if self.step in BAD_MICRO_STEPS else x
+
+    steps.Run.encode = bad_encode
+    built = []
+    build_trainer = T.build_trainer
+    T.build_trainer = lambda *a, **k: built.append(build_trainer(*a, **k)) or built[-1]
+    from fastleading.trainer.optim import Optimization
+
+    optim_step = Optimization.step
+    weights: list = []  # the encoder's and the head's weights after each optimizer step
+
+    def spy_step(self):
+        norm = optim_step(self)
+        if self.engine is not None and norm is None:  # between accumulation boundaries
+            return norm
+        model = built[-1].run.model
+        state = zero.full_state_dict(self.engine if self.engine is not None else zero.EncoderHead(model.encoder,
+                                                                                                     model.head))
+        weights.append({k: v.float() for k, v in state.items()})
+        return norm
+
+    Optimization.step = spy_step
+    cache = out / "cache"
+    common = (f"train.max_steps={NONFINITE_STEPS}", "train.schedule=constant", "train.warmup_ratio=0")
+    results = {}
+    for case in ("plain", *NONFINITE_CASES):
+        weights.clear()
+        extra = () if case == "plain" else (f"train.deepspeed={case}",)
+        T.train(ds_config(model, cache, *common, *extra), out / "nonfinite" / case, quiet=True)
+        optim = built[-1].run.optim
+        results[case] = {"weights": list(weights),
+                         "worst_streak": int(optim.worst_streak), "bad_streak": int(optim.bad_streak),
+                         "loss": losses(out / "nonfinite" / case)}
+        print(f"nonfinite {case}: ok", flush=True)
+    torch.save(results, out / "nonfinite.pt")
+
+
 @pytest.fixture(scope="module")
 def deepspeed_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ds")
@@ -107,6 +159,36 @@ def deepspeed_runs(tmp_path_factory) -> Path:
                           env=_launcher_free_env(OMP_NUM_THREADS="1"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def nonfinite_runs(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ds-nonfinite")
+    model = tiny_model_without_dropout(out / "model")
+    proc = subprocess.run([sys.executable, __file__, "deepspeed-nonfinite", model, str(out)], capture_output=True,
+                          text=True, env=_launcher_free_env(OMP_NUM_THREADS="1"), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return torch.load(out / "nonfinite.pt", weights_only=False)
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("case", NONFINITE_CASES)
+def test_deepspeed_skips_a_non_finite_step_like_the_plain_trainer(nonfinite_runs, case):
+    """Optimizer steps whose loss is non-finite change no weight under any ZeRO stage (stage 0
+    in fp32 has no check of its own), count as consecutive bad optimizer steps (not micro
+    steps), and the run then goes on as the plain trainer's does (constant LR: a skipped step
+    moves no schedule either way)."""
+    plain, got = nonfinite_runs["plain"], nonfinite_runs[case]
+    assert len(got["weights"]) == len(plain["weights"]) == NONFINITE_STEPS // 2
+    for k, before in got["weights"][0].items():
+        # optimizer steps 1 and 2 (a bad micro step each) skipped: not one weight moved
+        assert torch.equal(got["weights"][1][k], before) and torch.equal(got["weights"][2][k], before), k
+        assert torch.isfinite(got["weights"][-1][k]).all(), k
+    assert any(not torch.equal(got["weights"][3][k], v) for k, v in got["weights"][0].items())  # step 3 applied
+    assert got["worst_streak"] == plain["worst_streak"] == 2 and got["bad_streak"] == plain["bad_streak"] == 0
+    for w, want in zip(got["weights"], plain["weights"]):
+        for k in want:
+            torch.testing.assert_close(w[k], want[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 @needs_deepspeed
@@ -260,3 +342,5 @@ def test_only_rank_0_writes_outputs(two_ranks):
 if __name__ == "__main__":
     if sys.argv[1] == "deepspeed":
         _ds_worker(sys.argv[2], Path(sys.argv[3]))
+    elif sys.argv[1] == "deepspeed-nonfinite":
+        _ds_nonfinite_worker(sys.argv[2], Path(sys.argv[3]))

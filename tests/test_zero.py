@@ -216,16 +216,18 @@ def _train(engine, model, data, start: int, ckpt: Path | None) -> dict:
         logits = model.head(_embed(engine, tokens))  # pipeline 1: the encode with gradient via the engine
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         engine_backward(engine, loss)
-        norm = engine_step(engine)
+        result = engine_step(engine)
         losses.append(float(loss.detach()))
         if (i + 1) % KW["grad_accum"] == 0:
+            norm, skipped = result
+            assert not skipped
             norms.append(norm)
             lrs.append(learning_rates(engine))
             if ckpt is not None:
                 save_engine_checkpoint(engine, ckpt, i + 1, {"step": i + 1, "note": "bank etc."}, {"rank": 0},
                                        keep=2)
         else:
-            assert norm is None
+            assert result is None
     return {"loss": losses, "norm": norms, "lr": lrs, "refresh": torch.stack(refresh)}
 
 

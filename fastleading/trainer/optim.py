@@ -84,10 +84,14 @@ class Optimization:
         divided by ``grad_accum`` and scaled for fp16. ``implicit`` (an
         :class:`fastleading.nn.ImplicitAPPNP` in the graph) is told the factor, so it keeps its
         gradient history in the units of the unscaled mean loss."""
-        self._loss_bad |= ~torch.isfinite(loss.detach())
+        finite = torch.isfinite(loss.detach())
+        self._loss_bad |= ~finite
         if self.engine is not None:
             if implicit is not None:
                 implicit.grad_scale = self.gradient_scale(weight)
+            # The engine decides on its own whether to skip the step, from the gradients: a
+            # non-finite loss makes them all NaN so that it does (without reading the device).
+            weight = torch.where(finite, weight, float("nan"))
             zero.engine_backward(self.engine, loss * weight)  # the engine divides by grad_accum itself
             return
         scaled = loss * weight / self.grad_accum
@@ -103,11 +107,15 @@ class Optimization:
         before clipping as a device tensor (not read here).
 
         Under DeepSpeed call it after every backward: the engine counts micro steps, steps at
-        the accumulation boundary and returns None between boundaries (its fp16 loss scaler
-        skips overflowing steps itself)."""
+        the accumulation boundary (skipping it on non-finite gradients, see
+        :func:`fastleading.zero.engine_step`) and returns None between boundaries, where the
+        flags of the optimizer step keep accumulating."""
         if self.engine is not None:
-            norm = zero.engine_step(self.engine)
-            self._count(self._loss_bad, torch.zeros_like(self._loss_bad))
+            result = zero.engine_step(self.engine)
+            if result is None:
+                return None
+            norm, skipped = result
+            self._count(self._loss_bad, torch.full_like(self._loss_bad, skipped))
             return norm
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # Average before unscaling: an inf on any rank then reaches every rank's GradScaler.
