@@ -361,7 +361,13 @@ def aggregate(task, runs: list[dict], methods: list[str], gnns: list[str]) -> tu
 
 
 def _pct(ms: dict) -> str:
-    return f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f}"
+    return _mean_std_text(ms, 100, 1)
+
+
+def _mean_std_text(ms: dict, scale: float, digits: int) -> str:
+    """``mean ± std``; the mean alone for one run (it has no spread to show)."""
+    mean = f"{scale * ms['mean']:.{digits}f}"
+    return mean if len(ms["values"]) < 2 else f"{mean} ± {scale * ms['std']:.{digits}f}"
 
 
 def markdown_table(results: dict, valid_by_epoch: dict, gnns: list[str], header: str,
@@ -378,7 +384,7 @@ def markdown_table(results: dict, valid_by_epoch: dict, gnns: list[str], header:
         row = [method, str(r["runs"]),
                *(_pct(r[k + m.suffix]) for m in task.metrics for k in ("head_valid", "head")),
                *(_pct(r[g + m.suffix]) for g in gnns for m in task.metrics),
-               f"{r['wall_s']['mean']:.0f} ± {r['wall_s']['std']:.0f}"]
+               _mean_std_text(r["wall_s"], 1, 0)]
         lines.append("| " + " | ".join(row) + " |")
     no_history = [m for m, r in results.items() if not r["history"]]
     if no_history:

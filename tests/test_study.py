@@ -204,3 +204,16 @@ def test_citeseer_preset_is_a_call_of_the_study(tmp_path, monkeypatch, capsys):
     assert (base.data.dataset, base.data.max_length, base.train.epochs, base.model.num_iters) == \
         ("citeseer-tag", 32, 7, 4)
     assert "| method |" in capsys.readouterr().out
+
+
+def test_one_run_shows_its_value_without_a_spread():
+    from fastleading.study import markdown_table, mean_std
+
+    def entry(values):
+        return {"runs": len(values), "head": mean_std(values), "head_valid": mean_std(values),
+                "wall_s": mean_std([12.0 * v for v in values]), "history": True}
+
+    table = markdown_table({"leading": entry([0.71]), "shallow": entry([0.70, 0.74])}, {}, [], "header")
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert "±" not in rows["leading"] and "| 71.0 | 71.0 | 9 |" in rows["leading"]
+    assert "| 72.0 ± 2.8 | 72.0 ± 2.8 | 9 ± 0 |" in rows["shallow"]
