@@ -160,8 +160,8 @@ class NeighborSampler:
         per_hop = out[3]
         draws = None
         if self.draws:
-            num_draws, d_rowptr, d_col, t_rowptr, t_col = (torch.from_numpy(a) for a in out[4:])
-            draws = Draws(d_rowptr, d_col, t_rowptr, t_col, self._weights(node_ids, num_draws))
+            weight, d_rowptr, d_col, t_rowptr, t_col = (torch.from_numpy(a) for a in out[4:])
+            draws = Draws(d_rowptr, d_col, t_rowptr, t_col, weight)
         return SampledSubgraph(node_ids, rowptr, col, targets.numel(), per_hop, draws)
 
     def _weights(self, node_ids: torch.Tensor, num_draws: torch.Tensor) -> torch.Tensor:

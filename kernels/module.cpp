@@ -87,7 +87,7 @@ nb::tuple sample_py(Array<int64_t> rowptr, Array<Col> col, Array<int64_t> target
   }
   return nb::make_tuple(to_numpy(std::move(sub.node_ids)), to_numpy(std::move(sub.csr.rowptr)),
                         to_numpy(std::move(sub.csr.col)), std::move(sub.nodes_per_hop),
-                        to_numpy(std::move(sub.num_draws)), to_numpy(std::move(sub.draws.rowptr)),
+                        to_numpy(std::move(sub.weight)), to_numpy(std::move(sub.draws.rowptr)),
                         to_numpy(std::move(sub.draws.col)), to_numpy(std::move(sub.draws_t.rowptr)),
                         to_numpy(std::move(sub.draws_t.col)));
 }
@@ -178,9 +178,9 @@ NB_MODULE(_native, m) {
       "of the CSR graph (rowptr int64 [N+1], col int32|int64 [E]). Returns the subgraph's\n"
       "global node ids int64 [n] (targets first, then each hop's new nodes), its symmetric CSR\n"
       "over local ids (rowptr int64 [n+1], col int64 [E']) and the node count per hop.\n"
-      "draws=True appends (num_draws [n], draw_rowptr, draw_col, draw_rowptr_t, draw_col_t): the\n"
-      "neighbour positions each node drew (0 when never expanded), the directed CSR of who drew\n"
-      "whom (the last hop's rows empty) and its transpose, all int64.\n"
+      "draws=True appends (weight [n], draw_rowptr, draw_col, draw_rowptr_t, draw_col_t): float64\n"
+      "degree / draws of each node (0 when it drew nothing), then the directed CSR of who drew\n"
+      "whom (the last hop's rows empty) and its transpose, int64.\n"
       "Deterministic in seed, independent of num_threads. Releases the GIL.";
   m.def("sample", &sample_py<int32_t>, nb::arg("rowptr"), nb::arg("col"), nb::arg("targets"),
         nb::arg("fanouts"), nb::arg("seed"), nb::arg("num_threads") = 0, nb::arg("draws") = false, sample_doc);

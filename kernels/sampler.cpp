@@ -161,9 +161,12 @@ class IdMap {
 };
 
 // CSR of the directed edges src[e] -> dst[e] as given (duplicates kept: a graph with repeated
-// neighbour entries counts them, as the propagation does), columns sorted within rows.
+// neighbour entries counts them, as the propagation does), columns sorted within rows. A row's
+// columns come out in the order of the edges: already sorted when `dst` is non-decreasing
+// along the edges of each row (the transpose of edges listed by non-decreasing source), else
+// sorted here (`sort_rows`).
 Csr<int64_t> directed_csr(const std::vector<int64_t>& src, const std::vector<int64_t>& dst,
-                          int64_t num_nodes) {
+                          int64_t num_nodes, bool sort_rows) {
   const int64_t num_edges = static_cast<int64_t>(src.size());
   Csr<int64_t> out{Buffer<int64_t>(num_nodes + 1), Buffer<int64_t>(num_edges)};
   int64_t* rowptr = out.rowptr.data();
@@ -172,7 +175,9 @@ Csr<int64_t> directed_csr(const std::vector<int64_t>& src, const std::vector<int
   for (int64_t i = 0; i < num_nodes; ++i) rowptr[i + 1] += rowptr[i];
   std::vector<int64_t> cursor(rowptr, rowptr + num_nodes);
   for (int64_t e = 0; e < num_edges; ++e) out.col[cursor[src[e]]++] = dst[e];
-  for (int64_t i = 0; i < num_nodes; ++i) std::sort(out.col.data() + rowptr[i], out.col.data() + rowptr[i + 1]);
+  if (sort_rows) {
+    for (int64_t i = 0; i < num_nodes; ++i) std::sort(out.col.data() + rowptr[i], out.col.data() + rowptr[i + 1]);
+  }
   return out;
 }
 
@@ -210,8 +215,11 @@ Subgraph sample_subgraph(const int64_t* rowptr, const Col* col, int64_t num_node
     for (int64_t i = 0; i < frontier; ++i) offset[i + 1] = offset[i] + draws_of(nodes[frontier_begin + i]);
     const int64_t total = offset[frontier];
     if (with_draws) {
-      out.num_draws.resize(frontier_end);
-      for (int64_t i = 0; i < frontier; ++i) out.num_draws[frontier_begin + i] = offset[i + 1] - offset[i];
+      out.weight.resize(frontier_end);
+      for (int64_t i = 0; i < frontier; ++i) {
+        const int64_t u = nodes[frontier_begin + i], k = offset[i + 1] - offset[i];
+        out.weight[frontier_begin + i] = k > 0 ? static_cast<double>(rowptr[u + 1] - rowptr[u]) / k : 0.0;
+      }
     }
 
     // Step 1: draw (global ids of) neighbours, frontier node i's at drawn[offset[i]..).
@@ -280,9 +288,11 @@ Subgraph sample_subgraph(const int64_t* rowptr, const Col* col, int64_t num_node
                                         static_cast<int64_t>(edge_src.size()), n, num_threads);
   if (with_draws) {
     // The edges as drawn (u -> v: u drew v); the nodes of the last hop draw nothing.
-    out.num_draws.resize(n, 0);
-    out.draws = directed_csr(edge_src, edge_dst, n);
-    out.draws_t = directed_csr(edge_dst, edge_src, n);
+    // edge_src is non-decreasing (frontier nodes in order, hop after hop): the transpose's rows
+    // come out sorted, the draws' rows (in draw order) are sorted.
+    out.weight.resize(n, 0.0);
+    out.draws = directed_csr(edge_src, edge_dst, n, /*sort_rows=*/true);
+    out.draws_t = directed_csr(edge_dst, edge_src, n, /*sort_rows=*/false);
   }
   return out;
 }

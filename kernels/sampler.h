@@ -17,10 +17,11 @@ struct Subgraph {
   // [num_targets, new nodes at hop 1, ..., new nodes at hop H]; sums to node_ids.size().
   std::vector<int64_t> nodes_per_hop;
   // Only when sampled with `with_draws` (importance-weighted propagation), over local ids:
-  // num_draws[i] = the neighbour positions node i drew, min(degree, fanout), 0 for a node that
-  // was never expanded (the last hop's). Row i of `draws` lists the nodes i drew (without a
-  // self loop; empty for the last hop's nodes); columns sorted. `draws_t` is its transpose.
-  std::vector<int64_t> num_draws;
+  // weight[i] = degree / k for a node that drew k = min(degree, fanout) neighbour positions,
+  // 0 for a node that drew nothing (the last hop's). Row i of `draws` lists the nodes i drew
+  // (without a self loop; empty for the last hop's nodes); columns sorted. `draws_t` is its
+  // transpose.
+  std::vector<double> weight;
   Csr<int64_t> draws, draws_t;
 };
 
@@ -29,7 +30,7 @@ struct Subgraph {
 // min(degree, fanouts[h-1]) distinct neighbours uniformly (all of them when the fanout is
 // negative). The draw of node v at hop h depends only on (seed, h, v): the result is the same
 // for any thread count. Throws std::out_of_range for a target outside [0, num_nodes) and
-// std::invalid_argument for a repeated target. `with_draws` also fills num_draws, draws and
+// std::invalid_argument for a repeated target. `with_draws` also fills weight, draws and
 // draws_t (the same sample: the draws do not depend on it).
 template <class Col>
 Subgraph sample_subgraph(const int64_t* rowptr, const Col* col, int64_t num_nodes,

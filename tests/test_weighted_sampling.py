@@ -98,6 +98,9 @@ def test_draws_say_who_drew_whom(backend):
             assert d.weight[i] == pytest.approx(float(want), rel=1e-15)
         transposed = {(j, i) for i in range(n) for j in d.col_t[d.rowptr_t[i]:d.rowptr_t[i + 1]].tolist()}
         assert transposed == drawn and d.rowptr_t[-1] == d.rowptr[-1]
+        for i in range(n):  # the transpose's rows sorted as well (natively by construction, not by a sort)
+            row_t = d.col_t[d.rowptr_t[i]:d.rowptr_t[i + 1]].tolist()
+            assert row_t == sorted(row_t)
 
 
 def test_native_draws_are_independent_of_thread_count():
