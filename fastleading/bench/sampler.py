@@ -7,7 +7,8 @@ Defaults match ogbn-products: 2,449,029 nodes, 61.9M undirected edges handed to 
 as 123.7M directed ones (both directions, as OGB stores them), max degree ~20k.
 
 Measured: build_csr (wall time, peak RSS), then [10, 5] neighbourhoods of batches of 128
-targets for the C++ sampler (all threads and one), the PyTorch sampler, and PyG's
+targets for the C++ sampler (all threads and one; one also with the draws of
+``model.subgraph_norm=weighted``), the PyTorch sampler, and PyG's
 NeighborLoader when pyg-lib or torch-sparse is importable.
 
     fastleading bench sampler                        # full size (~2 min, ~4 GB)
@@ -250,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     samplers = {
         "native": ours(NeighborSampler(rowptr, col, args.fanouts, backend="native", num_threads=args.threads)),
         "native_1_thread": ours(NeighborSampler(rowptr, col, args.fanouts, backend="native", num_threads=1)),
+        # model.subgraph_norm=weighted: also who drew whom, its transpose and the row weights
+        "native_1_thread_draws": ours(NeighborSampler(rowptr, col, args.fanouts, backend="native", num_threads=1,
+                                                      draws=True)),
         "torch_cpu": ours(NeighborSampler(rowptr, col, args.fanouts, backend="torch")),
     }
     result["samplers"] = {}
