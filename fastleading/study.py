@@ -8,9 +8,11 @@ Every run trains through :func:`fastleading.methods.train_method` into
 exported (:func:`fastleading.downstream.export_embeddings`) and each downstream GNN is trained on
 them (:func:`fastleading.downstream.downstream`). The study writes into ``OUT``:
 
-- ``results.json``: every run's config, summary and downstream results, and per method the
-  mean, sample std and values of the built-in head's valid / test accuracy (at the best valid
-  epoch), of each downstream GNN's test accuracy and of the training wall time;
+- ``results.json``: every run's config, summary and downstream results, and per method (per
+  method and split pattern when the study has several: ``"leading 10/30/60"``, see
+  :func:`groups`) the mean, sample std and values of the built-in head's valid / test accuracy
+  (at the best valid epoch), of each downstream GNN's test accuracy and of the training wall
+  time;
 - ``table.md``: those means ± std as a markdown table (and the validation accuracy by epoch);
 - ``valid_curves.png``, ``test_acc.png`` (matplotlib, the optional ``plot`` extra).
 
@@ -155,6 +157,7 @@ class RunSpec:
     seed: int
     split: str
     cfg: Config
+    pattern: str = ""  # the study's split pattern the split comes from (``low-{seed}``; a link ratio)
 
     @property
     def name(self) -> str:
@@ -214,7 +217,7 @@ def plan(base: Config, methods: list[str], seeds: list[int], splits: list[str],
                 seeded = [f"train.seed={seed}"] + ([f"data.link_seed={seed}"] if task.config_task == "link" else [])
                 cfg = apply_overrides(copy.deepcopy(base), [f"train.method={method}", *seeded,
                                                             f"{task.split_key}={split}"])
-                specs.append(RunSpec(method, seed, split, cfg))
+                specs.append(RunSpec(method, seed, split, cfg, pattern))
     names = [s.name for s in specs]
     if len(set(names)) < len(names):
         raise FastleadingError("--splits: the same split is named twice for one seed")
@@ -322,7 +325,7 @@ def run_one(task, spec: RunSpec, run_dir: Path, gnns: list[str], log: Callable[[
     log(f"seed {spec.seed} {spec.split} {spec.method:<11} {scores}  ({status}, {time.time() - start:.0f} s)")
     config = _read_json(run_dir / "config.json") or spec.cfg.to_dict()
     return {"name": spec.name, "method": spec.method, "seed": spec.seed, "split": spec.split,
-            "run_dir": str(Path("runs") / spec.name), "status": status, "config": config,
+            "split_pattern": spec.pattern, "run_dir": str(Path("runs") / spec.name), "status": status, "config": config,
             "summary": summary, "downstream": results}
 
 
@@ -334,13 +337,21 @@ def mean_std(values: list[float]) -> dict:
             "values": values}
 
 
-def aggregate(task, runs: list[dict], methods: list[str], gnns: list[str]) -> tuple[dict, dict]:
-    """(per-method results, per-method validation by epoch) from the run records."""
+def groups(methods: list[str], patterns: list[str]) -> dict[str, tuple[str, str]]:
+    """The rows of a study: ``{name: (method, split pattern)}``, pattern by pattern. Runs of one
+    pattern are pooled over seeds (``low-{seed}``: each seed its own split of the same kind);
+    two patterns are two tasks (10/30/60 and 85/5/10 of the edges) and are never pooled: with
+    more than one, a row is named ``"<method> <pattern>"``."""
+    return {(m if len(patterns) == 1 else f"{m} {p}"): (m, p) for p in patterns for m in methods}
+
+
+def aggregate(task, runs: list[dict], rows: dict[str, tuple[str, str]], gnns: list[str]) -> tuple[dict, dict]:
+    """(results per row of :func:`groups`, validation by epoch per row) from the run records."""
     results, valid_by_epoch = {}, {}
-    for method in methods:
-        mine = [r for r in runs if r["method"] == method]
+    for row, (method, pattern) in rows.items():
+        mine = [r for r in runs if r["method"] == method and r["split_pattern"] == pattern]
         heads = [task.head(r["summary"]) for r in mine]
-        entry = {"runs": len(mine)}
+        entry = {"method": method, "split": pattern, "runs": len(mine)}
         for m in task.metrics:
             entry["head" + m.suffix] = mean_std([h[m.suffix]["test"] for h in heads])
             entry["head_valid" + m.suffix] = mean_std([h[m.suffix]["valid"] for h in heads])
@@ -350,13 +361,13 @@ def aggregate(task, runs: list[dict], methods: list[str], gnns: list[str]) -> tu
         entry["wall_s"] = mean_std([r["summary"].get("wall_time_s", 0.0) for r in mine])
         histories = [task.history(r["summary"]) for r in mine]
         entry["history"] = all(histories)
-        results[method] = entry
+        results[row] = entry
         if entry["history"]:
             epochs = sorted({h["epoch"] for hist in histories for h in hist})
-            valid_by_epoch[method] = {}
+            valid_by_epoch[row] = {}
             for e in epochs:
                 values = [h[task.curve_key] for hist in histories for h in hist if h["epoch"] == e]
-                valid_by_epoch[method][str(e)] = {**mean_std(values), "n": len(values)}
+                valid_by_epoch[row][str(e)] = {**mean_std(values), "n": len(values)}
     return results, valid_by_epoch
 
 
@@ -445,7 +456,7 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     check_run_folders(specs, runs_dir)
     started = time.time()
     runs = [run_one(t, spec, runs_dir / spec.name, gnns, log) for spec in specs]
-    results, valid_by_epoch = aggregate(t, runs, methods, gnns)
+    results, valid_by_epoch = aggregate(t, runs, groups(methods, patterns), gnns)
     import torch
 
     record = {
@@ -460,10 +471,9 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
         "results": results, "valid_by_epoch": valid_by_epoch, "runs": runs,
     }
     results_path = atomic_write_text(out_dir / RESULTS, json.dumps(record, indent=2) + "\n")
-    n = len(seeds) * len(patterns)
     header = (f"# {record['study']}\n\n{t.description}"
               + (" and of each downstream GNN on the run's exported embeddings" if gnns else "")
-              + f"; mean ± sample std over {n} run(s) per method (seeds {','.join(map(str, seeds))}; "
+              + f"; mean ± sample std over {len(seeds)} run(s) per method and split (seeds {','.join(map(str, seeds))}; "
               f"splits {', '.join(patterns)}). Model {base.model.name}, dataset {base.data.dataset}.")
     table_path = atomic_write_text(out_dir / TABLE, markdown_table(results, valid_by_epoch, gnns, header, t))
     out = StudyOutput(record, out_dir, results_path, table_path)

@@ -15,6 +15,7 @@ from tiny_models import save_tiny_model
 
 SPLITS = ["10-30-60", "85-5-10"]
 RUNS = [f"{m}-{s}-seed{seed}" for seed in (0, 1) for s in SPLITS for m in ("leading", "shallow")]
+GROUPS = [f"{m} {s}" for s in ("10/30/60", "85/5/10") for m in ("leading", "shallow")]
 
 
 def link_args(root: Path, model: str) -> list[str]:
@@ -47,13 +48,16 @@ def test_link_study_writes_auc_mrr_per_method_table_and_plots(study):
         assert run["summary"] == summary and summary["task"] == "link"
         gcn = json.loads((out / run["run_dir"] / "downstream-link-gcn.json").read_text())
         assert run["downstream"]["gcn"] == gcn
-    # the results: per method and metric, the run folders' numbers, in run order
-    for method in ("leading", "shallow"):
-        mine = [r for r in result["runs"] if r["method"] == method]
+    # the results: per method and split ratio (two ratios are two tasks: never pooled) and
+    # metric, the run folders' numbers, in run order
+    assert list(result["results"]) == GROUPS
+    for group in GROUPS:
+        method, split = group.split()
+        mine = [r for r in result["runs"] if r["method"] == method and r["split"] == split]
         summaries = [json.loads((out / r["run_dir"] / "summary.json").read_text()) for r in mine]
         gcns = [json.loads((out / r["run_dir"] / "downstream-link-gcn.json").read_text()) for r in mine]
-        entry = result["results"][method]
-        assert entry["runs"] == 4
+        entry = result["results"][group]
+        assert entry["runs"] == 2 and (entry["method"], entry["split"]) == (method, split)
         for metric in ("auc", "mrr"):
             tests = [s[f"test_{metric}"] for s in summaries]
             assert entry[f"head_{metric}"]["values"] == tests
@@ -70,12 +74,13 @@ def test_link_study_writes_auc_mrr_per_method_table_and_plots(study):
     rows = {}
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[0] in ("leading", "shallow") and len(cells) == 9:
+        if cells[0] in GROUPS and len(cells) == 9:
             rows[cells[0]] = cells
-    assert set(rows) == {"leading", "shallow"}
-    for method, cells in rows.items():
-        mine = [r for r in result["runs"] if r["method"] == method]
-        assert cells[1] == "4"
+    assert list(rows) == GROUPS
+    for group, cells in rows.items():
+        method, split = group.split()
+        mine = [r for r in result["runs"] if r["method"] == method and r["split"] == split]
+        assert cells[1] == "2"
         assert cells[2] == pct([r["summary"]["best_valid_auc"] for r in mine])
         assert cells[3] == pct([r["summary"]["test_auc"] for r in mine])
         assert cells[4] == pct([r["summary"]["best_valid_mrr"] for r in mine])
@@ -85,10 +90,11 @@ def test_link_study_writes_auc_mrr_per_method_table_and_plots(study):
     # the validation curve: the history's valid_mrr by epoch
     table = (out / "table.md").read_text()
     assert "Validation MRR (%) of the built-in head by epoch" in table
-    leading = [r for r in result["runs"] if r["method"] == "leading"]
-    curve = result["valid_by_epoch"]["leading"]["1"]
-    assert curve["n"] == 4 and curve["values"] == [r["summary"]["history"][0]["valid_mrr"] for r in leading]
-    assert "shallow" not in result["valid_by_epoch"]
+    assert list(result["valid_by_epoch"]) == ["leading 10/30/60", "leading 85/5/10"]  # shallow: no history
+    for split in ("10/30/60", "85/5/10"):
+        leading = [r for r in result["runs"] if r["method"] == "leading" and r["split"] == split]
+        curve = result["valid_by_epoch"][f"leading {split}"]["1"]
+        assert curve["n"] == 2 and curve["values"] == [r["summary"]["history"][0]["valid_mrr"] for r in leading]
     for name in ("valid_curves.png", "test_metrics.png"):
         assert_png(out / name)
     assert not (out / "test_acc.png").exists()
