@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastleading import checkpoint
+from fastleading import checkpoint, ops
 from fastleading.config import Config, from_dict
 from fastleading.errors import FastleadingError
 from fastleading.gnn import GNN
@@ -192,7 +192,13 @@ def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = T
 
 
 def downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None = None, quiet: bool = True) -> dict:
-    """Train ``cfg.model.gnn`` on exported embeddings; writes ``out_dir/downstream-<gnn>.json``."""
+    """Train ``cfg.model.gnn`` on exported embeddings; writes ``out_dir/downstream-<gnn>.json``.
+    The kernel backend is ``train.kernels`` for the call (the previous one is given back)."""
+    with ops.use_backend(cfg.train.kernels):
+        return _downstream(cfg, embeddings, out_dir)
+
+
+def _downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None) -> dict:
     from fastleading.data import load_dataset
     from fastleading.precision import resolve_device
 

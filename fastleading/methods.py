@@ -17,11 +17,15 @@ from fastleading.config import Config
 def train_method(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train ``cfg.train.method`` into ``out_dir``; returns the summary dict. ``resume``
     continues an LM method's run from its checkpoint (the fixed-feature baselines train in
-    one go and have none)."""
+    one go and have none). The kernel backend (``train.kernels``, process state of
+    :mod:`fastleading.ops`) is the run's own for the call and given back after it: a run never
+    inherits another's."""
+    from fastleading import ops
     from fastleading.downstream import FIXED_FEATURE_METHODS, train_fixed_features
 
-    if cfg.train.method in FIXED_FEATURE_METHODS:
-        return train_fixed_features(cfg, Path(out_dir), quiet=quiet)
-    from fastleading.trainer.loop import train
+    with ops.use_backend(cfg.train.kernels):
+        if cfg.train.method in FIXED_FEATURE_METHODS:
+            return train_fixed_features(cfg, Path(out_dir), quiet=quiet)
+        from fastleading.trainer.loop import train
 
-    return train(cfg, out_dir, resume=resume, quiet=quiet)
+        return train(cfg, out_dir, resume=resume, quiet=quiet)

@@ -371,3 +371,23 @@ def test_a_warm_started_evaluation_equals_a_cold_one(tiny_bert, tmp_path):
     warm, _, warm_iters = full_graph_logits(model, moved, graph.rowptr, graph.col, cfg, precision, x0=previous)
     torch.testing.assert_close(warm, cold, rtol=1e-4, atol=1e-5)
     assert warm_iters < cold_iters
+
+
+def test_each_run_selects_its_own_kernel_backend_and_gives_the_previous_one_back(tiny_bert, tmp_path,
+                                                                                 monkeypatch):
+    """The kernel backend is process state. A run with train.kernels=triton used to leave it set,
+    and the fixed-feature run after it in the same process (a study; the test suite) ran its
+    propagation through Triton's CPU interpreter: 45 min instead of 8 s for one test."""
+    from fastleading import downstream
+
+    seen = []
+    real = downstream.train_gnn
+    monkeypatch.setattr(downstream, "train_gnn", lambda *a, **k: seen.append(ops.get_backend()) or real(*a, **k))
+    assert ops.get_backend() == "auto"
+    leading = small_config(tiny_bert, tmp_path / "c", "train.kernels=triton", "train.max_steps=1")
+    train_method(leading, tmp_path / "leading", quiet=True)
+    assert ops.get_backend() == "auto"  # given back
+    shallow = small_config(tiny_bert, tmp_path / "c", "train.method=shallow", "train.downstream_epochs=1")
+    with ops.use_backend("triton"):  # whatever was selected before, the run uses its own
+        train_method(shallow, tmp_path / "shallow", quiet=True)
+    assert seen == ["auto"]
