@@ -28,13 +28,15 @@ is its validation curve) is ``--task`` or the config's ``train.task``:
   ``85/5/10``; run folders ``<method>-10-30-60-seed<seed>``) and each seed sets
   ``data.link_seed`` too; per method the head's valid / test AUC and MRR (``head_auc``,
   ``head_valid_mrr``, ...) and each downstream GNN's test AUC and MRR (``gcn_auc``, ``gcn_mrr``;
-  ``downstream-link-<gnn>.json``); the curve is the validation MRR by epoch; the bars are
+  ``downstream-link-<gnn>.json``); the curve is the validation MRR by epoch (AUC with
+  ``train.link_select=auc``: the metric that picks the best epoch); the bars are
   ``test_metrics.png``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 import statistics
@@ -147,7 +149,11 @@ def resolve_task(task: str | None, base: Config) -> Task:
     name = TASK_ALIASES.get(task, task) if task else TASK_ALIASES.get(base.train.task, base.train.task)
     if name not in TASKS:
         raise FastleadingError(f"--task '{task}': expected one of {', '.join([*TASKS, *TASK_ALIASES])}")
-    return TASKS[name]
+    t = TASKS[name]
+    if t.config_task == "link" and base.train.link_select == "auc":
+        # the curve shows the metric that picks the best epoch
+        t = dataclasses.replace(t, curve_key="valid_auc", curve_label="AUC")
+    return t
 
 
 # ------------------------------------------------------------------------------------ plan

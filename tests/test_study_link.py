@@ -139,3 +139,17 @@ def test_citeseer_link_preset_is_a_call_of_the_study(tmp_path, monkeypatch, caps
     assert (base.data.dataset, base.data.max_length, base.train.epochs, base.train.max_steps,
             base.model.num_iters, base.train.task) == ("citeseer-tag", 32, 7, 5, 10, "link")
     assert "| method |" in capsys.readouterr().out
+
+
+def test_the_validation_curve_is_the_metric_that_selects_the_epoch():
+    from fastleading.config import Config, apply_overrides
+    from fastleading.study import aggregate, groups, resolve_task
+
+    history = [{"epoch": 1, "valid_auc": 0.9, "valid_mrr": 0.3}]
+    run = {"method": "leading", "split_pattern": "10/30/60", "downstream": {},
+           "summary": {"best_valid_auc": 0.9, "test_auc": 0.8, "best_valid_mrr": 0.3, "test_mrr": 0.2,
+                       "history": history}}
+    for select, want in (("mrr", 0.3), ("auc", 0.9)):
+        task = resolve_task("link", apply_overrides(Config(), [f"train.link_select={select}"]))
+        _, curves = aggregate(task, [run], groups(["leading"], ["10/30/60"]), [])
+        assert curves["leading"]["1"]["values"] == [want] and task.curve_label == select.upper()
