@@ -480,7 +480,8 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     header = (f"# {record['study']}\n\n{t.description}"
               + (" and of each downstream GNN on the run's exported embeddings" if gnns else "")
               + f"; mean ± sample std over {len(seeds)} run(s) per method and split "
-              f"(seeds {','.join(map(str, seeds))}; splits {', '.join(patterns)}). Model {base.model.name}, dataset {base.data.dataset}.")
+              f"(seeds {','.join(map(str, seeds))}; splits {', '.join(patterns)}). "
+              f"Model {base.model.name}, dataset {base.data.dataset}.")
     table_path = atomic_write_text(out_dir / TABLE, markdown_table(results, valid_by_epoch, gnns, header, t))
     out = StudyOutput(record, out_dir, results_path, table_path)
     from fastleading import plot
