@@ -228,6 +228,22 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter], bucket_bytes: int
         flush(key)
 
 
+_host_group: tuple[object, object] | None = None  # (the default group, its host group)
+
+
+def host_group():
+    """The group for small exchanges of host values (row counts): the default group when its
+    backend takes CPU tensors (gloo), else a gloo group over the same ranks, made at the first
+    call (collective: every rank reaches it in the same order). With NCCL a count gathered on
+    the GPU and read back would make the host wait for the device, twice per training step."""
+    global _host_group
+    if "gloo" in str(dist.get_backend()):
+        return None
+    if _host_group is None or _host_group[0] is not dist.group.WORLD:  # a new default group
+        _host_group = (dist.group.WORLD, dist.new_group(backend="gloo"))
+    return _host_group[1]
+
+
 def allgather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All ranks' ``(ids [M_r], rows [M_r, d])`` concatenated in rank order, on every rank.
 
@@ -241,9 +257,10 @@ def allgather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
     if not is_distributed():
         return ids, rows
     world = dist.get_world_size()
-    count = torch.tensor([ids.numel()], dtype=torch.int64, device=rows.device)
+    # Every rank knows its own count on the host: exchange the counts there (no device read)
+    count = torch.tensor([ids.numel()], dtype=torch.int64)
     counts = [torch.empty_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
+    dist.all_gather(counts, count, group=host_group())
     counts = [int(c) for c in counts]
     m = max(counts)
     if m == 0:

@@ -87,6 +87,22 @@ def _worker(rank: int, port: int, out: str) -> None:
     res: dict = {"env": env, "rank": D.get_rank(), "world": D.get_world_size(), "main": D.is_main()}
 
     res["gathered"] = [D.allgather_rows(*_gather_input(case, rank)) for case in range(len(GATHER_SIZES))]
+    # as under NCCL: the counts go through a gloo group of their own (CPU tensors); the ids and
+    # rows through the default group
+    calls, all_gather, get_backend = [], torch.distributed.all_gather, torch.distributed.get_backend
+    torch.distributed.all_gather = lambda out, t, group=None, **k: (
+        calls[-1].append((t.device.type, group)), all_gather(out, t, group=group, **k))[1]
+    torch.distributed.get_backend = lambda group=None: "nccl"
+    res["gathered_host_group"] = []
+    for case in range(len(GATHER_SIZES)):
+        calls.append([])
+        res["gathered_host_group"].append(D.allgather_rows(*_gather_input(case, rank)))
+    torch.distributed.all_gather, torch.distributed.get_backend = all_gather, get_backend
+    count_groups = [c[0][1] for c in calls]
+    res["counts_on_their_own_group"] = (all(c[0][0] == "cpu" for c in calls) and None not in count_groups
+                                       and len(set(count_groups)) == 1
+                                       and all(group is None for c in calls for _, group in c[1:]))
+    res["exchanges_per_call"] = [len(c) for c in calls]
     res["mean"] = D.all_reduce_mean(torch.tensor([rank + 1.0, 10.0 * rank]))
     res["sum"] = D.all_reduce_sum(torch.tensor([rank + 1, 7]))
 
@@ -151,9 +167,18 @@ def test_allgather_rows_with_unequal_sizes(ranks):
     for case in range(len(GATHER_SIZES)):
         ids, rows = zip(*(_gather_input(case, r) for r in range(WORLD)))
         for res in ranks:
-            got_ids, got_rows = res["gathered"][case]
-            assert got_ids.dtype == torch.int64 and got_rows.shape == (sum(GATHER_SIZES[case]), 3)
-            assert torch.equal(got_ids, torch.cat(ids)) and torch.equal(got_rows, torch.cat(rows))
+            for got_ids, got_rows in (res["gathered"][case], res["gathered_host_group"][case]):
+                assert got_ids.dtype == torch.int64 and got_rows.shape == (sum(GATHER_SIZES[case]), 3)
+                assert torch.equal(got_ids, torch.cat(ids)) and torch.equal(got_rows, torch.cat(rows))
+
+
+def test_allgather_rows_reads_no_count_from_the_device(ranks):
+    """Under NCCL (simulated: the default group reports 'nccl') the row counts are CPU tensors
+    exchanged over a gloo group of their own, so reading them waits for no device; ids and rows
+    go through the default group (nothing when every rank has none)."""
+    for res in ranks:
+        assert res["counts_on_their_own_group"]
+        assert res["exchanges_per_call"] == [1 if sum(sizes) == 0 else 3 for sizes in GATHER_SIZES]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
