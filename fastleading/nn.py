@@ -116,7 +116,7 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: "ImplicitAPPNP"):
         stored = layer.x_history[node_ids]
-        x0 = stored.to(x_in.dtype)                                             # eq. 4: X_0^k = X_L^{k-1}
+        x0 = layer.initial_point(x_in.detach(), node_ids, stored)               # eq. 4
         x = _iterate(rowptr, col, dinv, x0, x_in, layer.alpha, layer.num_iters)  # eq. 5
         _write_finite_rows(layer.x_history, node_ids, x.detach(), previous=stored)
         ctx.save_for_backward(rowptr, col, node_ids, *_saved_norm(dinv))
@@ -153,6 +153,9 @@ def _write_finite_rows(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tenso
     table[ids] = torch.where(finite, rows.to(table.dtype), old)
 
 
+WARM_STARTS = ("delta", "history", "input")
+
+
 class ImplicitAPPNP(nn.Module):
     """APPNP as an implicit layer with warm-started forward and backward solvers.
 
@@ -161,11 +164,22 @@ class ImplicitAPPNP(nn.Module):
         num_iters: iterations L per call (forward and backward each).
         num_nodes: N of the whole graph; the histories are ``[N, C]`` tables indexed by global id.
         channels: C (feature width propagated).
-        history_dtype: storage dtype of both histories.
+        history_dtype: storage dtype of the histories.
         warm_backward: start the backward solver from the node's stored gradient (eq. 6, the
             paper) or from zero. The stored gradient belongs to the previous visit's loss, which
             in mini-batch training is another batch's: after L steps a share of about
             ``(1-a)^L`` of it stays in this step's gradient (like momentum).
+        warm_start: the forward's initial point ``X_0`` of a node (:meth:`initial_point`):
+            ``history``, the paper's eq. 4, ``X_0^k = X_L^{k-1}`` (its last output);
+            ``delta``, that plus the change of its input since that visit,
+            ``X_L^{k-1} + X_in^k - X_in^{k-1}`` (a third ``[N, C]`` table keeps the inputs);
+            ``input``, ``X_0 = X_in`` (plain APPNP, no forward history). With L = 2 and
+            ``a = 0.1`` about ``(1-a)^L = 81%`` of a ``history`` output is the node's previous
+            output: when the head or the LM moved since, the loss is taken at a stale point
+            while the implicit gradient is the fixed point's, and training overshoots and
+            oscillates (README "Why LEADING degraded with longer training"). ``delta`` moves
+            the initial point with the input, exactly for an input shift that is constant over
+            a node's neighbourhood; a node never visited starts from its input.
 
     ``forward(x_in [n, C], rowptr, col, node_ids [n], dinv)`` propagates over the subgraph whose
     CSR (local ids) is ``rowptr/col`` and whose node ``i`` is global node ``node_ids[i]``;
@@ -181,13 +195,20 @@ class ImplicitAPPNP(nn.Module):
     """
 
     def __init__(self, alpha: float, num_iters: int, num_nodes: int, channels: int,
-                 history_dtype: torch.dtype = torch.float32, warm_backward: bool = True):
+                 history_dtype: torch.dtype = torch.float32, warm_backward: bool = True,
+                 warm_start: str = "delta"):
         super().__init__()
+        if warm_start not in WARM_STARTS:
+            raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)}, got {warm_start!r}")
         self.alpha = float(alpha)
         self.num_iters = int(num_iters)
         self.warm_backward = bool(warm_backward)
+        self.warm_start = warm_start
         self.register_buffer("x_history", torch.zeros(num_nodes, channels, dtype=history_dtype), persistent=False)
         self.register_buffer("g_history", torch.zeros(num_nodes, channels, dtype=history_dtype), persistent=False)
+        # warm_start=delta: each node's input at its last visit
+        self.register_buffer("input_history", torch.zeros(num_nodes if warm_start == "delta" else 0, channels,
+                                                          dtype=history_dtype), persistent=False)
         # factor between the incoming gradient and dL/dX of the unscaled mean loss (a float,
         # or a 0-dim tensor such as a GradScaler's scale, read on the device)
         self.grad_scale: float | torch.Tensor = 1.0
@@ -198,35 +219,61 @@ class ImplicitAPPNP(nn.Module):
             dinv = ops.gcn_dinv(rowptr, ops.accumulation_dtype(x_in))
         return _ImplicitAPPNPFunction.apply(x_in.contiguous(), rowptr, col, dinv, node_ids, self)
 
+    def initial_point(self, x_in: torch.Tensor, node_ids: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+        """The forward's ``X_0`` for the nodes ``node_ids`` whose input is ``x_in [n, C]`` and whose
+        stored output is ``stored`` (``x_history[node_ids]``), in ``x_in``'s dtype (see
+        ``warm_start``). Under ``delta`` it also records ``x_in`` (its finite rows) as the
+        nodes' last input."""
+        if self.warm_start == "input":
+            return x_in.clone()
+        x0 = stored.to(x_in.dtype)
+        if self.warm_start == "delta":
+            previous = self.input_history[node_ids]
+            x0 = x0 + (x_in - previous.to(x_in.dtype))
+            _write_finite_rows(self.input_history, node_ids, x_in, previous=previous)
+        return x0
+
+    def _tables(self) -> dict[str, torch.Tensor]:
+        tables = {"x_history": self.x_history, "g_history": self.g_history}
+        if self.warm_start == "delta":
+            tables["input_history"] = self.input_history
+        return tables
+
     def reset_histories(self) -> None:
-        self.x_history.zero_()
-        self.g_history.zero_()
+        for table in self._tables().values():
+            table.zero_()
 
     def histories_state(self) -> dict[str, torch.Tensor]:
-        """Both histories, in their storage dtype, for a checkpoint."""
-        return {"x_history": self.x_history, "g_history": self.g_history}
+        """The histories (``input_history`` too under ``warm_start=delta``), in their storage
+        dtype, for a checkpoint."""
+        return self._tables()
 
     def load_histories(self, state: dict[str, torch.Tensor]) -> None:
-        self.x_history.copy_(state["x_history"])
-        self.g_history.copy_(state["g_history"])
+        tables = self._tables()
+        if set(state) != set(tables):
+            raise ValueError(f"implicit histories: expected {', '.join(sorted(tables))}, got "
+                             f"{', '.join(sorted(state))} (written with another model.warm_start?)")
+        for key, table in tables.items():
+            table.copy_(state[key])
 
     def sync_histories(self, node_ids: torch.Tensor) -> None:
-        """Make the rows ``node_ids`` (global ids of this rank's subgraph) of both histories
+        """Make the rows ``node_ids`` (global ids of this rank's subgraph) of the histories
         identical on every rank: one all-gather of ids and rows, written in rank order (a node
         in several ranks' subgraphs keeps the highest rank's rows). A no-op in one process.
         The backward calls it after writing ``g_history``."""
         if not is_distributed():
             return
         node_ids = node_ids.to(self.x_history.device, torch.int64)
+        tables = list(self._tables().values())
         c = self.x_history.shape[1]
-        rows = torch.cat([self.x_history[node_ids], self.g_history[node_ids]], dim=1)
+        rows = torch.cat([table[node_ids] for table in tables], dim=1)
         all_ids, all_rows = allgather_rows(node_ids, rows)
-        ops.bank_scatter(self.x_history, all_ids, all_rows[:, :c])
-        ops.bank_scatter(self.g_history, all_ids, all_rows[:, c:])
+        for i, table in enumerate(tables):
+            ops.bank_scatter(table, all_ids, all_rows[:, i * c:(i + 1) * c])
 
     def extra_repr(self) -> str:
-        return (f"alpha={self.alpha}, num_iters={self.num_iters}, warm_backward={self.warm_backward}, "
-                f"histories={tuple(self.x_history.shape)}")
+        return (f"alpha={self.alpha}, num_iters={self.num_iters}, warm_start={self.warm_start}, "
+                f"warm_backward={self.warm_backward}, histories={tuple(self.x_history.shape)}")
 
 
 class _APPNPStepFunction(torch.autograd.Function):

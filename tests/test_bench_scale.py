@@ -54,6 +54,7 @@ def test_node_tables_at_products_size():
     rows = {t["table"]: t["bytes"] for t in node_tables(n, e, hidden=768, classes=47, max_length=128)}
     assert rows["memory bank: emb"] == n * 768 * 4
     assert rows["implicit history x_history"] == rows["implicit history g_history"] == n * 47 * 4
+    assert rows["implicit history input_history"] == n * 47 * 4  # model.warm_start=delta (the default)
     assert rows["token cache: input_ids"] == n * 128 * 4
     assert rows["CSR col"] == e * 4 and rows["CSR rowptr"] == (n + 1) * 8
     bf16 = {t["table"]: t["bytes"] for t in node_tables(n, e, hidden=768, classes=47, max_length=128, float_bytes=2)}

@@ -115,7 +115,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     layer = ImplicitAPPNP(0.2, 3, NUM_NODES, CHANNELS)
     for step in range(HISTORY_STEPS):
         _history_step(layer, step, rank)  # the backward syncs the rows it wrote
-    res["history"] = (layer.x_history.clone(), layer.g_history.clone())
+    res["history"] = {name: table.clone() for name, table in layer.histories_state().items()}
 
     # a parameter with a gradient on rank 0 only counts as zero on rank 1
     p = torch.nn.Parameter(torch.zeros(3))
@@ -197,26 +197,25 @@ def test_every_rank_holds_the_same_histories_as_a_replay(ranks):
     """Replay: each step both ranks start from the same (synced) histories; their rows are then
     written in rank order, the higher rank winning on shared nodes."""
     layer = ImplicitAPPNP(0.2, 3, NUM_NODES, CHANNELS)
+    tables = layer.histories_state()  # x_history, g_history and (warm_start=delta) input_history
+    assert set(tables) == set(ranks[0]["history"]) and len(tables) == 3
     for step in range(HISTORY_STEPS):
-        start = (layer.x_history.clone(), layer.g_history.clone())
+        start = {name: table.clone() for name, table in tables.items()}
         updates = []
         for r in range(WORLD):
-            layer.x_history.copy_(start[0])
-            layer.g_history.copy_(start[1])
+            layer.load_histories(start)
             ids = _history_step(layer, step, r)
-            updates.append((ids, layer.x_history[ids].clone(), layer.g_history[ids].clone()))
-        layer.x_history.copy_(start[0])
-        layer.g_history.copy_(start[1])
-        for ids, x_rows, g_rows in updates:
-            layer.x_history[ids] = x_rows
-            layer.g_history[ids] = g_rows
+            updates.append((ids, {name: table[ids].clone() for name, table in tables.items()}))
+        layer.load_histories(start)
+        for ids, rows in updates:
+            for name, table in tables.items():
+                table[ids] = rows[name]
     assert layer.g_history.abs().sum() > 0
-    x0, g0 = ranks[0]["history"]
+    first = ranks[0]["history"]
     for res in ranks:
-        x, g = res["history"]
-        assert torch.equal(x, x0) and torch.equal(g, g0)  # identical across ranks, bit for bit
-        torch.testing.assert_close(x, layer.x_history, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(g, layer.g_history, rtol=1e-6, atol=1e-6)
+        for name, table in res["history"].items():
+            assert torch.equal(table, first[name]), name  # identical across ranks, bit for bit
+            torch.testing.assert_close(table, tables[name], rtol=1e-6, atol=1e-6)
 
 
 def test_gradient_all_reduce_of_a_missing_gradient(ranks):

@@ -130,6 +130,58 @@ def test_a_step_never_sees_its_own_training_edges(tiny_bert, tmp_path, monkeypat
     torch.testing.assert_close(dinv.double(), (deg - lost + 1).rsqrt(), rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("warm_start", ["auto", "history"])
+def test_a_pairs_training_score_does_not_depend_on_its_edge_in_earlier_steps(tiny_bert, tmp_path, monkeypatch,
+                                                                            warm_start):
+    """The batch's own positive edges must not reach its scores through any path. Two runs take
+    the same earlier steps (batches of the edges around a pair (s, t)), one on the training
+    graph, one on the training graph without (s, t); then both score the batch holding (s, t).
+    No weights move (no optimizer step, no dropout), so only what the earlier steps left behind
+    can differ: with the paper's forward history (warm_start=history) the edge leaks through the
+    implicit layer's warm start; the default keeps no forward history for link prediction."""
+    from fastleading import ops
+    from fastleading.data.link_split import drop_edges
+    from fastleading.sampler import NeighborSampler
+
+    cfg = link_config(tiny_bert, tmp_path / "c", "train.fanouts=1000", "model.head_dropout=0",
+                      "train.link_negatives=1", "model.num_iters=2")
+    cfg.model.warm_start = warm_start  # set past validation: 'history' is refused for link runs
+    scores = []
+    for without in (False, True):
+        tr = build_trainer(cfg, tmp_path / f"run{without}")
+        run, task = tr.run, tr.task
+        run.model.encoder.eval()  # no dropout: the two runs draw nothing at random
+        train_edges = task.split.train
+        s, t = (int(v) for v in train_edges[:, 0])
+        around = [e for e in range(1, train_edges.shape[1])
+                  if {int(train_edges[0, e]), int(train_edges[1, e])} & {s, t}]
+        earlier = torch.tensor((around + list(range(1, 40)))[:24])
+        inner, dinv = run.sampler.inner, run.graph_dinv
+        if without:  # the earlier steps see a training graph without (s, t)
+            rowptr, col, _ = drop_edges(tr.graph.rowptr, tr.graph.col, torch.tensor([s]), torch.tensor([t]))
+            run.sampler.inner = NeighborSampler(rowptr, col, list(cfg.train.fanouts))
+            run.graph_dinv = ops.gcn_dinv(rowptr)
+        for batch in earlier.split(8):
+            task.step(run, batch, None)
+            run.step += 1
+        run.sampler.inner, run.graph_dinv = inner, dinv
+        captured = []
+        real = type(run.model.decoder).forward
+
+        def spy(self, a, b):
+            out = real(self, a, b)
+            captured.append(out.detach())
+            return out
+        monkeypatch.setattr(type(run.model.decoder), "forward", spy)
+        task.step(run, torch.tensor([0, 30, 31]), None)  # the batch holding (s, t), and two others
+        monkeypatch.undo()
+        scores.append(captured[0][0])  # the positive score of (s, t)
+    if warm_start == "history":  # the test can fail: the forward history carries the edge
+        assert abs(float(scores[0] - scores[1])) > 1e-4, scores
+    else:
+        torch.testing.assert_close(scores[0], scores[1], rtol=1e-5, atol=1e-6)
+
+
 def test_validation_and_test_edges_are_never_in_the_training_graph(tiny_bert, tmp_path, monkeypatch):
     cfg = link_config(tiny_bert, tmp_path / "c", "train.fanouts=1000")
     tr = build_trainer(cfg, tmp_path / "run")

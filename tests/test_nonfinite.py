@@ -19,15 +19,16 @@ def ring(n: int):
     return build_csr(src.numpy(), ((src + 1) % n).numpy(), n)
 
 
-def test_a_non_finite_row_leaves_both_histories_as_they_were():
+@pytest.mark.parametrize("warm_start", ["history", "delta", "input"])
+def test_a_non_finite_row_leaves_the_histories_as_they_were(warm_start):
     n, iters = 30, 3
     rowptr, col = ring(n)
-    layer = ImplicitAPPNP(0.1, iters, n, 4)
+    layer = ImplicitAPPNP(0.1, iters, n, 4, warm_start=warm_start)
     node_ids = torch.arange(n)
 
-    def near(i):  # rows a non-finite value at row i reaches in `iters` steps (it enters at the first)
+    def near(i, reach=iters):  # rows a non-finite value at row i reaches in `iters` steps
         d = (torch.arange(n) - i).remainder(n)
-        return torch.minimum(d, n - d) < iters
+        return torch.minimum(d, n - d) < reach
 
     def visit(x_in, weight):
         x_in = x_in.clone().requires_grad_(True)
@@ -35,12 +36,16 @@ def test_a_non_finite_row_leaves_both_histories_as_they_were():
 
     visit(torch.randn(n, 4), torch.ones(n, 4))  # a clean visit fills both histories
     # a non-finite input row: its output spreads to the rows within iters-1 hops
-    before = (layer.x_history.clone(), layer.g_history.clone())
+    before = (layer.x_history.clone(), layer.g_history.clone(), layer.input_history.clone())
     x_in = torch.randn(n, 4)
     x_in[7, 2] = float("inf")
     visit(x_in, torch.ones(n, 4))
-    bad = near(7)
-    assert torch.isfinite(layer.x_history).all()
+    # under history the input enters at the first step; delta and input also start from it
+    bad = near(7, iters if warm_start == "history" else iters + 1)
+    assert torch.isfinite(layer.x_history).all() and torch.isfinite(layer.input_history).all()
+    if warm_start == "delta":  # the node's last input is kept, the others recorded
+        assert torch.equal(layer.input_history[7], before[2][7])
+        assert torch.equal(layer.input_history[:7], x_in[:7])
     assert torch.equal(layer.x_history[bad], before[0][bad])                  # kept their last good value
     assert (layer.x_history[~bad] != before[0][~bad]).any(1).all()           # every other row was written
     # a non-finite incoming gradient row: the same for the gradient history

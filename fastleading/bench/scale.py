@@ -62,15 +62,16 @@ GIB = 2 ** 30
 # -- per-node tables -------------------------------------------------------------------------
 
 def node_tables(num_nodes: int, num_edges: int, hidden: int, classes: int, max_length: int,
-                float_bytes: int = 4, num_split: int | None = None) -> list[dict]:
+                float_bytes: int = 4, num_split: int | None = None, refresh_scope: int | None = None) -> list[dict]:
     """Every table of a LEADING run whose size grows with the graph and that lives for the whole
     run, with its bytes, as the code allocates it (module and class named in ``where``).
     ``float_bytes``: the bank dtype (``train.bank_dtype``: fp32 = 4 on CPU, bf16 = 2 on GPU),
     which the implicit histories share. ``num_split``: nodes in the split's train + valid + test
-    (default: all). ``anonymous``: False for the memory-mapped files (their pages count in RSS
+    (default: all); ``refresh_scope``: nodes pipeline 2 re-encodes (default: all). ``anonymous``: False for the memory-mapped files (their pages count in RSS
     once read, but the kernel can drop them); ``in_checkpoint``: saved in ``checkpoint.pt``."""
     n, e, h, c, length = num_nodes, num_edges, hidden, classes, max_length
     num_split = n if num_split is None else num_split
+    scope = n if refresh_scope is None else refresh_scope
     fdt = {4: "fp32", 2: "bf16"}.get(float_bytes, f"{8 * float_bytes}-bit")
     col_bytes = 4 if n <= 2 ** 31 else 8
     rows = [  # table, shape, bytes, where, anonymous, in checkpoint
@@ -78,6 +79,8 @@ def node_tables(num_nodes: int, num_edges: int, hidden: int, classes: int, max_l
         ("memory bank: stamp", "[N] int64", n * 8, "bank.py MemoryBank.stamp", True, True),
         ("implicit history x_history", f"[N, C] {fdt}", n * c * float_bytes, "nn.py ImplicitAPPNP", True, True),
         ("implicit history g_history", f"[N, C] {fdt}", n * c * float_bytes, "nn.py ImplicitAPPNP", True, True),
+        ("implicit history input_history", f"[N, C] {fdt}", n * c * float_bytes,
+         "nn.py ImplicitAPPNP (model.warm_start=delta)", True, True),
         ("last evaluation's solution (warm start)", "[N, C] fp32", n * c * 4,
          "trainer/state.py Progress.eval_solution (after the first evaluation)", True, True),
         ("encode counters (grad, refresh)", "2 x [N] int32", 2 * n * 4, "encode.py EncodeCounter", True, True),
@@ -88,7 +91,8 @@ def node_tables(num_nodes: int, num_edges: int, hidden: int, classes: int, max_l
         ("labels", "[N] int64", n * 8, "data/tag.py, memory-mapped", False, False),
         ("split ids (train + valid + test)", "int64", num_split * 8, "data/tag.py Split", True, False),
         ("full-graph dinv", "[N] fp32", n * 4, "trainer/loop.py build_trainer (ops.gcn_dinv)", True, False),
-        ("pipeline 2 order", "[N] int64", n * 8, "trainer/batches.py RefreshOrder", True, False),
+        ("pipeline 2 order", "[scope] int64 (train.refresh_scope; at most N)", scope * 8,
+         "trainer/batches.py RefreshOrder", True, False),
     ]
     return [{"table": t, "shape": s, "bytes": b, "where": w, "anonymous": a, "in_checkpoint": k}
             for t, s, b, w, a, k in rows]
@@ -133,6 +137,7 @@ def live_tables(tr) -> dict[str, int]:
     appnp = getattr(run.model, "appnp", None)
     add("implicit history x_history", getattr(appnp, "x_history", None))
     add("implicit history g_history", getattr(appnp, "g_history", None))
+    add("implicit history input_history", getattr(appnp, "input_history", None))
     out["encode counters (grad, refresh)"] = sum(_nbytes(t) for t in run.counter.per_node.values())
     if run.tokens is not None:
         add("token cache: input_ids", run.tokens.input_ids)
@@ -335,9 +340,12 @@ def worker_train(spec: dict) -> dict:
 
     loop.build_trainer = build_and_keep
     events.wrap(loop, "build_trainer")
-    events.wrap(loop, "encode_graph", label=lambda a, k: "encode_graph:" + str(k.get("kind", a[2] if len(a) > 2 else "?")))
+    # the bank fill is the loop's call of encode_graph, an evaluation's encode evaluate's own
+    encode_label = lambda a, k: "encode_graph:" + str(k.get("kind", a[2] if len(a) > 2 else "?"))  # noqa: E731
+    events.wrap(loop, "encode_graph", label=encode_label)
+    events.wrap(evaluate_mod, "encode_graph", label=encode_label)
     events.wrap(loop, "evaluate")
-    events.wrap(loop, "full_graph_logits")
+    events.wrap(evaluate_mod, "full_graph_logits")
     # iterations: propagate's num_iters argument; solve_appnp returns (solution, iterations)
     events.wrap(evaluate_mod, "propagate", label=lambda a, k: "propagate",
                 note=lambda a, k, r: {"iters": k.get("num_iters", a[4] if len(a) > 4 else None)})
@@ -371,6 +379,8 @@ def worker_train(spec: dict) -> dict:
                             "ms_per_call": round(1000 * v / max(counts.get(k, 0), 1), 3)}
                         for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
         "encode_totals": dict(tr.run.counter.totals),
+        "bank_dtype_bytes": tr.run.precision.bank_dtype.itemsize,
+        "refresh_scope": tr.refresh_order.num_nodes if tr.refresh_order is not None else 0,
         "live_tables_bytes": live_tables(tr),
         "model_parameters": sum(p.numel() for p in tr.run.model.parameters()),
         "lm_parameters": sum(p.numel() for p in tr.run.model.encoder.parameters()),
@@ -601,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     best = _one(train, "save_best")
     if best is not None:
         best["bytes"] = train["best_bytes"]
-    float_bytes = 4 if summary.get("precision", "fp32") == "fp32" else 2
-    run_tables = node_tables(n, e, args.hidden, c, args.max_length, float_bytes,
+    float_bytes = train["bank_dtype_bytes"]  # the bank's (bf16 autocast on a CPU keeps an fp32 bank)
+    run_tables = node_tables(n, e, args.hidden, c, args.max_length, float_bytes, refresh_scope=train["refresh_scope"],
                              num_split=sum(prep["graph"]["split_sizes"].values()))
     live = dict(train["live_tables_bytes"])
     for row in run_tables:

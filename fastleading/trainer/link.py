@@ -134,8 +134,11 @@ class LinkTask:
     split: LinkSplit
     num_nodes: int
 
-    def step(self, run: LinkRun, edge_ids: torch.Tensor, refresh_ids: torch.Tensor | None) -> torch.Tensor:
-        return STEPS[self.cfg.train.method](run, run.begin_batch(edge_ids), refresh_ids)
+    def step(self, run: LinkRun, edge_ids: torch.Tensor, refresh_ids: torch.Tensor | None,
+             steps: dict = STEPS) -> torch.Tensor:
+        """The step of ``train.method`` (from ``steps``: :data:`~fastleading.trainer.steps.STEPS`,
+        or ``HEAD_STEPS`` in the head warm-up) on the training edges ``edge_ids``."""
+        return steps[self.cfg.train.method](run, run.begin_batch(edge_ids), refresh_ids)
 
     def metrics(self, model, z: torch.Tensor) -> dict[str, float]:
         """``valid_*`` / ``test_*`` AUC, MRR, Hits@K of the representations ``z [N, D]``."""

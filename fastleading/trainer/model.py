@@ -10,6 +10,14 @@ from fastleading.lm import LMEncoder
 from fastleading.nn import Head, ImplicitAPPNP, propagate
 
 
+def warm_start(cfg: Config) -> str:
+    """``model.warm_start`` resolved: auto is ``delta``, and ``input`` for link prediction (a
+    forward history would carry a batch's own positive edges into its scores)."""
+    if cfg.model.warm_start != "auto":
+        return cfg.model.warm_start
+    return "input" if cfg.train.task == "link" else "delta"
+
+
 class NodeClassifier(nn.Module):
     """LM encoder, head and propagation. ``order`` decides whether the head runs before the
     propagation (predict-then-propagate: propagate C-dim logits) or after it.
@@ -25,7 +33,7 @@ class NodeClassifier(nn.Module):
         self.head = Head(self.encoder.hidden_size, num_classes, m.head_hidden, m.head_dropout, m.head)
         self.appnp = ImplicitAPPNP(m.alpha, m.num_iters, num_nodes,
                                    num_classes if self.predict_first else self.encoder.hidden_size, history_dtype,
-                                   warm_backward=m.warm_backward)
+                                   warm_backward=m.warm_backward, warm_start=warm_start(cfg))
 
     def classify(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, node_ids: torch.Tensor,
                  implicit: bool, num_iters: int, dinv: torch.Tensor | None = None) -> torch.Tensor:
