@@ -1,7 +1,8 @@
 """Device and mixed-precision policy.
 
-``auto`` picks bf16 autocast on GPUs that support it and fp32 elsewhere; fp16 runs with a
-gradient scaler. Requests the hardware cannot honour fail with one clear line.
+``auto`` picks bf16 autocast on GPUs that support it and on CPUs with native bf16 instructions
+(:func:`cpu_native_bf16`), fp32 elsewhere; fp16 runs with a gradient scaler. Requests the hardware
+cannot honour fail with one clear line.
 """
 
 from __future__ import annotations
@@ -49,9 +50,21 @@ class Precision:
         return None
 
 
+# CPU features (torch.cpu.get_capabilities) that run bf16 matrix products natively: x86 AVX512-BF16
+# (Cooper Lake, Sapphire Rapids and later Xeons; AMD Zen 4 and later) or AMX-BF16, Arm BF16 (v8.6+).
+# Without them oneDNN emulates bf16 by converting to fp32, which is slower than fp32 itself.
+NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (read from the CPU's feature flags, not guessed)."""
+    caps = torch.cpu.get_capabilities()
+    return any(bool(caps.get(name, False)) for name in NATIVE_BF16_CPU_FEATURES)
+
+
 def resolve_precision(precision: str, bank_dtype: str, device: torch.device) -> Precision:
     cuda = device.type == "cuda"
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    bf16_ok = torch.cuda.is_bf16_supported() if cuda else cpu_native_bf16()
     if precision == "auto":
         precision = "bf16" if bf16_ok else "fp32"
     if precision == "fp16" and not cuda:
