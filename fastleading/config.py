@@ -85,6 +85,11 @@ class ModelConfig:
                     ("predict-then-propagate", "propagate-then-predict"))
     alpha: float = _f(0.1, "APPNP teleport probability a in X = (1-a) Â X + a X_in.")
     num_iters: int = _f(2, "Propagation iterations per training step (warm-started).")
+    warm_start: str = _f("auto", "Initial point of the implicit forward on a node: 'history' (paper eq. 4: its last "
+                         "output), 'delta' (its last output plus the change of its input since then: no stale "
+                         "overshoot when the head or LM moved), 'input' (X_0 = X_in, no forward history); auto: "
+                         "delta, input for train.task=link (a history would carry a batch's own edges).",
+                         ("auto", "delta", "history", "input"))
     warm_backward: bool = _f(True, "Start the implicit backward from the previous visit's gradient (paper eq. 6) "
                              "rather than from zero.")
     eval_iters: int = _f(50, "Full-graph evaluation: at most this many propagation iterations (LEADING: "
@@ -113,17 +118,27 @@ class TrainConfig:
     epochs: int = _f(3, "Training epochs (over the training targets).")
     batch_size: int = _f(32, "Target nodes per step (pipeline 1).")
     refresh_batch_size: int = _f(0, "Nodes re-encoded without gradient per step (pipeline 2); 0 = enough to "
-                                 "re-encode every node once per epoch.")
+                                 "re-encode every node of train.refresh_scope once per epoch.")
+    refresh_scope: str = _f("reachable", "Nodes pipeline 2 re-encodes: 'reachable' (those a training subgraph can "
+                            "look up: within len(train.fanouts) hops of a training target; every node for "
+                            "train.task=link) or 'all' (the paper).", ("reachable", "all"))
     fanouts: list = _f([10, 5], "Neighbours sampled per hop.")
     fill_bank: bool = _f(True, "Encode every node once (no gradient) before training.")
     lr_lm: float = _f(5e-5, "Learning rate of the LM.")
     lr_head: float = _f(1e-3, "Learning rate of the head.")
+    lr_layer_decay: float = _f(1.0, "Layer-wise LR decay of the LM: layer i of L (counted from the input) trains at "
+                               "lr_lm x decay^(L-i), the embeddings at lr_lm x decay^L (1 = one rate).")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
+    head_warmup_epochs: int = _f(0, "Before the LM is fine-tuned, train the head (and the implicit layer's "
+                                 "histories) this many epochs on the frozen LM's embeddings (LP-FT; leading and "
+                                 "supervised), evaluating every epoch without an encode, and start from the best.")
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")
     schedule: str = _f("linear", "Decay after warm-up.", ("linear", "cosine", "constant"))
     grad_clip: float = _f(1.0, "Max gradient norm (0 = off).")
     grad_accum: int = _f(1, "Steps of gradient accumulation per optimizer step.")
-    eval_every: int = _f(1, "Evaluate every this many epochs.")
+    eval_every: int = _f(1, "Evaluate every this many epochs; 0 = auto: after the first epoch whose LM encodes since "
+                         "the last evaluation cost at least one evaluation (every node encoded once; an encode "
+                         "with gradient counts 3), so that evaluation is at most about half of the LM's work.")
     eval_batch_size: int = _f(256, "At most this many nodes per no-gradient forward in evaluation and bank filling "
                               "(see train.encode_token_budget).")
     encode_token_budget: int = _f(16384, "Token positions (rows x padded width) per no-gradient forward: evaluation, "
@@ -134,7 +149,8 @@ class TrainConfig:
     patience: int = _f(0, "Stop after this many evaluations without a better valid accuracy (0 = never).")
     seed: int = _f(0, "Random seed.")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N.")
-    precision: str = _f("auto", "auto (bf16 on GPUs that have it, else fp32), bf16, fp16, fp32.",
+    precision: str = _f("auto", "auto (bf16 on GPUs that have it and on CPUs with native bf16 instructions: "
+                        "AVX512-BF16, AMX or Arm BF16; else fp32), bf16, fp16, fp32.",
                         ("auto", "bf16", "fp16", "fp32"))
     bank_dtype: str = _f("auto", "Memory-bank dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.",
                          ("auto", "bf16", "fp16", "fp32"))
@@ -300,6 +316,20 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
     t, m, d = cfg.train, cfg.model, cfg.data
+    if t.eval_every < 0 or t.head_warmup_epochs < 0 or t.patience < 0:
+        raise FastleadingError("config keys 'train.eval_every' / 'train.head_warmup_epochs' / 'train.patience': "
+                               f"expected >= 0, got {t.eval_every} / {t.head_warmup_epochs} / {t.patience}")
+    if not 0.0 < t.lr_layer_decay <= 1.0:
+        raise FastleadingError(f"config key 'train.lr_layer_decay': expected 0 < decay <= 1, got {t.lr_layer_decay}")
+    if t.head_warmup_epochs and t.method not in ("leading", "supervised"):
+        raise FastleadingError(f"config key 'train.head_warmup_epochs': applies to train.method leading or "
+                               f"supervised, not {t.method}")
+    if t.head_warmup_epochs and t.deepspeed:
+        raise FastleadingError("config key 'train.head_warmup_epochs': not supported with train.deepspeed "
+                               "(the engine owns the head's optimizer)")
+    if t.task == "link" and m.warm_start in ("history", "delta"):
+        raise FastleadingError(f"config key 'model.warm_start': {m.warm_start!r} would carry a link batch's own "
+                               "edges into its scores through the forward history; use input (or auto)")
     positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
                 "train.eval_batch_size": t.eval_batch_size, "model.num_iters": m.num_iters,
                 "model.eval_iters": m.eval_iters, "data.max_length": d.max_length,

@@ -218,6 +218,14 @@ class EncodeCounter:
             counts = self.per_node[kind]
             counts.index_add_(0, ids.cpu(), torch.ones(ids.numel(), dtype=counts.dtype))
 
+    # what an encode with gradient costs in no-gradient encodes (forward + backward, about 3x)
+    GRAD_COST = 3
+
+    def cost(self) -> int:
+        """This process's training encodes so far in no-gradient encodes: ``3 x grad + refresh``
+        (the bank fill and evaluation are not training)."""
+        return self.GRAD_COST * self.totals["grad"] + self.totals["refresh"]
+
     def state_dict(self) -> dict:
         return {"per_node": dict(self.per_node), "totals": dict(self.totals)}
 

@@ -104,3 +104,28 @@ def degree_percentiles(rowptr: torch.Tensor, qs: Sequence[float]) -> list[float]
     # numpy rather than torch.quantile, which refuses inputs above 16M elements.
     deg = degrees(rowptr.detach().cpu()).numpy()
     return [float(x) for x in np.percentile(deg, list(qs))]
+
+
+def k_hop_nodes(rowptr: torch.Tensor, col: torch.Tensor, seeds: torch.Tensor, hops: int) -> torch.Tensor:
+    """Every node within ``hops`` hops of ``seeds`` in the symmetric CSR ``rowptr/col`` (the seeds
+    included): the nodes a neighbour sampler with ``hops`` fanouts can ever put in a seed's
+    subgraph. Sorted int64 ``[M]``.
+
+    One pass over the edges per hop (a node is reached when any entry of its row is in the
+    frontier: the CSR is symmetric), with ``[N]`` boolean masks and an ``[E]`` boolean gather:
+    about a second and 124 MB of scratch per hop at ogbn-products size."""
+    rowptr_np, col_np = rowptr.cpu().numpy(), col.cpu().numpy()
+    n = len(rowptr_np) - 1
+    reached = np.zeros(n, dtype=bool)
+    reached[seeds.cpu().numpy()] = True
+    frontier = reached.copy()
+    nonempty = rowptr_np[1:] > rowptr_np[:-1]
+    starts = rowptr_np[:-1][nonempty]
+    for _ in range(hops):
+        if not frontier.any() or not len(starts):
+            break
+        near = np.zeros(n, dtype=bool)
+        near[nonempty] = np.logical_or.reduceat(frontier[col_np], starts)
+        frontier = near & ~reached
+        reached |= near
+    return torch.from_numpy(np.flatnonzero(reached).astype(np.int64))

@@ -108,3 +108,35 @@ def test_degrees_and_percentiles():
     assert degree_percentiles(rowptr, [100]) == [float(deg.max())]
     with pytest.raises(FastleadingError, match=r"\[0, 100\]"):
         degree_percentiles(rowptr, [101])
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2, 3])
+def test_k_hop_nodes_matches_breadth_first_search(hops):
+    from fastleading.graph import k_hop_nodes
+
+    src, dst = random_edges(300, 500, seed=hops)
+    rowptr, col = build_csr(src, dst, 300)
+    rows = csr_rows(rowptr, col)
+    seeds = torch.tensor([0, 7, 7, 150, 299])
+    want, frontier = set(seeds.tolist()), set(seeds.tolist())
+    for _ in range(hops):
+        frontier = {v for u in frontier for v in rows[u]} - want
+        want |= frontier
+    got = k_hop_nodes(rowptr, col, seeds, hops)
+    assert got.dtype == torch.int64 and got.tolist() == sorted(want)
+    assert hops < 2 or len(want) > 3 * len(set(seeds.tolist()))  # the test can tell hops apart
+
+
+def test_every_sampled_subgraph_lies_within_the_k_hop_nodes():
+    from fastleading.graph import k_hop_nodes
+    from fastleading.sampler import NeighborSampler
+
+    src, dst = random_edges(400, 900, seed=5)
+    rowptr, col = build_csr(src, dst, 400)
+    targets = torch.arange(0, 400, 37)
+    reach = set(k_hop_nodes(rowptr, col, targets, 2).tolist())
+    sampler = NeighborSampler(rowptr, col, [10, 5])
+    for seed in range(5):
+        assert set(sampler.sample(targets, seed=seed).node_ids.tolist()) <= reach
+    everything = NeighborSampler(rowptr, col, [-1, -1]).sample(targets, seed=0).node_ids
+    assert set(everything.tolist()) == reach  # all neighbours at every hop: exactly the k-hop set

@@ -1,6 +1,7 @@
 """The trainer end to end on a small synthetic TAG with a tiny LM (CPU)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -30,7 +31,10 @@ def small_config(model: str, cache: Path, *overrides: str) -> Config:
     return apply_overrides(Config(), [
         f"model.name={model}", f"data.cache_dir={cache}", "data.synthetic_nodes=240", "data.synthetic_classes=3",
         "data.synthetic_words=12", "data.max_length=16", "train.batch_size=16", "train.epochs=2",
-        "train.eval_batch_size=128", "train.log_every=1", "model.head_hidden=32", *overrides])
+        "train.eval_batch_size=128", "train.log_every=1", "model.head_hidden=32",
+        # fp32 whatever the CPU: train.precision=auto is bf16 on CPUs with native bf16, and the
+        # tests compare against fp32 / float64 references (tests/test_precision.py covers auto)
+        "train.precision=fp32", *overrides])
 
 
 def test_leading_run_writes_every_output(tiny_bert, tmp_path):
@@ -124,7 +128,8 @@ def test_products_shaped_split_costs_at_most_1_2_nograd_encodes_per_node_per_epo
 
 def test_without_a_fresh_bank_pipeline_2_reencodes_every_node_once_in_the_epoch(tiny_bert, tmp_path):
     # no bank fill: the first epoch starts stale, so pipeline 2 takes 60 nodes a step (240 / 4 steps)
-    cfg = small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.fill_bank=false")
+    cfg = small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.fill_bank=false",
+                       "train.refresh_scope=all")
     summary = train(cfg, tmp_path / "run", quiet=True)
     assert summary["refresh_batch_size"] == 60
     state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT)
@@ -132,6 +137,35 @@ def test_without_a_fresh_bank_pipeline_2_reencodes_every_node_once_in_the_epoch(
     # epoch 1 refreshed every node once; its evaluation made epoch 2 fresh, so pipeline 2 rested
     assert torch.equal(refreshes, torch.ones(240, dtype=refreshes.dtype))
     assert summary["encodes_per_graph_node_per_epoch"]["nograd"] == pytest.approx(0.5)
+
+
+def test_pipeline_2_reencodes_only_the_nodes_a_training_subgraph_can_look_up(tiny_bert, tmp_path, monkeypatch):
+    """train.refresh_scope=reachable (the default): pipeline 2 re-encodes each node within
+    len(fanouts) hops of a training target once an epoch, and no other node; every row a
+    training step looks up is one of them, so training sees the same bank as with 'all'."""
+    from fastleading.graph import k_hop_nodes
+    from fastleading.trainer import steps
+
+    looked_up = set()
+    real = steps.STEPS["leading"]
+
+    def spy(run, targets, refresh_ids):
+        looked_up.update(run.sample(targets).ids.tolist())
+        return real(run, targets, refresh_ids)
+    monkeypatch.setitem(steps.STEPS, "leading", spy)
+    cfg = small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.fill_bank=false", "train.fanouts=2",
+                       "data.synthetic_avg_degree=2")
+    tr = build_trainer(cfg, tmp_path / "probe")
+    scope = k_hop_nodes(tr.graph.rowptr, tr.graph.col, tr.split.train, 1)
+    assert 0 < len(scope) < 0.8 * tr.graph.num_nodes  # the test can tell the scopes apart
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    assert summary["refresh_batch_size"] == math.ceil(len(scope) / 4)  # 4 steps an epoch
+    refreshes = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT)["ranks"][0]["counter"]["per_node"]["refresh"]
+    inside = torch.zeros(tr.graph.num_nodes, dtype=torch.bool)
+    inside[scope] = True
+    assert torch.equal(refreshes[inside], torch.ones(len(scope), dtype=refreshes.dtype))
+    assert not refreshes[~inside].any()
+    assert looked_up <= set(scope.tolist())
 
 
 @pytest.mark.parametrize("norm", ["full-graph", "subgraph"])

@@ -13,19 +13,24 @@ import torch
 
 from fastleading.config import Config
 from fastleading.distributed import shard, shard_weight
+from fastleading.graph import k_hop_nodes
 
 
 class RefreshOrder:
-    """Pipeline 2's node order: consecutive batches of per-epoch permutations of ALL nodes."""
+    """Pipeline 2's node order: consecutive batches of per-epoch permutations of its scope,
+    ``nodes``: an int (all nodes ``0..N-1``) or the int64 ids of the nodes it re-encodes
+    (:func:`refresh_scope`)."""
 
-    def __init__(self, num_nodes: int, seed: int):
-        self.num_nodes, self.seed = num_nodes, seed
+    def __init__(self, nodes: int | torch.Tensor, seed: int):
+        self.nodes = None if isinstance(nodes, int) else nodes
+        self.num_nodes, self.seed = (nodes if isinstance(nodes, int) else len(nodes)), seed
         self.epoch, self.pos = 0, 0
         self._perm = self._permutation()
 
     def _permutation(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.num_nodes, generator=g)
+        perm = torch.randperm(self.num_nodes, generator=g)
+        return perm if self.nodes is None else self.nodes[perm]
 
     def next(self, size: int) -> torch.Tensor:
         if self.pos >= self.num_nodes:
@@ -65,11 +70,23 @@ def global_targets(order: torch.Tensor, batch: int, batch_size: int, rank: int, 
     return targets, shard_weight(len(targets), len(ids), world)
 
 
+def refresh_scope(cfg: Config, rowptr: torch.Tensor, col: torch.Tensor, train_ids: torch.Tensor) -> torch.Tensor | int:
+    """The nodes pipeline 2 re-encodes (``train.refresh_scope``): ``reachable``, the nodes within
+    ``len(train.fanouts)`` hops of a training target (no other bank row is ever looked up by a
+    training step; sorted int64 ids), or every node (an int, N) for ``all`` and for link
+    prediction, whose random negatives make every node a target."""
+    n = len(rowptr) - 1
+    if cfg.train.refresh_scope == "all" or cfg.train.task == "link":
+        return n
+    return k_hop_nodes(rowptr, col, train_ids, len(cfg.train.fanouts))
+
+
 def refresh_batch_size(cfg: Config, num_nodes: int, num_train: int, world: int = 1) -> int:
     """Pipeline 2's nodes per step and rank: ``train.refresh_batch_size``, or when that is 0
-    enough to re-encode every node once per epoch, so that the bank is as fresh as the paper's
-    ("the memory will at least be filled after the first epoch") also when the targets are
-    few (low-label splits). With every node a target this is about ``batch_size``."""
+    enough to re-encode each of the ``num_nodes`` nodes of its scope once per epoch, so that
+    the bank is as fresh as the paper's ("the memory will at least be filled after the first
+    epoch") also when the targets are few (low-label splits). With every node a target this is
+    about ``batch_size``."""
     if cfg.train.refresh_batch_size:
         return cfg.train.refresh_batch_size
     return math.ceil(num_nodes / (steps_per_epoch(cfg, num_train, world) * world))

@@ -4,13 +4,20 @@ LEADING's implicit layer is evaluated at its fixed point, solved by conjugate gr
 ``model.eval_tol`` and warm-started from the previous evaluation's solution
 (:func:`fastleading.nn.solve_appnp`); the coupled baseline with the ``model.num_iters``
 unrolled steps it trains.
+
+:func:`evaluate` encodes every node afresh (under LEADING into the bank) and scores the
+embeddings (:func:`evaluate_embeddings`); the head warm-up scores the frozen bank without an
+encode.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastleading.config import Config
+from fastleading.encode import encode_all
 from fastleading.nn import propagate, solve_appnp
 from fastleading.precision import Precision
 from fastleading.trainer.model import NodeClassifier
@@ -65,3 +72,58 @@ def accuracies(logits: torch.Tensor, labels: torch.Tensor, split) -> dict[str, f
     pred = logits.argmax(-1).to(labels.device)
     return {name: float((pred[idx] == labels[idx]).float().mean()) if len(idx) else float("nan")
             for name, idx in (("train", split.train), ("valid", split.valid), ("test", split.test))}
+
+
+def encode_graph(tr, desc: str, kind: str) -> torch.Tensor:
+    """Every node's LM embedding without gradient, counted as ``kind`` (``fill`` or ``eval``).
+    Under LEADING the rows go straight into the bank (refreshed at this step; no second
+    ``[N, H]`` matrix) and the bank's table is returned. ``tr``: a
+    :class:`fastleading.trainer.loop.Trainer`."""
+    run = tr.run
+    return encode_all(run.model.encoder, run.tokens, tr.graph.num_nodes, run.device, run.precision,
+                      tr.cfg.train.eval_batch_size, tr.quiet, desc, run.counter, kind,
+                      token_budget=tr.cfg.train.encode_token_budget, into=run.bank, step=run.step)
+
+
+def evaluate(tr) -> tuple[dict[str, float], int]:
+    """Metrics of the current model on the whole graph, and the propagation iterations used.
+
+    Every node is re-encoded; under LEADING the fresh rows also refresh the bank, so pipeline 2
+    rests in the epoch that follows (each node then costs one no-gradient encode per epoch, as
+    the paper's economy, and no row is ever more than an epoch stale)."""
+    run, progress = tr.run, tr.progress
+    with run.phases("eval-encode"):
+        emb = encode_graph(tr, "evaluate", "eval")  # under LEADING: the bank, every row fresh
+    if run.bank is not None:
+        progress.bank_fresh_epoch = progress.epoch
+    progress.cost_at_eval = run.counter.cost()
+    return evaluate_embeddings(tr, emb)
+
+
+def evaluate_embeddings(tr, emb: torch.Tensor) -> tuple[dict[str, float], int]:
+    """Metrics (accuracies, or the link task's) of the model on LM embeddings ``emb [N, H]`` of
+    every node, and the propagation iterations used. The propagation is warm-started from the
+    previous evaluation's solution, which is kept only when it is finite."""
+    run, progress = tr.run, tr.progress
+    x0 = progress.eval_solution.to(run.device) if progress.eval_solution is not None else None
+    with run.phases("eval-propagate"):
+        logits, solution, iters = full_graph_logits(
+            run.model, emb, tr.graph.rowptr.to(run.device), tr.graph.col.to(run.device), tr.cfg, run.precision, x0)
+    progress.eval_solution = solution
+    if tr.task is not None:
+        return tr.task.metrics(run.model, logits), iters
+    return accuracies(logits, run.labels, tr.split), iters
+
+
+def evaluation_due(cfg: Config, epoch: int, spent: int, num_nodes: int) -> bool:
+    """Whether the loop evaluates at the end of ``epoch`` (counted from 1): every
+    ``train.eval_every`` epochs and after the last; with ``train.eval_every=0`` once the LM
+    encodes since the last evaluation, ``spent`` (global, an encode with gradient counted
+    3, :meth:`fastleading.encode.EncodeCounter.cost`), reach one evaluation's ``num_nodes``."""
+    t = cfg.train
+    if epoch >= t.epochs:
+        return True
+    if t.eval_every:
+        return epoch % t.eval_every == 0
+    return spent >= num_nodes
+

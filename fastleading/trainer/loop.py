@@ -35,7 +35,7 @@ from fastleading.config import Config
 from fastleading.data import prepare
 from fastleading.distributed import (DistEnv, all_reduce_mean, barrier, broadcast_module_, init_distributed,
                                      is_distributed, is_main)
-from fastleading.encode import EncodeCounter, encode_all
+from fastleading.encode import EncodeCounter
 from fastleading.errors import FastleadingError
 from fastleading.io import remove_stale_temp_files
 from fastleading.overlap import RefreshStream
@@ -43,8 +43,8 @@ from fastleading.precision import resolve_device, resolve_precision
 from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
 from fastleading.sampler import NeighborSampler
 from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
-                                         refresh_batch_size, steps_per_epoch)
-from fastleading.trainer.evaluate import GRAPH_METHODS, accuracies, full_graph_logits
+                                         refresh_batch_size, refresh_scope, steps_per_epoch)
+from fastleading.trainer.evaluate import GRAPH_METHODS, encode_graph, evaluate, evaluation_due
 from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
 from fastleading.trainer.model import build_model
 from fastleading.trainer.optim import build_optimization
@@ -131,52 +131,41 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
         from fastleading.trainer.link import LinkRun
 
         run = LinkRun.from_run(run, task)
+    scope = refresh_scope(cfg, graph.rowptr, graph.col, split.train) if leading else 0
+    scope_size = scope if isinstance(scope, int) else len(scope)
     return Trainer(cfg=cfg, out_dir=out_dir, env=env, graph=graph, split=split, run=run, task=task,
-                   refresh_order=RefreshOrder(n, t.seed) if leading else None,
-                   refresh_size=refresh_batch_size(cfg, n, len(split.train), env.world_size) if leading else 0,
+                   refresh_order=RefreshOrder(scope, t.seed) if leading else None,
+                   refresh_size=refresh_batch_size(cfg, scope_size, len(split.train), env.world_size) if leading else 0,
                    progress=Progress(), quiet=quiet)
 
 
-def encode_graph(tr: Trainer, desc: str, kind: str) -> torch.Tensor:
-    """Every node's LM embedding without gradient, counted as ``kind`` (``fill`` or ``eval``).
-    Under LEADING the rows go straight into the bank (refreshed at this step; no second
-    ``[N, H]`` matrix) and the bank's table is returned."""
-    run = tr.run
-    return encode_all(run.model.encoder, run.tokens, tr.graph.num_nodes, run.device, run.precision,
-                      tr.cfg.train.eval_batch_size, tr.quiet, desc, run.counter, kind,
-                      token_budget=tr.cfg.train.encode_token_budget, into=run.bank, step=run.step)
-
-
-def evaluate(tr: Trainer) -> tuple[dict[str, float], int]:
-    """Accuracies of the current model on the whole graph, and the propagation iterations used.
-
-    Every node is re-encoded; under LEADING the fresh rows also refresh the bank, so pipeline 2
-    rests in the epoch that follows (each node then costs one no-gradient encode per epoch, as
-    the paper's economy, and no row is ever more than an epoch stale). The propagation is
-    warm-started from the previous evaluation's solution."""
-    run, progress = tr.run, tr.progress
-    with run.phases("eval-encode"):
-        emb = encode_graph(tr, "evaluate", "eval")  # under LEADING: the bank, every row fresh
-    if run.bank is not None:
-        progress.bank_fresh_epoch = progress.epoch
-    x0 = progress.eval_solution.to(run.device) if progress.eval_solution is not None else None
-    with run.phases("eval-propagate"):
-        logits, progress.eval_solution, iters = full_graph_logits(
-            run.model, emb, tr.graph.rowptr.to(run.device), tr.graph.col.to(run.device), tr.cfg, run.precision, x0)
-    if tr.task is not None:
-        return tr.task.metrics(run.model, logits), iters
-    return accuracies(logits, run.labels, tr.split), iters
+def rank0_decides(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (a collective; the flag itself in one process)."""
+    if is_distributed():
+        value = torch.tensor([float(flag)])
+        torch.distributed.broadcast(value, 0)
+        flag = bool(value.item())
+    return flag
 
 
 def checkpoint_clock_due(last_save: float, minutes: float) -> bool:
     """Whether ``minutes`` of wall time have passed since ``last_save`` (rank 0's clock decides for
     every rank: a collective, so call it at the logging points only)."""
-    due = bool(minutes) and time.monotonic() - last_save >= 60.0 * minutes
-    if is_distributed():
-        flag = torch.tensor([float(due)])
-        torch.distributed.broadcast(flag, 0)
-        due = bool(flag.item())
-    return due
+    return rank0_decides(bool(minutes) and time.monotonic() - last_save >= 60.0 * minutes)
+
+
+def record_evaluation(tr: Trainer, log: MetricsLog, acc: dict, iters: int) -> bool:
+    """Log an evaluation at the loop's current epoch, keep ``best.pt`` if it is the best so far;
+    returns whether train.patience now stops the run."""
+    progress, t = tr.progress, tr.cfg.train
+    progress.history.append({"epoch": progress.epoch, "step": tr.run.step, **acc})
+    log.write({"step": tr.run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
+    if acc["valid"] > progress.best_valid:
+        progress.best_valid, progress.best_epoch, progress.evals_since_best = acc["valid"], progress.epoch, 0
+        save_best(tr.run, progress.epoch, tr.out_dir)
+        return False
+    progress.evals_since_best += 1
+    return bool(t.patience) and progress.evals_since_best >= t.patience
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
@@ -203,6 +192,14 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
     log = MetricsLog(out_dir / "metrics.jsonl", resumed_from)
+    if t.head_warmup_epochs and not progress.warmed_up:  # LP-FT: the head first, on the frozen LM
+        from fastleading.trainer.warmup import head_warmup
+
+        record_evaluation(tr, log, head_warmup(tr, log), 0)
+        progress.warmed_up = True
+        checkpoint_now_at_start = True
+    else:
+        checkpoint_now_at_start = False
     step_fn = tr.task.step if tr.task is not None else STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
@@ -218,6 +215,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
 
     def out_of_steps() -> bool:
         return bool(t.max_steps) and run.step >= t.max_steps
+
+    if checkpoint_now_at_start:  # a resumed run does not warm the head up again
+        checkpoint_now()
 
     while progress.epoch < t.epochs and not out_of_steps():
         order = epoch_order(tr.split.train, t.seed, progress.epoch)
@@ -246,7 +246,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
                 record = {"step": run.step, "epoch": progress.epoch, "loss": float(all_reduce_mean(loss.clone()))}
                 if boundary and grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
-                    record["lr_lm"] = run.optim.optimizer.param_groups[0]["lr"]
+                    record["lr_lm"] = run.optim.lm_lr()
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", valid=f"{last_eval:.3f}")
                 run.optim.check_bad_steps(run.step, t.max_bad_steps)
@@ -259,31 +259,26 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         progress.batch_in_epoch = 0
         run.optim.check_bad_steps(run.step, t.max_bad_steps)
         stop = False
-        if progress.epoch % t.eval_every == 0 or progress.epoch == t.epochs:
+        spent = (run.counter.cost() - progress.cost_at_eval) * env.world_size
+        if rank0_decides(evaluation_due(cfg, progress.epoch, spent, tr.graph.num_nodes)):
             acc, iters = evaluate(tr)
             last_eval = acc["valid"]
-            progress.history.append({"epoch": progress.epoch, **acc})
-            log.write({"step": run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
-            if acc["valid"] > progress.best_valid:
-                progress.best_valid, progress.best_epoch, progress.evals_since_best = acc["valid"], progress.epoch, 0
-                save_best(run, progress.epoch, out_dir)
-            else:
-                progress.evals_since_best += 1
-                stop = bool(t.patience) and progress.evals_since_best >= t.patience
+            stop = record_evaluation(tr, log, acc, iters)
         if run.step % t.grad_accum == 0:
             checkpoint_now()
         if stop:
+            progress.stopped = "patience"
             break
+    if not progress.stopped:
+        progress.stopped = "max_steps" if out_of_steps() and progress.epoch < t.epochs else "epochs"
     # A run stopped by max_steps ends with a checkpoint too (at an accumulation boundary: a
     # checkpoint cannot hold half-accumulated gradients).
     if saved_at != run.step and run.step % t.grad_accum == 0:
         checkpoint_now()
-    if not progress.history:  # max_steps stopped training before the first evaluation
+    if not progress.history or progress.history[-1].get("step") != run.step:
+        # max_steps stopped training after the last evaluation: the model it leaves is evaluated too
         acc, iters = evaluate(tr)
-        progress.history.append({"epoch": progress.epoch, **acc})
-        log.write({"step": run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
-        progress.best_valid, progress.best_epoch = acc["valid"], progress.epoch
-        save_best(run, progress.epoch, out_dir)
+        record_evaluation(tr, log, acc, iters)
     bar.close()
     profiler.close()
     log.close()
@@ -295,7 +290,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         **({"best_valid_acc": best["valid"], "test_acc": best["test"]} if tr.task is None
            else tr.task.summary_fields(best)),
         "best_epoch": best["epoch"],
-        "epochs": round(n_epochs, 4), "steps": run.step,
+        "epochs": round(n_epochs, 4), "steps": run.step, "stopped": progress.stopped,
+        "head_warmup_epochs": t.head_warmup_epochs,
         **encode_rates(run.counter, len(tr.split.train), tr.graph.num_nodes, n_epochs),
         "refresh_batch_size": tr.refresh_size,
         "peak_memory_bytes": peak_memory_bytes(run.device),

@@ -11,6 +11,7 @@ the host; the loop reads the count of consecutive bad steps only where it logs
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -37,13 +38,35 @@ def lr_lambda(cfg: Config, total_steps: int):
     return f
 
 
+# a transformer block's index in a parameter name: BERT "encoder.layer.3.", GPT-2 "h.3.", Llama
+# "layers.3.", T5 "block.3." (LoRA-wrapped names keep them)
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+_EMBEDDING = re.compile(r"(?:^|\.)(?:embeddings|embed_tokens|wte|wpe|word_embeddings|embed_positions)\.")
+
+
+def lm_depths(encoder) -> dict[str, int]:
+    """How far below the top each trainable LM parameter sits: block ``i`` of ``L`` at ``L - i``,
+    the embeddings at ``L + 1``, everything above the blocks (final norm, pooler) at 0."""
+    named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+    blocks = {n: int(m.group(1)) for n, _ in named if (m := _LAYER.search(n))}
+    top = max(blocks.values(), default=-1) + 1
+    return {n: top - blocks[n] if n in blocks else (top + 1 if _EMBEDDING.search(n) else 0) for n, _ in named}
+
+
 def param_groups(model, cfg: Config) -> list[dict]:
-    """The LM's trainable parameters at ``train.lr_lm``, the head's (and a link decoder's) at ``train.lr_head``."""
-    lm = [p for p in model.encoder.parameters() if p.requires_grad]
+    """The LM's trainable parameters at ``train.lr_lm`` (times ``train.lr_layer_decay`` to the
+    power of their depth below the top, :func:`lm_depths`), then the head's (and a link
+    decoder's) at ``train.lr_head``. The LM's groups come first, the deepest first."""
+    t = cfg.train
+    params = dict(model.encoder.named_parameters())
+    by_depth: dict[int, list] = {}
+    for name, depth in lm_depths(model.encoder).items():
+        by_depth.setdefault(depth if t.lr_layer_decay != 1.0 else 0, []).append(params[name])
+    groups = [{"params": by_depth[d], "lr": t.lr_lm * t.lr_layer_decay ** d} for d in sorted(by_depth, reverse=True)]
     head = list(model.head.parameters())
     if getattr(model, "decoder", None) is not None:
         head += list(model.decoder.parameters())
-    return [{"params": lm, "lr": cfg.train.lr_lm}, {"params": head, "lr": cfg.train.lr_head}]
+    return groups + [{"params": head, "lr": t.lr_head}]
 
 
 class Optimization:
@@ -67,6 +90,11 @@ class Optimization:
         self.bad_streak = torch.zeros((), dtype=torch.int64, device=device)
         self.worst_streak = torch.zeros((), dtype=torch.int64, device=device)
         self.last_bad_phase = torch.zeros((), dtype=torch.int64, device=device)  # 1 loss, 2 gradients
+
+    def lm_lr(self) -> float:
+        """The LM's current learning rate (its top layers' under ``train.lr_layer_decay``: the
+        group just before the head's, :func:`param_groups`)."""
+        return self.optimizer.param_groups[-2]["lr"]
 
     def gradient_scale(self, weight: float) -> float | torch.Tensor:
         """The factor by which the gradients of the next backward exceed those of the unscaled

@@ -42,6 +42,12 @@ class Progress:
     bank_fresh_epoch: int = -1
     # the last evaluation's propagated matrix, the next one's warm start (LEADING)
     eval_solution: torch.Tensor | None = None
+    # EncodeCounter.cost() at the last evaluation (train.eval_every=0 evaluates by encodes spent)
+    cost_at_eval: int = 0
+    # the head warm-up (train.head_warmup_epochs) has run
+    warmed_up: bool = False
+    # why the loop stopped: epochs, max_steps or patience ('' while it runs)
+    stopped: str = ""
 
     def state_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

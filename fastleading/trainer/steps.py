@@ -180,3 +180,34 @@ def supervised_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.
 
 
 STEPS = {"leading": leading_step, "coupled": coupled_step, "supervised": supervised_step}
+
+
+# ------------------------------------------------------------- LP-FT: the head before the LM
+def leading_head_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.Tensor:
+    """:func:`leading_step` with the LM frozen (``train.head_warmup_epochs``): every row of the
+    subgraph, the targets' too, comes from the bank (the frozen LM's embeddings); the head
+    and the implicit layer's histories learn, the LM is not run."""
+    phase = run.phases
+    with phase("sample"):
+        sub = run.sample(targets)
+    with phase("bank-lookup"):
+        x_in = run.bank.lookup(sub.node_ids).float()
+    with phase("propagate"), run.precision.autocast():
+        logits = run.model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=True,
+                                    num_iters=run.cfg.model.num_iters, dinv=sub.dinv)
+    with phase("loss"):
+        loss = run.loss(logits[:len(targets)], targets)
+    with phase("backward"):
+        return run.backward(loss)
+
+
+def supervised_head_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.Tensor:
+    """:func:`supervised_step` with the LM frozen: the head on the targets' frozen embeddings
+    (a bank filled for the warm-up)."""
+    with run.phases("loss"), run.precision.autocast():
+        loss = run.loss(run.model.head(run.bank.lookup(targets).float()), targets)
+    with run.phases("backward"):
+        return run.backward(loss)
+
+
+HEAD_STEPS = {"leading": leading_head_step, "supervised": supervised_head_step}

@@ -1,0 +1,166 @@
+"""The fine-tuning recipe: head warm-up on the frozen LM (LP-FT), layer-wise LR decay, the
+evaluation schedule by encodes spent, and why a run stopped."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from fastleading.trainer.loop import build_trainer, train
+from fastleading.trainer.optim import lm_depths, param_groups
+
+from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
+
+
+def metrics_lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["leading", "supervised"])
+def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_epoch(tiny_bert, tmp_path,
+                                                                                     monkeypatch, method):
+    from fastleading.trainer import evaluate as evaluate_module
+    from fastleading.trainer import warmup
+
+    cfg = small_config(tiny_bert, tmp_path / "c", f"train.method={method}", "train.head_warmup_epochs=10",
+                       "train.epochs=1", "train.lr_head=1e-2", "data.split=high-0", "model.pooling=mean",
+                       "data.synthetic_signal=0.8")
+    seen = {}
+    real_warmup = warmup.head_warmup
+
+    def spy(tr, log):
+        seen["lm"] = {k: v.clone() for k, v in tr.run.model.encoder.state_dict().items()}
+        seen["head"] = [p.detach().clone() for p in warmup.head_parameters(tr.run.model)]
+        seen["grad_encodes"] = tr.run.counter.totals["grad"]
+        if tr.run.bank is not None:  # LEADING: the random head's accuracy on the frozen LM
+            seen["untrained"], _ = evaluate_module.evaluate_embeddings(tr, tr.run.bank.emb)
+            tr.progress.eval_solution = None
+        best = real_warmup(tr, log)
+        seen["lm_after"] = {k: v.clone() for k, v in tr.run.model.encoder.state_dict().items()}
+        seen["head_after"] = [p.detach().clone() for p in warmup.head_parameters(tr.run.model)]
+        seen["grad_encodes_after"] = tr.run.counter.totals["grad"]
+        # what a fresh evaluation of this model computes: every node re-encoded by the frozen LM
+        tr.progress.eval_solution = None
+        seen["fresh"], _ = evaluate_module.evaluate(tr)
+        tr.progress.eval_solution = None
+        return best
+    monkeypatch.setattr(warmup, "head_warmup", spy)
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    # the LM did not move and was not run with gradient; the head did move
+    assert all(torch.equal(seen["lm"][k], seen["lm_after"][k]) for k in seen["lm"])
+    assert seen["grad_encodes_after"] == seen["grad_encodes"] == 0
+    assert any(not torch.equal(a, b) for a, b in zip(seen["head"], seen["head_after"]))
+    lines = metrics_lines(tmp_path / "run")
+    warm = [l for l in lines if "warmup_epoch" in l]
+    assert [l["warmup_epoch"] for l in warm] == list(range(1, 11))
+    epoch0 = next(l for l in lines if l.get("epoch") == 0 and "eval" in l and "warmup_epoch" not in l)
+    # fine-tuning starts from the best warm-up epoch's head, and that evaluation on the bank is
+    # the fresh evaluation of the frozen LM
+    assert epoch0["eval"]["valid"] == max(l["eval"]["valid"] for l in warm)
+    assert seen["fresh"] == pytest.approx(epoch0["eval"], abs=1e-6)
+    # the warm-up learned: its best head is far better than the random one (3 classes)
+    untrained = seen.get("untrained", {"valid": 1 / 3})["valid"]
+    assert epoch0["eval"]["valid"] >= untrained + 0.15, (untrained, [l["eval"]["valid"] for l in warm])
+    assert summary["history"][0]["epoch"] == 0 and summary["head_warmup_epochs"] == 10
+
+
+def test_a_resumed_run_does_not_warm_the_head_up_again(tiny_bert, tmp_path, monkeypatch):
+    from fastleading.trainer import warmup
+
+    calls = []
+    real = warmup.head_warmup
+    monkeypatch.setattr(warmup, "head_warmup", lambda tr, log: calls.append(1) or real(tr, log))
+    cfg = small_config(tiny_bert, tmp_path / "c", "train.head_warmup_epochs=2", "train.epochs=2",
+                       "data.split=low-0", "train.max_steps=5")
+    train(cfg, tmp_path / "run", quiet=True)
+    cfg.train.max_steps = 0
+    summary = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    assert calls == [1] and summary["steps"] == 8
+
+
+def test_head_warmup_is_refused_where_it_does_not_apply(tiny_bert, tmp_path):
+    from fastleading.errors import FastleadingError
+
+    with pytest.raises(FastleadingError, match="'train.head_warmup_epochs': applies to train.method leading or "
+                                               "supervised, not coupled"):
+        small_config(tiny_bert, tmp_path / "c", "train.method=coupled", "train.head_warmup_epochs=2")
+
+
+def test_layer_wise_lr_decay_gives_each_depth_its_rate(tiny_bert, tmp_path):
+    cfg = small_config(tiny_bert, tmp_path / "c", "train.lr_layer_decay=0.5", "train.lr_lm=1e-3")
+    tr = build_trainer(cfg, tmp_path / "r")
+    encoder = tr.run.model.encoder
+    depths = lm_depths(encoder)
+    by_name = dict(encoder.named_parameters())
+    # the tiny BERT has 2 blocks: block 1 (top) at depth 1, block 0 at 2, embeddings at 3, pooler 0
+    assert {depths[n] for n in by_name if ".layer.1." in n} == {1}
+    assert {depths[n] for n in by_name if ".layer.0." in n} == {2}
+    assert {depths[n] for n in by_name if ".embeddings." in n} == {3}
+    assert {depths[n] for n in by_name if ".pooler." in n} == {0}
+    groups = tr.run.optim.optimizer.param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    for name, p in by_name.items():
+        assert lr_of[id(p)] == pytest.approx(1e-3 * 0.5 ** depths[name]), name
+    head = list(tr.run.model.head.parameters())
+    assert all(lr_of[id(p)] == cfg.train.lr_head for p in head)
+    # every trainable parameter in exactly one group
+    assert sum(len(g["params"]) for g in groups) == len(lr_of) == len(by_name) + len(head)
+    assert tr.run.optim.lm_lr() == pytest.approx(1e-3)  # the top's rate is what the log reports
+
+
+def test_without_layer_decay_the_lm_is_one_group(tiny_bert, tmp_path):
+    cfg = small_config(tiny_bert, tmp_path / "c")
+    groups = param_groups(build_trainer(cfg, tmp_path / "r").run.model, cfg)
+    assert len(groups) == 2 and groups[0]["lr"] == cfg.train.lr_lm and groups[1]["lr"] == cfg.train.lr_head
+
+
+def test_auto_evaluation_waits_until_training_spent_one_evaluation_of_encodes(tiny_bert, tmp_path):
+    """train.eval_every=0: a low-label epoch (60 targets of 240 nodes, scope of 1 hop) costs
+    3 x 60 + the scope's refresh; evaluation (240 encodes) comes once that much was spent."""
+    cfg = small_config(tiny_bert, tmp_path / "c", "train.eval_every=0", "train.epochs=9", "data.split=low-0",
+                       "train.fanouts=2", "data.synthetic_avg_degree=2")
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    evaluated = [h["epoch"] for h in summary["history"]]
+    # replay the rule on the run's own counts: pipeline 2 rests in an epoch after an evaluation
+    lines = metrics_lines(tmp_path / "run")
+    assert evaluated[-1] == 9 and len(evaluated) < 9  # the last epoch always; not every epoch
+    per_epoch_grad = 3 * 60
+    scope = summary["refresh_batch_size"] * 4
+    spent, expect, fresh = 0, [], True  # the bank fill makes epoch 1 fresh
+    for epoch in range(1, 10):
+        spent += per_epoch_grad + (0 if fresh else scope)
+        fresh = False
+        if spent >= 240 or epoch == 9:
+            expect.append(epoch)
+            spent, fresh = 0, True
+    assert evaluated == expect, (evaluated, expect, [l for l in lines if "eval" in l])
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (("train.epochs=2",), "epochs"),
+    (("train.epochs=6", "train.max_steps=9"), "max_steps"),
+])
+def test_the_summary_says_why_the_run_stopped(tiny_bert, tmp_path, overrides, reason):
+    summary = train(small_config(tiny_bert, tmp_path / "c", "data.split=low-0", *overrides), tmp_path / "run",
+                    quiet=True)
+    assert summary["stopped"] == reason
+    # the model the run leaves is always evaluated (max_steps stopped it inside an epoch)
+    assert summary["history"][-1]["step"] == summary["steps"]
+
+
+def test_patience_stops_the_run_and_says_so(tiny_bert, tmp_path, monkeypatch):
+    from fastleading.trainer import loop
+
+    scores = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.7, 0.7])
+
+    def fake_evaluate(tr):
+        v = next(scores)
+        return {"train": v, "valid": v, "test": v}, 1
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    summary = train(small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.epochs=7",
+                                 "train.patience=3"), tmp_path / "run", quiet=True)
+    # best at epoch 2, then three evaluations without a better one
+    assert summary["stopped"] == "patience" and [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4, 5]
+    assert summary["best_epoch"] == 2 and summary["best_valid_acc"] == 0.6
+    assert math.isclose(summary["epochs"], 5)
