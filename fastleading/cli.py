@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="loss and accuracy curves of run folders (PNG)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `fastleading train`")
-    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png for one run)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png for one run; .png is added "
+                   "when the path has no extension)")
     p.set_defaults(fn=cmd_plot)
     for p in sub.choices.values():
         if p.prog.split()[-1] != "bench":
