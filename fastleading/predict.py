@@ -31,6 +31,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from fastleading.errors import FastleadingError
 from fastleading.io import atomic_write
 
 LM_METHODS = ("leading", "coupled", "supervised")
+WRITE_CHUNK = 65536  # CSV rows formatted at a time
 # metadata keys under which a dataset keeps its own node ids
 NODE_ID_KEYS = ("node_ids", "paper_ids")
 
@@ -123,9 +125,10 @@ class Predictions:
     logits: np.ndarray
     class_names: list[str]
 
-    def columns(self) -> dict[str, list]:
-        cols = {"id": self.ids, "pred": self.pred.tolist(), "pred_class": [self.class_names[c] for c in self.pred]}
-        cols.update({f"prob_{name}": self.probs[:, c].tolist() for c, name in enumerate(self.class_names)})
+    def columns(self) -> dict[str, Sequence]:
+        names = np.asarray(self.class_names, dtype=object)
+        cols = {"id": self.ids, "pred": self.pred, "pred_class": names[self.pred]}
+        cols.update({f"prob_{name}": self.probs[:, c] for c, name in enumerate(self.class_names)})
         return cols
 
     def write(self, path: str | Path) -> Path:
@@ -145,16 +148,17 @@ class LinkScores:
     def prob(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.score))
 
-    def columns(self) -> dict[str, list]:
-        return {"src": self.src, "dst": self.dst, "score": self.score.tolist(), "prob": self.prob.tolist()}
+    def columns(self) -> dict[str, Sequence]:
+        return {"src": self.src, "dst": self.dst, "score": self.score, "prob": self.prob}
 
     def write(self, path: str | Path) -> Path:
         """Write ``src, dst, score, prob`` to ``path`` (.csv, or .parquet with pyarrow)."""
         return write_table(self.columns(), path)
 
 
-def write_table(columns: dict[str, list], path: str | Path) -> Path:
-    """``columns`` (name -> equal-length lists) as a CSV or Parquet file, written atomically."""
+def write_table(columns: dict[str, Sequence], path: str | Path) -> Path:
+    """``columns`` (name -> equal-length lists or 1-D arrays) as a CSV or Parquet file, written
+    atomically; CSV rows are formatted :data:`WRITE_CHUNK` at a time (bounded memory)."""
     path = Path(path)
     if path.suffix == ".parquet":
         try:
@@ -163,7 +167,7 @@ def write_table(columns: dict[str, list], path: str | Path) -> Path:
         except ImportError:
             raise FastleadingError(f"{path}: Parquet needs pyarrow, which is not installed "
                                    "(pip install pyarrow, or write a .csv)") from None
-        table = pa.table(columns)
+        table = pa.table({name: pa.array(col) for name, col in columns.items()})
         return atomic_write(path, lambda f: pq.write_table(table, f))
     if path.suffix != ".csv":
         raise FastleadingError(f"{path}: predictions are written as .csv or .parquet; give a path ending in one")
@@ -172,7 +176,10 @@ def write_table(columns: dict[str, list], path: str | Path) -> Path:
         text = io.TextIOWrapper(f, encoding="utf-8", newline="")
         out = csv.writer(text)
         out.writerow(list(columns))
-        out.writerows(zip(*columns.values()))
+        n = len(next(iter(columns.values())))
+        for a in range(0, n, WRITE_CHUNK):
+            chunk = [col[a:a + WRITE_CHUNK] for col in columns.values()]
+            out.writerows(zip(*(c.tolist() if isinstance(c, np.ndarray) else c for c in chunk)))
         text.flush()
         text.detach()
 
