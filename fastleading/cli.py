@@ -6,6 +6,7 @@
     fastleading train    --resume runs/x
     fastleading export   --run runs/x --out runs/x/embeddings.npy
     fastleading export   --run runs/x --lm runs/x/lm [--lora-adapter]
+    fastleading predict  --run runs/x [--out predictions.csv] [--nodes ids.txt] [--new-nodes n.csv --new-edges e.csv]
     fastleading downstream --dataset citeseer-tag --embeddings runs/x/embeddings.npy --gnn gcn
     fastleading bench    kernels|sampler|step|scale [...]
     fastleading study    --dataset citeseer-tag --methods leading,shallow --seeds 3 --downstream gcn --out runs/s
@@ -120,6 +121,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from fastleading.predict import TrainedRun, read_id_list
+
+    run = TrainedRun(args.run, quiet=args.quiet)
+    new = {"new_nodes": args.new_nodes, "new_edges": args.new_edges, "embeddings": args.embeddings}
+    if args.pairs is not None:
+        result = run.score_pairs(args.pairs, **new)
+    else:
+        result = run.predict(read_id_list(args.nodes) if args.nodes else None, **new)
+    out = Path(args.out) if args.out else Path(args.run) / ("link-scores.csv" if args.pairs else "predictions.csv")
+    print(f"{'scores' if args.pairs else 'predictions'}: {result.write(out)}")
+    return 0
+
+
 def cmd_downstream(args) -> int:
     from fastleading.downstream import downstream
 
@@ -198,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA runs: write the peft adapter alone instead of merging it into the base weights")
     p.set_defaults(fn=cmd_export)
 
+    p = sub.add_parser("predict", help="class probabilities per node (existing and new nodes), or link scores")
+    p.add_argument("--run", required=True, help="run folder written by `fastleading train` (uses its best.pt)")
+    p.add_argument("--out", default=None, help="output .csv or .parquet (default RUN/predictions.csv, "
+                   "RUN/link-scores.csv with --pairs)")
+    p.add_argument("--nodes", default=None, help="file of node ids to report, one per line (default: every node, "
+                   "or the new nodes)")
+    p.add_argument("--new-nodes", default=None, help="new nodes: CSV with header id,text (or JSONL)")
+    p.add_argument("--new-edges", default=None, help="their edges: CSV with header src,dst (existing or new ids)")
+    p.add_argument("--embeddings", default=None,
+                   help="existing nodes' embeddings from `fastleading export` (default: encode every node afresh)")
+    p.add_argument("--pairs", default=None, help="link runs: CSV src,dst of the node pairs to score")
+    p.set_defaults(fn=cmd_predict)
+
     p = sub.add_parser("downstream", help="train a GNN (model.gnn) on exported embeddings")
     _config_args(p)
     p.add_argument("--embeddings", required=True, help=".npy file written by `fastleading export`")
@@ -238,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="loss and accuracy curves of run folders (PNG)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `fastleading train`")
-    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png for one run)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png for one run; .png is added "
+                   "when the path has no extension)")
     p.set_defaults(fn=cmd_plot)
     for p in sub.choices.values():
         if p.prog.split()[-1] != "bench":

@@ -163,6 +163,8 @@ class TrainConfig:
                                    "checked at the logging points.")
     log_every: int = _f(10, "Steps between metrics lines.")
     profile: bool = _f(False, "Write a torch.profiler trace and a per-phase time table.")
+    report_to: str = _f("none", "Experiment tracking besides metrics.jsonl: none, tensorboard (event files in "
+                        "OUT/tensorboard), wandb (offline unless WANDB_MODE is set).", ("none", "tensorboard", "wandb"))
     deepspeed: Optional[str] = _f(None, "DeepSpeed preset (zero1, zero2, zero3, zero2-offload, zero3-offload) or JSON file.")
     downstream_epochs: int = _f(200, "Epochs of the downstream / shallow GNN.")
     max_steps: int = _f(0, "Stop after this many steps (0 = no limit).")

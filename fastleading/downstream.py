@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastleading import checkpoint, ops
+from fastleading import ops
 from fastleading.config import Config, from_dict
 from fastleading.errors import FastleadingError
 from fastleading.gnn import GNN
@@ -154,7 +154,7 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     from fastleading.data import prepare
     from fastleading.encode import encode_all
     from fastleading.precision import resolve_device, resolve_precision
-    from fastleading.trainer.model import build_model
+    from fastleading.trainer.model import load_best
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -165,9 +165,7 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
-    model = build_model(cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype)
-    model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST)["model"])
-    model.to(device)
+    model = load_best(run_dir, cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype).to(device)
     emb = encode_all(model.encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet,
                      token_budget=cfg.train.encode_token_budget)
     return cfg, graph, emb.float().cpu()

@@ -20,9 +20,10 @@ def train_method(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: 
     one go and have none). The kernel backend (``train.kernels``, process state of
     :mod:`fastleading.ops`) is the run's own for the call and given back after it: a run never
     inherits another's."""
-    from fastleading import ops
+    from fastleading import ops, tracking
     from fastleading.downstream import FIXED_FEATURE_METHODS, train_fixed_features
 
+    tracking.require(cfg.train.report_to)  # a missing tracker package fails before anything trains
     with ops.use_backend(cfg.train.kernels):
         if cfg.train.method in FIXED_FEATURE_METHODS:
             return train_fixed_features(cfg, Path(out_dir), quiet=quiet)

@@ -66,45 +66,61 @@ def read_metrics(run_dir: str | Path) -> tuple[list[tuple[int, float]], list[dic
     return losses, evals
 
 
-def _method_of(run_dir: Path) -> str | None:
-    for name in ("summary.json", "config.json"):
-        try:
-            d = json.loads((run_dir / name).read_text())
-        except (OSError, ValueError):
-            continue
-        return d.get("method") or d.get("train", {}).get("method")
+def _read_json(path: Path) -> dict | None:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def reference_scores(run_dir: Path) -> tuple[float, float] | None:
+    """``(valid, test)`` of a fixed-feature run (``pretrained`` / ``shallow``: no per-step metrics)
+    from its ``summary.json``: accuracy at its best epoch, or for ``train.task=link`` the metric
+    that selected it (``train.link_select``, MRR by default); None for any other folder."""
+    from fastleading.downstream import FIXED_FEATURE_METHODS
+
+    summary = _read_json(run_dir / "summary.json")
+    if summary is None or summary.get("method") not in FIXED_FEATURE_METHODS:
+        return None
+    if "best_valid_acc" in summary:
+        return float(summary["best_valid_acc"]), float(summary["test_acc"])
+    config = _read_json(run_dir / "config.json") or {}
+    select = config.get("train", {}).get("link_select", "mrr")
+    if "best_valid" in summary and f"test_{select}" in summary:
+        return float(summary["best_valid"]), float(summary[f"test_{select}"])
     return None
 
 
-def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
-    """Loss by step and valid / test accuracy by epoch of one or more run folders, in one PNG.
+def runs_figure(run_dirs: list[str | Path]):
+    """The figure of :func:`plot_runs` (a ``matplotlib.figure.Figure``: loss axes, then accuracy axes).
 
-    ``out`` defaults to ``RUN_DIR/curves.png`` for one run. A run without ``metrics.jsonl``
-    (the fixed-feature methods ``pretrained`` and ``shallow`` log none) is named in the
-    figure; if no run has one, that is an error."""
+    An LM run draws its loss by step and valid / test accuracy by evaluation epoch from
+    ``metrics.jsonl``. A fixed-feature run (``pretrained``, ``shallow``) logs no per-step
+    metrics and no evaluation curve: its summary's valid and test scores are drawn as
+    horizontal reference lines across the accuracy axes, so a fine-tuning curve is seen against
+    the frozen baseline. A folder with neither is named in the title; if no folder has anything
+    to draw, that is an error."""
     runs = [Path(r) for r in run_dirs]
     if not runs:
         raise FastleadingError("plot: give at least one run folder")
     for run in runs:
         if not run.is_dir():
             raise FastleadingError(f"{run}: not a run folder")
-    if out is None:
-        if len(runs) > 1:
-            raise FastleadingError("plot: several runs need --out PATH.png")
-        out = runs[0] / "curves.png"
-    curves, missing = [], []
+    curves, references, missing = [], [], []
     for run in runs:
         if (run / "metrics.jsonl").is_file():
             curves.append((run, *read_metrics(run)))
+        elif (scores := reference_scores(run)) is not None:
+            references.append((run, scores))
         else:
-            method = _method_of(run)
-            missing.append(f"{run.name} ({method}: fixed features, no per-step metrics)"
-                           if method in ("pretrained", "shallow") else f"{run.name} (no metrics.jsonl)")
-    if not curves:
+            missing.append(f"{run.name} (no metrics.jsonl, no fixed-feature summary.json)")
+    if not curves and not references:
         raise FastleadingError(f"plot: nothing to draw: {'; '.join(missing)}")
-    labels = [run.name for run, *_ in curves]
+    named = [run for run, *_ in curves] + [run for run, _ in references]
+    labels = [run.name for run in named]
     if len(set(labels)) < len(labels):  # same folder names under different parents
-        labels = [str(run) for run, *_ in curves]
+        labels = [str(run) for run in named]
     fig = _figure(figsize=(11, 4.2), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     for i, (label, (_, losses, evals)) in enumerate(zip(labels, curves)):
@@ -117,6 +133,10 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path
             ax_acc.plot(epochs, [e["valid"] for e in evals], color=color, marker="o", ms=3, label=f"{label} valid")
             ax_acc.plot(epochs, [e["test"] for e in evals], color=color, ls="--", marker="x", ms=3,
                         label=f"{label} test")
+    for i, (label, (_, (valid, test))) in enumerate(zip(labels[len(curves):], references), len(curves)):
+        color = f"C{i % 10}"
+        ax_acc.axhline(valid, color=color, lw=1.2, label=f"{label} valid (fixed features)")
+        ax_acc.axhline(test, color=color, lw=1.2, ls="--", label=f"{label} test (fixed features)")
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy (valid solid, test dashed)")
     _integer_ticks(ax_loss.xaxis, ax_acc.xaxis)
@@ -128,7 +148,27 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     if missing:
         fig.suptitle("not drawn: " + "; ".join(missing), fontsize=8)
-    return _save(fig, out)
+    return fig
+
+
+def png_path(out: str | Path) -> Path:
+    """``out``, with ``.png`` added when it has no extension (``--out plot`` writes ``plot.png``)."""
+    out = Path(out)
+    return out if out.suffix else out.with_name(out.name + ".png")
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
+    """Loss by step and valid / test accuracy by epoch of one or more run folders, in one PNG
+    (:func:`runs_figure`). ``out`` defaults to ``RUN_DIR/curves.png`` for one run; ``.png`` is
+    added to an ``out`` without an extension."""
+    runs = [Path(r) for r in run_dirs]
+    if out is None:
+        if len(runs) > 1:
+            raise FastleadingError("plot: several runs need --out PATH.png")
+        if runs and runs[0].is_dir():
+            out = runs[0] / "curves.png"
+    fig = runs_figure(runs)
+    return _save(fig, png_path(out))
 
 
 # -------------------------------------------------------------------------------- studies

@@ -54,7 +54,7 @@ class Draws:
     node of the last hop keeps only its self loop. (Estimating the last hop's rows from the
     nodes that drew them, scaled to their degree, was tried: at hubs that estimate rests on one
     neighbour, its noise reached the implicit layer's histories and training collapsed, see
-    README "Known limitations".)
+    docs/training.md "Known limitations".)
     """
 
     rowptr: torch.Tensor

@@ -1,5 +1,5 @@
 """The package layout: every module imports on its own, and the trainer and the downstream
-baselines do not import each other (ARCHITECTURE.md)."""
+baselines do not import each other (docs/architecture.md)."""
 
 import ast
 import subprocess

@@ -157,14 +157,46 @@ def test_plot_draws_run_curves(study, tmp_path, monkeypatch, capsys):
     assert main(["plot", str(runs / RUNS[0]), str(runs / RUNS[2]), str(runs / RUNS[1]), "--out", str(both)]) == 0
     assert_png(both)
     capsys.readouterr()
-    # a fixed-feature run alone has nothing to draw: one line, no traceback
-    assert main(["plot", str(runs / RUNS[1])]) == 2
-    assert "shallow: fixed features, no per-step metrics" in capsys.readouterr().err
+    # a folder with neither metrics.jsonl nor a fixed-feature summary: one line, no traceback
+    (tmp_path / "empty").mkdir()
+    assert main(["plot", str(tmp_path / "empty")]) == 2
+    assert "nothing to draw: empty (no metrics.jsonl, no fixed-feature summary.json)" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     assert main(["plot", str(runs / RUNS[0]), "--out", str(tmp_path / "no.png")]) == 2
     assert capsys.readouterr().err.strip() == f"fastleading: error: {PLOT_HINT}"
     assert not (tmp_path / "no.png").exists()
+
+
+def test_plot_draws_a_leading_run_and_a_pretrained_run_together(study, tmp_path, capsys):
+    """A fixed-feature run writes no per-step metrics: its summary's valid / test accuracy are
+    drawn as reference lines beside the LEADING run's curves; ``--out plot`` writes plot.png."""
+    from fastleading.plot import read_metrics, runs_figure
+
+    root, model = study
+    leading = root / "out" / "runs" / RUNS[0]
+    pretrained = tmp_path / "pretrained"
+    args = study_args(root, model)
+    overrides = [a for a in args[args.index("--quiet") + 1:] if a != "--override"]
+    assert main(["train", "--method", "pretrained", "--dataset", "synthetic", "--model", model, "--device", "cpu",
+                 "--quiet", "--out", str(pretrained), *overrides]) == 0
+    assert not (pretrained / "metrics.jsonl").exists()
+    summary = json.loads((pretrained / "summary.json").read_text())
+
+    fig = runs_figure([leading, pretrained])
+    _, ax_acc = fig.axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax_acc.get_lines()}
+    _, evals = read_metrics(leading)
+    assert lines[f"{RUNS[0]} valid"] == [e["valid"] for e in evals]
+    assert lines[f"{RUNS[0]} test"] == [e["test"] for e in evals]
+    assert set(lines["pretrained valid (fixed features)"]) == {summary["best_valid_acc"]}
+    assert set(lines["pretrained test (fixed features)"]) == {summary["test_acc"]}
+
+    capsys.readouterr()
+    assert main(["plot", str(leading), str(pretrained), "--out", str(tmp_path / "plot")]) == 0
+    assert capsys.readouterr().out.strip() == f"curves: {tmp_path / 'plot.png'}"
+    assert_png(tmp_path / "plot.png")
+    assert not (tmp_path / "plot").exists()
 
 
 def run_preset(script: str, argv: list[str], tmp_path: Path, monkeypatch) -> tuple:

@@ -512,8 +512,9 @@ def _one(train: dict, name: str) -> dict | None:
 
 
 def memory_table(n: int, e: int, classes: int) -> list[dict]:
-    """The README's table: per-node tables at ``n`` nodes / ``e`` edges for bert-base (768) and
-    MiniLM (384) at 128 and 256 tokens, fp32 (CPU) and bf16 (GPU) bank."""
+    """The table of docs/scale.md ("Memory at scale"): per-node tables at ``n`` nodes / ``e``
+    edges for bert-base (768) and MiniLM (384) at 128 and 256 tokens, fp32 (CPU) and bf16
+    (GPU) bank."""
     rows = []
     for hidden, model in ((768, "bert-base"), (384, "MiniLM")):
         for length in (128, 256):

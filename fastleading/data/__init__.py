@@ -20,7 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from fastleading.data import citeseer_tag, custom, ogbl_citation2, ogbn_arxiv, ogbn_products, planetoid, synthetic
+from fastleading.data import (citeseer_tag, custom, ogbl_citation2, ogbn_arxiv, ogbn_products, planetoid, saved,
+                              synthetic)
 from fastleading.data.info import format_info, info
 from fastleading.data.tag import FORMAT_VERSION, Split, TextAttributedGraph, require_text
 from fastleading.data.tokens import TokenCache, prepare_tokens
@@ -60,6 +61,8 @@ DATASETS: dict[str, DatasetEntry] = {
                                    "your titleabs.tsv.gz paper texts"),
     "custom": DatasetEntry(custom.options, custom.build,
                            "your own folder (data.root): nodes.csv|nodes.jsonl, edges.csv, classes.txt"),
+    "saved": DatasetEntry(saved.options, saved.build,
+                          "a graph saved by TextAttributedGraph.save (data.root), as the Python API's train does"),
 }
 
 

@@ -172,6 +172,21 @@ def prepare_tokens(graph: TextAttributedGraph, graph_dir_or_key: str | Path | No
     return TokenCache.load(path)
 
 
+def tokenize_rows(tok, texts: list[str], side: str, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The token cache's rows of ``texts``: ids ``[n, max_length]`` padded on ``side`` and the
+    real token counts ``[n]`` (a text that tokenizes to nothing gets one EOS token)."""
+    tok.padding_side = side
+    enc = tok(list(texts), max_length=max_length, truncation=True, padding="max_length", return_attention_mask=True,
+              return_token_type_ids=False, return_tensors="np")
+    ids, count = enc["input_ids"], enc["attention_mask"].sum(axis=1)
+    empty = count == 0
+    if empty.any():  # one EOS instead of nothing, on the side the real tokens sit
+        filler = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+        ids[empty, 0 if side == "right" else max_length - 1] = filler
+        count[empty] = 1
+    return ids, count
+
+
 def _write(graph: TextAttributedGraph, tok, side: str, max_length: int, out: Path) -> None:
     """Fill ``out/input_ids.npy`` and ``out/lengths.npy`` batch by batch (bounded memory)."""
     from numpy.lib.format import open_memmap
@@ -185,21 +200,11 @@ def _write(graph: TextAttributedGraph, tok, side: str, max_length: int, out: Pat
 
         write_synthetic_tokens(graph, input_ids, lengths, tok, side, int(tok.pad_token_id))
     else:
-        tok.padding_side = side
         with tqdm(total=n, desc=f"tokenizing {graph.name}", unit="text", disable=None) as bar:
             for start in range(0, n, TOKENIZE_BATCH):
                 stop = min(n, start + TOKENIZE_BATCH)
-                enc = tok(graph.texts(range(start, stop)), max_length=max_length, truncation=True,
-                          padding="max_length", return_attention_mask=True, return_token_type_ids=False,
-                          return_tensors="np")
-                ids, count = enc["input_ids"], enc["attention_mask"].sum(axis=1)
-                empty = count == 0
-                if empty.any():  # one EOS instead of nothing, on the side the real tokens sit
-                    filler = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
-                    ids[empty, 0 if side == "right" else max_length - 1] = filler
-                    count[empty] = 1
-                input_ids[start:stop] = ids
-                lengths[start:stop] = count
+                input_ids[start:stop], lengths[start:stop] = tokenize_rows(tok, graph.texts(range(start, stop)), side,
+                                                                           max_length)
                 bar.update(stop - start)
     input_ids.flush()
     lengths.flush()

@@ -1,4 +1,4 @@
-"""The LEADING trainer, one concern per module (see ARCHITECTURE.md for the data path of a step).
+"""The LEADING trainer, one concern per module (see docs/architecture.md for the data path of a step).
 
 - :mod:`.model`     ``NodeClassifier``: LM encoder, head and implicit APPNP.
 - :mod:`.steps`     ``Run`` (what a step touches) and the steps: ``leading_step`` (Algorithm 1),

@@ -42,6 +42,7 @@ from fastleading.overlap import RefreshStream
 from fastleading.precision import resolve_device, resolve_precision
 from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
 from fastleading.sampler import NeighborSampler
+from fastleading.tracking import open_tracker
 from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
                                          refresh_batch_size, refresh_scope, steps_per_epoch)
 from fastleading.trainer.evaluate import GRAPH_METHODS, encode_graph, evaluate, evaluation_due
@@ -191,7 +192,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         if run.bank is not None and t.fill_bank:
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
-    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from)
+    tracker = (open_tracker(cfg, out_dir, run.counter, run.phases, tr.graph.num_nodes, resumed_from)
+               if is_main() else None)
+    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from, tracker)
     if t.head_warmup_epochs and not progress.warmed_up:  # LP-FT: the head first, on the frozen LM
         from fastleading.trainer.warmup import head_warmup
 

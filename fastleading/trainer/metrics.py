@@ -15,11 +15,13 @@ from fastleading.io import atomic_write_text
 
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step and per evaluation (rank 0 only:
-    on other ranks nothing is opened and ``write`` does nothing)."""
+    on other ranks nothing is opened and ``write`` does nothing). ``tracker`` (a
+    :class:`fastleading.tracking.Tracker`, ``train.report_to``) gets every record too."""
 
-    def __init__(self, path: Path, resume_step: int | None):
+    def __init__(self, path: Path, resume_step: int | None, tracker=None):
         self.path = path
         self._f = None
+        self.tracker = tracker
         if not is_main():
             return
         if resume_step is not None and path.exists():
@@ -33,10 +35,14 @@ class MetricsLog:
         if self._f is not None:
             self._f.write(json.dumps(record) + "\n")
             self._f.flush()
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def encode_rates(counter: EncodeCounter, num_train: int, num_nodes: int, epochs: float) -> dict:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from fastleading import checkpoint
 from fastleading.config import Config
 from fastleading.lm import LMEncoder
 from fastleading.nn import Head, ImplicitAPPNP, propagate
@@ -66,3 +69,11 @@ def build_model(cfg: Config, num_nodes: int, num_classes: int, history_dtype: to
     if cfg.train.task == "link":
         return LinkPredictor(cfg, num_nodes, history_dtype)
     return NodeClassifier(cfg, num_nodes, num_classes, history_dtype)
+
+
+def load_best(run_dir: Path, cfg: Config, num_nodes: int, num_classes: int, history_dtype: torch.dtype) -> NodeClassifier:
+    """The model of the run in ``run_dir`` (config ``cfg``) with its ``best.pt`` weights (encoder
+    and head; no histories), on the CPU, in eval mode."""
+    model = build_model(cfg, num_nodes, num_classes, history_dtype)
+    model.load_state_dict(checkpoint.load(Path(run_dir) / checkpoint.BEST)["model"])
+    return model.eval()

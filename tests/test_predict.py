@@ -1,0 +1,211 @@
+"""`fastleading predict` and :class:`fastleading.predict.TrainedRun`: existing nodes get the
+evaluation's outputs of best.pt, a new node that copies an existing one gets that node's
+prediction, link runs score pairs as their evaluation does, and bad files get one line."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastleading.cli import main
+from fastleading.data import load_dataset
+from fastleading.errors import FastleadingError
+from fastleading.linkmetrics import link_metrics
+from fastleading.methods import train_method
+from fastleading.predict import TrainedRun
+from fastleading.trainer import loop
+
+from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
+
+N = 240
+# a tight CG tolerance: the run's evaluations warm-start the solve, predict starts cold; both
+# are then the same fixed point to ~1e-9 relative residual
+TIGHT = ("model.eval_tol=1e-9", "model.eval_iters=500")
+
+
+def capture_evaluations(monkeypatch) -> list[torch.Tensor]:
+    """The logits of every evaluation of the next run, in order (the loop's own call)."""
+    seen = []
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out[0].clone())
+        return out
+
+    real = loop.full_graph_logits
+    monkeypatch.setattr(loop, "full_graph_logits", recording)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def node_run(tiny_bert, tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    with pytest.MonkeyPatch.context() as mp:
+        evaluations = capture_evaluations(mp)
+        cfg = small_config(tiny_bert, root / "cache", "train.epochs=2", *TIGHT)
+        summary = train_method(cfg, root / "run", quiet=True)
+    best = [h["epoch"] for h in summary["history"]].index(summary["best_epoch"])
+    return root, cfg, summary, evaluations[best]
+
+
+def test_existing_nodes_get_the_evaluation_outputs_of_best_pt(node_run):
+    root, cfg, summary, eval_logits = node_run
+    preds = TrainedRun(root / "run").predict()
+    assert preds.ids == [str(i) for i in range(N)]
+    assert preds.logits == pytest.approx(eval_logits.numpy(), abs=1e-5)
+    assert np.array_equal(preds.pred, eval_logits.argmax(-1).numpy())
+    assert preds.probs == pytest.approx(torch.softmax(eval_logits, -1).numpy(), abs=1e-6)
+    graph = load_dataset(cfg.data)
+    split = graph.split(cfg.data.split)
+    for name, key in (("valid", "best_valid_acc"), ("test", "test_acc")):
+        ids = getattr(split, name).numpy()
+        assert float((preds.pred[ids] == graph.labels.numpy()[ids]).mean()) == pytest.approx(summary[key], rel=1e-6)
+
+
+def test_cli_writes_every_node_or_a_subset_as_csv(node_run, tmp_path, capsys):
+    root, _, _, eval_logits = node_run
+    assert main(["predict", "--run", str(root / "run"), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == f"predictions: {root / 'run' / 'predictions.csv'}"
+    with open(root / "run" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = load_dataset(small_config("x", root / "cache").data).class_names
+    assert list(rows[0]) == ["id", "pred", "pred_class", *(f"prob_{c}" for c in classes)]
+    assert [r["id"] for r in rows] == [str(i) for i in range(N)]
+    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    assert probs == pytest.approx(torch.softmax(eval_logits, -1).numpy(), abs=1e-6)
+    assert [int(r["pred"]) for r in rows] == eval_logits.argmax(-1).tolist()
+    assert [r["pred_class"] for r in rows] == [classes[int(r["pred"])] for r in rows]
+
+    (tmp_path / "ids.txt").write_text("id\n17\n3\n")
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--run", str(root / "run"), "--nodes", str(tmp_path / "ids.txt"), "--out", str(out),
+                 "--quiet"]) == 0
+    with open(out, newline="") as f:
+        sub = list(csv.DictReader(f))
+    assert [r["id"] for r in sub] == ["17", "3"] and sub == [rows[17], rows[3]]
+
+
+def write_copy_of(graph, v: int, folder, name: str = "copy") -> tuple:
+    """A new node with node ``v``'s text and edges to every neighbour of ``v``."""
+    neighbours = graph.col[graph.rowptr[v]:graph.rowptr[v + 1]].tolist()
+    nodes, edges = folder / "new_nodes.csv", folder / "new_edges.csv"
+    with open(nodes, "w", newline="") as f:
+        csv.writer(f).writerows([["id", "text"], [name, graph.text(v)]])
+    with open(edges, "w", newline="") as f:
+        csv.writer(f).writerows([["src", "dst"], *([name, str(u)] for u in neighbours)])
+    return nodes, edges, neighbours
+
+
+def test_a_new_copy_of_a_node_gets_that_nodes_prediction(node_run, tmp_path):
+    """Adding the copy raises its neighbours' degrees, so the original's own output moves too;
+    in the extended graph the two are interchangeable (swapping them maps the graph onto
+    itself and their texts are equal), so their outputs are equal."""
+    root, cfg, _, eval_logits = node_run
+    graph = load_dataset(cfg.data)
+    degree = (graph.rowptr[1:] - graph.rowptr[:-1]).numpy()
+    v = int(np.flatnonzero(degree >= 3)[0])
+    nodes, edges, neighbours = write_copy_of(graph, v, tmp_path)
+    run = TrainedRun(root / "run")
+    preds = run.predict(["copy", str(v), str(neighbours[0])], new_nodes=nodes, new_edges=edges)
+    assert preds.ids == ["copy", str(v), str(neighbours[0])]
+    assert preds.logits[0] == pytest.approx(preds.logits[1], abs=1e-5)
+    assert preds.pred[0] == preds.pred[1]
+    # the neighbourhood really changed: the neighbour's output is not the one without the copy
+    assert np.abs(preds.logits[2] - eval_logits[neighbours[0]].numpy()).max() > 1e-4
+    # default rows with new nodes: the new nodes; exported embeddings give the same outputs
+    assert run.predict(new_nodes=nodes, new_edges=edges).ids == ["copy"]
+    np.save(tmp_path / "emb.npy", run.embeddings().float().numpy())
+    again = run.predict(["copy", str(v)], new_nodes=nodes, new_edges=edges, embeddings=tmp_path / "emb.npy")
+    assert again.logits == pytest.approx(preds.logits[:2], abs=1e-5)
+
+
+def test_new_nodes_may_link_to_each_other(node_run, tmp_path):
+    root, cfg, _, _ = node_run
+    graph = load_dataset(cfg.data)
+    (tmp_path / "n.jsonl").write_text(json.dumps({"id": "a", "text": graph.text(0)}) + "\n"
+                                      + json.dumps({"id": "b", "text": "a brand new text"}) + "\n")
+    (tmp_path / "e.csv").write_text("src,dst\na,b\nb,5\n")
+    preds = TrainedRun(root / "run").predict(new_nodes=tmp_path / "n.jsonl", new_edges=tmp_path / "e.csv")
+    assert preds.ids == ["a", "b"] and preds.probs.sum(1) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("nodes, edges, out, message", [
+    ("id,text\n7,dup\n", "src,dst\n7,1\n", "p.csv", "new_nodes.csv: line 2: node id '7' already exists in the dataset"),
+    ("id,text\nx,hello\n", "src,dst\n1,2\n", "p.csv", "new_edges.csv: edge '1,2' joins two existing nodes; new "
+                                                      "edges must touch a new node"),
+    ("id,text\nx,hello\n", "src,dst\nx,zz\n", "p.csv", "new_edges.csv: line 2: unknown node id 'zz'"),
+    ("id,text\nx,\n", "src,dst\n", "p.csv", "new_nodes.csv: line 2: node 'x' has an empty or missing text"),
+    ("id,text\nx,hello\n", "a,b\n", "p.csv", "new_edges.csv: line 1: expected the header 'src,dst'"),
+    ("id,text\nx,hello\n", "src,dst\nx,1\n", "p.txt", "p.txt: predictions are written as .csv or .parquet"),
+])
+def test_bad_new_node_files_get_one_line_and_write_nothing(node_run, tmp_path, capsys, nodes, edges, out, message):
+    root, _, _, _ = node_run
+    (tmp_path / "new_nodes.csv").write_text(nodes)
+    (tmp_path / "new_edges.csv").write_text(edges)
+    assert main(["predict", "--run", str(root / "run"), "--new-nodes", str(tmp_path / "new_nodes.csv"),
+                 "--new-edges", str(tmp_path / "new_edges.csv"), "--out", str(tmp_path / out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / out).exists()
+
+
+def test_other_bad_inputs_get_one_line(node_run, tmp_path, capsys):
+    root, cfg, _, _ = node_run
+    run = root / "run"
+    (tmp_path / "emb.npy").write_bytes(b"")
+    np.save(tmp_path / "short.npy", np.zeros((N - 1, 32), dtype=np.float32))
+    (tmp_path / "ids.txt").write_text("3\nnope\n")
+    (tmp_path / "n.csv").write_text("id,text\nx,hi\n")
+    cases = [
+        (["--nodes", str(tmp_path / "ids.txt")], "unknown node id 'nope'"),
+        (["--embeddings", str(tmp_path / "short.npy")], f"short.npy: expected embeddings of shape [{N}, 32]"),
+        (["--embeddings", str(tmp_path / "missing.npy")], "missing.npy: embeddings file not found"),
+        (["--new-nodes", str(tmp_path / "n.csv")], "new nodes need both a nodes file (id,text) and an edges file"),
+        (["--pairs", str(tmp_path / "n.csv")], "pairs are scored by link prediction runs"),
+        (["--out", str(tmp_path / "p.parquet")], "p.parquet: Parquet needs pyarrow"),
+    ]
+    pyarrow_installed = True
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        pyarrow_installed = False
+    for extra, message in cases:
+        if pyarrow_installed and "pyarrow" in message:
+            continue
+        assert main(["predict", "--run", str(run), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (extra, err)
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    (pretrained / "config.json").write_text(json.dumps({"train": {"method": "pretrained"}}))
+    with pytest.raises(FastleadingError, match="method 'pretrained' keeps no trained model"):
+        TrainedRun(pretrained)
+
+
+def test_link_run_scores_pairs_as_its_evaluation_does(tiny_bert, tmp_path):
+    from test_link_train import link_config
+
+    from fastleading.data.link_split import load_link_split
+
+    cfg = link_config(tiny_bert, tmp_path / "cache", *TIGHT)
+    summary = train_method(cfg, tmp_path / "run", quiet=True)
+    split = load_link_split(cfg, load_dataset(cfg.data))
+    pos, neg = split.test, split.test_neg
+    rows = [("src", "dst")] + list(zip(pos[0].tolist(), pos[1].tolist()))
+    rows += [(s, t) for s, ts in zip(pos[0].tolist(), neg.tolist()) for t in ts]
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    assert main(["predict", "--run", str(tmp_path / "run"), "--pairs", str(tmp_path / "pairs.csv"), "--quiet"]) == 0
+    with open(tmp_path / "run" / "link-scores.csv", newline="") as f:
+        scored = list(csv.DictReader(f))
+    assert [(r["src"], r["dst"]) for r in scored] == [(str(s), str(t)) for s, t in rows[1:]]
+    scores = torch.tensor([float(r["score"]) for r in scored])
+    p = pos.shape[1]
+    metrics = link_metrics(scores[:p], scores[p:].view(p, -1), cfg.train.link_hits)
+    assert metrics["auc"] == pytest.approx(summary["test_auc"], abs=1e-9)
+    assert metrics["mrr"] == pytest.approx(summary["test_mrr"], abs=1e-9)
+    assert [float(r["prob"]) for r in scored] == pytest.approx(torch.sigmoid(scores).tolist(), abs=1e-6)
+    with pytest.raises(FastleadingError, match="has no classes; score node pairs instead"):
+        TrainedRun(tmp_path / "run").predict()
