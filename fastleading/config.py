@@ -262,7 +262,7 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FastleadingError(f"{path}: config file not found")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not content
     try:
         if path.suffix == ".toml":
             import tomllib
