@@ -15,7 +15,7 @@ ranks hold the same tables, and average gradients (themselves, or through the De
 Only rank 0 writes outputs.
 
 The loop reads the device (loss, gradient norm, the count of non-finite steps) only at its
-logging points (every ``train.log_every`` steps and at the first) and at epoch ends.
+logging points (every ``train.log_every`` steps, the first and the last) and at epoch ends.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
 from fastleading.sampler import NeighborSampler
 from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
                                          refresh_batch_size, steps_per_epoch)
+from fastleading.trainer.display import StepDisplay
 from fastleading.trainer.evaluate import GRAPH_METHODS, accuracies, full_graph_logits
 from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
 from fastleading.trainer.model import build_model
@@ -181,8 +182,6 @@ def checkpoint_clock_due(last_save: float, minutes: float) -> bool:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train an LM method with ``cfg`` and write the run folder; returns the summary dict."""
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     start_time = time.time()
     tr = build_trainer(cfg, out_dir, quiet=quiet)
@@ -207,8 +206,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
     profiler = StepProfiler(out_dir, t.profile and is_main())
-    bar = tqdm(total=total_steps, initial=run.step, disable=tr.quiet, desc=f"{t.method}", unit="step")
-    last_eval = progress.history[-1]["valid"] if progress.history else float("nan")
+    display = StepDisplay(t.method, total_steps, run.step, t.epochs, tr.quiet,
+                          progress.history[-1]["valid"] if progress.history else float("nan"))
     saved_at, saved_time = resumed_from, time.monotonic()
 
     def checkpoint_now() -> None:
@@ -241,18 +240,19 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             if boundary and t.checkpoint_every and run.step % t.checkpoint_every == 0:
                 checkpoint_now()
             profiler.step()
-            if run.step % t.log_every == 0 or run.step == 1:  # a logging point: read the device here
+            # a logging point: read the device here (the last step too, so a short run has a loss curve)
+            if run.step % t.log_every == 0 or run.step == 1 or run.step == total_steps:
                 # the global batch's mean loss: every rank's loss is weighted by its share
                 record = {"step": run.step, "epoch": progress.epoch, "loss": float(all_reduce_mean(loss.clone()))}
                 if boundary and grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
                     record["lr_lm"] = run.optim.optimizer.param_groups[0]["lr"]
                 log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", valid=f"{last_eval:.3f}")
+                display.logged(run.step, progress.epoch, record["loss"])
                 run.optim.check_bad_steps(run.step, t.max_bad_steps)
                 if boundary and saved_at != run.step and checkpoint_clock_due(saved_time, t.checkpoint_minutes):
                     checkpoint_now()
-            bar.update(1)
+            display.advance()
         if progress.batch_in_epoch < per_epoch:  # max_steps stopped it inside the epoch
             break
         progress.epoch += 1
@@ -261,7 +261,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         stop = False
         if progress.epoch % t.eval_every == 0 or progress.epoch == t.epochs:
             acc, iters = evaluate(tr)
-            last_eval = acc["valid"]
+            display.evaluated(run.step, progress.epoch, acc["valid"])
             progress.history.append({"epoch": progress.epoch, **acc})
             log.write({"step": run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
             if acc["valid"] > progress.best_valid:
@@ -280,11 +280,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         checkpoint_now()
     if not progress.history:  # max_steps stopped training before the first evaluation
         acc, iters = evaluate(tr)
+        display.evaluated(run.step, progress.epoch, acc["valid"])
         progress.history.append({"epoch": progress.epoch, **acc})
         log.write({"step": run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
         progress.best_valid, progress.best_epoch = acc["valid"], progress.epoch
         save_best(run, progress.epoch, out_dir)
-    bar.close()
+    display.close()
     profiler.close()
     log.close()
     best = max(progress.history, key=lambda h: h["valid"])
