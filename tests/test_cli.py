@@ -111,3 +111,19 @@ def test_a_left_out_max_length_says_which_length_it_tokenizes_at(setup, tmp_path
     assert main(["prepare", "--quiet", *args]) == 0
     assert capsys.readouterr().err == ""
 
+
+
+def test_the_custom_data_page_example_runs_as_shown(tmp_path, capsys):
+    """docs/custom-data.md's example folder, read by `fastleading info`, prints what the page shows."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "custom-data.md").read_text()
+    blocks = dict(re.findall(r'```\w+ title="([^"]+)"\n(.*?)```', page, re.S))
+    for name in ("nodes.csv", "edges.csv", "classes.txt"):
+        (tmp_path / "mydata").mkdir(exist_ok=True)
+        (tmp_path / "mydata" / name).write_text(blocks[name])
+    command = "fastleading info --dataset custom --root mydata"
+    assert main([*command.split()[1:-1], str(tmp_path / "mydata"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert capsys.readouterr().out == blocks[command]
+    assert not (tmp_path / "cache").exists()
