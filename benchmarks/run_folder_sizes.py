@@ -77,7 +77,8 @@ def main() -> int:
         "after_clean_bytes": cleaned, "after_clean_total_bytes": sum(cleaned.values()),
         "keep_best_bytes": keep_best, "keep_best_total_bytes": sum(keep_best.values()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.date.today().isoformat(),
     }

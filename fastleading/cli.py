@@ -178,7 +178,8 @@ def cmd_clean(args) -> int:
 
     for run in args.runs:
         freed = drop_checkpoint(Path(run))
-        print(f"{run}: " + (f"removed its checkpoint ({freed / 2**20:.1f} MiB)" if freed else "no checkpoint to remove"))
+        print(f"{run}: " + (f"removed its checkpoint ({freed / 2**20:.1f} MiB)" if freed
+                            else "no checkpoint to remove"))
     return 0
 
 

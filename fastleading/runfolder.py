@@ -151,7 +151,7 @@ def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
     """Refuse a resume of ``run_dir`` with ``cfg`` that changes a setting outside
     :data:`RESUME_CHANGES`, of a method that keeps no checkpoint (``checkpoints`` False), or of
     a finished run without its checkpoint; write the changed ``config.json`` otherwise (and say
-    what changed)."""
+    what changed; the old ``summary.json`` is removed then, the resumed run writes its own)."""
     from fastleading import console
 
     saved = read_run_config(run_dir, "cannot resume")
@@ -173,6 +173,9 @@ def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
     if changes and _is_rank0():
         console.notice(f"{run_dir}: resuming with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes))
         cfg.save(run_dir / "config.json")
+        # the summary of the run under its old settings: the resumed run writes its own when it ends
+        # (until then the run is unfinished: `fastleading clean` keeps its checkpoint)
+        (run_dir / "summary.json").unlink(missing_ok=True)
 
 
 def drop_checkpoint(run_dir: Path) -> int:

@@ -156,3 +156,17 @@ def test_config_changes_lists_every_differing_key():
     b = apply_overrides(Config(), ["train.epochs=5", "model.alpha=0.2"]).to_dict()
     assert runfolder.config_changes(a, b) == [("model.alpha", 0.1, 0.2), ("train.epochs", 3, 5)]
     assert runfolder.config_changes(a, b, ignore=("model.alpha",)) == [("train.epochs", 3, 5)]
+
+
+def test_a_resume_that_changes_a_setting_writes_it_and_drops_the_old_summary(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    apply_overrides(Config(), ["train.epochs=1"]).save(run / "config.json")
+    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "summary.json").write_text("{}")
+    runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=1"]))  # nothing changes: nothing written
+    assert (run / "summary.json").exists() and capsys.readouterr().err == ""
+    runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=2"]))
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    assert not (run / "summary.json").exists()  # until the resumed run ends, it is not finished (clean keeps it)
+    assert "resuming with train.epochs 1 -> 2" in capsys.readouterr().err

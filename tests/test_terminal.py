@@ -149,5 +149,6 @@ def test_a_study_shows_each_runs_progress_when_redirected(setup, tmp_path, capfd
     # failed before: no line until a run had finished, and the runs trained silently
     assert f"[1/2] seed 0 given leading: training in {runs / 'leading-given-seed0'}" in lines
     assert f"[2/2] seed 0 given shallow: training in {runs / 'shallow-given-seed0'}" in lines
-    assert [line[:26] for line in lines if "(trained" in line] == ["[1/2] seed 0 given leading", "[2/2] seed 0 given shallow"]
+    assert [line[:26] for line in lines if "(trained" in line] == ["[1/2] seed 0 given leading",
+                                                                   "[2/2] seed 0 given shallow"]
     assert [PROGRESS_LINE.match(line).group(1) for line in err.splitlines()] == ["1", "2"]

@@ -114,7 +114,8 @@ def announce_new_length(graph_key: str, cfg: "Config") -> None:
     lengths = prepared_lengths(cfg.data.cache_dir, graph_key, cfg.model.name)
     if lengths and cfg.data.max_length not in lengths:
         console.notice(f"tokenizing {cfg.data.dataset} at data.max_length={cfg.data.max_length} into a new cache; it "
-                       f"is prepared at {', '.join(map(str, lengths))} (set --max-length / data.max_length to use that)")
+                       f"is prepared at {', '.join(map(str, lengths))} (set --max-length / data.max_length to use "
+                       "that)")
 
 
 def dataset_info(cfg: "Config") -> dict:

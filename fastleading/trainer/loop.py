@@ -44,7 +44,6 @@ from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
 from fastleading.sampler import NeighborSampler
 from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
                                          refresh_batch_size, steps_per_epoch)
-from fastleading.trainer.display import StepDisplay
 from fastleading.trainer.evaluate import GRAPH_METHODS, accuracies, full_graph_logits
 from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
 from fastleading.trainer.model import build_model
@@ -182,6 +181,8 @@ def checkpoint_clock_due(last_save: float, minutes: float) -> bool:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train an LM method with ``cfg`` and write the run folder; returns the summary dict."""
+    from fastleading.trainer.display import StepDisplay
+
     out_dir = Path(out_dir)
     start_time = time.time()
     tr = build_trainer(cfg, out_dir, quiet=quiet)
