@@ -1,4 +1,4 @@
-# The two commands of the README: `make train` and `make test`.
+# The two commands of the README: `make train` (run again, it replaces runs/default) and `make test`.
 # Both create .venv when missing and install everything into it (once: the stamp file is
 # renewed only when the build inputs or the pinned versions change).
 
@@ -29,7 +29,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt CMakeLists.txt $(wildcard
 	touch $@
 
 train: $(STAMP)
-	$(BIN)/fastleading train --out runs/default data.split=high-0
+	$(BIN)/fastleading train --out runs/default --overwrite data.split=high-0
 
 test: $(STAMP)
 	$(BIN)/pytest -q -rs --durations=20

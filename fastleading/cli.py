@@ -3,11 +3,12 @@
     fastleading prepare  --dataset citeseer-tag --model sentence-transformers/all-MiniLM-L6-v2 --max-length 128
     fastleading info     --dataset citeseer-tag
     fastleading train    --config run.yaml --out runs/x [section.key=value ...]
-    fastleading train    --resume runs/x
+    fastleading train    --resume runs/x [--epochs 5 ...]
+    fastleading clean    runs/x [runs/y ...]
     fastleading export   --run runs/x --out runs/x/embeddings.npy
     fastleading export   --run runs/x --lm runs/x/lm [--lora-adapter]
     fastleading predict  --run runs/x [--out predictions.csv] [--nodes ids.txt] [--new-nodes n.csv --new-edges e.csv]
-    fastleading downstream --dataset citeseer-tag --embeddings runs/x/embeddings.npy --gnn gcn
+    fastleading downstream --embeddings runs/x/embeddings.npy --gnn gcn
     fastleading bench    kernels|sampler|step|scale [...]
     fastleading study    --dataset citeseer-tag --methods leading,shallow --seeds 3 --downstream gcn --out runs/s
     fastleading plot     runs/x [runs/y ...] [--out curves.png]
@@ -23,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from fastleading.config import Config, apply_overrides, from_dict, load_config
+from fastleading.config import Config, apply_overrides, load_config
 from fastleading.errors import FastleadingError
 
 # short flag -> config key
@@ -35,11 +36,18 @@ ALIASES = {
 }
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
+# the short flags of the commands that only prepare or describe a dataset
+DATA_FLAGS = ("dataset", "root", "max_length", "cache_dir", "model")
+DESCRIPTION = "fastleading: end-to-end fine-tuning of a language model with a graph neural network on " \
+              "text-attributed graphs (LEADING)."
+
+
+def _config_args(p: argparse.ArgumentParser, flags: tuple[str, ...] = tuple(ALIASES),
+                 overrides: str = "any other config field") -> None:
     p.add_argument("--config", help="YAML, TOML or JSON config file with sections data, model, train")
-    for flag, key in ALIASES.items():
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, help=f"sets {key}")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="any other config field")
+    for flag in flags:
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, help=f"sets {ALIASES[flag]}")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help=overrides)
 
 
 def _config(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -72,22 +80,23 @@ def cmd_train(args) -> int:
     from fastleading.methods import train_method
 
     if args.resume:
-        run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise FastleadingError(f"{cfg_path}: cannot resume (expected the config.json of a run folder)")
-        cfg = from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
-        out = run_dir
+        from fastleading.runfolder import read_run_config
+
+        if args.config or args.out:
+            raise FastleadingError("train --resume DIR continues the run in DIR with its own config.json: give changes "
+                                   "as flags or section.key=value, not --config or --out")
+        out = Path(args.resume)
+        cfg = _config(args, read_run_config(out, "cannot resume"))  # the run's settings, then the changes asked
     else:
         cfg = _config(args)
-        out = Path(args.out)
+        out = Path(args.out or "runs/default")
     if args.profile:
         cfg.train.profile = True
     if cfg.train.deepspeed:
         from fastleading.distributed import require_deepspeed
 
         require_deepspeed()
-    summary = train_method(cfg, out, resume=bool(args.resume), quiet=args.quiet)
+    summary = train_method(cfg, out, resume=bool(args.resume), quiet=args.quiet, overwrite=args.overwrite)
     if summary.get("task") == "link":
         print(f"{summary['method']} link prediction on {summary['dataset']}: best valid AUC "
               f"{summary['best_valid_auc']:.4f} MRR {summary['best_valid_mrr']:.4f}, test AUC "
@@ -104,10 +113,9 @@ def cmd_export(args) -> int:
         raise FastleadingError("export: give --out FILE.npy (node embeddings), --lm DIR (the fine-tuned LM) or both")
     if args.lora_adapter and args.lm is None:
         raise FastleadingError("export: --lora-adapter applies to --lm DIR")
-    if args.lm is not None:
-        from fastleading.export import check_target
+    from fastleading.export import check_export
 
-        check_target(Path(args.lm))  # refuse before spending time on the embeddings
+    check_export(Path(args.run), args.out and Path(args.out), args.lm and Path(args.lm), args.lora_adapter)
     if args.out is not None:
         from fastleading.downstream import export_embeddings
 
@@ -116,7 +124,7 @@ def cmd_export(args) -> int:
     if args.lm is not None:
         from fastleading.export import export_lm
 
-        path = export_lm(args.run, args.lm, lora_adapter=args.lora_adapter)
+        path = export_lm(args.run, args.lm, lora_adapter=args.lora_adapter, quiet=args.quiet)
         print(f"lm: {path}")
     return 0
 
@@ -137,8 +145,10 @@ def cmd_predict(args) -> int:
 
 def cmd_downstream(args) -> int:
     from fastleading.downstream import downstream
+    from fastleading.runfolder import settings_for_embeddings
 
-    cfg = _config(args)
+    # the run's settings (dataset, root, split, max_length...) unless a config file is given
+    cfg = _config(args, None if args.config else settings_for_embeddings(args.run, args.embeddings))
     result = downstream(cfg, args.embeddings, args.out, quiet=args.quiet)
     print(json.dumps(result, indent=2))
     return 0
@@ -169,11 +179,22 @@ def cmd_study(args) -> int:
     out = run_study(base, args.out, methods=args.methods, seeds=args.seeds,
                     splits=args.splits.split(",") if args.splits is not None else None, downstream=args.downstream,
                     task=args.task, name=args.name, note=args.note,
-                    command="fastleading " + " ".join(sys.argv[1:]), settings=settings, log=log)
+                    command="fastleading " + " ".join(sys.argv[1:]), settings=settings, log=log,
+                    quiet=args.quiet)
     print(out.table_path.read_text(), end="")
     print(f"\nresults: {out.results_path}\ntable: {out.table_path}")
     for path in out.plots:
         print(f"plot: {path}")
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from fastleading.runfolder import drop_checkpoint
+
+    for run in args.runs:
+        freed = drop_checkpoint(Path(run))
+        print(f"{run}: " + (f"removed its checkpoint ({freed / 2**20:.1f} MiB)" if freed
+                            else "no checkpoint to remove"))
     return 0
 
 
@@ -185,22 +206,27 @@ def cmd_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastleading", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="fastleading", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="build the dataset cache and tokenize every node text")
-    _config_args(p)
+    _config_args(p, DATA_FLAGS, "any other data.* field (e.g. data.synthetic_nodes=500)")
     p.set_defaults(fn=cmd_prepare)
 
-    p = sub.add_parser("info", help="dataset statistics")
-    _config_args(p)
+    p = sub.add_parser("info", help="dataset statistics (writes no cache)")
+    _config_args(p, DATA_FLAGS, "any other data.* field (e.g. data.synthetic_nodes=500)")
     p.add_argument("--list", action="store_true", help="list the dataset names")
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("train", help="train (LEADING or a baseline) and write a run folder")
     _config_args(p)
-    p.add_argument("--out", default="runs/default", help="run folder (config, metrics, checkpoints, summary)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--out", default=None, help="run folder (config, metrics, checkpoints, summary); default "
+                   "runs/default; a folder that holds a run is refused without --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its run files are removed "
+                   "first)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint; train.epochs, "
+                   "max_steps, patience and the eval / log / checkpoint intervals may be changed (more epochs extend "
+                   "a finished run), any other setting is the run's")
     p.add_argument("--profile", action="store_true", help="write a torch.profiler trace and a phase table")
     p.set_defaults(fn=cmd_train)
 
@@ -229,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("downstream", help="train a GNN (model.gnn) on exported embeddings")
     _config_args(p)
     p.add_argument("--embeddings", required=True, help=".npy file written by `fastleading export`")
+    p.add_argument("--run", default=None, help="the run the embeddings come from: its config.json gives the dataset, "
+                   "split and other settings (default: the run folder the .npy file is in, if it is in one); "
+                   "flags and section.key=value change them")
     p.add_argument("--out", default=None, help="folder for downstream-<gnn>.json")
     p.set_defaults(fn=cmd_downstream)
 
@@ -264,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="free text stored in results.json")
     p.set_defaults(fn=cmd_study)
 
+    p = sub.add_parser("clean", help="remove the checkpoint.pt of finished runs (keeps best.pt, metrics, summary; "
+                       "the runs can then no longer be resumed or extended)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `fastleading train`")
+    p.set_defaults(fn=cmd_clean)
+
     p = sub.add_parser("plot", help="loss and accuracy curves of run folders (PNG)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `fastleading train`")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png for one run; .png is added "
@@ -271,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_plot)
     for p in sub.choices.values():
         if p.prog.split()[-1] != "bench":
-            p.add_argument("--quiet", action="store_true", help="no progress bars")
+            p.add_argument("--quiet", action="store_true", help="nothing on the terminal but errors and the "
+                           "command's result (no progress, no notices, no library warnings)")
     return parser
 
 
@@ -283,12 +318,13 @@ def quiet_transformers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastleading import console
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "quiet", False):
-        quiet_transformers()
     try:
-        return args.fn(args)
+        with console.output(getattr(args, "quiet", False)):
+            return args.fn(args)
     except FastleadingError as e:
         print(f"fastleading: error: {e}", file=sys.stderr)
         return 2

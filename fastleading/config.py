@@ -173,6 +173,9 @@ class TrainConfig:
     link_select: str = _f("mrr", "train.task=link: validation metric that picks the best epoch.", ("mrr", "auc"))
     max_bad_steps: int = _f(10, "Stop after this many consecutive optimizer steps whose loss or gradients were "
                             "non-finite (each is skipped); 0 = never stop.")
+    keep: str = _f("all", "What stays in the run folder when the run finishes: all (checkpoint.pt too: the run can be "
+                   "resumed and extended) or best (best.pt, metrics and summary; checkpoint.pt, about 3x best.pt "
+                   "with its optimizer state, is removed).", ("all", "best"))
 
 
 @dataclass
@@ -280,7 +283,7 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FastleadingError(f"{path}: config file not found")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not content
     try:
         if path.suffix == ".toml":
             import tomllib

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fastleading import ops
-from fastleading.config import Config, from_dict
+from fastleading.config import Config
 from fastleading.errors import FastleadingError
 from fastleading.gnn import GNN
 from fastleading.io import atomic_write, atomic_write_text
@@ -154,14 +154,13 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     from fastleading.data import prepare
     from fastleading.encode import encode_all
     from fastleading.precision import resolve_device, resolve_precision
+    from fastleading.runfolder import read_run_config, require_best
     from fastleading.trainer.model import load_best
 
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FastleadingError(f"{cfg_path}: not a run folder (expected config.json written by `fastleading train`)")
-    cfg = from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+    cfg = read_run_config(run_dir)
     if cfg.train.method in FIXED_FEATURE_METHODS:
         return cfg, *pretrained_or_shallow(cfg, quiet)
+    require_best(run_dir)  # before the dataset and the model are loaded
     graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
@@ -180,13 +179,47 @@ def pretrained_or_shallow(cfg: Config, quiet: bool):
     return pretrained_embeddings(cfg, quiet)
 
 
-def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = True) -> Path:
-    """Write the run's node embeddings ``[N, H]`` float32 to ``out_path`` (.npy, memory-mappable)."""
-    _, _, emb = run_embeddings(Path(run_dir), quiet)
+def check_embeddings_path(out_path: str | Path) -> Path:
+    """``out_path`` as a Path, or one line when it does not end in ``.npy``."""
     out_path = Path(out_path)
     if out_path.suffix != ".npy":
         raise FastleadingError(f"{out_path}: embeddings are written as .npy; give a path ending in .npy")
+    return out_path
+
+
+def node_ids_path(embeddings: Path) -> Path:
+    """Where the node ids of an embeddings file are written: ``emb.npy`` -> ``emb.node_ids.csv``."""
+    return embeddings.with_suffix(".node_ids.csv")
+
+
+def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = True) -> Path:
+    """Write the run's node embeddings ``[N, H]`` float32 to ``out_path`` (.npy, memory-mappable):
+    row ``i`` is node ``i``, in the order of the dataset's nodes (a custom dataset's nodes file).
+    A dataset whose nodes have ids of their own (``custom``) also gets them beside the file,
+    :func:`node_ids_path` (a CSV with the header ``id``, one id per row of the embeddings)."""
+    from fastleading import console
+
+    out_path = check_embeddings_path(out_path)  # before anything loads
+    with console.output(quiet):
+        _, graph, emb = run_embeddings(Path(run_dir), quiet)
+    ids, ids_path = graph.metadata.get("node_ids"), node_ids_path(out_path)
+    if ids is not None:
+        atomic_write_text(ids_path, _csv_column("id", ids))
+    else:
+        ids_path.unlink(missing_ok=True)  # a previous export's ids would not be these rows'
     return atomic_write(out_path, lambda f: np.save(f, emb.numpy().astype(np.float32)))
+
+
+def _csv_column(name: str, values: list[str]) -> str:
+    """One CSV column with its header, quoted where a value needs it."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([name])
+    writer.writerows([v] for v in values)
+    return buf.getvalue()
 
 
 def downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None = None, quiet: bool = True) -> dict:

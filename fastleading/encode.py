@@ -158,7 +158,7 @@ def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision:
     of ``batch_size x world``), and the shards are all-gathered, so every rank ends with the
     whole matrix. Every rank runs one forward per chunk. ``counter`` counts this rank's
     encodes as ``kind``."""
-    from tqdm.auto import tqdm
+    from fastleading.console import bar
 
     rank, world = get_rank(), get_world_size()
     budget = DEFAULT_TOKEN_BUDGET if token_budget is None else token_budget
@@ -168,8 +168,8 @@ def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision:
         out = into.emb
     lengths = tokens.lengths[:num_nodes]
     order = length_order(lengths) if budget else torch.arange(num_nodes)
-    for start, stop in tqdm(budget_chunks(lengths[order], budget, batch_size, world), desc=desc, leave=False,
-                            disable=quiet):
+    for start, stop in bar(budget_chunks(lengths[order], budget, batch_size, world), desc=desc, leave=False,
+                           quiet=quiet):
         ids = order[start:stop]
         local = shard(ids, rank, world)
         # A rank with an empty shard still runs one forward and drops it: under ZeRO-3 every

@@ -33,8 +33,9 @@ import tempfile
 from pathlib import Path
 
 from fastleading import checkpoint
-from fastleading.config import Config, from_dict
+from fastleading.config import Config
 from fastleading.errors import FastleadingError
+from fastleading.runfolder import read_run_config, require_best
 
 INFO_FILE = "fastleading.json"
 
@@ -56,11 +57,33 @@ def check_target(out_dir: Path) -> None:
                                "(give a new or empty folder)")
 
 
-def load_run_config(run_dir: Path) -> Config:
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FastleadingError(f"{cfg_path}: not a run folder (expected config.json written by `fastleading train`)")
-    return from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+def _check_lm_run(run_dir: Path, cfg: Config, lora_adapter: bool) -> None:
+    """Refuse an LM export of a run that fine-tuned no LM, or of an adapter it does not have."""
+    from fastleading.downstream import FIXED_FEATURE_METHODS
+
+    if cfg.train.method in FIXED_FEATURE_METHODS:
+        raise FastleadingError(f"{run_dir}: method '{cfg.train.method}' fine-tunes no language model; "
+                               "there is no LM to export (export its features with --out)")
+    if lora_adapter and not cfg.model.lora:
+        raise FastleadingError(f"{run_dir}: --lora-adapter needs a LoRA run (model.lora=true); this run "
+                               "fine-tuned all LM weights")
+
+
+def check_export(run_dir: Path, embeddings: Path | None, lm_dir: Path | None, lora_adapter: bool = False) -> None:
+    """Every check of ``fastleading export`` that needs no model, so that a bad argument stops
+    with one line before anything loads: the embeddings path ends in ``.npy``, the LM folder is
+    new or empty, the run folder has a config, an LM to export and (LM methods) its ``best.pt``."""
+    from fastleading.downstream import FIXED_FEATURE_METHODS, check_embeddings_path
+
+    if embeddings is not None:
+        check_embeddings_path(embeddings)
+    if lm_dir is not None:
+        check_target(lm_dir)
+    cfg = read_run_config(run_dir)
+    if lm_dir is not None:
+        _check_lm_run(run_dir, cfg, lora_adapter)
+    if cfg.train.method not in FIXED_FEATURE_METHODS:
+        require_best(run_dir)
 
 
 def load_trained_encoder(run_dir: Path, cfg: Config):
@@ -68,7 +91,7 @@ def load_trained_encoder(run_dir: Path, cfg: Config):
     weights, on the CPU, in eval mode, and the epoch they are from."""
     from fastleading.lm import LMEncoder
 
-    state = checkpoint.load(run_dir / checkpoint.BEST)
+    state = checkpoint.load(require_best(run_dir))
     weights = state.get("model") if isinstance(state, dict) else None
     if not isinstance(weights, dict):
         raise FastleadingError(f"{run_dir / checkpoint.BEST}: expected a dict with the model's weights under 'model'")
@@ -86,22 +109,23 @@ def load_trained_encoder(run_dir: Path, cfg: Config):
     return encoder.eval(), state.get("epoch")
 
 
-def export_lm(run_dir: str | Path, out_dir: str | Path, lora_adapter: bool = False) -> Path:
+def export_lm(run_dir: str | Path, out_dir: str | Path, lora_adapter: bool = False, quiet: bool = False) -> Path:
     """Write the run's best fine-tuned LM and its tokenizer to ``out_dir`` as a Hugging Face
-    folder (see the module docstring); returns ``out_dir``."""
+    folder (see the module docstring); returns ``out_dir``. ``quiet``: nothing on the terminal
+    but errors (:func:`fastleading.console.output`)."""
+    from fastleading import console
+
+    with console.output(quiet):
+        return _export_lm(Path(run_dir), Path(out_dir), lora_adapter)
+
+
+def _export_lm(run_dir: Path, out_dir: Path, lora_adapter: bool) -> Path:
     from fastleading.data.tokens import load_tokenizer
-    from fastleading.downstream import FIXED_FEATURE_METHODS
     from fastleading.models import load_args
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_target(out_dir)
-    cfg = load_run_config(run_dir)
-    if cfg.train.method in FIXED_FEATURE_METHODS:
-        raise FastleadingError(f"{run_dir}: method '{cfg.train.method}' fine-tunes no language model; "
-                               "there is no LM to export (export its features with --out)")
-    if lora_adapter and not cfg.model.lora:
-        raise FastleadingError(f"{run_dir}: --lora-adapter needs a LoRA run (model.lora=true); this run "
-                               "fine-tuned all LM weights")
+    cfg = read_run_config(run_dir)
+    _check_lm_run(run_dir, cfg, lora_adapter)
     encoder, epoch = load_trained_encoder(run_dir, cfg)
     tok, decoder = load_tokenizer(cfg.model.name)
     tok.padding_side = "left" if decoder else "right"  # as prepare_tokens chose for the run

@@ -14,19 +14,30 @@ from pathlib import Path
 from fastleading.config import Config
 
 
-def train_method(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+def train_method(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False,
+                 overwrite: bool = False) -> dict:
     """Train ``cfg.train.method`` into ``out_dir``; returns the summary dict. ``resume``
     continues an LM method's run from its checkpoint (the fixed-feature baselines train in
-    one go and have none). The kernel backend (``train.kernels``, process state of
+    one go and have none); a folder that holds a run is refused unless ``resume`` or
+    ``overwrite`` (its run files removed first) is given (:mod:`fastleading.runfolder`).
+    ``quiet``: nothing but errors on the terminal, third-party output included
+    (:func:`fastleading.console.output`). ``train.keep=best`` removes the checkpoint once the
+    run has finished. The kernel backend (``train.kernels``, process state of
     :mod:`fastleading.ops`) is the run's own for the call and given back after it: a run never
     inherits another's."""
-    from fastleading import ops, tracking
+    from fastleading import console, ops, runfolder, tracking
     from fastleading.downstream import FIXED_FEATURE_METHODS, train_fixed_features
 
     tracking.require(cfg.train.report_to)  # a missing tracker package fails before anything trains
-    with ops.use_backend(cfg.train.kernels):
-        if cfg.train.method in FIXED_FEATURE_METHODS:
-            return train_fixed_features(cfg, Path(out_dir), quiet=quiet)
-        from fastleading.trainer.loop import train
+    fixed = cfg.train.method in FIXED_FEATURE_METHODS
+    with console.output(quiet):
+        runfolder.prepare_run_folder(Path(out_dir), cfg, resume, overwrite, checkpoints=not fixed)
+        with ops.use_backend(cfg.train.kernels):
+            if fixed:
+                summary = train_fixed_features(cfg, Path(out_dir), quiet=quiet)
+            else:
+                from fastleading.trainer.loop import train
 
-        return train(cfg, out_dir, resume=resume, quiet=quiet)
+                summary = train(cfg, out_dir, resume=resume, quiet=quiet)
+        runfolder.apply_keep(Path(out_dir), cfg.train.keep)
+    return summary

@@ -127,7 +127,9 @@ def runs_figure(run_dirs: list[str | Path]):
         color = f"C{i % 10}"
         if losses:
             steps, values = zip(*losses)
-            ax_loss.plot(steps, values, color=color, lw=1.2, label=label)
+            # markers too: a run of one or two logged steps is otherwise an invisible line
+            ax_loss.plot(steps, values, color=color, lw=1.2, label=label, marker="o" if len(steps) < 3 else None,
+                         ms=3)
         if evals:
             epochs = [e["epoch"] for e in evals]
             ax_acc.plot(epochs, [e["valid"] for e in evals], color=color, marker="o", ms=3, label=f"{label} valid")
@@ -205,7 +207,14 @@ def plot_test_acc(results: dict[str, dict[str, dict]], columns: dict[str, str], 
                   title: str = "", ylabel: str = "test accuracy") -> Path:
     """Grouped bars of test accuracy (or ``ylabel``: AUC, MRR) per method with ± std error bars:
     ``results[method][key] = {"mean", "std", "values"}`` for each ``key`` of ``columns``
-    (key -> legend label); each run's value is drawn as a dot on its bar."""
+    (key -> legend label); each run's value is drawn as a dot on its bar (:func:`scores_figure`)."""
+    return _save(scores_figure(results, columns, title, ylabel), path)
+
+
+def scores_figure(results: dict[str, dict[str, dict]], columns: dict[str, str], title: str = "",
+                    ylabel: str = "test accuracy"):
+    """The figure of :func:`plot_test_acc`: the title above the axes (wrapped to the figure's
+    width), the legend below them, so neither covers the other or the bars."""
     fig = _figure(figsize=(max(6.0, 1.6 * len(results) * max(1, len(columns)) ** 0.5 + 2), 4.5),
                   layout="constrained")
     ax = fig.subplots()
@@ -224,8 +233,9 @@ def plot_test_acc(results: dict[str, dict[str, dict]], columns: dict[str, str], 
             ax.plot([x] * len(ms["values"]), ms["values"], "k.", ms=4, alpha=0.7, zorder=3)
         ax.bar(xs, means, width * 0.9, yerr=stds, capsize=3, color=f"C{j % 10}", label=label, zorder=2)
     ax.set_xticks(range(len(methods)), methods)
-    ax.set(ylabel=ylabel, title=title or f"{ylabel} (mean ± std over runs; dots: runs)")
+    ax.set(ylabel=ylabel)
+    fig.suptitle(title or f"{ylabel} (mean ± std over runs; dots: runs)", wrap=True)
     ax.grid(alpha=0.3, axis="y")
     if columns:
-        fig.legend(fontsize=8, loc="outside right upper")
-    return _save(fig, path)
+        fig.legend(fontsize=8, loc="outside lower center", ncols=min(len(columns), 3))
+    return fig

@@ -88,10 +88,11 @@ class Task:
     test_png: str
     downstream_file: str    # written by fastleading.downstream.downstream, ``{gnn}`` replaced
 
-    def train(self, cfg: Config, run_dir: Path, resume: bool) -> dict:
+    def train(self, cfg: Config, run_dir: Path, resume: bool, quiet: bool = True) -> dict:
         from fastleading.methods import train_method
 
-        return train_method(cfg, run_dir, resume=resume, quiet=True)
+        # not resumed: whatever an attempt killed before its first checkpoint left is replaced
+        return train_method(cfg, run_dir, resume=resume, quiet=quiet, overwrite=not resume)
 
     def complete(self, summary: dict, cfg: Config) -> bool:
         return (summary.get("method") == cfg.train.method
@@ -262,13 +263,13 @@ def _comparable(d: dict) -> dict:
 def config_difference(saved: dict, cfg: Config) -> str | None:
     """'section.key: saved vs wanted' for the first key where a run folder's config.json
     differs from ``cfg`` (ignoring :data:`IGNORED_KEYS`); None when they agree."""
-    a, b = _comparable(saved), _comparable(cfg.to_dict())
-    for section in sorted(set(a) | set(b)):
-        sa, sb = a.get(section, {}), b.get(section, {})
-        for key in sorted(set(sa) | set(sb)):
-            if sa.get(key, "<missing>") != sb.get(key, "<missing>"):
-                return f"{section}.{key}: {sa.get(key, '<missing>')!r} there, {sb.get(key, '<missing>')!r} here"
-    return None
+    from fastleading.runfolder import config_changes
+
+    changes = config_changes(_comparable(saved), _comparable(cfg.to_dict()))
+    if not changes:
+        return None
+    key, there, here = changes[0]
+    return f"{key}: {there!r} there, {here!r} here"
 
 
 def _read_json(path: Path) -> dict | None:
@@ -298,11 +299,15 @@ def finished_summary(task, spec: RunSpec, run_dir: Path) -> dict | None:
     return summary if summary is not None and task.complete(summary, spec.cfg) else None
 
 
-def run_one(task, spec: RunSpec, run_dir: Path, gnns: list[str], log: Callable[[str], None]) -> dict:
-    """Train (or reuse) one run and its downstream GNNs; returns the run's record."""
+def run_one(task, spec: RunSpec, run_dir: Path, gnns: list[str], log: Callable[[str], None],
+            quiet: bool = True, position: str = "") -> dict:
+    """Train (or reuse) one run and its downstream GNNs; returns the run's record. ``log`` gets
+    a line when the run starts (``position``: "3/8") and one when it is done; ``quiet`` False
+    shows the run's own progress (a bar on a terminal, plain lines when redirected)."""
     start = time.time()
     summary = finished_summary(task, spec, run_dir)
     status = "reused"
+    what = f"seed {spec.seed} {spec.split} {spec.method}"
     if summary is None:
         # whatever a previous attempt exported or trained downstream belongs to other weights
         for stale in [run_dir / EMBEDDINGS, *(task.downstream_path(run_dir, g) for g in gnns),
@@ -310,7 +315,8 @@ def run_one(task, spec: RunSpec, run_dir: Path, gnns: list[str], log: Callable[[
             stale.unlink(missing_ok=True)
         resume = (run_dir / "checkpoint.pt").exists()
         status = "resumed" if resume else "trained"
-        summary = task.train(spec.cfg, run_dir, resume)
+        log(f"[{position}] {what}: {'resuming' if resume else 'training'} in {run_dir}")
+        summary = task.train(spec.cfg, run_dir, resume, quiet)
     results, fresh = {}, []
     for gnn in gnns:
         done = _read_json(task.downstream_path(run_dir, gnn))
@@ -328,7 +334,8 @@ def run_one(task, spec: RunSpec, run_dir: Path, gnns: list[str], log: Callable[[
     scores = "  ".join([f"head test{m.label and ' ' + m.label} {head[m.suffix]['test']:.4f}" for m in task.metrics]
                        + [f"{g} test{m.label and ' ' + m.label} {task.scores(results[g])[m.suffix]:.4f}"
                           for g in gnns for m in task.metrics])
-    log(f"seed {spec.seed} {spec.split} {spec.method:<11} {scores}  ({status}, {time.time() - start:.0f} s)")
+    log(f"[{position}] seed {spec.seed} {spec.split} {spec.method:<11} {scores}  ({status}, "
+        f"{time.time() - start:.0f} s)")
     config = _read_json(run_dir / "config.json") or spec.cfg.to_dict()
     return {"name": spec.name, "method": spec.method, "seed": spec.seed, "split": spec.split,
             "split_pattern": spec.pattern, "run_dir": str(Path("runs") / spec.name), "status": status, "config": config,
@@ -440,12 +447,13 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
               seeds: str | int | Iterable[int] = 3, splits: Iterable[str] | None = None,
               downstream: Iterable[str] = ("gcn",), task: str | None = None, name: str = "",
               note: str = "", command: str = "", settings: dict | None = None,
-              log: Callable[[str], None] = print) -> StudyOutput:
+              log: Callable[[str], None] = print, quiet: bool = True) -> StudyOutput:
     """Run (or resume) the study and write ``results.json``, ``table.md`` and, with matplotlib,
     the PNGs into ``out_dir``. ``base`` (with the study's overrides already applied) is every
     run's config; each run sets ``train.method``, ``train.seed`` and the split (``data.split``;
     link prediction: ``data.link_split`` and ``data.link_seed``). ``task`` None: ``base``'s
-    ``train.task``; given, it sets ``train.task``."""
+    ``train.task``; given, it sets ``train.task``. ``log`` gets a line as each run starts and
+    ends; ``quiet`` False also shows each run's own training progress."""
     t = resolve_task(task, base)
     base = apply_overrides(copy.deepcopy(base), [f"train.task={t.config_task}"])
     task = t.name
@@ -461,7 +469,8 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     check_splits(graph, specs, t)
     check_run_folders(specs, runs_dir)
     started = time.time()
-    runs = [run_one(t, spec, runs_dir / spec.name, gnns, log) for spec in specs]
+    runs = [run_one(t, spec, runs_dir / spec.name, gnns, log, quiet, f"{i}/{len(specs)}")
+            for i, spec in enumerate(specs, 1)]
     results, valid_by_epoch = aggregate(t, runs, groups(methods, patterns), gnns)
     import torch
 

@@ -37,3 +37,12 @@ def test_bad_override_and_missing_file(tmp_path):
         apply_overrides(Config(), ["epochs=3"])
     with pytest.raises(FastleadingError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name, text", [("a.yaml", "train:\n  epochs: 7\n"), ("a.toml", "[train]\nepochs = 7\n"),
+                                        ("a.json", '{"train": {"epochs": 7}}')])
+def test_a_config_file_with_a_byte_order_mark(tmp_path, name, text):
+    """Editors on some systems save UTF-8 with a byte-order mark (failed before for TOML and JSON:
+    "cannot parse config")."""
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_config(tmp_path / name).train.epochs == 7

@@ -87,7 +87,8 @@ def _replace(nodes, i, **changes):
 
 @pytest.mark.parametrize("nodes, edges, classes, pattern", [
     (_replace(NODES, 2, id="a"), EDGES, None, r"nodes.csv: line 5: duplicate node id 'a' \(first on line 2\)"),
-    (_replace(NODES, 3, text="  "), EDGES, None, r"nodes.csv: line 6: node 'd' has an empty or missing text"),
+    (_replace(_replace(_replace(NODES, 3, text="  "), 1, text=""), 4, text=""), EDGES, None,
+     r"nodes.csv: 3 of 5 node texts are empty \(first: node 'b', line 3\)"),
     (_replace(NODES, 1, split="training"), EDGES, None, r"nodes.csv: line 3: unknown split 'training' for node 'b'"),
     (_replace(NODES, 0, label=""), EDGES, None, r"line 2: node 'a' is in split 'train' but has no label"),
     (NODES, EDGES + [("a", "zz")], None, r"edges.csv: line 7: unknown node id 'zz'"),
@@ -128,3 +129,40 @@ def test_missing_columns_and_edge_header(tmp_path):
     (tmp_path / "h" / "edges.csv").write_text("a,b\n")
     with pytest.raises(FastleadingError, match=r"edges.csv: line 1: expected the header 'src,dst'"):
         load_dataset(cfg)
+
+
+@pytest.mark.parametrize("bom_in", ["nodes.csv", "nodes.jsonl", "edges.csv", "classes.txt"])
+def test_a_byte_order_mark_is_not_content(tmp_path, bom_in):
+    """Spreadsheet programs write a UTF-8 byte-order mark; each input file reads the same with one.
+    Failed before: "no 'id' column (... got \ufeffid,...)", "unknown class 'cat' (expected one of
+    \ufeffcat, dog)", and the jsonl and edge files each failed their own way."""
+    fmt = "jsonl" if bom_in == "nodes.jsonl" else "csv"
+    plain = load_dataset(_write(tmp_path / "plain", fmt=fmt, classes=["cat", "dog"]))
+    cfg = _write(tmp_path / "bom", fmt=fmt, classes=["cat", "dog"])
+    path = tmp_path / "bom" / bom_in
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    graph = load_dataset(cfg)
+    assert graph.texts(range(5)) == plain.texts(range(5)) and graph.metadata["node_ids"] == ["a", "b", "c", "d", "e"]
+    assert graph.class_names == plain.class_names and graph.labels.tolist() == plain.labels.tolist()
+    assert graph.col.tolist() == plain.col.tolist() and graph.rowptr.tolist() == plain.rowptr.tolist()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_empty_texts_are_counted_not_refused(tmp_path, fmt):
+    """A paper without an abstract is a node with an empty text, as the OGB loaders accept (failed
+    before: "node 'b' has an empty or missing text"); info counts them."""
+    from fastleading.data import format_info, info
+
+    nodes = _replace(_replace(NODES, 1, text=""), 3, text="   ")
+    graph = load_dataset(_write(tmp_path / "g", nodes=nodes, fmt=fmt))
+    assert graph.texts(range(5)) == ["first, with a comma", "", 'third "quoted"', "", "fifth"]
+    d = info(graph)
+    assert d["empty_texts"] == 2 and "2 empty" in format_info(d)
+
+
+def test_a_dataset_without_labels_points_to_link_prediction(tmp_path):
+    nodes = [dict(n, label="", split="") for n in NODES]
+    graph = load_dataset(_write(tmp_path / "g", nodes=nodes))
+    with pytest.raises(FastleadingError, match=r"no labelled nodes\); link prediction needs no labels: "
+                                               r"train.task=link \(--task link\)"):
+        graph.split()

@@ -71,10 +71,19 @@ def test_prepare_checks_the_split_and_skips_tokens_for_shallow(tmp_path):
 
 
 def test_info_numbers_match_brute_force(tmp_path):
-    cfg = _config(tmp_path, max_length=16)
+    cfg = _config(tmp_path / "cache", max_length=16)
+    fresh = dataset_info(cfg)  # nothing cached yet: the graph built and the tokens counted in memory
+    assert not (tmp_path / "cache").exists()
     graph, tokens = prepare(cfg)
     d = info(graph, tokens)
-    assert d == dataset_info(cfg)
+    shown = dataset_info(cfg)  # from the caches prepare wrote
+    assert (shown.pop("cached"), shown["tokens"].pop("cached"), shown["tokens"].pop("prepared_lengths")) == \
+        (True, True, [16])
+    assert d == shown
+    assert (fresh.pop("cached"), fresh["tokens"].pop("cached"), fresh["tokens"].pop("prepared_lengths")) == \
+        (False, False, [])
+    fresh["tokens"]["path"] = d["tokens"]["path"]
+    assert fresh == d  # the same numbers, computed without writing anything
     neighbours = [set() for _ in range(graph.num_nodes)]
     for r in range(graph.num_nodes):
         neighbours[r] = set(graph.col[graph.rowptr[r]:graph.rowptr[r + 1]].tolist())

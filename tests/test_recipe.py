@@ -164,3 +164,22 @@ def test_patience_stops_the_run_and_says_so(tiny_bert, tmp_path, monkeypatch):
     assert summary["stopped"] == "patience" and [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4, 5]
     assert summary["best_epoch"] == 2 and summary["best_valid_acc"] == 0.6
     assert math.isclose(summary["epochs"], 5)
+
+
+def test_a_run_patience_stopped_stays_stopped_on_resume_unless_patience_is_raised(tiny_bert, tmp_path, monkeypatch):
+    from fastleading.trainer import loop
+
+    scores = iter([0.6, 0.5, 0.5, 0.7, 0.7, 0.7])
+
+    def fake_evaluate(tr):
+        v = next(scores)
+        return {"train": v, "valid": v, "test": v}, 1
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    cfg = small_config(tiny_bert, tmp_path / "c", "data.split=low-0", "train.epochs=6", "train.patience=2")
+    first = train(cfg, tmp_path / "run", quiet=True)
+    assert first["stopped"] == "patience" and first["steps"] == 12
+    again = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    assert again["stopped"] == "patience" and again["steps"] == 12  # nothing trained
+    cfg.train.patience = 3  # one more evaluation allowed: epoch 4 improves, then two more without
+    raised = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    assert raised["steps"] > 12 and raised["best_epoch"] == 4, raised["history"]

@@ -24,7 +24,7 @@ from fastleading.data import (citeseer_tag, custom, ogbl_citation2, ogbn_arxiv, 
                               synthetic)
 from fastleading.data.info import format_info, info
 from fastleading.data.tag import FORMAT_VERSION, Split, TextAttributedGraph, require_text
-from fastleading.data.tokens import TokenCache, prepare_tokens
+from fastleading.data.tokens import TokenCache, cached_or_counted_tokens, prepare_tokens, prepared_lengths
 from fastleading.errors import FastleadingError
 
 if TYPE_CHECKING:
@@ -103,18 +103,41 @@ def prepare(cfg: "Config") -> tuple[TextAttributedGraph, TokenCache | None]:
     if cfg.train.method == "shallow":
         return graph, None
     require_text(graph)
+    announce_new_length(graph.path.name, cfg)
     tokens = prepare_tokens(graph, graph.path, cfg.model.name, cfg.data.max_length, cfg.data.cache_dir)
     return graph, tokens
 
 
+def announce_new_length(graph_key: str, cfg: "Config") -> None:
+    """Say which ``data.max_length`` is used when the dataset is about to be tokenized at a
+    length other than the ones it is already prepared at (a left-out ``--max-length`` is the
+    default, 64, not the length ``prepare`` was given)."""
+    from fastleading import console
+
+    lengths = prepared_lengths(cfg.data.cache_dir, graph_key, cfg.model.name)
+    if lengths and cfg.data.max_length not in lengths:
+        console.notice(f"tokenizing {cfg.data.dataset} at data.max_length={cfg.data.max_length} into a new cache; it "
+                       f"is prepared at {', '.join(map(str, lengths))} (set --max-length / data.max_length to use "
+                       "that)")
+
+
 def dataset_info(cfg: "Config") -> dict:
-    """What ``fastleading info`` shows: :func:`info` of the graph and, when it has
-    texts, of its token cache for ``cfg.model.name`` (tokenizing once if needed)."""
-    graph = load_dataset(cfg.data)
+    """What ``fastleading info`` shows, writing nothing: :func:`info` of the graph (from its
+    cache, else built in memory) and, when it has texts, of its tokens for ``cfg.model.name``
+    at ``cfg.data.max_length`` (the token cache when it exists, else counted in memory), with
+    ``cached`` (graph and tokens) and the lengths the dataset is prepared at (``prepared_lengths``)."""
+    path = graph_dir(cfg.data)
+    cached = (path / "meta.json").is_file()
+    graph = TextAttributedGraph.load(path) if cached else dataset_entry(cfg.data.dataset).build(cfg.data)
     tokens = None
-    if graph.has_text or graph.metadata.get("synthetic_tokens"):
-        tokens = prepare_tokens(graph, graph.path, cfg.model.name, cfg.data.max_length, cfg.data.cache_dir)
-    return info(graph, tokens)
+    if graph.has_text or (cached and graph.metadata.get("synthetic_tokens")):
+        tokens = cached_or_counted_tokens(graph, path, cfg.model.name, cfg.data.max_length, cfg.data.cache_dir)
+    d = info(graph, tokens)
+    d["path"], d["cached"] = str(path), cached
+    if tokens is not None:
+        d["tokens"]["cached"] = tokens.path is not None
+        d["tokens"]["prepared_lengths"] = prepared_lengths(cfg.data.cache_dir, path.name, cfg.model.name)
+    return d
 
 
 __all__ = ["DATASETS", "Split", "dataset_info", "TextAttributedGraph", "TokenCache", "format_info", "graph_dir", "info",

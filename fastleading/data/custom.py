@@ -9,13 +9,18 @@ Folder format::
 ``nodes.csv`` has a header line naming its columns (other columns are ignored):
 
 * ``id``: any string, unique per node (required);
-* ``text``: the node's text, non-empty (required; quote it when it holds commas,
-  quotes or line breaks, as the csv module / spreadsheets do);
+* ``text``: the node's text (required column; quote it when it holds commas, quotes or
+  line breaks, as the csv module / spreadsheets do). A text may be empty (a paper without
+  an abstract): empty texts are counted (``fastleading info``) and encoded as the model's
+  special tokens alone; a file where most texts are empty is refused;
 * ``label``: a class name, or an integer class index; empty = unknown (optional);
 * ``split``: ``train``, ``valid``, ``test`` or empty (optional).
 
 ``nodes.jsonl`` holds one JSON object per line with the same keys (``label`` a string
-or an integer, ``null`` or missing = unknown).
+or an integer, ``null`` or missing = unknown; ``text`` a string, ``null`` or missing = empty).
+
+Every file is read as UTF-8, with or without a byte-order mark (spreadsheet programs write
+one).
 
 ``edges.csv`` has the header ``src,dst`` and one edge per line between two node ids of
 the nodes file. Edges are made undirected; self-loops and duplicates are dropped.
@@ -26,7 +31,7 @@ is an integer, the indices ``0 .. max``. Splits: ``given`` (from the ``split`` c
 the default when present) and seeded ``low-0..4`` (20 per class / 500 / 1000) and
 ``high-0..4`` (60/20/20) over the labelled nodes. Shallow features: TF-IDF of the texts.
 
-Every problem (missing file or column, duplicate or unknown node id, empty text, label
+Every problem (missing file or column, duplicate or unknown node id, most texts empty, label
 outside the classes, unknown split name) is reported with the file and line.
 """
 
@@ -51,6 +56,7 @@ if TYPE_CHECKING:
     from fastleading.config import DataConfig
 
 SPLIT_NAMES = ("train", "valid", "test")
+ENCODING = "utf-8-sig"  # UTF-8 with or without a byte-order mark
 NUM_SEEDS = 5
 
 
@@ -84,7 +90,7 @@ def options(cfg: "DataConfig") -> dict:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding=ENCODING, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise FastleadingError(f"{path}: empty file (expected a header line 'id,text[,label][,split]')")
@@ -102,7 +108,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=ENCODING) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -127,8 +133,10 @@ def read_nodes(path: Path) -> tuple[list[str], list[str], list[object], list[str
         if nid in seen:
             raise FastleadingError(f"{where}: duplicate node id '{nid}' (first on line {seen[nid]})")
         text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise FastleadingError(f"{where}: node '{nid}' has an empty or missing text")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise FastleadingError(f"{where}: text of node '{nid}' must be a string, got {type(text).__name__}")
         label = row.get("label")
         if isinstance(label, str):
             label = label.strip() or None
@@ -148,6 +156,11 @@ def read_nodes(path: Path) -> tuple[list[str], list[str], list[object], list[str
         lines.append(line_no)
     if not ids:
         raise FastleadingError(f"{path}: no nodes")
+    empty = [i for i, t in enumerate(texts) if not t]
+    if 2 * len(empty) > len(ids):
+        raise FastleadingError(f"{path}: {len(empty)} of {len(ids)} node texts are empty (first: node "
+                               f"'{ids[empty[0]]}', line {lines[empty[0]]}); most nodes would have nothing for the "
+                               "language model to encode (fill in the texts)")
     return ids, texts, labels, splits, lines
 
 
@@ -166,7 +179,7 @@ def class_indices(raw: list[object], lines: list[int], path: Path,
     given = [lab for lab in raw if lab is not None]
     names: list[str]
     if classes_file is not None:
-        names = [ln.strip() for ln in classes_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        names = [ln.strip() for ln in classes_file.read_text(encoding=ENCODING).splitlines() if ln.strip()]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise FastleadingError(f"{classes_file}: duplicate class name '{sorted(dup)[0]}'")
@@ -197,7 +210,7 @@ def class_indices(raw: list[object], lines: list[int], path: Path,
 
 def read_edges(path: Path, node_of: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     src, dst = [], []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding=ENCODING, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != ["src", "dst"]:

@@ -66,7 +66,10 @@ def format_info(d: dict) -> str:
     def pct(p: dict) -> str:
         return " ".join(f"{k}={v:g}" for k, v in p.items())
 
-    lines = [f"dataset      {d['dataset']}" + (f"  ({d['path']})" if d.get("path") else ""),
+    where = f"  ({d['path']})" if d.get("path") else ""
+    if d.get("cached") is False:
+        where = "  (not cached: built in memory; `fastleading prepare` caches it)"
+    lines = [f"dataset      {d['dataset']}{where}",
              f"nodes        {d['nodes']:,}",
              f"edges        {d['edges']:,} undirected ({d['directed_edges']:,} directed)",
              f"degree       {pct(d['degree'])}",
@@ -74,7 +77,8 @@ def format_info(d: dict) -> str:
              + (" ..." if d["classes"] > 10 else "") + (f"; unlabelled {d['unlabelled']}" if d["unlabelled"] else ""),
              f"texts        {'yes' if d['has_text'] else 'no'}"
              + (f" (bytes {pct(d['text_bytes'])}; {d['empty_texts']:,} empty)" if "text_bytes" in d else ""),
-             f"features     {d['features'][0] if d['features'] else 'none'}"]
+             f"features     " + (f"{d['features'][0]} per node (fixed features, the input of method shallow)"
+                                  if d["features"] else "none")]
     splits = d["splits"]
     shown = list(splits)[:6]
     for name in shown:
@@ -85,6 +89,12 @@ def format_info(d: dict) -> str:
         lines.append(f"             ... {len(splits) - len(shown)} more: {', '.join(list(splits)[len(shown):])}")
     if "tokens" in d:
         t = d["tokens"]
-        lines.append(f"tokens       {t['model']} max_length={t['max_length']} padding={t['padding_side']}")
+        line = f"tokens       {t['model']} max_length={t['max_length']} padding={t['padding_side']}"
+        if t.get("cached") is False:
+            line += f" (counted now, not cached: `fastleading prepare --max-length {t['max_length']}` caches it)"
+        others = [n for n in t.get("prepared_lengths", []) if n != t["max_length"]]
+        if others:
+            line += f"; also prepared at max_length {', '.join(map(str, others))}"
+        lines.append(line)
         lines.append(f"token length {pct(t['length'])}; truncated {t['truncated']:,}")
     return "\n".join(lines)

@@ -178,7 +178,8 @@ class TextAttributedGraph:
         """The named split ('' or None = the default split)."""
         name = name or self.default_split
         if not self._splits:
-            raise FastleadingError(f"dataset '{self.name}' has no splits (it has no labelled nodes)")
+            raise FastleadingError(f"dataset '{self.name}' has no splits (it has no labelled nodes); link prediction "
+                                   "needs no labels: train.task=link (--task link)")
         if name not in self._splits:
             known = ", ".join(self._splits) or "none"
             raise FastleadingError(f"dataset '{self.name}': unknown split '{name}' (known: {known})")

@@ -20,6 +20,7 @@ no EOS), so that no row is all padding: an all-masked row would pool to NaN.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import re
@@ -130,20 +131,8 @@ def token_dir(cache_dir: str | Path, graph_key: str, model_name: str, vocab_hash
     return Path(cache_dir).expanduser() / "tokens" / f"{graph_key}--{model}-L{max_length}-{padding_side}-{digest}"
 
 
-def prepare_tokens(graph: TextAttributedGraph, graph_dir_or_key: str | Path | None, model_name: str,
-                   max_length: int, cache_dir: str | Path, padding_side: str | None = None) -> TokenCache:
-    """Tokenize every node text of ``graph`` (or open the cache made by an earlier call).
-
-    Args:
-        graph_dir_or_key: the graph's cache folder or its name (``graph.path``); None =
-            ``graph.cache_key`` (a graph that was never saved cannot be cached).
-        padding_side: "left" / "right"; None = left for decoders, right otherwise.
-    """
-    require_text(graph)
-    key = Path(graph_dir_or_key).name if graph_dir_or_key is not None else graph.cache_key
-    if not key:
-        raise FastleadingError("prepare_tokens: the graph has no cache key; load it with load_dataset() "
-                               "or pass graph_dir_or_key")
+def _tokenizer(model_name: str, max_length: int, padding_side: str | None):
+    """``(tokenizer, decoder, padding side)`` for ``model_name`` at ``max_length``, checked."""
     if max_length < 2:
         raise FastleadingError(f"config key 'data.max_length': expected at least 2, got {max_length}")
     tok, decoder = load_tokenizer(model_name)
@@ -154,6 +143,29 @@ def prepare_tokens(graph: TextAttributedGraph, graph_dir_or_key: str | Path | No
     if limit is not None and limit < 10**6 and max_length > limit:
         raise FastleadingError(f"config key 'data.max_length': {max_length} exceeds the {limit} positions "
                                f"of model '{model_name}'")
+    return tok, decoder, side
+
+
+def _graph_key(graph: TextAttributedGraph, graph_dir_or_key: str | Path | None) -> str:
+    key = Path(graph_dir_or_key).name if graph_dir_or_key is not None else graph.cache_key
+    if not key:
+        raise FastleadingError("prepare_tokens: the graph has no cache key; load it with load_dataset() "
+                               "or pass graph_dir_or_key")
+    return key
+
+
+def prepare_tokens(graph: TextAttributedGraph, graph_dir_or_key: str | Path | None, model_name: str,
+                   max_length: int, cache_dir: str | Path, padding_side: str | None = None) -> TokenCache:
+    """Tokenize every node text of ``graph`` (or open the cache made by an earlier call).
+
+    Args:
+        graph_dir_or_key: the graph's cache folder or its name (``graph.path``); None =
+            ``graph.cache_key`` (a graph that was never saved cannot be cached).
+        padding_side: "left" / "right"; None = left for decoders, right otherwise.
+    """
+    require_text(graph)
+    key = _graph_key(graph, graph_dir_or_key)
+    tok, decoder, side = _tokenizer(model_name, max_length, padding_side)
     vocab_hash = tokenizer_hash(tok)
     path = token_dir(cache_dir, key, model_name, vocab_hash, max_length, side)
     if not (path / "meta.json").is_file():
@@ -187,10 +199,67 @@ def tokenize_rows(tok, texts: list[str], side: str, max_length: int) -> tuple[np
     return ids, count
 
 
+@dataclass
+class TokenLengths:
+    """Tokens per node text at ``max_length`` (int32 ``[N]``, special tokens included), counted
+    in memory without writing a cache: what ``fastleading info`` reports where no token cache
+    exists. Has the attributes of :class:`TokenCache` that :func:`fastleading.data.info.info` reads."""
+
+    lengths: torch.Tensor
+    padding_side: str
+    max_length: int
+    model_name: str
+    path: Path | None = None
+
+
+def cached_or_counted_tokens(graph: TextAttributedGraph, graph_dir_or_key: str | Path | None, model_name: str,
+                             max_length: int, cache_dir: str | Path) -> TokenCache | TokenLengths:
+    """The token cache of ``graph`` for ``model_name`` at ``max_length`` when one exists, else
+    the token counts computed in memory (:class:`TokenLengths`); never writes anything."""
+    key = _graph_key(graph, graph_dir_or_key)
+    tok, _, side = _tokenizer(model_name, max_length, None)
+    path = token_dir(cache_dir, key, model_name, tokenizer_hash(tok), max_length, side)
+    if (path / "meta.json").is_file():
+        return TokenCache.load(path)
+    require_text(graph)
+    lengths = np.zeros(graph.num_nodes, dtype=np.int32)
+    for start, stop, _, count in _token_batches(graph, tok, side, max_length):
+        lengths[start:stop] = count
+    return TokenLengths(torch.from_numpy(lengths), side, max_length, model_name)
+
+
+def prepared_lengths(cache_dir: str | Path, graph_key: str, model_name: str) -> list[int]:
+    """The ``max_length`` of every token cache of the graph ``graph_key`` (its cache folder's
+    name) for ``model_name``, sorted (reads the caches' ``meta.json`` only)."""
+    found = set()
+    for meta in (Path(cache_dir).expanduser() / "tokens").glob(f"{glob.escape(graph_key)}--*/meta.json"):
+        try:
+            m = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("graph_key") == graph_key and m.get("model_name") == model_name:
+            found.add(int(m["max_length"]))
+    return sorted(found)
+
+
+def _token_batches(graph: TextAttributedGraph, tok, side: str, max_length: int):
+    """Every node text tokenized, :data:`TOKENIZE_BATCH` at a time: ``(start, stop, ids int
+    [B, max_length] padded on ``side``, real tokens per row [B])``; a text that tokenizes to
+    nothing is one EOS (see the module docstring)."""
+    from fastleading.console import bar
+
+    n = graph.num_nodes
+    with bar(total=n, desc=f"tokenizing {graph.name} at max_length {max_length}", unit="text") as progress:
+        for start in range(0, n, TOKENIZE_BATCH):
+            stop = min(n, start + TOKENIZE_BATCH)
+            ids, count = tokenize_rows(tok, graph.texts(range(start, stop)), side, max_length)
+            yield start, stop, ids, count
+            progress.update(stop - start)
+
+
 def _write(graph: TextAttributedGraph, tok, side: str, max_length: int, out: Path) -> None:
     """Fill ``out/input_ids.npy`` and ``out/lengths.npy`` batch by batch (bounded memory)."""
     from numpy.lib.format import open_memmap
-    from tqdm import tqdm
 
     n = graph.num_nodes
     input_ids = open_memmap(out / "input_ids.npy", mode="w+", dtype=np.int32, shape=(n, max_length))
@@ -200,12 +269,9 @@ def _write(graph: TextAttributedGraph, tok, side: str, max_length: int, out: Pat
 
         write_synthetic_tokens(graph, input_ids, lengths, tok, side, int(tok.pad_token_id))
     else:
-        with tqdm(total=n, desc=f"tokenizing {graph.name}", unit="text", disable=None) as bar:
-            for start in range(0, n, TOKENIZE_BATCH):
-                stop = min(n, start + TOKENIZE_BATCH)
-                input_ids[start:stop], lengths[start:stop] = tokenize_rows(tok, graph.texts(range(start, stop)), side,
-                                                                           max_length)
-                bar.update(stop - start)
+        for start, stop, ids, count in _token_batches(graph, tok, side, max_length):
+            input_ids[start:stop] = ids
+            lengths[start:stop] = count
     input_ids.flush()
     lengths.flush()
     del input_ids, lengths

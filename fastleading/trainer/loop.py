@@ -15,7 +15,7 @@ ranks hold the same tables, and average gradients (themselves, or through the De
 Only rank 0 writes outputs.
 
 The loop reads the device (loss, gradient norm, the count of non-finite steps) only at its
-logging points (every ``train.log_every`` steps and at the first) and at epoch ends.
+logging points (every ``train.log_every`` steps, the first and the last) and at epoch ends.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def record_evaluation(tr: Trainer, log: MetricsLog, acc: dict, iters: int) -> bo
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train an LM method with ``cfg`` and write the run folder; returns the summary dict."""
-    from tqdm.auto import tqdm
+    from fastleading.trainer.display import StepDisplay
 
     out_dir = Path(out_dir)
     start_time = time.time()
@@ -207,8 +207,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
     profiler = StepProfiler(out_dir, t.profile and is_main())
-    bar = tqdm(total=total_steps, initial=run.step, disable=tr.quiet, desc=f"{t.method}", unit="step")
-    last_eval = progress.history[-1]["valid"] if progress.history else float("nan")
+    display = StepDisplay(t.method, total_steps, run.step, t.epochs, tr.quiet,
+                          progress.history[-1]["valid"] if progress.history else float("nan"))
     saved_at, saved_time = resumed_from, time.monotonic()
 
     def checkpoint_now() -> None:
@@ -221,8 +221,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
 
     if checkpoint_now_at_start:  # a resumed run does not warm the head up again
         checkpoint_now()
+    # a run that patience stopped stays stopped on resume, unless the resume raised train.patience
+    stopped_by_patience = progress.stopped == "patience" and 0 < t.patience <= progress.evals_since_best
+    if not stopped_by_patience:
+        progress.stopped = ""
 
-    while progress.epoch < t.epochs and not out_of_steps():
+    while progress.epoch < t.epochs and not out_of_steps() and not stopped_by_patience:
         order = epoch_order(tr.split.train, t.seed, progress.epoch)
         # pipeline 2 re-encodes every node once in an epoch, unless the epoch starts with all of
         # them freshly encoded (bank fill, or the evaluation that ended the previous epoch)
@@ -244,18 +248,19 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             if boundary and t.checkpoint_every and run.step % t.checkpoint_every == 0:
                 checkpoint_now()
             profiler.step()
-            if run.step % t.log_every == 0 or run.step == 1:  # a logging point: read the device here
+            # a logging point: read the device here (the last step too, so a short run has a loss curve)
+            if run.step % t.log_every == 0 or run.step == 1 or run.step == total_steps:
                 # the global batch's mean loss: every rank's loss is weighted by its share
                 record = {"step": run.step, "epoch": progress.epoch, "loss": float(all_reduce_mean(loss.clone()))}
                 if boundary and grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
                     record["lr_lm"] = run.optim.lm_lr()
                 log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", valid=f"{last_eval:.3f}")
+                display.logged(run.step, progress.epoch, record["loss"])
                 run.optim.check_bad_steps(run.step, t.max_bad_steps)
                 if boundary and saved_at != run.step and checkpoint_clock_due(saved_time, t.checkpoint_minutes):
                     checkpoint_now()
-            bar.update(1)
+            display.advance()
         if progress.batch_in_epoch < per_epoch:  # max_steps stopped it inside the epoch
             break
         progress.epoch += 1
@@ -265,7 +270,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         spent = (run.counter.cost() - progress.cost_at_eval) * env.world_size
         if rank0_decides(evaluation_due(cfg, progress.epoch, spent, tr.graph.num_nodes)):
             acc, iters = evaluate(tr)
-            last_eval = acc["valid"]
+            display.evaluated(run.step, progress.epoch, acc["valid"])
             stop = record_evaluation(tr, log, acc, iters)
         if run.step % t.grad_accum == 0:
             checkpoint_now()
@@ -281,8 +286,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     if not progress.history or progress.history[-1].get("step") != run.step:
         # max_steps stopped training after the last evaluation: the model it leaves is evaluated too
         acc, iters = evaluate(tr)
+        display.evaluated(run.step, progress.epoch, acc["valid"])
         record_evaluation(tr, log, acc, iters)
-    bar.close()
+    display.close()
     profiler.close()
     log.close()
     best = max(progress.history, key=lambda h: h["valid"])

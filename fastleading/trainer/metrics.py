@@ -29,7 +29,8 @@ class MetricsLog:
             keep = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             atomic_write_text(path, "".join(line + "\n" for line in keep))
-        self._f = open(path, "a")
+        # a run that starts (not resumes) starts its own file: never appended to an old run's lines
+        self._f = open(path, "a" if resume_step is not None else "w")
 
     def write(self, record: dict) -> None:
         if self._f is not None:

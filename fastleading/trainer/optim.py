@@ -205,6 +205,16 @@ class Optimization:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
 
+    def follow_schedule(self) -> None:
+        """Set each group's learning rate to the schedule's value at its current step. A loaded
+        checkpoint holds the rate of the schedule it was saved under; the schedule object is the
+        one built for this run (its length from ``train.epochs``), so a resumed run that extends
+        ``train.epochs`` takes its next step at the rate a run started with the new length has
+        there (continuity with the old rate is not kept: a finished linear schedule had reached 0)."""
+        s = self.scheduler
+        for group, base, factor in zip(self.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+            group["lr"] = base * factor(s.last_epoch)
+
     def bad_steps_state(self) -> dict:
         return {"bad_streak": self.bad_streak, "worst_streak": self.worst_streak, "last_bad_phase": self.last_bad_phase}
 

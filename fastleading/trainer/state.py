@@ -153,6 +153,7 @@ def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
     _load_train_state(run, progress, refresh_order, state)
     if own is not None:
         _load_rank_state(run, own)
+    run.optim.follow_schedule()  # the rates of this run's schedule (train.epochs may have grown)
     return True
 
 

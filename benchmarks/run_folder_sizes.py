@@ -1,0 +1,94 @@
+"""What a run folder holds on disk, and what `train.keep=best` / `fastleading clean` leave.
+
+Trains LEADING with the default model (all-MiniLM-L6-v2, full fine-tuning, AdamW) on the
+built-in synthetic graph, a few steps (the file sizes do not depend on how long a run trains:
+weights, optimizer state and the [N, H] memory bank and histories have fixed shapes), then
+measures every file of the folder, what each part of ``checkpoint.pt`` weighs, and the folder
+after ``fastleading clean`` and with ``train.keep=best``. Writes a JSON to ``benchmarks/results/``.
+
+    python benchmarks/run_folder_sizes.py --nodes 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fastleading import checkpoint
+from fastleading.config import Config, apply_overrides
+from fastleading.io import atomic_write_text
+from fastleading.methods import train_method
+from fastleading.runfolder import drop_checkpoint
+
+
+def folder_bytes(run: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of every tensor inside a nested container."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=int, default=200)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--override", action="append", default=[], metavar="section.key=value")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    cfg = apply_overrides(Config(), [f"data.synthetic_nodes={args.nodes}", "data.max_length=32", "train.epochs=1",
+                                     f"train.max_steps={args.steps}", "train.device=cpu", *args.override])
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.data.cache_dir = str(Path(tmp) / "cache")
+        run = Path(tmp) / "run"
+        train_method(cfg, run, quiet=True)
+        files = folder_bytes(run)
+        state = checkpoint.load(run / "checkpoint.pt")
+        parts = {key: tensor_bytes(value) for key, value in state.items()}
+        optimizer_state = tensor_bytes(state["optim"]["optimizer"]["state"])
+        params = sum(t.numel() for t in state["model"].values())
+        drop_checkpoint(run)  # what `fastleading clean RUN` does
+        cleaned = folder_bytes(run)
+        kept = Path(tmp) / "kept"
+        train_method(apply_overrides(cfg, ["train.keep=best"]), kept, quiet=True)
+        keep_best = folder_bytes(kept)
+    result = {
+        "what": "bytes of every file of a LEADING run folder, of each part of checkpoint.pt, and of the folder after "
+                "`fastleading clean` / with train.keep=best",
+        "model": cfg.model.name, "dataset": f"synthetic, {args.nodes} nodes", "max_length": cfg.data.max_length,
+        "steps": args.steps, "model_parameters": params,
+        "files_bytes": files, "total_bytes": sum(files.values()),
+        "checkpoint_parts_bytes": parts, "optimizer_state_bytes": optimizer_state,
+        "after_clean_bytes": cleaned, "after_clean_total_bytes": sum(cleaned.values()),
+        "keep_best_bytes": keep_best, "keep_best_total_bytes": sum(keep_best.values()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.date.today().isoformat(),
+    }
+    out = Path(args.out or f"benchmarks/results/run-folder-sizes-cpu-{result['date']}.json")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    mb = 1e6
+    print(" ".join(f"{name} {size / mb:.1f} MB" for name, size in files.items())
+          + f"; after clean {result['after_clean_total_bytes'] / mb:.1f} MB; {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""A run folder on disk: what ``train`` writes there, and the rules for writing into one again.
+
+A run folder holds ``config.json``, ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt`` (or
+DeepSpeed's ``deepspeed/``) and ``best.pt`` (:data:`RUN_FILES`). The rules
+(:func:`prepare_run_folder`, called by :func:`fastleading.methods.train_method` before anything
+is built):
+
+- **a new run never lands on an old one**: a folder holding any of :data:`RUN_FILES` is
+  refused, unless the call resumes it or overwrites it;
+- **overwrite** removes the old run's files first (and only those): a new run starts a new
+  ``metrics.jsonl``, never appends to the old one;
+- **resume** reads the run's own ``config.json``; the settings of :data:`RESUME_CHANGES` may
+  differ in the call (more epochs extend a finished run; the learning-rate schedule follows the
+  new ``train.epochs``, see :meth:`fastleading.trainer.optim.Optimization.follow_schedule`) and
+  are written to ``config.json``; any other difference is refused with one line naming the key.
+  A finished run whose checkpoint is gone (``train.keep=best``, ``fastleading clean``) cannot be
+  resumed; a run killed before its first checkpoint starts over.
+
+Keeping less on disk: :func:`drop_checkpoint` removes a finished run's ``checkpoint.pt`` (the
+weights, the optimizer state and the rest a resume needs; about three times ``best.pt`` with
+AdamW), by ``train.keep=best`` when the run finishes or ``fastleading clean RUN`` afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from fastleading.checkpoint import BEST, CHECKPOINT
+from fastleading.config import Config, from_dict
+from fastleading.errors import FastleadingError
+
+DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint folder (fastleading.trainer.state.DEEPSPEED_DIR)
+# what `train` writes into a run folder (trace.json only with train.profile)
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT, BEST, DEEPSPEED_DIR, "trace.json")
+# settings a resumed run may change: how long it trains, how often it evaluates, logs and
+# checkpoints, what it keeps, where the dataset cache lives; nothing that changes a step
+RESUME_CHANGES = ("train.epochs", "train.max_steps", "train.patience", "train.eval_every", "train.log_every",
+                  "train.checkpoint_every", "train.checkpoint_minutes", "train.profile", "train.keep",
+                  "train.report_to", "data.cache_dir")
+
+
+def _is_rank0() -> bool:
+    """Rank 0 of a launch (or a plain process): the one that writes run files. Read from the
+    environment, so it holds before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def read_run_config(run_dir: Path, what: str = "not a run folder") -> Config:
+    """The run's ``config.json`` as a checked :class:`Config`; ``what`` opens the error when
+    the file is missing (``cannot resume``)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FastleadingError(f"{path}: {what} (expected the config.json of a run folder written by "
+                               "`fastleading train`)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8-sig"))
+    except ValueError as e:
+        raise FastleadingError(f"{path}: not valid JSON ({e})") from None
+    return from_dict(saved, source=str(path))
+
+
+def settings_for_embeddings(run_dir: str | Path | None, embeddings: str | Path) -> Config | None:
+    """The settings of the run an embeddings file comes from: ``run_dir``'s ``config.json``,
+    else that of the run folder the file is in (when its folder holds a ``config.json``; said
+    in a notice), else None (the defaults)."""
+    if run_dir is not None:
+        return read_run_config(Path(run_dir))
+    folder = Path(embeddings).parent
+    if not (folder / "config.json").is_file():
+        return None
+    from fastleading import console
+
+    console.notice(f"settings of the run in {folder} (its config.json); --run or flags change them")
+    return read_run_config(folder)
+
+
+def held_run_files(run_dir: Path) -> list[str]:
+    """The names of :data:`RUN_FILES` present in ``run_dir``."""
+    return [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+
+
+def require_best(run_dir: Path) -> Path:
+    """``run_dir/best.pt``, or one line saying why it is not there (checked before any model loads)."""
+    run_dir = Path(run_dir)
+    path = run_dir / BEST
+    if path.is_file():
+        return path
+    if has_checkpoint(run_dir):
+        raise FastleadingError(f"{path}: not found; {CHECKPOINT} is there: the run stopped before its first "
+                               f"evaluation, which writes {BEST} (continue it with `fastleading train --resume "
+                               f"{run_dir}`)")
+    raise FastleadingError(f"{path}: not found (expected the best weights of a run of an LM method written by "
+                           "`fastleading train`)")
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / CHECKPOINT).is_file() or (run_dir / DEEPSPEED_DIR).is_dir()
+
+
+def config_changes(saved: dict, wanted: dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
+    """``[(section.key, saved value, wanted value)]`` for every key where two config dicts
+    differ (``'<missing>'`` for a key one of them lacks), sorted; keys in ``ignore`` skipped."""
+    changes = []
+    for section in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(section, {}), wanted.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if name not in ignore and a.get(key, "<missing>") != b.get(key, "<missing>"):
+                changes.append((name, a.get(key, "<missing>"), b.get(key, "<missing>")))
+    return changes
+
+
+def _remove(path: Path) -> int:
+    """Delete a file or folder; the bytes it held."""
+    if path.is_dir() and not path.is_symlink():
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        shutil.rmtree(path)
+        return size
+    size = path.stat().st_size
+    path.unlink()
+    return size
+
+
+def prepare_run_folder(run_dir: Path, cfg: Config, resume: bool = False, overwrite: bool = False,
+                       checkpoints: bool = True) -> None:
+    """Apply the rules of the module docstring to ``run_dir`` before a run of ``cfg`` starts
+    (``checkpoints``: whether the method writes any; the fixed-feature ones do not). Only
+    rank 0 deletes or writes anything."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise FastleadingError(f"{run_dir}: give --resume (continue the run) or --overwrite (replace it), not both")
+    if resume:
+        check_resume(run_dir, cfg, checkpoints)
+        return
+    held = held_run_files(run_dir)
+    if held and not overwrite:
+        raise FastleadingError(f"{run_dir}: holds a run ({', '.join(held)}); pass --resume {run_dir} to continue it "
+                               "or --overwrite to replace it (or choose another --out)")
+    if held and _is_rank0():
+        from fastleading.io import remove_stale_temp_files
+
+        for name in held:
+            _remove(run_dir / name)
+        remove_stale_temp_files(run_dir)
+
+
+def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
+    """Refuse a resume of ``run_dir`` with ``cfg`` that changes a setting outside
+    :data:`RESUME_CHANGES`, of a method that keeps no checkpoint (``checkpoints`` False), or of
+    a finished run without its checkpoint; write the changed ``config.json`` otherwise (and say
+    what changed; the old ``summary.json`` is removed then, the resumed run writes its own)."""
+    from fastleading import console
+
+    saved = read_run_config(run_dir, "cannot resume")
+    changes = config_changes(saved.to_dict(), cfg.to_dict())
+    for key, old, new in changes:
+        if key not in RESUME_CHANGES:
+            raise FastleadingError(f"{run_dir}: cannot resume with {key}={new!r}: the run has {key}={old!r}, and a "
+                                   f"resumed run may change only {', '.join(RESUME_CHANGES)} (start a new run with "
+                                   "--out or --overwrite)")
+    if not has_checkpoint(run_dir):
+        if not checkpoints:
+            raise FastleadingError(f"{run_dir}: method '{cfg.train.method}' trains in one go and keeps no checkpoint; "
+                                   "there is nothing to resume (train it again with --overwrite)")
+        if (run_dir / "summary.json").is_file():
+            raise FastleadingError(f"{run_dir}: the run finished and its {CHECKPOINT} was removed (train.keep=best or "
+                                   "`fastleading clean`); it cannot be resumed or extended")
+        if _is_rank0():
+            console.notice(f"{run_dir}: no checkpoint yet (the run stopped before its first one); starting it over")
+    if changes and _is_rank0():
+        console.notice(f"{run_dir}: resuming with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes))
+        cfg.save(run_dir / "config.json")
+        # the summary of the run under its old settings: the resumed run writes its own when it ends
+        # (until then the run is unfinished: `fastleading clean` keeps its checkpoint)
+        (run_dir / "summary.json").unlink(missing_ok=True)
+
+
+def drop_checkpoint(run_dir: Path) -> int:
+    """Remove ``checkpoint.pt`` (and a DeepSpeed ``deepspeed/`` folder) of a finished run;
+    the bytes freed. ``best.pt``, the metrics and the summary stay: export, downstream and plot
+    work as before, but the run can no longer be resumed or extended. An unfinished run (no
+    ``summary.json``) is refused: its checkpoint is what ``--resume`` continues from."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FastleadingError(f"{run_dir}: not a run folder (no config.json)")
+    if not (run_dir / "summary.json").is_file():
+        raise FastleadingError(f"{run_dir}: the run has not finished (no summary.json); its {CHECKPOINT} is what "
+                               "`fastleading train --resume` continues from, so it stays")
+    freed = 0
+    for name in (CHECKPOINT, DEEPSPEED_DIR):
+        if (run_dir / name).exists():
+            freed += _remove(run_dir / name)
+    return freed
+
+
+def apply_keep(run_dir: Path, keep: str) -> None:
+    """``train.keep`` at the end of a run: ``best`` drops the checkpoint (rank 0)."""
+    if keep == "best" and _is_rank0():
+        drop_checkpoint(run_dir)

@@ -1,0 +1,129 @@
+"""The command line as a new user meets it: help that lists what applies, arguments checked
+before anything loads, `info` that writes nothing and says which token length it shows, and a
+notice when a left-out --max-length tokenizes at another length than the one prepared."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastleading.cli import main
+
+from custom_graph import data_args, write_custom_graph
+from tiny_models import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    write_custom_graph(root / "data")
+    model = save_tiny_model(root / "bert", "bert", hidden=16, layers=1)
+    return root, model
+
+
+def help_text(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit):
+        main([*args, "--help"])
+    return capsys.readouterr().out
+
+
+def test_help_lists_what_applies_and_has_no_markup(capsys):
+    top = help_text(capsys)
+    assert "``" not in top and "fastleading" in top  # failed before: "The ``fastleading`` command line."
+    for command in ("prepare", "info"):
+        text = help_text(capsys, command)
+        for flag in ("--dataset", "--root", "--max-length", "--model", "--cache-dir"):
+            assert flag in text, (command, flag)
+        for flag in ("--method", "--deepspeed", "--gnn", "--epochs", "--batch-size", "--precision"):
+            assert flag not in text, (command, flag)  # failed before: every training flag was listed
+    train = help_text(capsys, "train")
+    assert "--overwrite" in train and "--method" in train
+
+
+def fake_run(folder, model: str, *files: str):
+    """A run folder of an LM method with only a config.json and ``files`` (empty)."""
+    from fastleading.config import Config, apply_overrides
+
+    folder.mkdir(parents=True)
+    apply_overrides(Config(), [f"model.name={model}", "data.dataset=custom", f"data.root={folder}"]).save(
+        folder / "config.json")
+    for name in files:
+        (folder / name).write_bytes(b"")
+
+
+def test_export_checks_its_arguments_before_loading_anything(setup, tmp_path, monkeypatch, capsys):
+    root, model = setup
+
+    def loads(*args, **kwargs):
+        raise AssertionError("a dataset or a model was loaded before the arguments were checked")
+
+    import fastleading.data
+    import fastleading.lm
+
+    monkeypatch.setattr(fastleading.data, "prepare", loads)
+    monkeypatch.setattr(fastleading.data, "load_dataset", loads)
+    monkeypatch.setattr(fastleading.lm, "LMEncoder", loads)
+    run = tmp_path / "run"
+    fake_run(run, model, "checkpoint.pt")
+    for args, fragments in (
+            (["--out", str(tmp_path / "foo")], ["foo: embeddings are written as .npy"]),
+            (["--out", str(run / "emb.npy")], ["best.pt: not found", "checkpoint.pt is there", "--resume"]),
+            (["--lm", str(run / "lm")], ["best.pt: not found", "checkpoint.pt is there"]),
+            (["--out", str(run / "emb.npy"), "--lm", str(run)], [f"{run}: folder exists and is not empty"])):
+        assert main(["export", "--run", str(run), *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(f in err[0] for f in fragments), (args, err)
+    (run / "checkpoint.pt").unlink()
+    assert main(["export", "--run", str(run), "--out", str(run / "emb.npy")]) == 2
+    assert "checkpoint.pt" not in capsys.readouterr().err  # said only where it is there
+
+
+def test_info_writes_no_cache_and_says_which_token_length_it_shows(setup, tmp_path, capsys):
+    root, model = setup
+    cache = tmp_path / "cache"
+    args = [*data_args(root / "data", cache, model)]
+    no_length = [a for a in args if a not in ("--max-length", "16")]
+    assert main(["info", *no_length]) == 0
+    text = capsys.readouterr().out
+    assert not cache.exists()  # failed before: the graph and a token cache at max_length 64 were written
+    assert "not cached" in text and "max_length=64" in text
+    assert "features     " in text and "per node (fixed features, the input of method shallow)" in text
+    assert main(["prepare", *args]) == 0  # at max_length 16
+    capsys.readouterr()
+    written = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    assert main(["info", *no_length]) == 0
+    text = capsys.readouterr().out
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == written
+    assert "also prepared at max_length 16" in text and "max_length=64 padding=right (counted now" in text
+    assert main(["info", *args]) == 0
+    assert "max_length=16 padding=right\n" in capsys.readouterr().out  # the prepared cache, read
+
+
+def test_a_left_out_max_length_says_which_length_it_tokenizes_at(setup, tmp_path, capsys):
+    root, model = setup
+    args = data_args(root / "data", tmp_path / "cache", model)
+    assert main(["prepare", *args]) == 0
+    assert "fastleading:" not in capsys.readouterr().err  # the first length: nothing to say
+    no_length = [a for a in args if a not in ("--max-length", "16")]
+    assert main(["prepare", *no_length]) == 0
+    err = capsys.readouterr().err
+    # failed before: a new cache at 64 without a word
+    assert "tokenizing custom at data.max_length=64 into a new cache; it is prepared at 16" in err
+    assert main(["prepare", "--quiet", *args]) == 0
+    assert capsys.readouterr().err == ""
+
+
+
+def test_the_custom_data_page_example_runs_as_shown(tmp_path, capsys):
+    """docs/custom-data.md's example folder, read by `fastleading info`, prints what the page shows."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "custom-data.md").read_text()
+    blocks = dict(re.findall(r'```\w+ title="([^"]+)"\n(.*?)```', page, re.S))
+    for name in ("nodes.csv", "edges.csv", "classes.txt"):
+        (tmp_path / "mydata").mkdir(exist_ok=True)
+        (tmp_path / "mydata" / name).write_text(blocks[name])
+    command = "fastleading info --dataset custom --root mydata"
+    assert main([*command.split()[1:-1], str(tmp_path / "mydata"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert capsys.readouterr().out == blocks[command]
+    assert not (tmp_path / "cache").exists()

@@ -1,0 +1,172 @@
+"""Run folders: a new run never lands on an old one, --overwrite starts clean, --resume takes the
+run's settings and the changes that may apply (a finished run extended), train.keep and
+`fastleading clean` keep less on disk (tiny runs on a small custom dataset, CLI in process)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastleading import runfolder
+from fastleading.cli import main
+from fastleading.config import Config, apply_overrides
+from fastleading.trainer.optim import build_optimization, lr_lambda
+
+from custom_graph import train_args, write_custom_graph
+from tiny_models import save_tiny_model
+
+STEPS_PER_EPOCH = 3  # 36 training nodes of write_custom_graph(60) in batches of 16
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run-folder")
+    write_custom_graph(root / "data")
+    model = save_tiny_model(root / "bert", "bert", hidden=16, layers=1)
+    return root, model
+
+
+def train(setup, out: Path, *extra: str) -> int:
+    root, model = setup
+    return main(["train", "--quiet", "--out", str(out), *train_args(root / "data", root / "cache", model, *extra)])
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_run_folder_is_refused_unless_resumed_or_overwritten(setup, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(setup, run) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert train(setup, run) == 2  # failed before: exit 0, the run started over and appended to metrics.jsonl
+    line = one_error_line(capsys)
+    assert str(run) in line and "--resume" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+    (run / "curves.png").write_bytes(b"not a run file")
+    assert train(setup, run, "--overwrite", "--epochs", "1") == 0
+    steps = [r["step"] for r in metrics(run) if "loss" in r]
+    assert steps == list(range(1, STEPS_PER_EPOCH + 1))  # a new file: the old run's lines are gone
+    assert json.loads((run / "summary.json").read_text())["steps"] == STEPS_PER_EPOCH
+    assert (run / "curves.png").read_bytes() == b"not a run file"  # only the run's own files are removed
+
+
+def test_make_train_overwrites_its_default_folder():
+    recipe = re.search(r"^train:.*\n\t(.*)$", (Path(__file__).parents[1] / "Makefile").read_text(), re.M).group(1)
+    assert "train --out runs/default" in recipe and "--overwrite" in recipe.split()  # run twice, it replaces it
+
+
+def test_resume_extends_a_finished_run_on_the_schedule_of_its_new_length(setup, tmp_path, capsys):
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    assert train(setup, run, "--epochs", "1") == 0
+    assert main(["train", "--quiet", "--resume", str(run), "--epochs", "2"]) == 0  # failed before: --epochs ignored
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 * STEPS_PER_EPOCH and [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    assert [r["step"] for r in metrics(run) if "loss" in r] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    # after the resume, the rates are those of a run started with 2 epochs (the schedule follows train.epochs)
+    assert train(setup, straight) == 0
+    rates = {r["step"]: r["lr_lm"] for r in metrics(straight) if "lr_lm" in r}
+    extended = {r["step"]: r["lr_lm"] for r in metrics(run) if "lr_lm" in r and r["step"] > STEPS_PER_EPOCH}
+    assert extended and all(rates[s] == pytest.approx(lr, rel=1e-12) for s, lr in extended.items())
+
+
+def test_resume_refuses_a_setting_that_changes_the_run_in_one_line(setup, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(setup, run, "--epochs", "1") == 0
+    config = (run / "config.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--quiet", "--resume", str(run), "--batch-size", "8"]) == 2  # failed before: exit 0
+    line = one_error_line(capsys)
+    assert "train.batch_size=8" in line and "train.batch_size=16" in line and "train.epochs" in line
+    assert (run / "config.json").read_bytes() == config
+    assert main(["train", "--quiet", "--resume", str(run), "--out", str(tmp_path / "other")]) == 2
+
+
+def test_the_schedule_follows_the_new_length_from_the_first_step_after_a_resume():
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(3, 3), "head": torch.nn.Linear(3, 2)})
+    short, long = (apply_overrides(Config(), [f"train.epochs={e}", "train.lr_lm=0.1"]) for e in (1, 3))
+    optim = build_optimization(model, short, 10, torch.device("cpu"), _fp32(), None)
+    for _ in range(10):  # the whole short schedule: linear decay to 0
+        optim.optimizer.step()
+        optim.scheduler.step()
+    assert optim.optimizer.param_groups[0]["lr"] == 0.0
+    resumed = build_optimization(model, long, 30, torch.device("cpu"), _fp32(), None)
+    resumed.load_state_dict(optim.state_dict())
+    assert resumed.optimizer.param_groups[0]["lr"] == 0.0  # the saved rate: the next step would not move
+    resumed.follow_schedule()
+    expected = 0.1 * lr_lambda(long, 30)(10)
+    assert expected > 0 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
+
+
+def _fp32():
+    from fastleading.precision import resolve_precision
+
+    return resolve_precision("fp32", "fp32", torch.device("cpu"))
+
+
+def test_keep_best_removes_the_checkpoint_and_a_resume_says_why(setup, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(setup, run, "--epochs", "1", "train.keep=best") == 0
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "metrics.jsonl", "summary.json"]
+    capsys.readouterr()
+    assert main(["train", "--quiet", "--resume", str(run), "--epochs", "2"]) == 2
+    assert "cannot be resumed or extended" in one_error_line(capsys)
+
+
+def test_clean_removes_the_checkpoint_of_finished_runs_only(setup, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(setup, run, "--epochs", "1") == 0
+    size = (run / "checkpoint.pt").stat().st_size
+    best = (run / "best.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["clean", str(run)]) == 0
+    assert f"{size / 2**20:.1f} MiB" in capsys.readouterr().out
+    assert not (run / "checkpoint.pt").exists() and (run / "best.pt").read_bytes() == best
+    assert main(["clean", str(run)]) == 0 and "no checkpoint" in capsys.readouterr().out
+    (run / "summary.json").unlink()  # an unfinished run: its checkpoint is what --resume needs
+    assert main(["clean", str(run)]) == 2
+    assert "has not finished" in one_error_line(capsys)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_with_a_new_metrics_file(setup, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(setup, run, "--epochs", "1") == 0
+    (run / "checkpoint.pt").unlink()
+    (run / "summary.json").unlink()
+    with open(run / "metrics.jsonl", "a") as f:  # what the killed attempt logged
+        f.write(json.dumps({"step": 99, "epoch": 0, "loss": 9.0}) + "\n")
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "starting it over" in capsys.readouterr().err
+    assert [r["step"] for r in metrics(run) if "loss" in r] == list(range(1, STEPS_PER_EPOCH + 1))  # failed before
+
+
+def test_config_changes_lists_every_differing_key():
+    a = Config().to_dict()
+    b = apply_overrides(Config(), ["train.epochs=5", "model.alpha=0.2"]).to_dict()
+    assert runfolder.config_changes(a, b) == [("model.alpha", 0.1, 0.2), ("train.epochs", 3, 5)]
+    assert runfolder.config_changes(a, b, ignore=("model.alpha",)) == [("train.epochs", 3, 5)]
+
+
+def test_a_resume_that_changes_a_setting_writes_it_and_drops_the_old_summary(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    apply_overrides(Config(), ["train.epochs=1"]).save(run / "config.json")
+    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "summary.json").write_text("{}")
+    runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=1"]))  # nothing changes: nothing written
+    assert (run / "summary.json").exists() and capsys.readouterr().err == ""
+    runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=2"]))
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    assert not (run / "summary.json").exists()  # until the resumed run ends, it is not finished (clean keeps it)
+    assert "resuming with train.epochs 1 -> 2" in capsys.readouterr().err
