@@ -272,10 +272,11 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             acc, iters = evaluate(tr)
             display.evaluated(run.step, progress.epoch, acc["valid"])
             stop = record_evaluation(tr, log, acc, iters)
+        if stop:
+            progress.stopped = "patience"  # in the checkpoint: a resume does not train on
         if run.step % t.grad_accum == 0:
             checkpoint_now()
         if stop:
-            progress.stopped = "patience"
             break
     if not progress.stopped:
         progress.stopped = "max_steps" if out_of_steps() and progress.epoch < t.epochs else "epochs"
