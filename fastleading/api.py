@@ -207,10 +207,10 @@ class Run:
 
 def load_run(run_dir: str | Path) -> Run:
     """The run in ``run_dir`` (a folder written by ``fastleading train`` or :func:`train`)."""
-    from fastleading.export import load_run_config
+    from fastleading.runfolder import read_run_config
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    cfg = read_run_config(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise FastleadingError(f"{summary_path}: the run has not finished (no summary.json); resume it with "

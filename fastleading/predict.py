@@ -197,17 +197,18 @@ class TrainedRun:
 
     def __init__(self, run_dir: str | Path, quiet: bool = True):
         from fastleading.data import prepare
-        from fastleading.export import load_run_config
+        from fastleading.runfolder import read_run_config, require_best
         from fastleading.precision import resolve_device, resolve_precision
         from fastleading.trainer.model import load_best
 
         self.run_dir = Path(run_dir)
         self.quiet = quiet
-        self.cfg = cfg = load_run_config(self.run_dir)
+        self.cfg = cfg = read_run_config(self.run_dir)
         if cfg.train.method not in LM_METHODS:
             raise FastleadingError(f"{self.run_dir}: method '{cfg.train.method}' keeps no trained model (it trains "
                                    f"a GNN on fixed features in one go); prediction needs a run of "
                                    f"{', '.join(LM_METHODS)}")
+        require_best(self.run_dir)  # before the dataset and the model are loaded
         self.graph, self.tokens = prepare(cfg)
         self.propagation_graph = self.graph
         if cfg.train.task == "link":  # trained and evaluated on the training graph

@@ -15,7 +15,7 @@ from fastleading.errors import FastleadingError
 from fastleading.linkmetrics import link_metrics
 from fastleading.methods import train_method
 from fastleading.predict import TrainedRun
-from fastleading.trainer import loop
+from fastleading.trainer import evaluate as evaluate_module
 
 from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
@@ -34,8 +34,8 @@ def capture_evaluations(monkeypatch) -> list[torch.Tensor]:
         seen.append(out[0].clone())
         return out
 
-    real = loop.full_graph_logits
-    monkeypatch.setattr(loop, "full_graph_logits", recording)
+    real = evaluate_module.full_graph_logits
+    monkeypatch.setattr(evaluate_module, "full_graph_logits", recording)
     return seen
 
 
@@ -136,7 +136,7 @@ def test_new_nodes_may_link_to_each_other(node_run, tmp_path):
     ("id,text\nx,hello\n", "src,dst\n1,2\n", "p.csv", "new_edges.csv: edge '1,2' joins two existing nodes; new "
                                                       "edges must touch a new node"),
     ("id,text\nx,hello\n", "src,dst\nx,zz\n", "p.csv", "new_edges.csv: line 2: unknown node id 'zz'"),
-    ("id,text\nx,\n", "src,dst\n", "p.csv", "new_nodes.csv: line 2: node 'x' has an empty or missing text"),
+    ("id,text\nx,\n", "src,dst\n", "p.csv", "new_nodes.csv: 1 of 1 node texts are empty (first: node 'x', line 2)"),
     ("id,text\nx,hello\n", "a,b\n", "p.csv", "new_edges.csv: line 1: expected the header 'src,dst'"),
     ("id,text\nx,hello\n", "src,dst\nx,1\n", "p.txt", "p.txt: predictions are written as .csv or .parquet"),
 ])

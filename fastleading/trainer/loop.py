@@ -284,8 +284,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     # checkpoint cannot hold half-accumulated gradients).
     if saved_at != run.step and run.step % t.grad_accum == 0:
         checkpoint_now()
-    if not progress.history or progress.history[-1].get("step") != run.step:
-        # max_steps stopped training after the last evaluation: the model it leaves is evaluated too
+    if not progress.history:  # max_steps stopped training before the first evaluation
+        # after the checkpoint: a resumed run continues as if this look had not been taken
         acc, iters = evaluate(tr)
         display.evaluated(run.step, progress.epoch, acc["valid"])
         record_evaluation(tr, log, acc, iters)
