@@ -166,10 +166,9 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        from fastleading.io import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+    def to_json(self) -> str:
+        """The config as the text of a run folder's ``config.json`` (read back by :func:`load_config`)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -326,8 +325,6 @@ def validate(cfg: Config) -> None:
         raise FastleadingError(f"config key 'train.link_hits': expected a non-empty list of positive integers, "
                                f"got {t.link_hits}")
     if d.link_split and d.link_split != "official":
-        from fastleading.data.link_split import parse_ratios
-
         parse_ratios(d.link_split)
     if t.encode_token_budget < 0:
         raise FastleadingError(f"config key 'train.encode_token_budget': expected >= 0, got {t.encode_token_budget}")
@@ -335,6 +332,20 @@ def validate(cfg: Config) -> None:
         # the link step drops its batch's edges from the symmetric sampled CSR, not from the draws
         raise FastleadingError("config key 'model.subgraph_norm': 'weighted' is not supported with train.task=link "
                                "(use full-graph)")
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``data.link_split`` percentages: ``"10/30/60"`` -> ``(0.1, 0.3, 0.6)``; the three must sum
+    to 100 and the training share must be positive."""
+    parts = text.split("/")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 100.0) > 1e-6 or values[0] <= 0:
+        raise FastleadingError(f"config key 'data.link_split': expected train/valid/test percentages summing to "
+                               f"100 such as 85/5/10 or 10/30/60, or 'official', got {text!r}")
+    return values[0] / 100.0, values[1] / 100.0, values[2] / 100.0
 
 
 def field_help(cls) -> dict[str, str]:

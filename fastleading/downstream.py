@@ -92,7 +92,7 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
 
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(out_dir / "config.json")
+    atomic_write_text(out_dir / "config.json", cfg.to_json())
     device = resolve_device(cfg.train.device)
     if cfg.train.method == "shallow":
         graph = load_dataset(cfg.data)
@@ -124,7 +124,7 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
 def link_gnn(cfg: Config, graph, features: torch.Tensor, kind: str, num_iters: int) -> tuple[dict, dict]:
     """Link prediction with GNN ``kind`` on fixed ``features`` (:mod:`fastleading.downstream_link`):
     (its result, the link entries of a summary)."""
-    from fastleading.data.link_split import link_view
+    from fastleading.data import link_view
     from fastleading.downstream_link import train_link_gnn_cfg
     from fastleading.linkmetrics import summary_fields
 

@@ -4,8 +4,8 @@ baselines and downstream link prediction on exported embeddings (``fastleading d
 
 The encoder is a :class:`fastleading.gnn.GNN` whose output is a ``model.link_dim``-wide node
 representation, the decoder the one LEADING trains (:class:`fastleading.linkdecoder.LinkDecoder`).
-Message passing uses the training graph (no validation / test edge: :func:`fastleading.data.
-link_split.link_view`); as in OGB's ogbl-citation2 full-batch examples each step is a
+Message passing uses the training graph (no validation / test edge:
+:func:`fastleading.data.link_view`); as in OGB's ogbl-citation2 full-batch examples each step is a
 full-graph forward and a batch of ``model.gnn_batch_size`` training edges with
 ``train.link_negatives`` random negatives each; the epoch with the best validation metric
 (``train.link_select``) is kept and its validation / test AUC, MRR and Hits@K reported.

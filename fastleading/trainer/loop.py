@@ -37,7 +37,7 @@ from fastleading.distributed import (DistEnv, all_reduce_mean, barrier, broadcas
                                      is_distributed, is_main)
 from fastleading.encode import EncodeCounter, encode_all
 from fastleading.errors import FastleadingError
-from fastleading.io import remove_stale_temp_files
+from fastleading.io import atomic_write_text, remove_stale_temp_files
 from fastleading.overlap import RefreshStream
 from fastleading.precision import resolve_device, resolve_precision
 from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
@@ -198,7 +198,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         resumed_from = run.step
     else:
         if is_main():
-            cfg.save(out_dir / "config.json")
+            atomic_write_text(out_dir / "config.json", cfg.to_json())
         if run.bank is not None and t.fill_bank:
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
