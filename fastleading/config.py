@@ -155,6 +155,8 @@ class TrainConfig:
     link_select: str = _f("mrr", "train.task=link: validation metric that picks the best epoch.", ("mrr", "auc"))
     max_bad_steps: int = _f(10, "Stop after this many consecutive optimizer steps whose loss or gradients were "
                             "non-finite (each is skipped); 0 = never stop.")
+    max_bad_evals: int = _f(2, "Stop after this many consecutive evaluations with non-finite logits or link "
+                            "scores (such an evaluation is never selected as best); 0 = never stop.")
 
 
 @dataclass
@@ -317,8 +319,9 @@ def validate(cfg: Config) -> None:
                                f"{t.checkpoint_every} / {t.checkpoint_minutes}")
     if not 0.0 < m.eval_tol < 1.0:
         raise FastleadingError(f"config key 'model.eval_tol': expected 0 < eval_tol < 1, got {m.eval_tol}")
-    if t.max_bad_steps < 0:
-        raise FastleadingError(f"config key 'train.max_bad_steps': expected >= 0, got {t.max_bad_steps}")
+    for name, v in (("train.max_bad_steps", t.max_bad_steps), ("train.max_bad_evals", t.max_bad_evals)):
+        if v < 0:
+            raise FastleadingError(f"config key '{name}': expected >= 0, got {v}")
     if t.refresh_batch_size < 0:
         raise FastleadingError(f"config key 'train.refresh_batch_size': expected >= 0, got {t.refresh_batch_size}")
     if not t.link_hits or any(k < 1 for k in t.link_hits):

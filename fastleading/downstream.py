@@ -22,6 +22,7 @@ from fastleading.errors import FastleadingError
 from fastleading.gnn import GNN
 from fastleading.io import atomic_write, atomic_write_text
 from fastleading.profiling import peak_memory_bytes
+from fastleading.selection import improves, predict_classes
 
 
 def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed: int = 0,
@@ -71,12 +72,16 @@ def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed
             total += loss.detach() * len(batch)
         model.eval()
         with torch.no_grad():
-            pred = torch.cat([model(inputs, batch).argmax(-1) for batch in batches(evaluated, eval_size)])
+            pred = torch.cat([predict_classes(model(inputs, batch)) for batch in batches(evaluated, eval_size)])
         correct = (pred == labels[evaluated]).float()
         acc = {name: float(part.mean())
                for name, part in zip(("train", "valid", "test"), correct.split([len(train), len(valid), len(test)]))}
-        if acc["valid"] > best["valid"]:
+        acc["nonfinite"] = int((pred < 0).sum())
+        if improves(acc, best["valid"], "epoch" in best):
             best = {**acc, "epoch": epoch, "loss": float(total) / len(train)}
+    if "epoch" not in best:
+        raise FastleadingError(f"{kind} on fixed features: no epoch's evaluation had finite logits "
+                               "for every node (the model diverged): lower the learning rate")
     return {"gnn": kind, **best}
 
 

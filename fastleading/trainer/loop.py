@@ -262,13 +262,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         if progress.epoch % t.eval_every == 0 or progress.epoch == t.epochs:
             acc, iters = evaluate(tr)
             last_eval = acc["valid"]
-            progress.history.append({"epoch": progress.epoch, **acc})
             log.write({"step": run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
-            if acc["valid"] > progress.best_valid:
-                progress.best_valid, progress.best_epoch, progress.evals_since_best = acc["valid"], progress.epoch, 0
+            if progress.record_eval(acc, t.max_bad_evals):
                 save_best(run, progress.epoch, out_dir)
             else:
-                progress.evals_since_best += 1
                 stop = bool(t.patience) and progress.evals_since_best >= t.patience
         if run.step % t.grad_accum == 0:
             checkpoint_now()
@@ -280,14 +277,13 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         checkpoint_now()
     if not progress.history:  # max_steps stopped training before the first evaluation
         acc, iters = evaluate(tr)
-        progress.history.append({"epoch": progress.epoch, **acc})
         log.write({"step": run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
-        progress.best_valid, progress.best_epoch = acc["valid"], progress.epoch
-        save_best(run, progress.epoch, out_dir)
+        if progress.record_eval(acc, t.max_bad_evals):
+            save_best(run, progress.epoch, out_dir)
     bar.close()
     profiler.close()
     log.close()
-    best = max(progress.history, key=lambda h: h["valid"])
+    best = progress.best_evaluation()
     n_epochs = run.step / per_epoch
     summary = {
         "method": t.method, "dataset": cfg.data.dataset, "model": cfg.model.name,

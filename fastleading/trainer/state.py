@@ -21,6 +21,7 @@ import torch
 from fastleading import checkpoint, zero
 from fastleading.distributed import barrier, get_rank, get_world_size, is_distributed, is_main
 from fastleading.errors import FastleadingError
+from fastleading.selection import improves
 from fastleading.trainer.batches import RefreshOrder
 from fastleading.trainer.steps import Run
 
@@ -40,8 +41,35 @@ class Progress:
     # the epoch that starts with every bank row freshly encoded (by the fill or an evaluation):
     # pipeline 2 skips it, so no node is LM-encoded twice in that epoch without gradient
     bank_fresh_epoch: int = -1
-    # the last evaluation's propagated matrix, the next one's warm start (LEADING)
+    # the last evaluation's propagated matrix, the next one's warm start (LEADING; finite only)
     eval_solution: torch.Tensor | None = None
+    bad_evals: int = 0  # consecutive evaluations with non-finite outputs
+
+    def record_eval(self, metrics: dict, max_bad_evals: int = 0) -> bool:
+        """Append the evaluation ``metrics`` of this epoch to the history; True when it becomes
+        the best (:func:`fastleading.selection.improves`: never one with non-finite outputs).
+        Stops with one line at the ``max_bad_evals``-th consecutive evaluation with non-finite
+        outputs (``train.max_bad_evals``; 0 = never)."""
+        self.history.append({"epoch": self.epoch, **metrics})
+        bad = metrics.get("nonfinite", 0)
+        self.bad_evals = self.bad_evals + 1 if bad else 0
+        if bad and max_bad_evals and self.bad_evals >= max_bad_evals:
+            raise FastleadingError(f"epoch {self.epoch}: {self.bad_evals} consecutive evaluations had non-finite "
+                                   f"outputs ({bad} in the last; train.max_bad_evals={max_bad_evals}); stopping: "
+                                   "the model diverged, lower the learning rate")
+        if improves(metrics, self.best_valid, self.best_epoch >= 0):
+            self.best_valid, self.best_epoch, self.evals_since_best = metrics["valid"], self.epoch, 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+    def best_evaluation(self) -> dict:
+        """The history entry of the best evaluation; one line when no evaluation had finite outputs."""
+        for entry in self.history:
+            if entry["epoch"] == self.best_epoch:
+                return entry
+        raise FastleadingError(f"none of the run's {len(self.history)} evaluation(s) had finite outputs for every "
+                               "node or pair: the model diverged, lower the learning rate")
 
     def state_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
