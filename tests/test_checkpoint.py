@@ -131,3 +131,32 @@ def test_resume_removes_the_temp_files_of_a_write_that_was_killed(tiny_bert, tmp
     keep.write_text("mine")
     train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "run", resume=True, quiet=True)
     assert not any(path.exists() for path in stale) and keep.exists()
+
+
+def test_resume_drops_a_torn_last_metrics_line_and_says_so(tiny_bert, tmp_path, capsys):
+    """A kill (or a full disk) inside the write of a metrics line left half a JSON object at the
+    end of metrics.jsonl, and --resume stopped with JSONDecodeError."""
+    common = ("data.split=high-0", "train.epochs=1", "train.checkpoint_every=200")
+    straight = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    train(small_config(tiny_bert, tmp_path / "cache", *common, "train.max_steps=7"), tmp_path / "b", quiet=True)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 8, "epoch": 0, "lo')
+    capsys.readouterr()
+    resumed = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", resume=True, quiet=True)
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if str(metrics) in l]
+    assert line.startswith("fastleading: ") and "dropped its torn last line 9" in line
+    assert resumed["history"][-1] == pytest.approx(straight["history"][-1])
+    a = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert [(x["step"], x["loss"]) for x in a if "loss" in x] == [(x["step"], x["loss"]) for x in b if "loss" in x]
+
+
+def test_a_damaged_metrics_line_before_the_last_is_one_line_naming_it(tiny_bert, tmp_path):
+    common = ("data.split=high-0", "train.epochs=1")
+    train(small_config(tiny_bert, tmp_path / "cache", *common, "train.max_steps=3"), tmp_path / "run", quiet=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n")
+    with pytest.raises(FastleadingError, match=f"^{metrics}: line 2 is not a JSON object"):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "run", resume=True, quiet=True)
