@@ -20,19 +20,21 @@ from fastleading.io import atomic_torch_save
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+BEST_PENDING = "best.pending.pt"  # a new best's weights until a checkpoint records them (trainer/state.py)
 
 
 def save(path: str | Path, state: dict) -> Path:
     return atomic_torch_save(state, path)
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
-    """The dict saved at ``path``, its tensors on ``map_location`` (default: the CPU)."""
+def load(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """The dict saved at ``path``, its tensors on ``map_location`` (default: the CPU); with
+    ``mmap`` the tensors stay in the file's pages until read (cheap for reading a small field)."""
     path = Path(path)
     if not path.is_file():
         raise FastleadingError(f"{path}: no checkpoint here (expected a file written by `fastleading train`)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FastleadingError(f"{path}: refused: holds objects other than tensors and plain containers, which "

@@ -160,3 +160,99 @@ def test_a_damaged_metrics_line_before_the_last_is_one_line_naming_it(tiny_bert,
     metrics.write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n")
     with pytest.raises(FastleadingError, match=f"^{metrics}: line 2 is not a JSON object"):
         train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "run", resume=True, quiet=True)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL inside the process: nothing of the run's own code handles it."""
+
+
+def every_epoch_a_new_best(monkeypatch):
+    """Each evaluation's selection metric is its epoch: every epoch writes a new best."""
+    from fastleading.trainer import loop
+
+    real = loop.evaluate
+
+    def evaluate(tr):
+        acc, iters = real(tr)
+        return {**acc, "valid": float(tr.progress.epoch)}, iters
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+
+
+def best_epoch_on_disk(run):
+    return checkpoint.load(run / checkpoint.BEST)["epoch"]
+
+
+def test_a_kill_at_the_epoch_end_never_leaves_best_pt_ahead_of_the_checkpoint(tiny_bert, tmp_path, monkeypatch):
+    """best.pt was written before the checkpoint that records its epoch: killed in between, the
+    folder held epoch 2's best.pt beside a checkpoint whose best was epoch 1 (and epoch 1's weights
+    were gone)."""
+    every_epoch_a_new_best(monkeypatch)
+    common = ("data.split=high-0", "train.epochs=3", "model.head_dropout=0")
+    straight = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    real_save = checkpoint.save
+    armed = {"on": True}
+
+    def save(path, state):
+        if armed["on"] and path.name == checkpoint.CHECKPOINT and state["progress"]["epoch"] == 2:
+            raise Killed
+        return real_save(path, state)
+    monkeypatch.setattr(checkpoint, "save", save)
+    run = tmp_path / "b"
+    with pytest.raises(Killed):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), run, quiet=True)
+    recorded = checkpoint.load(run / checkpoint.CHECKPOINT)["progress"]["best_epoch"]
+    assert recorded == 1 and best_epoch_on_disk(run) == 1
+    armed["on"] = False
+    resumed = train(small_config(tiny_bert, tmp_path / "cache", *common), run, resume=True, quiet=True)
+    assert resumed["best_epoch"] == straight["best_epoch"] == best_epoch_on_disk(run) == 3
+    assert not (run / checkpoint.BEST_PENDING).exists()
+    a, b = (checkpoint.load(d / checkpoint.BEST)["model"] for d in (tmp_path / "a", run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_kill_after_the_checkpoint_leaves_the_pending_best_that_resume_puts_in_place(tiny_bert, tmp_path,
+                                                                                       monkeypatch):
+    every_epoch_a_new_best(monkeypatch)
+    common = ("data.split=high-0", "train.epochs=2", "model.head_dropout=0")
+    run = tmp_path / "run"
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(checkpoint.BEST_PENDING) and (run / checkpoint.BEST).exists():
+            raise Killed  # epoch 2's checkpoint is written, its best not yet in place
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), run, quiet=True)
+    state = checkpoint.load(run / checkpoint.CHECKPOINT)
+    assert state["progress"]["best_epoch"] == 2 and best_epoch_on_disk(run) == 1
+    monkeypatch.setattr(os, "replace", real_replace)
+    summary = train(small_config(tiny_bert, tmp_path / "cache", *common), run, resume=True, quiet=True)
+    assert summary["best_epoch"] == 2 == best_epoch_on_disk(run) and not (run / checkpoint.BEST_PENDING).exists()
+    best = checkpoint.load(run / checkpoint.BEST)["model"]
+    assert all(torch.equal(best[k], v) for k, v in state["model"].items() if k in best)  # epoch 2's weights
+
+
+def test_checkpoint_minutes_checkpoints_on_the_wall_clock(tiny_bert, tmp_path, monkeypatch):
+    """The clock is injected: every step takes one minute of it. high-0 on 240 nodes at batch 16
+    is 9 steps an epoch; with train.checkpoint_minutes=4 the clock checkpoints at steps 4 and 8
+    (logging points), then the epoch end at 9; without it only the epoch end."""
+    from fastleading.trainer import loop
+
+    now = {"s": 0.0}
+    real_step = loop.STEPS["leading"]
+
+    def one_minute_step(*args):
+        now["s"] += 60.0
+        return real_step(*args)
+    monkeypatch.setitem(loop.STEPS, "leading", one_minute_step)
+    monkeypatch.setattr(loop, "clock", lambda: now["s"])
+    saved = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda run, *a: saved.append(run.step) or real_save(run, *a))
+    for minutes, expected in ((4, [4, 8, 9]), (0, [9])):
+        saved.clear()
+        cfg = small_config(tiny_bert, tmp_path / "cache", "data.split=high-0", "train.epochs=1",
+                           f"train.checkpoint_minutes={minutes}")
+        train(cfg, tmp_path / f"run{minutes}", quiet=True)
+        assert saved == expected, (minutes, saved)

@@ -48,8 +48,12 @@ from fastleading.trainer.evaluate import GRAPH_METHODS, accuracies, full_graph_l
 from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
 from fastleading.trainer.model import build_model
 from fastleading.trainer.optim import build_optimization
-from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint
+from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint, settle_best
 from fastleading.trainer.steps import STEPS, Run
+
+
+# the wall clock of train.checkpoint_minutes (a module attribute: tests advance their own)
+clock = time.monotonic
 
 
 @dataclass
@@ -171,7 +175,7 @@ def evaluate(tr: Trainer) -> tuple[dict[str, float], int]:
 def checkpoint_clock_due(last_save: float, minutes: float) -> bool:
     """Whether ``minutes`` of wall time have passed since ``last_save`` (rank 0's clock decides for
     every rank: a collective, so call it at the logging points only)."""
-    due = bool(minutes) and time.monotonic() - last_save >= 60.0 * minutes
+    due = bool(minutes) and clock() - last_save >= 60.0 * minutes
     if is_distributed():
         flag = torch.tensor([float(due)])
         torch.distributed.broadcast(flag, 0)
@@ -209,12 +213,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     profiler = StepProfiler(out_dir, t.profile and is_main())
     bar = tqdm(total=total_steps, initial=run.step, disable=tr.quiet, desc=f"{t.method}", unit="step")
     last_eval = progress.history[-1]["valid"] if progress.history else float("nan")
-    saved_at, saved_time = resumed_from, time.monotonic()
+    saved_at, saved_time = resumed_from, clock()
 
     def checkpoint_now() -> None:
         nonlocal saved_at, saved_time
         save_checkpoint(run, progress, tr.refresh_order, out_dir)
-        saved_at, saved_time = run.step, time.monotonic()
+        saved_at, saved_time = run.step, clock()
 
     def out_of_steps() -> bool:
         return bool(t.max_steps) and run.step >= t.max_steps
@@ -284,6 +288,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     profiler.close()
     log.close()
     best = progress.best_evaluation()
+    settle_best(out_dir, progress.best_epoch)  # a best no checkpoint followed: the summary records it
     n_epochs = run.step / per_epoch
     summary = {
         "method": t.method, "dataset": cfg.data.dataset, "model": cfg.model.name,

@@ -7,10 +7,19 @@ own RNG states and encode counters. ``best.pt`` holds the best-valid model weigh
 Files hold tensors and plain containers only (see :mod:`fastleading.checkpoint`), and are
 read on the CPU: RNG states must be CPU byte tensors, and large tables are copied into the
 run's (device) tensors in place.
+
+``best.pt`` is never ahead of the checkpoint, so that a run killed at any point leaves a folder
+whose files agree: a new best is written as ``best.pending.pt`` (:func:`save_best`), and only
+after the next checkpoint (which records it as the best) has been written is it renamed to
+``best.pt`` and the folder fsynced (:func:`settle_best`). A kill before that checkpoint leaves
+``best.pt`` and the checkpoint at the previous best (resume drops the pending file and replays
+the epoch); a kill between the checkpoint and the rename leaves the pending file that the
+checkpoint names, which resume renames into place.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +30,7 @@ import torch
 from fastleading import checkpoint, zero
 from fastleading.distributed import barrier, get_rank, get_world_size, is_distributed, is_main
 from fastleading.errors import FastleadingError
+from fastleading.io import fsync_dir
 from fastleading.selection import improves
 from fastleading.trainer.batches import RefreshOrder
 from fastleading.trainer.steps import Run
@@ -133,8 +143,9 @@ def _load_train_state(run: Run, progress: Progress, refresh_order: RefreshOrder 
 
 
 def save_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | None, out_dir: Path) -> None:
-    """Write the resumable state. Collective: every rank calls it. Without DeepSpeed rank 0
-    writes ``checkpoint.pt`` with every rank's own state (RNG, counters) in ``ranks``."""
+    """Write the resumable state, then put a pending best in place (:func:`settle_best`).
+    Collective: every rank calls it. Without DeepSpeed rank 0 writes ``checkpoint.pt`` with
+    every rank's own state (RNG, counters) in ``ranks``."""
     ranks = [None] * get_world_size()
     if is_distributed():
         torch.distributed.all_gather_object(ranks, _rank_state(run))
@@ -144,11 +155,13 @@ def save_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
     if engine is not None:
         zero.save_engine_checkpoint(engine, out_dir / DEEPSPEED_DIR, run.step,
                                     _train_state(run, progress, refresh_order), ranks[get_rank()])
+        settle_best(out_dir, progress.best_epoch)
         return
     if is_main():
         state = {"model": run.model.state_dict(), "optim": run.optim.state_dict(),
                  **_train_state(run, progress, refresh_order), "ranks": ranks}
         checkpoint.save(out_dir / checkpoint.CHECKPOINT, state)
+        settle_best(out_dir, progress.best_epoch)
     barrier()
 
 
@@ -175,13 +188,30 @@ def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
     _load_train_state(run, progress, refresh_order, state)
     if own is not None:
         _load_rank_state(run, own)
+    settle_best(out_dir, progress.best_epoch)
     return True
 
 
 def save_best(run: Run, epoch: int, out_dir: Path) -> None:
-    """``best.pt``: the NodeClassifier's weights (encoder and head; no histories). Under ZeRO-3
-    gathered from the partitions, which is collective: every rank calls it."""
+    """The new best's ``best.pt`` content, written as ``best.pending.pt`` (the next checkpoint
+    puts it in place): the NodeClassifier's weights (encoder and head; no histories). Under
+    ZeRO-3 gathered from the partitions, which is collective: every rank calls it."""
     engine = run.optim.engine
     state = run.model.state_dict() if engine is None else zero.full_state_dict(engine)
     if is_main():
-        checkpoint.save(out_dir / checkpoint.BEST, {"model": state, "epoch": epoch})
+        checkpoint.save(out_dir / checkpoint.BEST_PENDING, {"model": state, "epoch": epoch})
+
+
+def settle_best(out_dir: Path, best_epoch: int) -> None:
+    """Rank 0: rename ``best.pending.pt`` to ``best.pt`` (and fsync the folder) when it holds the
+    recorded best epoch ``best_epoch``, delete it otherwise (a best that no checkpoint recorded:
+    the run replays its epoch). Call it only once the record (a checkpoint, or the summary at the
+    end of a run) says ``best_epoch``."""
+    pending = out_dir / checkpoint.BEST_PENDING
+    if not is_main() or not pending.is_file():
+        return
+    if checkpoint.load(pending, mmap=True).get("epoch") == best_epoch:
+        os.replace(pending, out_dir / checkpoint.BEST)
+    else:
+        pending.unlink()
+    fsync_dir(out_dir)
