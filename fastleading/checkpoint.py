@@ -11,6 +11,7 @@ on ``--resume``, ``export`` or ``downstream``. Anything else is refused with one
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -36,9 +37,11 @@ def load(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        what = f"it names {found.group(1)}" if found else first
         raise FastleadingError(f"{path}: refused: holds objects other than tensors and plain containers, which "
-                               f"could run code when loaded ({first})") from None
+                               f"could run code when loaded ({what})") from None
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise FastleadingError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})") from None
