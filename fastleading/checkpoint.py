@@ -43,5 +43,5 @@ def load(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
         raise FastleadingError(f"{path}: refused: holds objects other than tensors and plain containers, which "
                                f"could run code when loaded ({what})") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         raise FastleadingError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})") from None

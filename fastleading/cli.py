@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from fastleading.config import Config, apply_overrides, from_dict, load_config
+from fastleading.config import Config, apply_overrides, load_config
 from fastleading.errors import FastleadingError
 
 # short flag -> config key
@@ -75,7 +75,7 @@ def cmd_train(args) -> int:
         cfg_path = run_dir / "config.json"
         if not cfg_path.is_file():
             raise FastleadingError(f"{cfg_path}: cannot resume (expected the config.json of a run folder)")
-        cfg = from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+        cfg = load_config(cfg_path)
         out = run_dir
     else:
         cfg = _config(args)

@@ -252,10 +252,21 @@ def from_dict(d: dict, base: Config | None = None, source: str = "config") -> Co
             raise FastleadingError(f"{source}: unknown section '{section}' (expected data, model or train)")
         if not isinstance(values, dict):
             raise FastleadingError(f"{source}: section '{section}' must be a mapping of keys to values")
-        for key, value in values.items():
-            _set(getattr(cfg, section), section, key, value)
-    validate(cfg)
+        try:
+            for key, value in values.items():
+                _set(getattr(cfg, section), section, key, value)
+        except FastleadingError as e:
+            raise _in_file(e, source) from None
+    try:
+        validate(cfg)
+    except FastleadingError as e:
+        raise _in_file(e, source) from None
     return cfg
+
+
+def _in_file(error: FastleadingError, source: str) -> FastleadingError:
+    """``error`` naming the file it comes from (``source``; left as it is for ``"config"``)."""
+    return error if source == "config" else FastleadingError(f"{source}: {error}")
 
 
 def load_config(path: str | Path) -> Config:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fastleading import checkpoint, ops
-from fastleading.config import Config, from_dict
+from fastleading.config import Config, load_config
 from fastleading.errors import FastleadingError
 from fastleading.gnn import GNN
 from fastleading.io import atomic_write, atomic_write_text
@@ -164,7 +164,7 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FastleadingError(f"{cfg_path}: not a run folder (expected config.json written by `fastleading train`)")
-    cfg = from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+    cfg = load_config(cfg_path)
     if cfg.train.method in FIXED_FEATURE_METHODS:
         return cfg, *pretrained_or_shallow(cfg, quiet)
     graph, tokens = prepare(cfg)

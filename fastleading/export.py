@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from fastleading import checkpoint
-from fastleading.config import Config, from_dict
+from fastleading.config import Config, load_config
 from fastleading.errors import FastleadingError
 
 INFO_FILE = "fastleading.json"
@@ -60,7 +60,7 @@ def load_run_config(run_dir: Path) -> Config:
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FastleadingError(f"{cfg_path}: not a run folder (expected config.json written by `fastleading train`)")
-    return from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+    return load_config(cfg_path)
 
 
 def load_trained_encoder(run_dir: Path, cfg: Config):

@@ -256,3 +256,25 @@ def test_checkpoint_minutes_checkpoints_on_the_wall_clock(tiny_bert, tmp_path, m
                            f"train.checkpoint_minutes={minutes}")
         train(cfg, tmp_path / f"run{minutes}", quiet=True)
         assert saved == expected, (minutes, saved)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_its_metrics_over(tiny_bert, tmp_path, monkeypatch):
+    """Resumed without a checkpoint the run starts over, and appended its metrics to the killed
+    run's lines: steps 1 and 2 twice."""
+    from fastleading.trainer import loop
+
+    common = ("data.split=high-0", "train.epochs=1", "train.checkpoint_every=5")
+    train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    real_step = loop.STEPS["leading"]
+
+    def step(run, *args):
+        if run.step == 2:
+            raise Killed
+        return real_step(run, *args)
+    monkeypatch.setitem(loop.STEPS, "leading", step)
+    with pytest.raises(Killed):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", quiet=True)
+    assert not (tmp_path / "b" / checkpoint.CHECKPOINT).exists() and (tmp_path / "b" / "metrics.jsonl").read_text()
+    monkeypatch.setitem(loop.STEPS, "leading", real_step)
+    train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", resume=True, quiet=True)
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()

@@ -20,7 +20,8 @@ class MetricsLog:
     on other ranks nothing is opened and ``write`` does nothing).
 
     Resuming from the checkpoint of step ``resume_step`` keeps the lines up to that step (the
-    later ones are written again). A torn last line (the run was killed, or the disk filled,
+    later ones are written again); without one (``None``: a fresh run, or a resumed run killed
+    before its first checkpoint, which starts over) the file starts empty. A torn last line (the run was killed, or the disk filled,
     while writing it) is dropped with one line on stderr; an unreadable line before the last is
     an error naming it. Each line is written unbuffered: a write that fails (disk full) leaves
     no buffered rest behind and stops with one line naming the file."""
@@ -35,7 +36,7 @@ class MetricsLog:
             keep = [json.dumps(r) + "\n" for r in records if r.get("step", 0) <= resume_step]
             atomic_write_text(path, "".join(keep))
         try:
-            self._f = open(path, "ab", buffering=0)
+            self._f = open(path, "ab" if resume_step is not None else "wb", buffering=0)
         except OSError as e:
             raise write_error(path, e, "cannot open") from None
 

@@ -165,29 +165,77 @@ def save_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
     barrier()
 
 
+def check_fits(expected, saved, path: Path, where: str = "") -> None:
+    """That ``saved`` (a loaded checkpoint, or part of one) has every key of ``expected`` (this
+    run's own state of the same kind) and tensors of the same shapes: a checkpoint of another
+    dataset, model or version is refused with one line naming the first difference, before any
+    of it is restored."""
+    if isinstance(expected, dict):
+        if not isinstance(saved, dict):
+            raise FastleadingError(f"{path}: does not fit this run: '{where}' is a {type(saved).__name__}, expected "
+                                   "a mapping (not a checkpoint written by `fastleading train`?)")
+        for key, value in expected.items():
+            name = f"{where}.{key}" if where else str(key)
+            if key not in saved:
+                raise FastleadingError(f"{path}: does not fit this run: no '{name}' (not a checkpoint written by "
+                                       "this version of `fastleading train`?)")
+            check_fits(value, saved[key], path, name)
+    elif isinstance(expected, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.shape != expected.shape:
+            got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+            raise FastleadingError(f"{path}: does not fit this run: '{where}' is {got}, this run's is "
+                                   f"{tuple(expected.shape)} (a checkpoint of another dataset or model?)")
+
+
+def _restore(path: Path, restore) -> None:
+    """Run ``restore()``; an error of a checkpoint that passed :func:`check_fits` yet does not load
+    (an optimizer of another shape, ...) becomes one line naming ``path``."""
+    try:
+        restore()
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise FastleadingError(f"{path}: cannot resume from it ({type(e).__name__}: {first})") from None
+
+
 def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | None, out_dir: Path) -> bool:
-    """Restore the newest checkpoint of ``out_dir`` on every rank; False when there is none."""
+    """Restore the newest checkpoint of ``out_dir`` on every rank; False when there is none. One
+    that does not fit the run is refused with one line before any of the run's state is restored
+    (under DeepSpeed, after the engine has loaded its own part)."""
     engine = run.optim.engine
+    expected = _train_state(run, progress, refresh_order)
+    del expected["progress"], expected["phases"], expected["phase_counts"]  # free-form, checked on use
     if engine is not None:
         folder = out_dir / DEEPSPEED_DIR
         if not zero.has_engine_checkpoint(folder):
             return False
+        path = folder
         state, own = zero.load_engine_checkpoint(engine, folder)
+        check_fits(expected, state, path)
     else:
         path = out_dir / checkpoint.CHECKPOINT
         if not path.exists():
             return False
         state = checkpoint.load(path)  # on the CPU: RNG states stay byte tensors there
+        check_fits({"model": run.model.state_dict(), "optim": {}, "ranks": [], **expected}, state, path)
         ranks = state["ranks"]
+        if not isinstance(ranks, list):
+            raise FastleadingError(f"{path}: does not fit this run: 'ranks' is a {type(ranks).__name__}, expected a list")
         if len(ranks) != get_world_size():
             raise FastleadingError(f"{path}: written by {len(ranks)} rank(s) but this run has "
                                    f"WORLD_SIZE={get_world_size()}; resume with as many ranks")
-        run.model.load_state_dict(state["model"])
-        run.optim.load_state_dict(state["optim"])
         own = ranks[get_rank()]
-    _load_train_state(run, progress, refresh_order, state)
     if own is not None:
-        _load_rank_state(run, own)
+        check_fits(_rank_state(run), own, path, f"ranks[{get_rank()}]")
+
+    def restore() -> None:
+        if engine is None:
+            run.model.load_state_dict(state["model"])
+            run.optim.load_state_dict(state["optim"])
+        _load_train_state(run, progress, refresh_order, state)
+        if own is not None:
+            _load_rank_state(run, own)
+
+    _restore(path, restore)
     settle_best(out_dir, progress.best_epoch)
     return True
 
