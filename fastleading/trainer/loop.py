@@ -206,7 +206,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         if run.bank is not None and t.fill_bank:
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
-    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from)
+    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from, len(progress.history))
     step_fn = tr.task.step if tr.task is not None else STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
@@ -242,8 +242,6 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             if boundary or run.optim.engine is not None:
                 with run.phases("optimizer"):
                     grad_norm = run.optim.step()
-            if boundary and t.checkpoint_every and run.step % t.checkpoint_every == 0:
-                checkpoint_now()
             profiler.step()
             if run.step % t.log_every == 0 or run.step == 1:  # a logging point: read the device here
                 # the global batch's mean loss: every rank's loss is weighted by its share
@@ -256,6 +254,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
                 run.optim.check_bad_steps(run.step, t.max_bad_steps)
                 if boundary and saved_at != run.step and checkpoint_clock_due(saved_time, t.checkpoint_minutes):
                     checkpoint_now()
+            # after the step's metrics line: a kill between them must not lose a line the checkpoint skips
+            if boundary and t.checkpoint_every and run.step % t.checkpoint_every == 0 and saved_at != run.step:
+                checkpoint_now()
             bar.update(1)
         if progress.batch_in_epoch < per_epoch:  # max_steps stopped it inside the epoch
             break

@@ -19,21 +19,26 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step and per evaluation (rank 0 only:
     on other ranks nothing is opened and ``write`` does nothing).
 
-    Resuming from the checkpoint of step ``resume_step`` keeps the lines up to that step (the
-    later ones are written again); without one (``None``: a fresh run, or a resumed run killed
-    before its first checkpoint, which starts over) the file starts empty. A torn last line (the run was killed, or the disk filled,
+    Resuming from the checkpoint of step ``resume_step`` with ``evals`` evaluations in its history
+    keeps the step lines up to that step and the first ``evals`` evaluation lines (the later ones
+    are written again: an evaluation logged after that checkpoint, at its step, is one of them);
+    without one (``None``: a fresh run, or a resumed run killed before its first checkpoint, which
+    starts over) the file starts empty. A torn last line (the run was killed, or the disk filled,
     while writing it) is dropped with one line on stderr; an unreadable line before the last is
     an error naming it. Each line is written unbuffered: a write that fails (disk full) leaves
     no buffered rest behind and stops with one line naming the file."""
 
-    def __init__(self, path: Path, resume_step: int | None):
+    def __init__(self, path: Path, resume_step: int | None, evals: int = 0):
         self.path = path
         self._f = None
         if not is_main():
             return
         if resume_step is not None and path.exists():
-            records = read_records(path)
-            keep = [json.dumps(r) + "\n" for r in records if r.get("step", 0) <= resume_step]
+            keep, seen = [], 0
+            for record in read_records(path):
+                seen += "eval" in record
+                if ("eval" in record and seen <= evals) or ("eval" not in record and record.get("step", 0) <= resume_step):
+                    keep.append(json.dumps(record) + "\n")
             atomic_write_text(path, "".join(keep))
         try:
             self._f = open(path, "ab" if resume_step is not None else "wb", buffering=0)
