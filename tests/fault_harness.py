@@ -333,7 +333,7 @@ class Harness:
 
         t = self.tally
         t.disk_faults_injected += 1
-        run = self.root / f"disk-{file}-{nth}"
+        run = self.root / f"disk-{file}-{nth}-{t.disk_faults_injected}"
         what = f"full disk at {file} #{nth}"
 
         def check(proc: subprocess.CompletedProcess) -> None:
