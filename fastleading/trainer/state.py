@@ -172,8 +172,9 @@ def check_fits(expected, saved, path: Path, where: str = "") -> None:
     of it is restored."""
     if isinstance(expected, dict):
         if not isinstance(saved, dict):
-            raise FastleadingError(f"{path}: does not fit this run: '{where}' is a {type(saved).__name__}, expected "
-                                   "a mapping (not a checkpoint written by `fastleading train`?)")
+            raise FastleadingError(f"{path}: does not fit this run: {repr(where) if where else 'it'} is a "
+                                   f"{type(saved).__name__}, expected a mapping (not a checkpoint written by "
+                                   "`fastleading train`?)")
         for key, value in expected.items():
             name = f"{where}.{key}" if where else str(key)
             if key not in saved:
