@@ -11,6 +11,7 @@ on ``--resume``, ``export`` or ``downstream``. Anything else is refused with one
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -20,23 +21,27 @@ from fastleading.io import atomic_torch_save
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+BEST_PENDING = "best.pending.pt"  # a new best's weights until a checkpoint records them (trainer/state.py)
 
 
 def save(path: str | Path, state: dict) -> Path:
     return atomic_torch_save(state, path)
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
-    """The dict saved at ``path``, its tensors on ``map_location`` (default: the CPU)."""
+def load(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """The dict saved at ``path``, its tensors on ``map_location`` (default: the CPU); with
+    ``mmap`` the tensors stay in the file's pages until read (cheap for reading a small field)."""
     path = Path(path)
     if not path.is_file():
         raise FastleadingError(f"{path}: no checkpoint here (expected a file written by `fastleading train`)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        what = f"it names {found.group(1)}" if found else first
         raise FastleadingError(f"{path}: refused: holds objects other than tensors and plain containers, which "
-                               f"could run code when loaded ({first})") from None
+                               f"could run code when loaded ({what})") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         raise FastleadingError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})") from None

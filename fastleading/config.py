@@ -176,6 +176,8 @@ class TrainConfig:
     keep: str = _f("all", "What stays in the run folder when the run finishes: all (checkpoint.pt too: the run can be "
                    "resumed and extended) or best (best.pt, metrics and summary; checkpoint.pt, about 3x best.pt "
                    "with its optimizer state, is removed).", ("all", "best"))
+    max_bad_evals: int = _f(2, "Stop after this many consecutive evaluations with non-finite logits or link "
+                            "scores (such an evaluation is never selected as best); 0 = never stop.")
 
 
 @dataclass
@@ -187,10 +189,9 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        from fastleading.io import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+    def to_json(self) -> str:
+        """The config as the text of a run folder's ``config.json`` (read back by :func:`load_config`)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -272,10 +273,21 @@ def from_dict(d: dict, base: Config | None = None, source: str = "config") -> Co
             raise FastleadingError(f"{source}: unknown section '{section}' (expected data, model or train)")
         if not isinstance(values, dict):
             raise FastleadingError(f"{source}: section '{section}' must be a mapping of keys to values")
-        for key, value in values.items():
-            _set(getattr(cfg, section), section, key, value)
-    validate(cfg)
+        try:
+            for key, value in values.items():
+                _set(getattr(cfg, section), section, key, value)
+        except FastleadingError as e:
+            raise _in_file(e, source) from None
+    try:
+        validate(cfg)
+    except FastleadingError as e:
+        raise _in_file(e, source) from None
     return cfg
+
+
+def _in_file(error: FastleadingError, source: str) -> FastleadingError:
+    """``error`` naming the file it comes from (``source``; left as it is for ``"config"``)."""
+    return error if source == "config" else FastleadingError(f"{source}: {error}")
 
 
 def load_config(path: str | Path) -> Config:
@@ -353,16 +365,15 @@ def validate(cfg: Config) -> None:
                                f"{t.checkpoint_every} / {t.checkpoint_minutes}")
     if not 0.0 < m.eval_tol < 1.0:
         raise FastleadingError(f"config key 'model.eval_tol': expected 0 < eval_tol < 1, got {m.eval_tol}")
-    if t.max_bad_steps < 0:
-        raise FastleadingError(f"config key 'train.max_bad_steps': expected >= 0, got {t.max_bad_steps}")
+    for name, v in (("train.max_bad_steps", t.max_bad_steps), ("train.max_bad_evals", t.max_bad_evals)):
+        if v < 0:
+            raise FastleadingError(f"config key '{name}': expected >= 0, got {v}")
     if t.refresh_batch_size < 0:
         raise FastleadingError(f"config key 'train.refresh_batch_size': expected >= 0, got {t.refresh_batch_size}")
     if not t.link_hits or any(k < 1 for k in t.link_hits):
         raise FastleadingError(f"config key 'train.link_hits': expected a non-empty list of positive integers, "
                                f"got {t.link_hits}")
     if d.link_split and d.link_split != "official":
-        from fastleading.data.link_split import parse_ratios
-
         parse_ratios(d.link_split)
     if t.encode_token_budget < 0:
         raise FastleadingError(f"config key 'train.encode_token_budget': expected >= 0, got {t.encode_token_budget}")
@@ -370,6 +381,20 @@ def validate(cfg: Config) -> None:
         # the link step drops its batch's edges from the symmetric sampled CSR, not from the draws
         raise FastleadingError("config key 'model.subgraph_norm': 'weighted' is not supported with train.task=link "
                                "(use full-graph)")
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``data.link_split`` percentages: ``"10/30/60"`` -> ``(0.1, 0.3, 0.6)``; the three must sum
+    to 100 and the training share must be positive."""
+    parts = text.split("/")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 100.0) > 1e-6 or values[0] <= 0:
+        raise FastleadingError(f"config key 'data.link_split': expected train/valid/test percentages summing to "
+                               f"100 such as 85/5/10 or 10/30/60, or 'official', got {text!r}")
+    return values[0] / 100.0, values[1] / 100.0, values[2] / 100.0
 
 
 def field_help(cls) -> dict[str, str]:

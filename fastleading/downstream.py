@@ -22,6 +22,7 @@ from fastleading.errors import FastleadingError
 from fastleading.gnn import GNN
 from fastleading.io import atomic_write, atomic_write_text
 from fastleading.profiling import peak_memory_bytes
+from fastleading.selection import improves, predict_classes
 
 
 def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed: int = 0,
@@ -71,12 +72,16 @@ def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed
             total += loss.detach() * len(batch)
         model.eval()
         with torch.no_grad():
-            pred = torch.cat([model(inputs, batch).argmax(-1) for batch in batches(evaluated, eval_size)])
+            pred = torch.cat([predict_classes(model(inputs, batch)) for batch in batches(evaluated, eval_size)])
         correct = (pred == labels[evaluated]).float()
         acc = {name: float(part.mean())
                for name, part in zip(("train", "valid", "test"), correct.split([len(train), len(valid), len(test)]))}
-        if acc["valid"] > best["valid"]:
+        acc["nonfinite"] = int((pred < 0).sum())
+        if improves(acc, best["valid"], "epoch" in best):
             best = {**acc, "epoch": epoch, "loss": float(total) / len(train)}
+    if "epoch" not in best:
+        raise FastleadingError(f"{kind} on fixed features: no epoch's evaluation had finite logits "
+                               "for every node (the model diverged): lower the learning rate")
     return {"gnn": kind, **best}
 
 
@@ -92,7 +97,7 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
 
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(out_dir / "config.json")
+    atomic_write_text(out_dir / "config.json", cfg.to_json())
     device = resolve_device(cfg.train.device)
     if cfg.train.method == "shallow":
         graph = load_dataset(cfg.data)
@@ -124,7 +129,7 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
 def link_gnn(cfg: Config, graph, features: torch.Tensor, kind: str, num_iters: int) -> tuple[dict, dict]:
     """Link prediction with GNN ``kind`` on fixed ``features`` (:mod:`fastleading.downstream_link`):
     (its result, the link entries of a summary)."""
-    from fastleading.data.link_split import link_view
+    from fastleading.data import link_view
     from fastleading.downstream_link import train_link_gnn_cfg
     from fastleading.linkmetrics import summary_fields
 

@@ -4,8 +4,8 @@ baselines and downstream link prediction on exported embeddings (``fastleading d
 
 The encoder is a :class:`fastleading.gnn.GNN` whose output is a ``model.link_dim``-wide node
 representation, the decoder the one LEADING trains (:class:`fastleading.linkdecoder.LinkDecoder`).
-Message passing uses the training graph (no validation / test edge: :func:`fastleading.data.
-link_split.link_view`); as in OGB's ogbl-citation2 full-batch examples each step is a
+Message passing uses the training graph (no validation / test edge:
+:func:`fastleading.data.link_view`); as in OGB's ogbl-citation2 full-batch examples each step is a
 full-graph forward and a batch of ``model.gnn_batch_size`` training edges with
 ``train.link_negatives`` random negatives each; the epoch with the best validation metric
 (``train.link_select``) is kept and its validation / test AUC, MRR and Hits@K reported.
@@ -22,6 +22,7 @@ from fastleading.data.link_split import LinkSplit, sample_negatives
 from fastleading.errors import FastleadingError
 from fastleading.gnn import GNN
 from fastleading.linkdecoder import LinkDecoder, split_metrics
+from fastleading.selection import improves
 
 
 def train_link_gnn(graph, features: torch.Tensor, split: LinkSplit, kind: str, epochs: int, seed: int = 0,
@@ -66,8 +67,11 @@ def train_link_gnn(graph, features: torch.Tensor, split: LinkSplit, kind: str, e
         model.eval()
         with torch.no_grad():
             metrics = split_metrics(dec, model(inputs), split, hits, select)
-        if metrics["valid"] > best["valid"]:
+        if improves(metrics, best["valid"], "epoch" in best):
             best = {**metrics, "epoch": epoch, "loss": total / train.shape[1]}
+    if "epoch" not in best:
+        raise FastleadingError(f"link prediction with {kind}: no epoch's evaluation had finite scores "
+                               "for every pair (the model diverged): lower the learning rate")
     return {"gnn": kind, **best}
 
 

@@ -68,12 +68,16 @@ def score_pairs(decoder: LinkDecoder, z: torch.Tensor, src: torch.Tensor, dst: t
 def split_metrics(decoder: LinkDecoder, z: torch.Tensor, split, hits: Sequence[int], select: str) -> dict[str, float]:
     """``valid_*`` / ``test_*`` AUC, MRR and Hits@K of node representations ``z [N, D]`` on the
     validation / test edges of ``split`` (a :class:`fastleading.data.link_split.LinkSplit`),
-    each edge against its fixed negatives; ``valid`` / ``test``: the ``select`` metric."""
-    out = {}
+    each edge against its fixed negatives; ``valid`` / ``test``: the ``select`` metric;
+    ``nonfinite``: how many of the scores were not finite (they rank worst; such an evaluation is
+    never the best, :mod:`fastleading.selection`)."""
+    out, nonfinite = {}, 0
     for name, pos, neg in (("valid", split.valid, split.valid_neg), ("test", split.test, split.test_neg)):
         p = score_pairs(decoder, z, pos[0], pos[1])
         n = score_pairs(decoder, z, pos[0], neg)
+        nonfinite += int((~torch.isfinite(p)).sum()) + int((~torch.isfinite(n)).sum())
         for key, value in link_metrics(p, n, hits).items():
             out[f"{name}_{key}"] = value
     out["valid"], out["test"] = out[f"valid_{select}"], out[f"test_{select}"]
+    out["nonfinite"] = nonfinite
     return out

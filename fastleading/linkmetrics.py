@@ -9,6 +9,11 @@ Every positive pair ``(s, t)`` is scored against its own fixed set of ``K`` nega
 * ``auc``: the probability that a positive scores above a negative, pooled over every positive
   and every negative pair (ties count half), computed from the ranks of the pooled scores in
   ``O((P + P K) log)``.
+
+Scores that are not finite (a diverged model's NaN or infinities) rank worst: a non-finite
+positive below every negative, a non-finite negative above every positive (compared as numbers,
+NaN makes every comparison false, which would rank a NaN positive first). All-NaN scores
+therefore give AUC 0, MRR ``1 / (K + 1)`` and Hits@K 0 for K <= the number of negatives.
 """
 
 from __future__ import annotations
@@ -20,11 +25,20 @@ import torch
 from fastleading.errors import FastleadingError
 
 
+def worst_first(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pos`` with every non-finite score replaced by -inf and ``neg`` with every one replaced by
+    +inf (same shapes and dtypes): each then loses every comparison it takes part in."""
+    return (torch.where(torch.isfinite(pos), pos, float("-inf")),
+            torch.where(torch.isfinite(neg), neg, float("inf")))
+
+
 def ogb_ranks(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """float64 ``[P]`` ranks of the positives ``pos [P]`` among their negatives ``neg [P, K]``."""
+    """float64 ``[P]`` ranks of the positives ``pos [P]`` among their negatives ``neg [P, K]``
+    (non-finite scores rank worst)."""
     if neg.dim() != 2 or pos.dim() != 1 or neg.shape[0] != pos.shape[0]:
         raise FastleadingError(f"link metrics: expected pos [P] and neg [P, K], got {tuple(pos.shape)} and "
                                f"{tuple(neg.shape)}")
+    pos, neg = worst_first(pos, neg)
     p = pos[:, None]
     optimistic = (neg > p).sum(1)
     pessimistic = (neg >= p).sum(1)
@@ -33,8 +47,9 @@ def ogb_ranks(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     """ROC AUC of positive scores ``pos`` against negative scores ``neg`` (any shapes; pooled),
-    ties counted half (the Mann-Whitney U statistic over ``|pos| |neg|``)."""
-    pos, neg = pos.reshape(-1).double(), neg.reshape(-1).double()
+    ties counted half (the Mann-Whitney U statistic over ``|pos| |neg|``); non-finite scores
+    rank worst."""
+    pos, neg = worst_first(pos.reshape(-1).double(), neg.reshape(-1).double())
     if pos.numel() == 0 or neg.numel() == 0:
         return float("nan")
     scores = torch.cat([pos, neg])

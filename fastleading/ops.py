@@ -168,15 +168,42 @@ def _check_features(x: torch.Tensor, x_in: torch.Tensor, rowptr: torch.Tensor) -
         raise ValueError(f"x on {x.device}, x_in on {x_in.device}, graph on {rowptr.device}")
 
 
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """``[first, last + 1)`` byte addresses a non-empty tensor ``t`` can touch (strides are >= 0)."""
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def _check_rows_disjoint(t: torch.Tensor, name: str) -> None:
+    """A ``[N, C]`` tensor written row by row (in parallel) must not have rows that share memory:
+    an expanded (stride-0) view, or rows closer than their width."""
+    if t.dim() == 2 and t.shape[0] > 1 and t.shape[1] and t.stride(0) < t.shape[1]:
+        raise ValueError(f"{name} rows overlap (row stride {t.stride(0)} < width {t.shape[1]}, e.g. an expanded "
+                         "view): it must be a tensor whose rows are distinct memory")
+
+
 def _check_out(out: torch.Tensor, like: torch.Tensor, *no_overlap: torch.Tensor) -> None:
     if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
         raise ValueError(f"out must be {like.dtype} {list(like.shape)} on {like.device}, "
                          f"got {out.dtype} {list(out.shape)} on {out.device}")
     if out.numel() and out.stride(-1) != 1:
         raise ValueError("out must have unit stride along its last dim")
-    for t in no_overlap:
-        if out.numel() and t.numel() and out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
-            raise ValueError("out must not share memory with the inputs")
+    _check_rows_disjoint(out, "out")
+    _check_no_overlap(out, *no_overlap)
+
+
+def _check_no_overlap(out: torch.Tensor, *inputs: torch.Tensor) -> None:
+    """``out`` must not share memory with an input: compared by the address ranges they span, so
+    that another storage object over the same memory (a numpy round trip, ``from_blob``) is caught
+    too (conservatively: interleaved views of one buffer count as sharing)."""
+    if not out.numel():
+        return
+    lo, hi = _byte_span(out)
+    for t in inputs:
+        if t.numel() and t.device == out.device:
+            t_lo, t_hi = _byte_span(t)
+            if lo < t_hi and t_lo < hi:
+                raise ValueError("out must not share memory with the inputs")
 
 
 def _check_ids(ids: torch.Tensor, num_rows: int) -> None:
@@ -236,11 +263,16 @@ def huge_page_empty(nbytes: int, dtype: torch.dtype) -> torch.Tensor | None:
     huge pages (``MADV_HUGEPAGE``; the base 2 MiB aligned), or None where the platform has no such
     advice. PyTorch's allocator leaves its memory on 4 KiB pages unless the machine's THP mode is
     ``always``: random row gathers from a matrix of hundreds of MB then miss the TLB on almost
-    every row. The memory is unmapped when the last tensor viewing it is freed."""
+    every row. The memory is unmapped when the last tensor viewing it is freed. None too where
+    the kernel refuses the advice (built without transparent huge pages: ``EINVAL``)."""
     if not hasattr(mmap, "MADV_HUGEPAGE") or nbytes <= 0:
         return None
     region = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.madvise(mmap.MADV_HUGEPAGE)
+    try:
+        region.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # EINVAL: a kernel built without transparent huge pages
+        region.close()
+        return None
     raw = torch.frombuffer(region, dtype=torch.uint8)  # the tensor keeps the mapping alive
     offset = (-raw.data_ptr()) % HUGE_PAGE_BYTES
     return raw[offset:offset + nbytes].view(dtype)
@@ -476,6 +508,8 @@ def bank_gather(bank: torch.Tensor, ids: torch.Tensor, out: torch.Tensor | None 
                          f"{bank.shape[1]} at offset {out_offset}")
     if out.numel() and out.stride(1) != 1:
         raise ValueError("out must have unit stride along its last dim")
+    _check_rows_disjoint(out, "out")
+    _check_no_overlap(out[out_offset:out_offset + m], bank)
     if not _use_triton(bank):
         return bank_gather_reference(bank, ids, out, out_offset)
     from fastleading.kernels.bank import gather_rows
@@ -506,6 +540,7 @@ def bank_scatter(bank: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, stam
                          f"got {stamps.dtype} {list(stamps.shape)} on {stamps.device}")
     if bank.numel() and bank.stride(1) != 1:
         raise ValueError("bank must have unit stride along its last dim")
+    _check_rows_disjoint(bank, "bank")
     if not _use_triton(bank):
         bank_scatter_reference(bank, ids, rows, stamps, step)
         return

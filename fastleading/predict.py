@@ -212,7 +212,7 @@ class TrainedRun:
         self.graph, self.tokens = prepare(cfg)
         self.propagation_graph = self.graph
         if cfg.train.task == "link":  # trained and evaluated on the training graph
-            from fastleading.data.link_split import link_view
+            from fastleading.data import link_view
 
             self.propagation_graph, _ = link_view(cfg, self.graph)
         self.device = resolve_device(cfg.train.device)

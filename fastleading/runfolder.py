@@ -31,6 +31,7 @@ from pathlib import Path
 from fastleading.checkpoint import BEST, CHECKPOINT
 from fastleading.config import Config, from_dict
 from fastleading.errors import FastleadingError
+from fastleading.io import atomic_write_text
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint folder (fastleading.trainer.state.DEEPSPEED_DIR)
 # what `train` writes into a run folder (trace.json only with train.profile)
@@ -172,7 +173,7 @@ def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
             console.notice(f"{run_dir}: no checkpoint yet (the run stopped before its first one); starting it over")
     if changes and _is_rank0():
         console.notice(f"{run_dir}: resuming with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes))
-        cfg.save(run_dir / "config.json")
+        atomic_write_text(run_dir / "config.json", cfg.to_json())
         # the summary of the run under its old settings: the resumed run writes its own when it ends
         # (until then the run is unfinished: `fastleading clean` keeps its checkpoint)
         (run_dir / "summary.json").unlink(missing_ok=True)

@@ -33,7 +33,9 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -361,16 +363,44 @@ def has_engine_checkpoint(folder: str | Path) -> bool:
     return (Path(folder) / LATEST).is_file()
 
 
+def deepspeed_safe_globals() -> list:
+    """The only classes DeepSpeed 0.19's checkpoint files hold besides tensors and plain containers
+    (its ZeRO optimizer states; fp16 engines the dynamic scaler): all plain data, rebuilt
+    without running code of the file's choosing."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def verify_engine_files(tag_dir: Path) -> None:
+    """Prove every file DeepSpeed will read from the checkpoint folder ``tag_dir`` safe, before it
+    reads them: DeepSpeed loads them with ``torch.load(weights_only=False)``, which would run any
+    code a shared run folder carried. Each ``*.pt`` file is loaded with ``weights_only=True``
+    (memory-mapped: its tensors are not read) allowing only :func:`deepspeed_safe_globals`; any
+    other object is refused with one line naming the file."""
+    if not tag_dir.is_dir():
+        raise FastleadingError(f"{tag_dir}: the DeepSpeed checkpoint named in '{LATEST}' is missing")
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        for path in sorted(tag_dir.rglob("*.pt")):
+            checkpoint.load(path, mmap=zipfile.is_zipfile(path))
+
+
 def load_engine_checkpoint(engine, folder: str | Path) -> tuple[dict, dict | None]:
     """Load the newest checkpoint of ``folder`` into ``engine`` (module, optimizer partitions,
-    LR schedule); returns ``(client_state, rank_state)`` as given to
-    :func:`save_engine_checkpoint` (``rank_state`` None when that rank saved none).
-    Collective: every rank calls it."""
+    LR schedule), once :func:`verify_engine_files` has proven its files safe; returns
+    ``(client_state, rank_state)`` as given to :func:`save_engine_checkpoint` (``rank_state``
+    None when that rank saved none). Collective: every rank calls it."""
     folder = Path(folder)
     if not has_engine_checkpoint(folder):
         raise FastleadingError(f"{folder}: no DeepSpeed checkpoint here (expected a '{LATEST}' file "
                                "written by `fastleading train --deepspeed`)")
     tag = (folder / LATEST).read_text().strip()
+    if not re.fullmatch(r"step\d+", tag):
+        raise FastleadingError(f"{folder / LATEST}: names {tag[:40]!r}, expected a tag step<N> written by "
+                               "`fastleading train --deepspeed`")
+    verify_engine_files(folder / tag)  # before DeepSpeed reads them (it unpickles with weights_only=False)
     path, client_state = engine.load_checkpoint(str(folder), tag=tag)
     if path is None:
         raise FastleadingError(f"{folder / tag}: cannot load the DeepSpeed checkpoint named in '{LATEST}'")

@@ -2,18 +2,37 @@
 
 import json
 
+import pytest
+
 from fastleading.bench.kernels import main
 
 
-def test_kernel_benchmark_toy_runs_end_to_end(tmp_path):
-    argv = ["--toy", "--graphs", "pubmed", "--widths", "40", "--dtypes", "fp32", "--bank-widths", "40",
+def test_kernel_benchmark_toy_measures_every_requested_row(tmp_path):
+    """The measured rows themselves (the old check found "gather" and "scatter" in the constant
+    bandwidth-model text): one APPNP row for the one graph, width and dtype asked for, equal to
+    the CSR reference, its rates the compulsory bytes over its own times; one gather row equal to
+    index_select and one scatter row."""
+    argv = ["--toy", "--graphs", "arxiv", "--widths", "40", "--dtypes", "fp32", "--bank-widths", "40",
             "--bank-rows", "16", "--skip-pyg", "--out-dir", str(tmp_path)]
     assert main(argv) in (0, None)
     (path,) = list(tmp_path.glob("*.json"))
     result = json.loads(path.read_text())
     assert result["interpreter"] is True
-    text = json.dumps(result)
-    assert "appnp" in text and "gather" in text and "scatter" in text
+    (graph,) = result["graphs"]
+    assert (graph["graph"], graph["num_nodes"]) == ("arxiv-like", 300) and "skipped" not in graph
+    (row,) = result["appnp"]
+    assert (row["graph"], row["width"], row["dtype"]) == ("arxiv-like", 40, "fp32")
+    assert row["max_abs_diff_vs_csr"] <= 1e-5 * max(1.0, row["max_abs_value"]) and row["max_abs_value"] > 0
+    for timing in (row["ours"], row["csr"]):
+        assert timing["ms"] > 0 and timing["GBps"] == pytest.approx(row["compulsory_bytes"] / (timing["ms"] * 1e6))
+    assert row["speedup_vs_csr"] == pytest.approx(row["csr"]["ms"] / row["ours"]["ms"])
+    gather, scatter = result["bank"]
+    assert [(r["op"], r["rows"], r["width"], r["bank_rows"]) for r in (gather, scatter)] == \
+        [("gather", 16, 40, gather["bank_rows"]), ("scatter", 16, 40, gather["bank_rows"])]
+    assert gather["matches_index_select"] is True
+    moved = 2 * 16 * 40 * 2  # bf16 rows read and written
+    assert gather["ours"]["GBps"] == pytest.approx((8 * 16 + moved) / (gather["ours"]["ms"] * 1e6))
+    assert scatter["ours"]["GBps"] == pytest.approx((16 * 16 + moved) / (scatter["ours"]["ms"] * 1e6))
 
 
 def test_cpu_benchmark_toy_runs_end_to_end(tmp_path):

@@ -131,3 +131,170 @@ def test_resume_removes_the_temp_files_of_a_write_that_was_killed(tiny_bert, tmp
     keep.write_text("mine")
     train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "run", resume=True, quiet=True)
     assert not any(path.exists() for path in stale) and keep.exists()
+
+
+def test_resume_drops_a_torn_last_metrics_line_and_says_so(tiny_bert, tmp_path, capsys):
+    """A kill (or a full disk) inside the write of a metrics line left half a JSON object at the
+    end of metrics.jsonl, and --resume stopped with JSONDecodeError."""
+    common = ("data.split=high-0", "train.epochs=1", "train.checkpoint_every=200")
+    straight = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    train(small_config(tiny_bert, tmp_path / "cache", *common, "train.max_steps=7"), tmp_path / "b", quiet=True)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 8, "epoch": 0, "lo')
+    capsys.readouterr()
+    resumed = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", resume=True, quiet=True)
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if str(metrics) in l]
+    assert line.startswith("fastleading: ") and "dropped its torn last line 9" in line
+    assert resumed["history"][-1] == pytest.approx(straight["history"][-1])
+    # the max_steps run's closing evaluation (logged after its last checkpoint) is not kept either
+    assert metrics.read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
+
+
+def test_a_damaged_metrics_line_before_the_last_is_one_line_naming_it(tiny_bert, tmp_path):
+    common = ("data.split=high-0", "train.epochs=1")
+    train(small_config(tiny_bert, tmp_path / "cache", *common, "train.max_steps=3"), tmp_path / "run", quiet=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n")
+    with pytest.raises(FastleadingError, match=f"^{metrics}: line 2 is not a JSON object"):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "run", resume=True, quiet=True)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL inside the process: nothing of the run's own code handles it."""
+
+
+def every_epoch_a_new_best(monkeypatch):
+    """Each evaluation's selection metric is its epoch: every epoch writes a new best."""
+    from fastleading.trainer import loop
+
+    real = loop.evaluate
+
+    def evaluate(tr):
+        acc, iters = real(tr)
+        return {**acc, "valid": float(tr.progress.epoch)}, iters
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+
+
+def best_epoch_on_disk(run):
+    return checkpoint.load(run / checkpoint.BEST)["epoch"]
+
+
+def test_a_kill_at_the_epoch_end_never_leaves_best_pt_ahead_of_the_checkpoint(tiny_bert, tmp_path, monkeypatch):
+    """best.pt was written before the checkpoint that records its epoch: killed in between, the
+    folder held epoch 2's best.pt beside a checkpoint whose best was epoch 1 (and epoch 1's weights
+    were gone)."""
+    every_epoch_a_new_best(monkeypatch)
+    common = ("data.split=high-0", "train.epochs=2", "model.head_dropout=0")
+    straight = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    real_save = checkpoint.save
+    armed = {"on": True}
+
+    def save(path, state):
+        if armed["on"] and path.name == checkpoint.CHECKPOINT and state["progress"]["epoch"] == 2:
+            raise Killed
+        return real_save(path, state)
+    monkeypatch.setattr(checkpoint, "save", save)
+    run = tmp_path / "b"
+    with pytest.raises(Killed):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), run, quiet=True)
+    recorded = checkpoint.load(run / checkpoint.CHECKPOINT)["progress"]["best_epoch"]
+    assert recorded == 1 and best_epoch_on_disk(run) == 1
+    armed["on"] = False
+    resumed = train(small_config(tiny_bert, tmp_path / "cache", *common), run, resume=True, quiet=True)
+    assert resumed["best_epoch"] == straight["best_epoch"] == best_epoch_on_disk(run) == 2
+    assert not (run / checkpoint.BEST_PENDING).exists()
+    a, b = (checkpoint.load(d / checkpoint.BEST)["model"] for d in (tmp_path / "a", run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_kill_after_the_checkpoint_leaves_the_pending_best_that_resume_puts_in_place(tiny_bert, tmp_path,
+                                                                                       monkeypatch):
+    every_epoch_a_new_best(monkeypatch)
+    common = ("data.split=high-0", "train.epochs=2", "model.head_dropout=0")
+    run = tmp_path / "run"
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(checkpoint.BEST_PENDING) and (run / checkpoint.BEST).exists():
+            raise Killed  # epoch 2's checkpoint is written, its best not yet in place
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), run, quiet=True)
+    state = checkpoint.load(run / checkpoint.CHECKPOINT)
+    assert state["progress"]["best_epoch"] == 2 and best_epoch_on_disk(run) == 1
+    monkeypatch.setattr(os, "replace", real_replace)
+    summary = train(small_config(tiny_bert, tmp_path / "cache", *common), run, resume=True, quiet=True)
+    assert summary["best_epoch"] == 2 == best_epoch_on_disk(run) and not (run / checkpoint.BEST_PENDING).exists()
+    best = checkpoint.load(run / checkpoint.BEST)["model"]
+    assert all(torch.equal(best[k], v) for k, v in state["model"].items() if k in best)  # epoch 2's weights
+
+
+def test_checkpoint_minutes_checkpoints_on_the_wall_clock(tiny_bert, tmp_path, monkeypatch):
+    """The clock is injected: every step takes one minute of it. high-0 on 240 nodes at batch 16
+    is 9 steps an epoch; with train.checkpoint_minutes=4 the clock checkpoints at steps 4 and 8
+    (logging points), then the epoch end at 9; without it only the epoch end."""
+    from fastleading.trainer import loop
+
+    now = {"s": 0.0}
+    real_step = loop.STEPS["leading"]
+
+    def one_minute_step(*args):
+        now["s"] += 60.0
+        return real_step(*args)
+    monkeypatch.setitem(loop.STEPS, "leading", one_minute_step)
+    monkeypatch.setattr(loop, "clock", lambda: now["s"])
+    saved = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda run, *a: saved.append(run.step) or real_save(run, *a))
+    for minutes, expected in ((4, [4, 8, 9]), (0, [9])):
+        saved.clear()
+        cfg = small_config(tiny_bert, tmp_path / "cache", "data.split=high-0", "train.epochs=1",
+                           f"train.checkpoint_minutes={minutes}")
+        train(cfg, tmp_path / f"run{minutes}", quiet=True)
+        assert saved == expected, (minutes, saved)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_its_metrics_over(tiny_bert, tmp_path, monkeypatch):
+    """Resumed without a checkpoint the run starts over, and appended its metrics to the killed
+    run's lines: steps 1 and 2 twice."""
+    from fastleading.trainer import loop
+
+    common = ("data.split=high-0", "train.epochs=1", "train.checkpoint_every=5")
+    train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    real_step = loop.STEPS["leading"]
+
+    def step(run, *args):
+        if run.step == 2:
+            raise Killed
+        return real_step(run, *args)
+    monkeypatch.setitem(loop.STEPS, "leading", step)
+    with pytest.raises(Killed):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", quiet=True)
+    assert not (tmp_path / "b" / checkpoint.CHECKPOINT).exists() and (tmp_path / "b" / "metrics.jsonl").read_text()
+    monkeypatch.setitem(loop.STEPS, "leading", real_step)
+    train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", resume=True, quiet=True)
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
+
+
+def test_a_kill_before_a_steps_metrics_line_loses_no_line(tiny_bert, tmp_path, monkeypatch):
+    """The checkpoint of a step was written before the step's metrics line: killed in between,
+    the resumed run continued after that step and its line was never written."""
+    from fastleading.trainer import metrics
+
+    common = ("data.split=high-0", "train.epochs=1", "train.checkpoint_every=2")
+    train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    real_write = metrics.MetricsLog.write
+
+    def write(self, record):
+        if record.get("step") == 4 and "loss" in record:
+            raise Killed
+        return real_write(self, record)
+    monkeypatch.setattr(metrics.MetricsLog, "write", write)
+    with pytest.raises(Killed):
+        train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", quiet=True)
+    monkeypatch.setattr(metrics.MetricsLog, "write", real_write)
+    train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", resume=True, quiet=True)
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()

@@ -9,7 +9,7 @@ import torch
 
 from fastleading.config import Config, apply_overrides
 from fastleading.data import load_dataset
-from fastleading.data.link_split import link_view
+from fastleading.data import link_view
 from fastleading.errors import FastleadingError
 
 from ogbl_fixtures import write_ogbl_citation2

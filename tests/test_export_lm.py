@@ -254,7 +254,7 @@ def test_gguf_model_exports_as_a_plain_safetensors_folder(tmp_path):
         encoder.model.norm.weight.mul_(1.5)
     run = tmp_path / "run"
     run.mkdir()
-    cfg.save(run / "config.json")
+    (run / "config.json").write_text(cfg.to_json())
     checkpoint.save(run / checkpoint.BEST, {"model": {"encoder." + k: v for k, v in encoder.state_dict().items()},
                                             "epoch": 1})
     out = export_lm(run, tmp_path / "lm")

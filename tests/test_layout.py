@@ -1,5 +1,7 @@
-"""The package layout: every module imports on its own, and the trainer and the downstream
-baselines do not import each other (docs/architecture.md)."""
+"""The package layout: every module imports on its own, no module of the package imports itself
+through others (no import cycle, lazy imports inside functions and ``TYPE_CHECKING`` imports
+included), ``config`` is the bottom of the graph, and the trainer and the downstream baselines do
+not import each other (docs/architecture.md)."""
 
 import ast
 import subprocess
@@ -21,12 +23,76 @@ def imported_modules(path: Path) -> set[str]:
     """Every fastleading module ``path`` imports, at the top or inside functions."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}:{node.lineno}: relative import; write fastleading.... in full")
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fastleading"):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("fastleading"))
     return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package -> the modules of the package it names in an import statement
+    (top level, inside functions, under ``TYPE_CHECKING``): ``from fastleading.data import tag``
+    names ``fastleading.data.tag``, ``from fastleading.data import prepare`` names
+    ``fastleading.data``. A submodule's implicit import of its parent package is not an edge."""
+    names = set(modules())
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fastleading"):
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    edges.add(sub if sub in names else node.module)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name.startswith("fastleading"))
+        graph[name] = {m for m in edges if m in names and m != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as ``[a, b, ..., a]``, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles_and_only_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"b", "c"}}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"x": {"y"}, "y": {"z"}, "z": {"y"}}) == ["y", "z", "y"]
+
+
+def test_no_import_cycle_anywhere_in_the_package():
+    graph = import_graph()
+    assert {"fastleading.config", "fastleading.trainer.loop", "fastleading.data.link_split"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_config_is_the_bottom_of_the_import_graph():
+    assert import_graph()["fastleading.config"] == {"fastleading.errors"}
 
 
 def test_every_module_imports_on_its_own():

@@ -16,7 +16,7 @@ from test_link_train import edge_set, link_config, tiny_bert  # noqa: F401  (fix
 
 
 def held_out_edges(cfg):
-    from fastleading.data.link_split import load_link_split
+    from fastleading.data import load_link_split
 
     split = load_link_split(cfg, load_dataset(cfg.data))
     pairs = {(u, v) for u, v in zip(*torch.cat([split.valid, split.test], 1).tolist())}
@@ -78,7 +78,7 @@ def test_pretrained_link_and_downstream_on_exported_link_embeddings(tiny_bert, t
 
 
 def test_gamlp_and_empty_features_are_refused_for_links(tmp_path):
-    from fastleading.data.link_split import link_view
+    from fastleading.data import link_view
     from fastleading.downstream_link import train_link_gnn
     from fastleading.errors import FastleadingError
 

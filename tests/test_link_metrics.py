@@ -60,3 +60,33 @@ def test_bad_shapes_and_empty():
         ogb_ranks(torch.zeros(3), torch.zeros(4, 2))
     m = link_metrics(torch.zeros(0), torch.zeros(0, 5))
     assert all(v != v for v in m.values())
+
+
+def worst_case_reference(pos, neg):
+    """A non-finite positive below every negative, a non-finite negative above every positive:
+    the brute-force references on scores where they are replaced by -inf / +inf."""
+    return (torch.where(torch.isfinite(pos), pos, float("-inf")), torch.where(torch.isfinite(neg), neg, float("inf")))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_non_finite_scores_rank_worst(seed):
+    """A diverged model's NaN / inf scores: a non-finite positive ranks below all its negatives
+    and a non-finite negative above its positive, in ranks, MRR, Hits@K and AUC alike
+    (compared as numbers, NaN made every comparison false: rank 1)."""
+    g = torch.Generator().manual_seed(seed)
+    pos, neg = torch.randn(30, generator=g), torch.randn(30, 6, generator=g)
+    pos[torch.rand(30, generator=g) < 0.3] = float("nan")
+    neg[torch.rand(30, 6, generator=g) < 0.2] = float("nan")
+    pos[0], neg[1, 2], neg[2, 0] = float("inf"), float("-inf"), float("inf")
+    ref_pos, ref_neg = worst_case_reference(pos, neg)
+    ref = [brute_rank(p, n) for p, n in zip(ref_pos.tolist(), ref_neg.tolist())]
+    assert ogb_ranks(pos, neg).tolist() == ref
+    assert auc(pos, neg) == pytest.approx(brute_auc(ref_pos, ref_neg), abs=1e-12)
+    m = link_metrics(pos, neg, hits=(1, 3))
+    assert m["mrr"] == pytest.approx(sum(1 / r for r in ref) / len(ref))
+    assert m["hits@3"] == pytest.approx(sum(r <= 3 for r in ref) / len(ref))
+
+
+def test_all_nan_scores_score_as_the_worst_possible_model():
+    m = link_metrics(torch.full((50,), float("nan")), torch.full((50, 20), float("nan")), hits=(10, 20))
+    assert m == {"auc": 0.0, "mrr": pytest.approx(1 / 21), "hits@10": 0.0, "hits@20": 0.0}

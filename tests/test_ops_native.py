@@ -314,3 +314,60 @@ def test_dispatch_checks_and_errors(spy, monkeypatch):
     with ops.use_backend("native"), pytest.raises(FastleadingError, match="rebuild"):
         ops.appnp_step(rowptr, col, x, x, 0.5)
     assert spy.calls == 1
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_an_out_that_overlaps_an_input_through_another_storage_is_refused(backend):
+    """``out`` as a numpy round trip of x's rows 1..N (another storage object over the same memory)
+    passed the check that compared storage base pointers; the step then read rows it had already
+    overwritten."""
+    (rowptr, col), x, x_in, _ = make_case(64, 200, 8, torch.float32, torch.int32, "cpu", 5)
+    padded_x, padded_in = torch.cat([x, torch.zeros(1, 8)]), torch.cat([x_in, torch.zeros(1, 8)])
+    x, x_in = padded_x[:64], padded_in[:64]
+    with ops.use_backend(backend):
+        for base in (padded_x, padded_in):
+            out = torch.from_numpy(base[1:].numpy())  # rows 1..64 of an input, through another storage
+            assert out.untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
+            with pytest.raises(ValueError, match="share memory"):
+                ops.appnp_step(rowptr, col, x, x_in, 0.3, out=out)
+        ok = ops.empty_rows(64, 8, torch.float32, "cpu")  # disjoint memory: accepted
+        assert torch.equal(ops.appnp_step(rowptr, col, x, x_in, 0.3, out=ok),
+                           ops.appnp_step_reference(rowptr, col, x, x_in, 0.3))
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_an_out_whose_rows_share_memory_is_refused(backend):
+    """An expanded (stride-0) out has unit column stride, so it passed; the native step's threads
+    then all wrote the one row at once."""
+    (rowptr, col), x, x_in, _ = make_case(64, 200, 8, torch.float32, torch.int32, "cpu", 6)
+    with ops.use_backend(backend):
+        for out in (torch.empty(1, 8).expand(64, 8), torch.empty(64 * 4 + 4).as_strided((64, 8), (4, 1))):
+            with pytest.raises(ValueError, match="rows overlap"):
+                ops.appnp_step(rowptr, col, x, x_in, 0.3, out=out)
+    bank = torch.zeros(1, 8).expand(10, 8)
+    with pytest.raises(ValueError, match="rows overlap"):
+        ops.bank_scatter(bank, torch.tensor([1, 2]), torch.ones(2, 8))
+    with pytest.raises(ValueError, match="rows overlap"):
+        ops.bank_gather(torch.randn(10, 8), torch.tensor([1, 2]), out=torch.empty(1, 8).expand(4, 8))
+
+
+def test_huge_pages_fall_back_to_ordinary_memory_when_madvise_refuses(monkeypatch):
+    """A kernel built without transparent huge pages answers MADV_HUGEPAGE with EINVAL, which
+    ended every large propagation with OSError."""
+    import errno
+    import mmap
+
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("no MADV_HUGEPAGE on this platform: empty_rows never asks for huge pages")
+
+    class NoTransparentHugePages(mmap.mmap):
+        def madvise(self, *args):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(mmap, "mmap", NoTransparentHugePages)
+    assert ops.huge_page_empty(ops.HUGE_PAGE_MIN_BYTES, torch.float32) is None
+    rows = ops.HUGE_PAGE_MIN_BYTES // (48 * 4) + 1
+    t = ops.empty_rows(rows, 47, torch.float32, "cpu")
+    assert t.shape == (rows, 47) and t.stride() == (48, 1)
+    t.fill_(3.0)
+    assert float(t.sum()) == 3.0 * t.numel()

@@ -109,15 +109,54 @@ def test_refresh_runs_on_side_stream_and_never_races_lookups(tiny_bert, tmp_path
     assert log[-1] == ("wait_stream", "main", "side")
 
 
-def test_overlap_disabled_or_cpu_runs_everything_on_one_stream():
-    s = overlap_mod.RefreshStream(torch.device("cpu"), enabled=True)
-    assert not s.overlapped
-    with s.encode():
-        pass
-    s.lookups_done()
-    with s.scatter():
-        pass
-    s.join()
+def one_traced_step(tiny_bert, tmp_path, monkeypatch, fake, device, enabled):
+    """A fresh run (same seed each time) whose overlap is RefreshStream(device, enabled) on the
+    fake stream API, one LEADING step with every bank and encoder call logged with the stream it
+    ran on; returns what the step computed."""
+    tr = build_trainer(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0"), tmp_path / "run")
+    run = tr.run
+
+    def traced(name, fn):
+        def wrapper(*args, **kwargs):
+            fake.log.append((name, fake.current.name))
+            return fn(*args, **kwargs)
+        return wrapper
+
+    run.bank.lookup = traced("lookup", run.bank.lookup)
+    run.bank.refresh = traced("refresh", run.bank.refresh)
+    run.encode_nograd = traced("encode-refresh", run.encode_nograd)
+    run.encode = traced("encode-grad", run.encode)
+    with monkeypatch.context() as patch:  # after the build: the fake replaces torch.cuda everywhere
+        patch.setattr(overlap_mod.torch, "cuda", fake)
+        run.overlap = overlap_mod.RefreshStream(torch.device(device), enabled=enabled)
+        loss = leading_step(run, tr.split.train[:8], torch.arange(40))
+        run.overlap.join()
+    return {"loss": loss.detach(), "bank": run.bank.emb.clone(), "stamps": run.bank.stamp.clone(),
+            "x_history": run.model.appnp.x_history.clone(), "g_history": run.model.appnp.g_history.clone(),
+            "grads": [p.grad.clone() for p in run.model.parameters() if p.grad is not None]}
+
+
+@pytest.mark.parametrize("device, enabled", [("cuda:1", False), ("cpu", True)])
+def test_overlap_disabled_or_cpu_runs_everything_on_one_stream_and_computes_the_same(tiny_bert, tmp_path,
+                                                                                      monkeypatch, device, enabled):
+    """Overlap off (on a GPU) or on a CPU: no stream is made, waited on or recorded, every encode
+    and bank call runs on the one (main) stream, a CPU run never touches the CUDA API, and the step
+    computes exactly what the overlapped path computes."""
+    fake = FakeCuda()
+    single = one_traced_step(tiny_bert, tmp_path / "a", monkeypatch, fake, device, enabled)
+    assert not [e for e in fake.log if e[0] in ("wait_stream", "wait_event", "record")], fake.log
+    ops_seen = [e for e in fake.log if e[0] in ("lookup", "refresh", "encode-refresh", "encode-grad")]
+    assert {name for name, _ in ops_seen} == {"lookup", "refresh", "encode-refresh", "encode-grad"}
+    assert {stream for _, stream in ops_seen} == {"main"}
+    if device == "cpu":
+        assert fake.devices == []
+    fake.log.clear()
+    overlapped = one_traced_step(tiny_bert, tmp_path / "b", monkeypatch, fake, "cuda:1", True)
+    assert ("encode-refresh", "side") in fake.log  # the reference really took the overlapped path
+    for key in ("loss", "bank", "stamps", "x_history", "g_history"):
+        assert torch.equal(single[key], overlapped[key]), key
+    assert len(single["grads"]) == len(overlapped["grads"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(single["grads"], overlapped["grads"]))
 
 
 def test_every_stream_and_event_is_the_runs_device(tiny_bert, tmp_path, monkeypatch):

@@ -187,7 +187,7 @@ def test_other_bad_inputs_get_one_line(node_run, tmp_path, capsys):
 def test_link_run_scores_pairs_as_its_evaluation_does(tiny_bert, tmp_path):
     from test_link_train import link_config
 
-    from fastleading.data.link_split import load_link_split
+    from fastleading.data import load_link_split
 
     cfg = link_config(tiny_bert, tmp_path / "cache", *TIGHT)
     summary = train_method(cfg, tmp_path / "run", quiet=True)

@@ -161,7 +161,7 @@ def test_config_changes_lists_every_differing_key():
 def test_a_resume_that_changes_a_setting_writes_it_and_drops_the_old_summary(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    apply_overrides(Config(), ["train.epochs=1"]).save(run / "config.json")
+    (run / "config.json").write_text(apply_overrides(Config(), ["train.epochs=1"]).to_json())
     (run / "checkpoint.pt").write_bytes(b"")
     (run / "summary.json").write_text("{}")
     runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=1"]))  # nothing changes: nothing written

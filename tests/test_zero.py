@@ -136,6 +136,78 @@ def test_engine_matches_torch_adamw_and_resumes(trained, case):
     assert r["latest_after_run"] == f"step{MICRO_STEPS}"
 
 
+# -- resume safety (subprocess) -------------------------------------------------------------
+
+TAMPER_WORKER = """
+import json, shutil, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, {tests!r})
+from test_checkpoint import SideEffect
+from test_train_distributed import ds_config, tiny_model_without_dropout
+from fastleading.errors import FastleadingError
+from fastleading.trainer.loop import train
+
+out = Path({out!r})
+model = tiny_model_without_dropout(out / "model")
+cfg = lambda steps: ds_config(model, out / "cache", "train.deepspeed=zero1", f"train.max_steps={{steps}}")
+train(cfg(2), out / "clean", quiet=True)
+result = {{"files": sorted(p.name for p in (out / "clean" / "deepspeed" / "step2").iterdir())}}
+for victim in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+    run = out / victim
+    shutil.copytree(out / "clean", run)
+    path = run / "deepspeed" / "step2" / victim
+    state = torch.load(path, weights_only=False)  # the test's own file: trusted
+    state["note"] = SideEffect(out / ("ran-" + victim))
+    torch.save(state, path)
+    try:
+        train(cfg(4), run, resume=True, quiet=True)
+        result[victim] = "resumed"
+    except FastleadingError as e:
+        result[victim] = str(e)
+    result["ran-" + victim] = (out / ("ran-" + victim)).exists()
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_resume_refuses_a_deepspeed_file_that_carries_code_before_deepspeed_reads_it(tmp_path):
+    """DeepSpeed loads its checkpoint files with torch.load(weights_only=False): a run folder whose
+    engine files carry an object with a __reduce__ side effect ran it on --resume. A real zero1
+    run folder, one of the two files DeepSpeed reads replaced by a copy carrying such an object."""
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "OMP_NUM_THREADS": "1"}
+    code = TAMPER_WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT "):])
+    assert {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"} <= set(result["files"])
+    for victim in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        assert result["ran-" + victim] is False, f"resuming ran the code pickled into {victim}"
+        message = result[victim]
+        assert message.startswith(str(tmp_path / victim / "deepspeed" / "step2" / victim) + ": refused"), message
+        assert "io.open" in message and "\n" not in message
+
+
+def test_verify_engine_files_takes_what_deepspeed_stores_and_refuses_a_foreign_tag(tmp_path):
+    """The allowlist holds what a ZeRO optimizer file holds; a 'latest' that names a folder
+    outside the run is refused before anything is read."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from fastleading.zero import load_engine_checkpoint, verify_engine_files
+
+    tag = tmp_path / "deepspeed" / "step3"
+    tag.mkdir(parents=True)
+    torch.save({"optimizer_state_dict": {"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum(2),
+                                         "fragment": fragment_address(numel=4, start=0)}}, tag / "optim_states.pt")
+    verify_engine_files(tag)
+    (tmp_path / "deepspeed" / "latest").write_text("../../elsewhere")
+    with pytest.raises(FastleadingError, match="latest: names '../../elsewhere', expected a tag step<N>"):
+        load_engine_checkpoint(None, tmp_path / "deepspeed")
+
+
 # -- the worker -------------------------------------------------------------------------------
 
 def _tiny_encoder(seed: int):

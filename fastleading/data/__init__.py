@@ -9,10 +9,14 @@ ogbn-products size).
 
 ``prepare(cfg)`` = the graph plus its token cache (:mod:`fastleading.data.tokens`);
 the CLI's ``prepare`` / ``info`` commands and the trainer all go through it.
+``link_view(cfg, graph)`` = the link split of ``cfg.data`` (the dataset's official one, read by
+its entry's ``link_split``, or generated: :mod:`fastleading.data.link_split`) and the training
+graph without its held-out edges.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 from fastleading.data import (citeseer_tag, custom, ogbl_citation2, ogbn_arxiv, ogbn_products, planetoid, saved,
                               synthetic)
 from fastleading.data.info import format_info, info
+from fastleading.data.link_split import DEFAULT_RATIOS, LinkSplit, random_link_split, training_graph
 from fastleading.data.tag import FORMAT_VERSION, Split, TextAttributedGraph, require_text
 from fastleading.data.tokens import TokenCache, cached_or_counted_tokens, prepare_tokens, prepared_lengths
 from fastleading.errors import FastleadingError
@@ -34,11 +39,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DatasetEntry:
     """How to build one dataset: ``options(cfg)`` (what its cache key covers; may check
-    that the raw files exist) and ``build(cfg)``."""
+    that the raw files exist) and ``build(cfg)``; ``link_split(cfg, num_nodes)`` reads its
+    official link split (None: it has none)."""
 
     options: Callable[["DataConfig"], dict]
     build: Callable[["DataConfig"], TextAttributedGraph]
     description: str
+    link_split: Callable[["DataConfig", int], LinkSplit] | None = None
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -58,7 +65,7 @@ DATASETS: dict[str, DatasetEntry] = {
                                   "ogbn-products with Amazon texts from <root>/ogbn_products/ (OGB layout)"),
     "ogbl-citation2": DatasetEntry(ogbl_citation2.options, ogbl_citation2.build,
                                    "ogbl-citation2 (link prediction) from <root>/ogbl_citation2/ (OGB layout) with "
-                                   "your titleabs.tsv.gz paper texts"),
+                                   "your titleabs.tsv.gz paper texts", ogbl_citation2.read_link_split),
     "custom": DatasetEntry(custom.options, custom.build,
                            "your own folder (data.root): nodes.csv|nodes.jsonl, edges.csv, classes.txt"),
     "saved": DatasetEntry(saved.options, saved.build,
@@ -121,6 +128,32 @@ def announce_new_length(graph_key: str, cfg: "Config") -> None:
                        "that)")
 
 
+def load_link_split(cfg: "Config", graph) -> LinkSplit:
+    """The link split of ``cfg.data`` for ``graph`` (official, or generated from the seed)."""
+    d = cfg.data
+    official = dataset_entry(d.dataset).link_split
+    choice = d.link_split or ("official" if official is not None else DEFAULT_RATIOS)
+    if choice == "official":
+        if official is None:
+            raise FastleadingError(f"config key 'data.link_split': dataset '{d.dataset}' has no official link "
+                                   f"split; give percentages such as {DEFAULT_RATIOS} or 10/30/60")
+        split = official(d, graph.num_nodes)
+    else:
+        split = random_link_split(graph.rowptr, graph.col, choice, d.link_seed, d.link_eval_negatives)
+    if split.train.shape[1] == 0:
+        raise FastleadingError(f"dataset '{d.dataset}': link split '{choice}' has no training edges")
+    return split
+
+
+def link_view(cfg: "Config", graph) -> tuple[TextAttributedGraph, LinkSplit]:
+    """(``graph`` with its CSR replaced by the training graph, the link split): what every link
+    method trains and evaluates on."""
+    split = load_link_split(cfg, graph)
+    view = copy.copy(graph)
+    view.rowptr, view.col = training_graph(graph.rowptr, graph.col, split)
+    return view, split
+
+
 def dataset_info(cfg: "Config") -> dict:
     """What ``fastleading info`` shows, writing nothing: :func:`info` of the graph (from its
     cache, else built in memory) and, when it has texts, of its tokens for ``cfg.model.name``
@@ -141,4 +174,4 @@ def dataset_info(cfg: "Config") -> dict:
 
 
 __all__ = ["DATASETS", "Split", "dataset_info", "TextAttributedGraph", "TokenCache", "format_info", "graph_dir", "info",
-           "load_dataset", "prepare", "prepare_tokens", "require_text"]
+           "link_view", "load_dataset", "load_link_split", "prepare", "prepare_tokens", "require_text"]

@@ -12,7 +12,8 @@ validation / test edge ``(s, t)`` a fixed row of ``K`` negative targets ``t'`` (
   that are neither ``s`` nor a neighbour of ``s`` in the whole graph (rejection, a few rounds).
   Computed deterministically from the seed on every load (seconds even for large graphs).
 * Official (``official``; the default for a dataset that ships one, e.g. ogbl-citation2):
-  read from the dataset's files (:data:`OFFICIAL`).
+  read from the dataset's files by the reader its registry entry names
+  (:func:`fastleading.data.load_link_split`, which also picks between the two).
 
 :func:`training_graph` is the message-passing graph of training and evaluation: the dataset's
 graph minus every validation and test edge (both directions), so held-out edges never reach
@@ -22,17 +23,13 @@ to take a batch's own training edges out of its sampled subgraph.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from fastleading.config import parse_ratios
 from fastleading.errors import FastleadingError
-
-if TYPE_CHECKING:
-    from fastleading.config import Config
 
 DEFAULT_RATIOS = "85/5/10"
 
@@ -51,19 +48,6 @@ class LinkSplit:
     def sizes(self) -> dict[str, int]:
         return {"train": self.train.shape[1], "valid": self.valid.shape[1], "test": self.test.shape[1],
                 "negatives_per_positive": self.valid_neg.shape[1] if self.valid_neg.dim() == 2 else 0}
-
-
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"10/30/60"`` -> ``(0.1, 0.3, 0.6)``; the three percentages must sum to 100."""
-    parts = text.split("/")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 100.0) > 1e-6 or values[0] <= 0:
-        raise FastleadingError(f"config key 'data.link_split': expected train/valid/test percentages summing to "
-                               f"100 such as 85/5/10 or 10/30/60, or 'official', got {text!r}")
-    return values[0] / 100.0, values[1] / 100.0, values[2] / 100.0
 
 
 def csr_rows(rowptr: torch.Tensor) -> torch.Tensor:
@@ -158,38 +142,3 @@ def training_graph(rowptr: torch.Tensor, col: torch.Tensor, split: LinkSplit) ->
     """The graph's CSR without any validation or test edge (either direction)."""
     held_out = torch.cat([split.valid, split.test], dim=1)
     return drop_edges(rowptr, col, held_out[0], held_out[1])[:2]
-
-
-def _official(name: str):
-    """The reader of a dataset's own link split, or None."""
-    if name == "ogbl-citation2":
-        from fastleading.data import ogbl_citation2  # imports this module: not at the top
-
-        return ogbl_citation2.read_link_split
-    return None
-
-
-def load_link_split(cfg: "Config", graph) -> LinkSplit:
-    """The link split of ``cfg.data`` for ``graph`` (official, or generated from the seed)."""
-    d = cfg.data
-    official = _official(d.dataset)
-    choice = d.link_split or ("official" if official is not None else DEFAULT_RATIOS)
-    if choice == "official":
-        if official is None:
-            raise FastleadingError(f"config key 'data.link_split': dataset '{d.dataset}' has no official link "
-                                   f"split; give percentages such as {DEFAULT_RATIOS} or 10/30/60")
-        split = official(d, graph.num_nodes)
-    else:
-        split = random_link_split(graph.rowptr, graph.col, choice, d.link_seed, d.link_eval_negatives)
-    if split.train.shape[1] == 0:
-        raise FastleadingError(f"dataset '{d.dataset}': link split '{choice}' has no training edges")
-    return split
-
-
-def link_view(cfg: "Config", graph) -> tuple[object, LinkSplit]:
-    """(``graph`` with its CSR replaced by the training graph, the link split): what every link
-    method trains and evaluates on."""
-    split = load_link_split(cfg, graph)
-    view = copy.copy(graph)
-    view.rowptr, view.col = training_graph(graph.rowptr, graph.col, split)
-    return view, split

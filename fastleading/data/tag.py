@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -56,9 +57,38 @@ class Split:
         return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
 
 
-def load_npy(path: Path) -> np.ndarray:
-    """Memory-map a .npy file copy-on-write (empty arrays are read: mmap needs a byte)."""
-    arr = np.load(path, mmap_mode="c")
+def damaged(path: Path, reason: str) -> FastleadingError:
+    """The one line for a cache file that cannot be used (the cache is rebuilt once it is gone)."""
+    return FastleadingError(f"{path}: damaged cache file ({reason}); delete the folder {path.parent} to rebuild it")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def read_meta(path: Path) -> dict:
+    """A cache folder's ``meta.json``; a damaged one is one line naming it."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(path, _first_line(e)) from None
+    if not isinstance(meta, dict):
+        raise damaged(path, f"a JSON {type(meta).__name__}, expected an object")
+    return meta
+
+
+def load_npy(path: Path, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+    """Memory-map a .npy file copy-on-write (empty arrays are read: mmap needs a byte). A missing
+    or damaged file (truncated, say), or one not of ``shape`` (None: any size on that axis), is
+    one line naming it."""
+    try:
+        arr = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise damaged(path, _first_line(e)) from None
+    if shape is not None and (arr.ndim != len(shape) or any(w is not None and a != w for a, w in zip(arr.shape, shape))):
+        want = "[" + ", ".join("*" if w is None else str(w) for w in shape) + "]"
+        raise damaged(path, f"shape {list(arr.shape)}, expected {want}")
     return arr if arr.size else np.array(arr)
 
 
@@ -261,28 +291,36 @@ class TextAttributedGraph:
         meta_file = path / "meta.json"
         if not meta_file.is_file():
             raise FastleadingError(f"{path}: not a prepared graph folder (meta.json missing)")
-        meta = json.loads(meta_file.read_text())
+        meta = read_meta(meta_file)
         if meta.get("format_version") != FORMAT_VERSION:
             raise FastleadingError(f"{meta_file}: format version {meta.get('format_version')} "
                                    f"(expected {FORMAT_VERSION}); delete the folder to rebuild it")
+        try:
+            n, e = int(meta["num_nodes"]), int(meta["num_edges"])
+            has_text, has_features, split_files = meta["has_text"], meta["has_features"], dict(meta["splits"])
+            class_names, default_split, metadata = meta["class_names"], meta["default_split"], meta["metadata"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise damaged(meta_file, f"no usable {_first_line(err)}") from None
 
-        def tensor(name: str) -> torch.Tensor:
-            return torch.from_numpy(load_npy(path / name))
+        def tensor(name: str, shape: tuple[int | None, ...]) -> torch.Tensor:
+            return torch.from_numpy(load_npy(path / name, shape))
 
         texts = None
-        if meta["has_text"]:
-            texts = NodeTexts(load_npy(path / "texts.npy"), load_npy(path / "offsets.npy"))
+        if has_text:
+            texts = NodeTexts(load_npy(path / "texts.npy", (None,)), load_npy(path / "offsets.npy", (n + 1,)))
 
         def lazy_split(file: Path):
             def read() -> Split:
-                with np.load(file) as z:
-                    return Split(*(torch.from_numpy(z[k]) for k in ("train", "valid", "test")))
+                try:
+                    with np.load(file, allow_pickle=False) as z:
+                        return Split(*(torch.from_numpy(z[k]) for k in ("train", "valid", "test")))
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                    raise damaged(file, _first_line(err)) from None
             return read
 
-        splits = {name: lazy_split(path / "splits" / f) for name, f in meta["splits"].items()}
-        graph = cls(tensor("rowptr.npy"), tensor("col.npy"), tensor("labels.npy"), meta["class_names"],
-                    splits, meta["default_split"], texts,
-                    tensor("features.npy") if meta["has_features"] else None, meta["metadata"])
+        splits = {name: lazy_split(path / "splits" / f) for name, f in split_files.items()}
+        graph = cls(tensor("rowptr.npy", (n + 1,)), tensor("col.npy", (e,)), tensor("labels.npy", (n,)), class_names,
+                    splits, default_split, texts, tensor("features.npy", (n, None)) if has_features else None, metadata)
         graph.path = path
         return graph
 

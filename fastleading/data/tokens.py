@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastleading.data.tag import TextAttributedGraph, load_npy, publish_dir, require_text
+from fastleading.data.tag import TextAttributedGraph, damaged, load_npy, publish_dir, read_meta, require_text
 from fastleading.errors import FastleadingError
 
 TOKENIZE_BATCH = 1024
@@ -81,10 +81,15 @@ class TokenCache:
 
     @classmethod
     def load(cls, path: Path) -> "TokenCache":
-        meta = json.loads((path / "meta.json").read_text())
-        return cls(torch.from_numpy(load_npy(path / "input_ids.npy")),
-                   torch.from_numpy(load_npy(path / "lengths.npy")), meta["padding_side"],
-                   meta["pad_token_id"], meta["max_length"], meta["model_name"], path)
+        """Open a cache folder; a damaged file (or one of the wrong shape) is one line naming it."""
+        meta = read_meta(path / "meta.json")
+        try:
+            n, length = int(meta["num_nodes"]), int(meta["max_length"])
+            fields = meta["padding_side"], int(meta["pad_token_id"]), length, meta["model_name"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise damaged(path / "meta.json", f"no usable {type(e).__name__}: {e}") from None
+        return cls(torch.from_numpy(load_npy(path / "input_ids.npy", (n, length))),
+                   torch.from_numpy(load_npy(path / "lengths.npy", (n,))), *fields, path)
 
 
 def load_tokenizer(model_name: str):

@@ -20,6 +20,7 @@ from fastleading.config import Config
 from fastleading.encode import encode_all
 from fastleading.nn import propagate, solve_appnp
 from fastleading.precision import Precision
+from fastleading.selection import nonfinite_rows, predict_classes
 from fastleading.trainer.model import NodeClassifier
 
 GRAPH_METHODS = ("leading", "coupled")
@@ -37,7 +38,8 @@ def full_graph_logits(model: NodeClassifier, emb: torch.Tensor, rowptr: torch.Te
     ``emb``'s device) with the method's own operator.
 
     Returns ``(fp32 logits [N, C], the propagated matrix to warm-start the next evaluation
-    from (LEADING; None otherwise), propagation iterations used)``; ``x0`` is the previous one.
+    from (LEADING, when finite; None otherwise: one non-finite evaluation must not poison the
+    later ones or a checkpoint), propagation iterations used)``; ``x0`` is the previous one.
     """
     method = cfg.train.method
     alpha = model.appnp.alpha
@@ -64,14 +66,19 @@ def full_graph_logits(model: NodeClassifier, emb: torch.Tensor, rowptr: torch.Te
             logits = head(z)
     finally:
         model.train(was_training)
+    if solution is not None and not bool(torch.isfinite(solution).all()):
+        solution = None
     return logits.float(), solution, iters
 
 
 def accuracies(logits: torch.Tensor, labels: torch.Tensor, split) -> dict[str, float]:
-    """Accuracy on the train / valid / test nodes of ``split`` (NaN for an empty set)."""
-    pred = logits.argmax(-1).to(labels.device)
-    return {name: float((pred[idx] == labels[idx]).float().mean()) if len(idx) else float("nan")
-            for name, idx in (("train", split.train), ("valid", split.valid), ("test", split.test))}
+    """Accuracy on the train / valid / test nodes of ``split`` (NaN for an empty set), and
+    ``nonfinite``: how many nodes' logits were not finite (each counts as wrong; such an
+    evaluation is never the best, :mod:`fastleading.selection`)."""
+    pred = predict_classes(logits).to(labels.device)
+    acc = {name: float((pred[idx] == labels[idx]).float().mean()) if len(idx) else float("nan")
+           for name, idx in (("train", split.train), ("valid", split.valid), ("test", split.test))}
+    return {**acc, "nonfinite": int(nonfinite_rows(logits).sum())}
 
 
 def encode_graph(tr, desc: str, kind: str) -> torch.Tensor:

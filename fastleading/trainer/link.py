@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from fastleading import transfer
 from fastleading.config import Config
-from fastleading.data.link_split import LinkSplit, drop_edges, link_view, sample_negatives
+from fastleading.data import link_view
+from fastleading.data.link_split import LinkSplit, drop_edges, sample_negatives
 from fastleading.data.tag import Split
 from fastleading.errors import FastleadingError
 from fastleading.linkdecoder import split_metrics

@@ -37,7 +37,7 @@ from fastleading.distributed import (DistEnv, all_reduce_mean, barrier, broadcas
                                      is_distributed, is_main)
 from fastleading.encode import EncodeCounter
 from fastleading.errors import FastleadingError
-from fastleading.io import remove_stale_temp_files
+from fastleading.io import atomic_write_text, remove_stale_temp_files
 from fastleading.overlap import RefreshStream
 from fastleading.precision import resolve_device, resolve_precision
 from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
@@ -49,8 +49,12 @@ from fastleading.trainer.evaluate import GRAPH_METHODS, encode_graph, evaluate, 
 from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
 from fastleading.trainer.model import build_model
 from fastleading.trainer.optim import build_optimization
-from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint
+from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint, settle_best
 from fastleading.trainer.steps import STEPS, Run
+
+
+# the wall clock of train.checkpoint_minutes (a module attribute: tests advance their own)
+clock = time.monotonic
 
 
 @dataclass
@@ -152,20 +156,18 @@ def rank0_decides(flag: bool) -> bool:
 def checkpoint_clock_due(last_save: float, minutes: float) -> bool:
     """Whether ``minutes`` of wall time have passed since ``last_save`` (rank 0's clock decides for
     every rank: a collective, so call it at the logging points only)."""
-    return rank0_decides(bool(minutes) and time.monotonic() - last_save >= 60.0 * minutes)
+    return rank0_decides(bool(minutes) and clock() - last_save >= 60.0 * minutes)
 
 
 def record_evaluation(tr: Trainer, log: MetricsLog, acc: dict, iters: int) -> bool:
-    """Log an evaluation at the loop's current epoch, keep ``best.pt`` if it is the best so far;
-    returns whether train.patience now stops the run."""
+    """Log an evaluation at the loop's current epoch and add it to the history, keep ``best.pt``
+    if it is the best so far (never one with non-finite outputs; ``train.max_bad_evals`` stops
+    a run whose evaluations keep having them); returns whether train.patience now stops the run."""
     progress, t = tr.progress, tr.cfg.train
-    progress.history.append({"epoch": progress.epoch, "step": tr.run.step, **acc})
     log.write({"step": tr.run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
-    if acc["valid"] > progress.best_valid:
-        progress.best_valid, progress.best_epoch, progress.evals_since_best = acc["valid"], progress.epoch, 0
+    if progress.record_eval({"step": tr.run.step, **acc}, t.max_bad_evals):
         save_best(tr.run, progress.epoch, tr.out_dir)
         return False
-    progress.evals_since_best += 1
     return bool(t.patience) and progress.evals_since_best >= t.patience
 
 
@@ -188,13 +190,13 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         resumed_from = run.step
     else:
         if is_main():
-            cfg.save(out_dir / "config.json")
+            atomic_write_text(out_dir / "config.json", cfg.to_json())
         if run.bank is not None and t.fill_bank:
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
     tracker = (open_tracker(cfg, out_dir, run.counter, run.phases, tr.graph.num_nodes, resumed_from)
                if is_main() else None)
-    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from, tracker)
+    log = MetricsLog(out_dir / "metrics.jsonl", resumed_from, len(progress.history), tracker)
     if t.head_warmup_epochs and not progress.warmed_up:  # LP-FT: the head first, on the frozen LM
         from fastleading.trainer.warmup import head_warmup
 
@@ -209,12 +211,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     profiler = StepProfiler(out_dir, t.profile and is_main())
     display = StepDisplay(t.method, total_steps, run.step, t.epochs, tr.quiet,
                           progress.history[-1]["valid"] if progress.history else float("nan"))
-    saved_at, saved_time = resumed_from, time.monotonic()
+    saved_at, saved_time = resumed_from, clock()
 
     def checkpoint_now() -> None:
         nonlocal saved_at, saved_time
         save_checkpoint(run, progress, tr.refresh_order, out_dir)
-        saved_at, saved_time = run.step, time.monotonic()
+        saved_at, saved_time = run.step, clock()
 
     def out_of_steps() -> bool:
         return bool(t.max_steps) and run.step >= t.max_steps
@@ -245,8 +247,6 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             if boundary or run.optim.engine is not None:
                 with run.phases("optimizer"):
                     grad_norm = run.optim.step()
-            if boundary and t.checkpoint_every and run.step % t.checkpoint_every == 0:
-                checkpoint_now()
             profiler.step()
             # a logging point: read the device here (the last step too, so a short run has a loss curve)
             if run.step % t.log_every == 0 or run.step == 1 or run.step == total_steps:
@@ -260,6 +260,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
                 run.optim.check_bad_steps(run.step, t.max_bad_steps)
                 if boundary and saved_at != run.step and checkpoint_clock_due(saved_time, t.checkpoint_minutes):
                     checkpoint_now()
+            # after the step's metrics line: a kill between them must not lose a line the checkpoint skips
+            if boundary and t.checkpoint_every and run.step % t.checkpoint_every == 0 and saved_at != run.step:
+                checkpoint_now()
             display.advance()
         if progress.batch_in_epoch < per_epoch:  # max_steps stopped it inside the epoch
             break
@@ -292,7 +295,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     display.close()
     profiler.close()
     log.close()
-    best = max(progress.history, key=lambda h: h["valid"])
+    best = progress.best_evaluation()
+    settle_best(out_dir, progress.best_epoch)  # a best no checkpoint followed: the summary records it
     n_epochs = run.step / per_epoch
     summary = {
         "method": t.method, "dataset": cfg.data.dataset, "model": cfg.model.name,

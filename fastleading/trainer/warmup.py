@@ -73,7 +73,8 @@ def head_warmup(tr, log) -> dict:
                 warm.optim.step()
             warm.optim.check_bad_steps(run.step, t.max_bad_steps)
             metrics, iters = evaluate_embeddings(tr, run.bank.emb)
-            log.write({"step": run.step, "epoch": 0, "warmup_epoch": epoch, "eval": metrics,
+            # not an "eval" record: the run's evaluations are its history's (epoch 0 is the best of these)
+            log.write({"step": run.step, "epoch": 0, "warmup_epoch": epoch, "warmup_eval": metrics,
                        "propagation_iters": iters})
             if best is None or metrics["valid"] > best["valid"]:
                 best, best_state = metrics, copy.deepcopy([p.detach() for p in params])
