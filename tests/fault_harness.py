@@ -90,7 +90,7 @@ def _install_kill(where: str, nth: int) -> None:
     """SIGKILL this process at the ``nth`` event of kind ``where`` (see the module docstring)."""
     from fastleading import bank, checkpoint
     from fastleading.io import atomic_write
-    from fastleading.trainer import loop, optim
+    from fastleading.trainer import evaluate, loop, optim
 
     count = itertools.count(1)
     if where == "step":
@@ -118,15 +118,15 @@ def _install_kill(where: str, nth: int) -> None:
             return atomic_write(path, half)
         checkpoint.atomic_torch_save = killing_save
     elif where == "eval":
-        logits = loop.full_graph_logits
+        logits = evaluate.full_graph_logits
 
         def killing_logits(*args, **kwargs):
             if next(count) == nth:
                 _die()
             return logits(*args, **kwargs)
-        loop.full_graph_logits = killing_logits
+        evaluate.full_graph_logits = killing_logits
     elif where == "fill":
-        encode_all, refresh = loop.encode_all, bank.MemoryBank.refresh
+        encode_all, refresh = evaluate.encode_all, bank.MemoryBank.refresh
         filling = {"on": False}
 
         def tracking_encode_all(*args, **kwargs):
@@ -140,7 +140,7 @@ def _install_kill(where: str, nth: int) -> None:
             refresh(self, *args, **kwargs)
             if filling["on"] and next(count) == nth:
                 _die()
-        loop.encode_all, bank.MemoryBank.refresh = tracking_encode_all, killing_refresh
+        evaluate.encode_all, bank.MemoryBank.refresh = tracking_encode_all, killing_refresh
     else:
         raise ValueError(where)
 
@@ -529,10 +529,10 @@ def count_events():
     """Count, in this process, the events the kills and full disks are placed at: steps (each
     backward), checkpoint writes (and their steps), evaluations, bank-fill chunks, metrics lines."""
     from fastleading import bank
-    from fastleading.trainer import loop, metrics, optim
+    from fastleading.trainer import evaluate, loop, metrics, optim
 
     events = {"step": 0, "checkpoint": 0, "eval": 0, "fill": 0, "metrics": 0, "checkpoint_steps": []}
-    real = (optim.Optimization.backward, loop.save_checkpoint, loop.full_graph_logits, loop.encode_all,
+    real = (optim.Optimization.backward, loop.save_checkpoint, evaluate.full_graph_logits, evaluate.encode_all,
             bank.MemoryBank.refresh, metrics.MetricsLog.write)
     filling = {"on": False}
 
@@ -564,13 +564,13 @@ def count_events():
         events["metrics"] += 1
         return real[5](self, record)
 
-    optim.Optimization.backward, loop.save_checkpoint, loop.full_graph_logits = backward, save_checkpoint, \
+    optim.Optimization.backward, loop.save_checkpoint, evaluate.full_graph_logits = backward, save_checkpoint, \
         full_graph_logits
-    loop.encode_all, bank.MemoryBank.refresh, metrics.MetricsLog.write = encode_all, refresh, write
+    evaluate.encode_all, bank.MemoryBank.refresh, metrics.MetricsLog.write = encode_all, refresh, write
     try:
         yield events
     finally:
-        (optim.Optimization.backward, loop.save_checkpoint, loop.full_graph_logits, loop.encode_all,
+        (optim.Optimization.backward, loop.save_checkpoint, evaluate.full_graph_logits, evaluate.encode_all,
          bank.MemoryBank.refresh, metrics.MetricsLog.write) = real
 
 

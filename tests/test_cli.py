@@ -44,8 +44,8 @@ def fake_run(folder, model: str, *files: str):
     from fastleading.config import Config, apply_overrides
 
     folder.mkdir(parents=True)
-    apply_overrides(Config(), [f"model.name={model}", "data.dataset=custom", f"data.root={folder}"]).save(
-        folder / "config.json")
+    cfg = apply_overrides(Config(), [f"model.name={model}", "data.dataset=custom", f"data.root={folder}"])
+    (folder / "config.json").write_text(cfg.to_json())
     for name in files:
         (folder / name).write_bytes(b"")
 

@@ -13,6 +13,7 @@ import torch
 from fastleading.errors import FastleadingError
 from fastleading.graph import build_csr
 from fastleading.nn import ImplicitAPPNP
+from fastleading.trainer import evaluate as evaluate_module
 from fastleading.trainer import loop, steps
 from fastleading.trainer.loop import train
 
@@ -216,7 +217,7 @@ def poison_evaluations(monkeypatch, which: set[int], node_labels=None):
     """Make the logits (or link representations) of the given (1-based) evaluations non-finite.
     For node classification the NaN goes on each node's label, where a plain argmax would
     count it as right."""
-    real = loop.full_graph_logits
+    real = evaluate_module.full_graph_logits
     count = {"n": 0}
 
     def full_graph_logits(*args, **kwargs):
@@ -229,7 +230,7 @@ def poison_evaluations(monkeypatch, which: set[int], node_labels=None):
             else:
                 logits[torch.arange(len(logits)), node_labels()] = float("nan")
         return logits, solution, iters
-    monkeypatch.setattr(loop, "full_graph_logits", full_graph_logits)
+    monkeypatch.setattr(evaluate_module, "full_graph_logits", full_graph_logits)
     return count
 
 
@@ -290,7 +291,7 @@ def test_a_non_finite_warm_start_is_dropped_for_a_cold_start():
 def test_a_non_finite_evaluation_is_neither_kept_as_warm_start_nor_checkpointed(tiny_bert, tmp_path, monkeypatch):
     """The first evaluation's embeddings hold NaN rows: its solution must not become the next
     evaluation's warm start or enter a checkpoint; the second evaluation equals a cold one."""
-    real = loop.full_graph_logits
+    real = evaluate_module.full_graph_logits
     calls = []
 
     def full_graph_logits(model, emb, rowptr, col, cfg, precision, x0=None):
@@ -300,7 +301,7 @@ def test_a_non_finite_evaluation_is_neither_kept_as_warm_start_nor_checkpointed(
         out = real(model, emb, rowptr, col, cfg, precision, x0)
         calls.append((x0, out[0], real(model, emb, rowptr, col, cfg, precision, None)[0]))
         return out
-    monkeypatch.setattr(loop, "full_graph_logits", full_graph_logits)
+    monkeypatch.setattr(evaluate_module, "full_graph_logits", full_graph_logits)
     saved = []
     real_save = loop.save_checkpoint
     monkeypatch.setattr(loop, "save_checkpoint", lambda run, progress, *a: saved.append(progress.eval_solution)
