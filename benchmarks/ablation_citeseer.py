@@ -42,6 +42,11 @@ VARIANTS = {
     "wd0.1": ["train.weight_decay=0.1"],
     "fp32": ["train.precision=fp32"],
     "lora": ["model.lora=true", "train.lr_lm=5e-4"],
+    # LP-FT proper: the warm-up at the head's usual rate, then the head at a rate near the LM's
+    "ft-head1e-4": ["train.head_warmup_lr=1e-3", "train.lr_head=1e-4"],
+    "ft-head2e-5": ["train.head_warmup_lr=1e-3", "train.lr_head=2e-5"],
+    "ft-head1e-4-lr1e-5": ["train.head_warmup_lr=1e-3", "train.lr_head=1e-4", "train.lr_lm=1e-5"],
+    "ft-head1e-4-llrd0.8": ["train.head_warmup_lr=1e-3", "train.lr_head=1e-4", "train.lr_layer_decay=0.8"],
 }
 
 

@@ -7,9 +7,11 @@ method (leading, supervised, pretrained, shallow) it trains with the built-in he
 results.json, table.md, the plots and the run folders (a second call resumes: finished runs
 are skipped); the result file (``--out``) is a copy of results.json. Prints the markdown table.
 
-    python benchmarks/study_citeseer.py --seeds 3 --epochs 20 --max-length 64
+    python benchmarks/study_citeseer.py --seeds 5 --max-length 64
 
-On CPU, shorten --max-length and --epochs (the result file records what was used).
+Each run trains until it stops improving (``--patience`` evaluations without a better validation
+accuracy, at most ``--epochs``); the other training settings are the config's defaults unless a
+flag or ``--override`` sets them (the result file records every run's config).
 """
 
 from __future__ import annotations
@@ -17,19 +19,15 @@ from __future__ import annotations
 import sys
 
 from fastleading.config import Config, apply_overrides
-from fastleading.study import preset_parser, run_preset
+from fastleading.study import preset_overrides, preset_parser, run_preset
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 
 
 def base_config(args) -> Config:
     """Every run's config; the study sets train.method, train.seed and data.split per run."""
-    return apply_overrides(Config(), [
-        "data.dataset=citeseer-tag", f"data.root={args.root}", f"data.max_length={args.max_length}",
-        f"train.epochs={args.epochs}", f"train.eval_every={args.eval_every}", f"train.batch_size={args.batch_size}",
-        f"train.lr_lm={args.lr_lm}", f"train.refresh_batch_size={args.refresh_batch_size}",
-        f"train.device={args.device}", "train.checkpoint_every=0", *args.override,
-    ])
+    return apply_overrides(Config(), ["data.dataset=citeseer-tag", f"data.root={args.root}", *preset_overrides(args),
+                                      "train.checkpoint_every=0", *args.override])
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 
 from fastleading.config import Config, apply_overrides
-from fastleading.study import preset_parser, run_preset
+from fastleading.study import preset_overrides, preset_parser, run_preset
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 SPLITS = ("10/30/60", "85/5/10")
@@ -28,13 +28,9 @@ SPLITS = ("10/30/60", "85/5/10")
 
 def base_config(args) -> Config:
     """Every run's config; the study sets train.method, train.seed, data.link_seed and data.link_split per run."""
-    return apply_overrides(Config(), [
-        "data.dataset=citeseer-tag", f"data.root={args.root}", f"data.max_length={args.max_length}",
-        "train.task=link", f"train.epochs={args.epochs}", f"train.max_steps={args.max_steps}",
-        f"train.eval_every={args.eval_every}", f"train.batch_size={args.batch_size}", f"train.lr_lm={args.lr_lm}",
-        f"train.refresh_batch_size={args.refresh_batch_size}", f"train.device={args.device}",
-        "train.checkpoint_every=0", *args.override,
-    ])
+    return apply_overrides(Config(), ["data.dataset=citeseer-tag", f"data.root={args.root}", "train.task=link",
+                                      *preset_overrides(args), f"train.max_steps={args.max_steps}",
+                                      "train.checkpoint_every=0", *args.override])
 
 
 def main() -> int:

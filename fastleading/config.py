@@ -132,6 +132,8 @@ class TrainConfig:
     head_warmup_epochs: int = _f(0, "Before the LM is fine-tuned, train the head (and the implicit layer's "
                                  "histories) this many epochs on the frozen LM's embeddings (LP-FT; leading and "
                                  "supervised), evaluating every epoch without an encode, and start from the best.")
+    head_warmup_lr: float = _f(0.0, "Learning rate of the head in the warm-up (0 = train.lr_head); train.lr_head is "
+                               "then the head's rate while the LM is fine-tuned.")
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")
     schedule: str = _f("linear", "Decay after warm-up.", ("linear", "cosine", "constant"))
     grad_clip: float = _f(1.0, "Max gradient norm (0 = off).")
@@ -333,6 +335,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
     t, m, d = cfg.train, cfg.model, cfg.data
+    if t.head_warmup_lr < 0:
+        raise FastleadingError(f"config key 'train.head_warmup_lr': expected >= 0, got {t.head_warmup_lr}")
     if t.eval_every < 0 or t.head_warmup_epochs < 0 or t.patience < 0:
         raise FastleadingError("config keys 'train.eval_every' / 'train.head_warmup_epochs' / 'train.patience': "
                                f"expected >= 0, got {t.eval_every} / {t.head_warmup_epochs} / {t.patience}")

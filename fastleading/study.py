@@ -521,12 +521,15 @@ def preset_parser(description: str, methods: Iterable[str], runs: str, stem: str
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--refresh-batch-size", type=int, default=0)
-    p.add_argument("--lr-lm", type=float, default=5e-5)
+    # training flags: each sets its config key (PRESET_FLAGS); left out, the config's default holds
+    p.add_argument("--epochs", type=int, default=60, help="train.epochs (an upper bound: runs stop on --patience)")
+    p.add_argument("--patience", type=int, default=3, help="train.patience (evaluations without a better valid)")
+    p.add_argument("--eval-every", type=int, default=None, help="train.eval_every (default: auto)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--refresh-batch-size", type=int, default=None)
+    p.add_argument("--lr-lm", type=float, default=None)
+    p.add_argument("--head-warmup-epochs", type=int, default=None)
     p.add_argument("--methods", default=methods, help="comma-separated subset of " + methods)
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run, e.g. model.num_iters=10 (repeatable)")
@@ -536,6 +539,19 @@ def preset_parser(description: str, methods: Iterable[str], runs: str, stem: str
                    f"benchmarks/results/{stem}-<device>-<date>.json")
     p.add_argument("--note", default="", help="free text stored in the result file (e.g. what was shortened and why)")
     return p
+
+
+# preset flag -> config key (None: not given, the config's default holds)
+PRESET_FLAGS = {"max_length": "data.max_length", "epochs": "train.epochs", "patience": "train.patience",
+                "eval_every": "train.eval_every", "batch_size": "train.batch_size",
+                "refresh_batch_size": "train.refresh_batch_size", "lr_lm": "train.lr_lm",
+                "head_warmup_epochs": "train.head_warmup_epochs", "device": "train.device"}
+
+
+def preset_overrides(args) -> list[str]:
+    """The ``section.key=value`` overrides of a preset's flags that were given (:data:`PRESET_FLAGS`)."""
+    return [f"{key}={getattr(args, flag)}" for flag, key in PRESET_FLAGS.items()
+            if getattr(args, flag, None) is not None]
 
 
 def run_preset(args, base: Config, all_methods: Iterable[str], *, splits: list[str], name: str, stem: str,

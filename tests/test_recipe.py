@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from fastleading.trainer.evaluate import encode_graph
 from fastleading.trainer.loop import build_trainer, train
 from fastleading.trainer.optim import lm_depths, param_groups
 
@@ -183,3 +184,25 @@ def test_a_run_patience_stopped_stays_stopped_on_resume_unless_patience_is_raise
     cfg.train.patience = 3  # one more evaluation allowed: epoch 4 improves, then two more without
     raised = train(cfg, tmp_path / "run", resume=True, quiet=True)
     assert raised["steps"] > 12 and raised["best_epoch"] == 4, raised["history"]
+
+
+def test_the_warm_up_has_its_own_head_learning_rate(tiny_bert, tmp_path, monkeypatch):
+    from fastleading.trainer import warmup
+
+    rates = []
+    real = torch.optim.AdamW
+
+    def spy(*args, **kwargs):
+        rates.append(kwargs.get("lr"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(warmup.torch.optim, "AdamW", spy)
+    for warm_lr, want in ((0.0, 3e-4), (5e-3, 5e-3)):  # 0: the head's rate
+        cfg = small_config(tiny_bert, tmp_path / "c", "train.head_warmup_epochs=1", "train.epochs=1",
+                           "train.lr_head=3e-4", f"train.head_warmup_lr={warm_lr}", "data.split=low-0")
+        tr = build_trainer(cfg, tmp_path / f"r{warm_lr}")
+        encode_graph(tr, "fill", "fill")
+        rates.clear()
+        warmup.head_warmup(tr, type("Log", (), {"write": lambda self, r: None})())
+        assert rates == [want]
+        # fine-tuning's optimizer keeps train.lr_head for the head
+        assert tr.run.optim.optimizer.param_groups[-1]["lr"] == pytest.approx(3e-4)

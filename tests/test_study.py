@@ -235,6 +235,12 @@ def test_citeseer_preset_is_a_call_of_the_study(tmp_path, monkeypatch, capsys):
     assert kw["splits"] == ["low-{seed}"] and kw["downstream"] == ["gcn"]
     assert (base.data.dataset, base.data.max_length, base.train.epochs, base.model.num_iters) == \
         ("citeseer-tag", 32, 7, 4)
+    # runs stop on patience; a training flag left out keeps the config's default
+    from fastleading.config import Config
+
+    assert base.train.patience == 3
+    assert (base.train.eval_every, base.train.lr_lm, base.train.head_warmup_epochs) == \
+        (Config().train.eval_every, Config().train.lr_lm, Config().train.head_warmup_epochs)
     assert "| method |" in capsys.readouterr().out
 
 

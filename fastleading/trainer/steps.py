@@ -158,12 +158,19 @@ def coupled_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.Ten
     with phase("encode-grad"):
         x_in = run.encode(sub.ids)
     run.counter.add("grad", sub.ids)
-    with phase("propagate"), run.precision.autocast():
-        logits = run.model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=False,
+    return propagate_loss_backward(run, x_in, sub, targets, implicit=False)
+
+
+def propagate_loss_backward(run: Run, x_in: torch.Tensor, sub: Subgraph, targets: torch.Tensor,
+                            implicit: bool) -> torch.Tensor:
+    """Head and propagation over the subgraph ``sub`` from its rows ``x_in`` (targets first), the
+    targets' loss and its backward; returns the loss (:meth:`Run.backward`)."""
+    with run.phases("propagate"), run.precision.autocast():
+        logits = run.model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=implicit,
                                     num_iters=run.cfg.model.num_iters, dinv=sub.dinv)
-    with phase("loss"):
+    with run.phases("loss"):
         loss = run.loss(logits[:len(targets)], targets)
-    with phase("backward"):
+    with run.phases("backward"):
         return run.backward(loss)
 
 
@@ -187,18 +194,11 @@ def leading_head_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torc
     """:func:`leading_step` with the LM frozen (``train.head_warmup_epochs``): every row of the
     subgraph, the targets' too, comes from the bank (the frozen LM's embeddings); the head
     and the implicit layer's histories learn, the LM is not run."""
-    phase = run.phases
-    with phase("sample"):
+    with run.phases("sample"):
         sub = run.sample(targets)
-    with phase("bank-lookup"):
+    with run.phases("bank-lookup"):
         x_in = run.bank.lookup(sub.node_ids).float()
-    with phase("propagate"), run.precision.autocast():
-        logits = run.model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=True,
-                                    num_iters=run.cfg.model.num_iters, dinv=sub.dinv)
-    with phase("loss"):
-        loss = run.loss(logits[:len(targets)], targets)
-    with phase("backward"):
-        return run.backward(loss)
+    return propagate_loss_backward(run, x_in, sub, targets, implicit=True)
 
 
 def supervised_head_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.Tensor:

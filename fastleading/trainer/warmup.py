@@ -51,7 +51,7 @@ def head_warmup(tr, log) -> dict:
         run.bank = MemoryBank(tr.graph.num_nodes, run.model.encoder.hidden_size, run.precision.bank_dtype, run.device)
         encode_graph(tr, "warm-up features", "fill")
     params = head_parameters(run.model)
-    optimizer = torch.optim.AdamW(params, lr=t.lr_head, weight_decay=t.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(params, lr=t.head_warmup_lr or t.lr_head, weight_decay=t.weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     warm = dataclasses.replace(run, optim=Optimization(optimizer, schedule, run.precision.make_scaler(), None, 1,
                                                        t.grad_clip), step=STEP_OFFSET)
