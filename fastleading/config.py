@@ -129,16 +129,18 @@ class TrainConfig:
     lr_layer_decay: float = _f(1.0, "Layer-wise LR decay of the LM: layer i of L (counted from the input) trains at "
                                "lr_lm x decay^(L-i), the embeddings at lr_lm x decay^L (1 = one rate).")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
-    head_warmup_epochs: int = _f(0, "Before the LM is fine-tuned, train the head (and the implicit layer's "
+    head_warmup_epochs: int = _f(-1, "Before the LM is fine-tuned, train the head (and the implicit layer's "
                                  "histories) this many epochs on the frozen LM's embeddings (LP-FT; leading and "
-                                 "supervised), evaluating every epoch without an encode, and start from the best.")
+                                 "supervised), evaluating every epoch without an encode, and start from the best "
+                                 "epoch's head. -1 = auto: enough epochs for about 80 head steps, at most 20 (0 "
+                                 "for coupled and under DeepSpeed); 0 = none.")
     head_warmup_lr: float = _f(0.0, "Learning rate of the head in the warm-up (0 = train.lr_head); train.lr_head is "
                                "then the head's rate while the LM is fine-tuned.")
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")
     schedule: str = _f("linear", "Decay after warm-up.", ("linear", "cosine", "constant"))
     grad_clip: float = _f(1.0, "Max gradient norm (0 = off).")
     grad_accum: int = _f(1, "Steps of gradient accumulation per optimizer step.")
-    eval_every: int = _f(1, "Evaluate every this many epochs; 0 = auto: after the first epoch whose LM encodes since "
+    eval_every: int = _f(0, "Evaluate every this many epochs; 0 = auto: after the first epoch whose LM encodes since "
                          "the last evaluation cost at least one evaluation (every node encoded once; an encode "
                          "with gradient counts 3), so that evaluation is at most about half of the LM's work.")
     eval_batch_size: int = _f(256, "At most this many nodes per no-gradient forward in evaluation and bank filling "
@@ -337,15 +339,18 @@ def validate(cfg: Config) -> None:
     t, m, d = cfg.train, cfg.model, cfg.data
     if t.head_warmup_lr < 0:
         raise FastleadingError(f"config key 'train.head_warmup_lr': expected >= 0, got {t.head_warmup_lr}")
-    if t.eval_every < 0 or t.head_warmup_epochs < 0 or t.patience < 0:
-        raise FastleadingError("config keys 'train.eval_every' / 'train.head_warmup_epochs' / 'train.patience': "
-                               f"expected >= 0, got {t.eval_every} / {t.head_warmup_epochs} / {t.patience}")
+    if t.eval_every < 0 or t.patience < 0:
+        raise FastleadingError("config keys 'train.eval_every' / 'train.patience': "
+                               f"expected >= 0, got {t.eval_every} / {t.patience}")
+    if t.head_warmup_epochs < -1:
+        raise FastleadingError(f"config key 'train.head_warmup_epochs': expected -1 (auto), 0 or more, got "
+                               f"{t.head_warmup_epochs}")
     if not 0.0 < t.lr_layer_decay <= 1.0:
         raise FastleadingError(f"config key 'train.lr_layer_decay': expected 0 < decay <= 1, got {t.lr_layer_decay}")
-    if t.head_warmup_epochs and t.method not in ("leading", "supervised"):
+    if t.head_warmup_epochs > 0 and t.method not in ("leading", "supervised"):
         raise FastleadingError(f"config key 'train.head_warmup_epochs': applies to train.method leading or "
                                f"supervised, not {t.method}")
-    if t.head_warmup_epochs and t.deepspeed:
+    if t.head_warmup_epochs > 0 and t.deepspeed:
         raise FastleadingError("config key 'train.head_warmup_epochs': not supported with train.deepspeed "
                                "(the engine owns the head's optimizer)")
     if t.task == "link" and m.warm_start in ("history", "delta"):

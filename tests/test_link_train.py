@@ -356,3 +356,25 @@ def test_link_prediction_on_a_custom_dataset_without_labels(tiny_bert, tmp_path)
         else:
             # topic words decide the edges: measured 0.822 test AUC (chance 0.5)
             assert summary["test_auc"] > 0.75, summary
+
+
+def test_dropping_edges_keeps_every_node_when_a_subgraph_has_as_many_edges_as_nodes():
+    """A sampled subgraph of 4 nodes and 4 (directed) edges: the edge drop must filter the edges
+    only (it took any array as long as the edges for a per-edge one, node ids included)."""
+    from fastleading.sampler import SampledSubgraph
+    from fastleading.trainer.link import EdgeDroppingSampler
+
+    # the path 0-1-2 plus an isolated node 3: directed edges 0-1, 1-0, 1-2, 2-1
+    sub = SampledSubgraph(node_ids=torch.tensor([10, 11, 12, 13]), rowptr=torch.tensor([0, 1, 3, 4, 4]),
+                          col=torch.tensor([1, 0, 2, 1]), num_targets=2, nodes_per_hop=[2, 1, 1])
+
+    class Inner:
+        def sample(self, targets, seed):
+            return sub
+
+    sampler = EdgeDroppingSampler(Inner())
+    sampler.drop = (torch.tensor([0]), torch.tensor([1]))
+    out = sampler.sample(torch.tensor([10, 11]), seed=0)
+    assert out.node_ids.tolist() == [10, 11, 12, 13]
+    assert out.rowptr.tolist() == [0, 0, 1, 2, 2] and out.col.tolist() == [2, 1]
+    assert sampler.removed.tolist() == [1, 1, 0, 0]

@@ -22,7 +22,7 @@ def metrics_lines(run_dir):
 def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_epoch(tiny_bert, tmp_path,
                                                                                      monkeypatch, method):
     from fastleading.trainer import evaluate as evaluate_module
-    from fastleading.trainer import warmup
+    from fastleading.trainer import loop, warmup
 
     cfg = small_config(tiny_bert, tmp_path / "c", f"train.method={method}", "train.head_warmup_epochs=10",
                        "train.epochs=1", "train.lr_head=1e-2", "data.split=high-0", "model.pooling=mean",
@@ -30,14 +30,14 @@ def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_e
     seen = {}
     real_warmup = warmup.head_warmup
 
-    def spy(tr, log):
+    def spy(tr, log, epochs):
         seen["lm"] = {k: v.clone() for k, v in tr.run.model.encoder.state_dict().items()}
         seen["head"] = [p.detach().clone() for p in warmup.head_parameters(tr.run.model)]
         seen["grad_encodes"] = tr.run.counter.totals["grad"]
         if tr.run.bank is not None:  # LEADING: the random head's accuracy on the frozen LM
             seen["untrained"], _ = evaluate_module.evaluate_embeddings(tr, tr.run.bank.emb)
             tr.progress.eval_solution = None
-        best = real_warmup(tr, log)
+        best = real_warmup(tr, log, epochs)
         seen["lm_after"] = {k: v.clone() for k, v in tr.run.model.encoder.state_dict().items()}
         seen["head_after"] = [p.detach().clone() for p in warmup.head_parameters(tr.run.model)]
         seen["grad_encodes_after"] = tr.run.counter.totals["grad"]
@@ -46,7 +46,7 @@ def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_e
         seen["fresh"], _ = evaluate_module.evaluate(tr)
         tr.progress.eval_solution = None
         return best
-    monkeypatch.setattr(warmup, "head_warmup", spy)
+    monkeypatch.setattr(loop, "head_warmup", spy)
     summary = train(cfg, tmp_path / "run", quiet=True)
     # the LM did not move and was not run with gradient; the head did move
     assert all(torch.equal(seen["lm"][k], seen["lm_after"][k]) for k in seen["lm"])
@@ -67,17 +67,17 @@ def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_e
 
 
 def test_a_resumed_run_does_not_warm_the_head_up_again(tiny_bert, tmp_path, monkeypatch):
-    from fastleading.trainer import warmup
+    from fastleading.trainer import loop
 
     calls = []
-    real = warmup.head_warmup
-    monkeypatch.setattr(warmup, "head_warmup", lambda tr, log: calls.append(1) or real(tr, log))
+    real = loop.head_warmup
+    monkeypatch.setattr(loop, "head_warmup", lambda tr, log, epochs: calls.append(epochs) or real(tr, log, epochs))
     cfg = small_config(tiny_bert, tmp_path / "c", "train.head_warmup_epochs=2", "train.epochs=2",
                        "data.split=low-0", "train.max_steps=5")
     train(cfg, tmp_path / "run", quiet=True)
     cfg.train.max_steps = 0
     summary = train(cfg, tmp_path / "run", resume=True, quiet=True)
-    assert calls == [1] and summary["steps"] == 8
+    assert calls == [2] and summary["steps"] == 8
 
 
 def test_head_warmup_is_refused_where_it_does_not_apply(tiny_bert, tmp_path):
@@ -202,7 +202,26 @@ def test_the_warm_up_has_its_own_head_learning_rate(tiny_bert, tmp_path, monkeyp
         tr = build_trainer(cfg, tmp_path / f"r{warm_lr}")
         encode_graph(tr, "fill", "fill")
         rates.clear()
-        warmup.head_warmup(tr, type("Log", (), {"write": lambda self, r: None})())
+        warmup.head_warmup(tr, type("Log", (), {"write": lambda self, r: None})(), 1)
         assert rates == [want]
         # fine-tuning's optimizer keeps train.lr_head for the head
         assert tr.run.optim.optimizer.param_groups[-1]["lr"] == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("method, split, overrides, epochs", [
+    ("leading", "low-0", (), 20),             # 60 targets in batches of 16: 4 steps an epoch -> capped at 20
+    ("supervised", "high-0", (), 9),          # 144 targets: 9 steps an epoch -> 9 epochs for 80 steps
+    ("coupled", "low-0", (), 0),              # no frozen-LM head step for the coupled baseline
+    ("leading", "low-0", ("train.head_warmup_epochs=3",), 3),
+    ("leading", "low-0", ("train.head_warmup_epochs=0",), 0),
+])
+def test_the_default_warm_up_gives_the_head_about_80_steps(tiny_bert, tmp_path, method, split, overrides, epochs):
+    from fastleading.config import Config
+    from fastleading.trainer.batches import steps_per_epoch
+    from fastleading.trainer.warmup import warmup_epochs
+
+    cfg = small_config(tiny_bert, tmp_path / "c", f"train.method={method}", f"data.split={split}",
+                       "train.head_warmup_epochs=-1", *overrides)
+    assert Config().train.head_warmup_epochs == -1  # auto is the default
+    tr = build_trainer(cfg, tmp_path / "r")
+    assert warmup_epochs(cfg, steps_per_epoch(cfg, len(tr.split.train))) == epochs

@@ -93,8 +93,10 @@ def test_link_study_writes_auc_mrr_per_method_table_and_plots(study):
     assert list(result["valid_by_epoch"]) == ["leading 10/30/60", "leading 85/5/10"]  # shallow: no history
     for split in ("10/30/60", "85/5/10"):
         leading = [r for r in result["runs"] if r["method"] == "leading" and r["split"] == split]
-        curve = result["valid_by_epoch"][f"leading {split}"]["1"]
-        assert curve["n"] == 2 and curve["values"] == [r["summary"]["history"][0]["valid_mrr"] for r in leading]
+        for epoch in (0, 1):  # 0: the head warm-up's best epoch (the frozen LM), 1: after fine-tuning
+            curve = result["valid_by_epoch"][f"leading {split}"][str(epoch)]
+            assert curve["n"] == 2 and curve["values"] == [
+                next(h for h in r["summary"]["history"] if h["epoch"] == epoch)["valid_mrr"] for r in leading]
     for name in ("valid_curves.png", "test_metrics.png"):
         assert_png(out / name)
     assert not (out / "test_acc.png").exists()

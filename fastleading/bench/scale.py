@@ -426,6 +426,8 @@ def overrides(args, model: Path) -> list[str]:
         f"model.name={model}", "model.random_init=true",
         "train.method=leading", "train.device=cpu", "train.epochs=1", f"train.batch_size={args.batch_size}",
         f"train.max_steps={args.steps}", f"train.checkpoint_every={args.steps}",
+        # the LM steps and one full evaluation are what is measured: no head warm-up before them
+        "train.head_warmup_epochs=0",
         f"train.fill_bank={str(args.fill_bank).lower()}", f"train.eval_batch_size={args.eval_batch_size}",
         *args.set,
     ]

@@ -68,14 +68,10 @@ class EdgeDroppingSampler:
         if self.drop is None:
             self.removed = None
             return sub
-        rowptr, col, keep = drop_edges(sub.rowptr, sub.col, *self.drop)
+        rowptr, col, _ = drop_edges(sub.rowptr, sub.col, *self.drop)
         self.removed = (sub.rowptr[1:] - sub.rowptr[:-1]) - (rowptr[1:] - rowptr[:-1])
-        changes = {"rowptr": rowptr, "col": col}
-        for f in dataclasses.fields(sub):  # any other per-edge array goes with its edges
-            value = getattr(sub, f.name)
-            if f.name not in changes and isinstance(value, torch.Tensor) and value.shape[:1] == sub.col.shape:
-                changes[f.name] = value[keep] if keep is not None else value
-        return dataclasses.replace(sub, **changes)
+        # col is the sample's only per-edge array (who-drew-whom draws are refused for link runs)
+        return dataclasses.replace(sub, rowptr=rowptr, col=col)
 
 
 @dataclass

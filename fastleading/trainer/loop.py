@@ -51,6 +51,7 @@ from fastleading.trainer.model import build_model
 from fastleading.trainer.optim import build_optimization
 from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint, settle_best
 from fastleading.trainer.steps import STEPS, Run
+from fastleading.trainer.warmup import head_warmup, warmup_epochs
 
 
 # the wall clock of train.checkpoint_minutes (a module attribute: tests advance their own)
@@ -197,16 +198,13 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     tracker = (open_tracker(cfg, out_dir, run.counter, run.phases, tr.graph.num_nodes, resumed_from)
                if is_main() else None)
     log = MetricsLog(out_dir / "metrics.jsonl", resumed_from, len(progress.history), tracker)
-    if t.head_warmup_epochs and not progress.warmed_up:  # LP-FT: the head first, on the frozen LM
-        from fastleading.trainer.warmup import head_warmup
-
-        record_evaluation(tr, log, head_warmup(tr, log), 0)
-        progress.warmed_up = True
-        checkpoint_now_at_start = True
-    else:
-        checkpoint_now_at_start = False
     step_fn = tr.task.step if tr.task is not None else STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
+    warmup = warmup_epochs(cfg, per_epoch)
+    checkpoint_now_at_start = bool(warmup) and not progress.warmed_up
+    if checkpoint_now_at_start:  # LP-FT: the head first, on the frozen LM
+        record_evaluation(tr, log, head_warmup(tr, log, warmup), 0)
+        progress.warmed_up = True
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
     profiler = StepProfiler(out_dir, t.profile and is_main())
     display = StepDisplay(t.method, total_steps, run.step, t.epochs, tr.quiet,
@@ -305,7 +303,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
            else tr.task.summary_fields(best)),
         "best_epoch": best["epoch"],
         "epochs": round(n_epochs, 4), "steps": run.step, "stopped": progress.stopped,
-        "head_warmup_epochs": t.head_warmup_epochs,
+        "head_warmup_epochs": warmup,
         **encode_rates(run.counter, len(tr.split.train), tr.graph.num_nodes, n_epochs),
         "refresh_batch_size": tr.refresh_size,
         "peak_memory_bytes": peak_memory_bytes(run.device),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import torch
 
@@ -31,6 +32,23 @@ ORDER_OFFSET = 1_000_000
 STEP_OFFSET = 1 << 40
 
 
+# train.head_warmup_epochs=-1: epochs enough for about this many head steps, at most AUTO_MAX_EPOCHS
+AUTO_STEPS, AUTO_MAX_EPOCHS = 80, 20
+
+
+def warmup_epochs(cfg, steps_per_epoch: int) -> int:
+    """The warm-up's epochs: ``train.head_warmup_epochs``, or for -1 (auto) enough for about
+    :data:`AUTO_STEPS` head steps and at most :data:`AUTO_MAX_EPOCHS` (CiteSeer-TAG's low-label
+    splits, 4 steps an epoch: 20; ogbn-products' 6,145: 1); none for the coupled baseline and
+    under DeepSpeed (the engine owns the head's optimizer)."""
+    t = cfg.train
+    if t.head_warmup_epochs >= 0:
+        return t.head_warmup_epochs
+    if t.method not in HEAD_STEPS or t.deepspeed:
+        return 0
+    return min(AUTO_MAX_EPOCHS, math.ceil(AUTO_STEPS / max(steps_per_epoch, 1)))
+
+
 def head_parameters(model) -> list[torch.nn.Parameter]:
     """The head's parameters (and a link decoder's): what the warm-up trains."""
     params = list(model.head.parameters())
@@ -39,11 +57,11 @@ def head_parameters(model) -> list[torch.nn.Parameter]:
     return params
 
 
-def head_warmup(tr, log) -> dict:
+def head_warmup(tr, log, epochs: int) -> dict:
     """Train the head of ``tr`` (a :class:`fastleading.trainer.loop.Trainer` whose LEADING bank
-    is filled) for ``train.head_warmup_epochs`` epochs on the frozen LM's embeddings, evaluate
-    every epoch on them, keep the best epoch's head; log each evaluation to ``log``. Returns
-    that evaluation (the metrics of the model fine-tuning starts from)."""
+    is filled) for ``epochs`` epochs (:func:`warmup_epochs`) on the frozen LM's embeddings,
+    evaluate every epoch on them, keep the best epoch's head; log each evaluation to ``log``.
+    Returns that evaluation (the metrics of the model fine-tuning starts from)."""
     cfg, run = tr.cfg, tr.run
     t = cfg.train
     temporary_bank = run.bank is None
@@ -63,7 +81,7 @@ def head_warmup(tr, log) -> dict:
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), tr.env.world_size)
     best, best_state = None, None
     with run.phases("head-warmup"):
-        for epoch in range(1, t.head_warmup_epochs + 1):
+        for epoch in range(1, epochs + 1):
             order = epoch_order(tr.split.train, t.seed, ORDER_OFFSET + epoch)
             for batch in range(per_epoch):
                 targets, warm.loss_weight = global_targets(order, batch, t.batch_size, tr.env.rank,
