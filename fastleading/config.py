@@ -124,8 +124,9 @@ class TrainConfig:
                             "train.task=link) or 'all' (the paper).", ("reachable", "all"))
     fanouts: list = _f([10, 5], "Neighbours sampled per hop.")
     fill_bank: bool = _f(True, "Encode every node once (no gradient) before training.")
-    lr_lm: float = _f(5e-5, "Learning rate of the LM.")
-    lr_head: float = _f(1e-3, "Learning rate of the head.")
+    lr_lm: float = _f(1e-5, "Learning rate of the LM.")
+    lr_head: float = _f(1e-4, "Learning rate of the head while the LM is fine-tuned (after the head warm-up, which "
+                        "trains it at train.head_warmup_lr); raise it (e.g. 1e-3) when there is no warm-up.")
     lr_layer_decay: float = _f(1.0, "Layer-wise LR decay of the LM: layer i of L (counted from the input) trains at "
                                "lr_lm x decay^(L-i), the embeddings at lr_lm x decay^L (1 = one rate).")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
@@ -134,7 +135,7 @@ class TrainConfig:
                                  "supervised), evaluating every epoch without an encode, and start from the best "
                                  "epoch's head. -1 = auto: enough epochs for about 80 head steps, at most 20 (0 "
                                  "for coupled and under DeepSpeed); 0 = none.")
-    head_warmup_lr: float = _f(0.0, "Learning rate of the head in the warm-up (0 = train.lr_head); train.lr_head is "
+    head_warmup_lr: float = _f(1e-3, "Learning rate of the head in the warm-up (0 = train.lr_head); train.lr_head is "
                                "then the head's rate while the LM is fine-tuned.")
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")
     schedule: str = _f("linear", "Decay after warm-up.", ("linear", "cosine", "constant"))

@@ -177,9 +177,10 @@ class ImplicitAPPNP(nn.Module):
             ``a = 0.1`` about ``(1-a)^L = 81%`` of a ``history`` output is the node's previous
             output: when the head or the LM moved since, the loss is taken at a stale point
             while the implicit gradient is the fixed point's, and training overshoots and
-            oscillates (README "Why LEADING degraded with longer training"). ``delta`` moves
-            the initial point with the input, exactly for an input shift that is constant over
-            a node's neighbourhood; a node never visited starts from its input.
+            oscillates (docs/results.md, "Why LEADING degraded with longer training"). ``delta``
+            moves the initial point with the input: its lag behind a drifting input's fixed
+            point is a small fraction of ``history``'s (tests/test_implicit_appnp.py); a node
+            never visited starts from its input.
 
     ``forward(x_in [n, C], rowptr, col, node_ids [n], dinv)`` propagates over the subgraph whose
     CSR (local ids) is ``rowptr/col`` and whose node ``i`` is global node ``node_ids[i]``;

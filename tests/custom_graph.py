@@ -52,4 +52,4 @@ def train_args(root: Path, cache: Path, model: str, *extra: str) -> list[str]:
     return [*data_args(root, cache, model), "--epochs", "2", "--device", "cpu", *flags, "train.batch_size=16",
             "train.eval_batch_size=128", "model.head_hidden=16", "train.log_every=1",
             # an evaluation every epoch, no head warm-up: the schedule the run-folder tests count on
-            "train.eval_every=1", "train.head_warmup_epochs=0", *overrides]
+            "train.eval_every=1", "train.head_warmup_epochs=0", "train.lr_head=1e-3", *overrides]

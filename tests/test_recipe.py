@@ -25,7 +25,7 @@ def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_e
     from fastleading.trainer import loop, warmup
 
     cfg = small_config(tiny_bert, tmp_path / "c", f"train.method={method}", "train.head_warmup_epochs=10",
-                       "train.epochs=1", "train.lr_head=1e-2", "data.split=high-0", "model.pooling=mean",
+                       "train.epochs=1", "train.head_warmup_lr=1e-2", "data.split=high-0", "model.pooling=mean",
                        "data.synthetic_signal=0.8")
     seen = {}
     real_warmup = warmup.head_warmup

@@ -35,9 +35,9 @@ def small_config(model: str, cache: Path, *overrides: str) -> Config:
         # fp32 whatever the CPU: train.precision=auto is bf16 on CPUs with native bf16, and the
         # tests compare against fp32 / float64 references (tests/test_precision.py covers auto)
         "train.precision=fp32",
-        # an evaluation every epoch and no head warm-up: the schedule these tests count on
-        # (tests/test_recipe.py covers the defaults, auto evaluation and the warm-up)
-        "train.eval_every=1", "train.head_warmup_epochs=0", *overrides])
+        # an evaluation every epoch and no head warm-up (so the head's rate of a run without
+        # one): the schedule these tests count on (tests/test_recipe.py covers the defaults)
+        "train.eval_every=1", "train.head_warmup_epochs=0", "train.lr_head=1e-3", *overrides])
 
 
 def test_leading_run_writes_every_output(tiny_bert, tmp_path):
