@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastleading.bench.report import require_dataset
 from fastleading.config import Config, apply_overrides
 from fastleading.errors import FastleadingError
 from fastleading.bench.sampler import git_commit
@@ -86,8 +87,7 @@ def main() -> int:
     p.add_argument("--runs", default="runs/ablation-citeseer")
     p.add_argument("--out", required=True, help="result JSON (validation only)")
     args = p.parse_args()
-    if not (Path(args.root) / "citeseer-tag").is_dir():
-        print(f"ablation_citeseer: error: citeseer-tag not found under {args.root}", file=sys.stderr)
+    if not require_dataset(args.root, "citeseer-tag", "ablation_citeseer"):
         return 2
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := [v for v in names if v not in VARIANTS]:

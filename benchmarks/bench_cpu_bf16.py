@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from fastleading.bench.report import write_result
 from fastleading.bench.sampler import git_commit, machine
 from fastleading.config import Config, apply_overrides
 from fastleading.encode import encode_eval, encode_nodes
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: result[k] for k in ("cpu_native_bf16", "median_s", "speedup_nograd_encode",
                                              "speedup_training_step", "bf16_embedding_mean_relative_error")},
                      indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_result(args.json, result)
     return 0
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastleading.bench.report import write_result
 from fastleading.bench.sampler import git_commit, machine
 from fastleading.config import Config, TrainConfig, apply_overrides
 from fastleading.encode import DEFAULT_TOKEN_BUDGET, budget_chunks, encode_eval, length_order, padding_ratio
@@ -133,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         result["runs"].append(run)
     result["load_avg_1m_at_end"] = os.getloadavg()[0]
     result["wall_s"] = round((datetime.datetime.now() - started).total_seconds(), 1)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_result(args.json, result)
     return 0
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from fastleading.bench.sampler import git_commit
+from fastleading.bench.report import require_dataset, write_result
 from fastleading.config import Config, apply_overrides
 
 
@@ -96,8 +97,7 @@ def main() -> int:
     p.add_argument("--runs", default="runs/diagnose-finetuning")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    if not (Path(args.root) / "citeseer-tag").is_dir():
-        print(f"diagnose_finetuning: error: citeseer-tag not found under {args.root}", file=sys.stderr)
+    if not require_dataset(args.root, "citeseer-tag", "diagnose_finetuning"):
         return 2
     result = {"benchmark": "citeseer-finetune-diagnosis", "date": dt.date.today().isoformat(),
               "command": "python " + " ".join(sys.argv), "git_commit": git_commit(),
@@ -113,8 +113,7 @@ def main() -> int:
         result["methods"][method] = {"config": cfg.to_dict(), "evaluations": records}
         for r in records:
             print(method, json.dumps(r), flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fastleading.bench.sampler import git_commit
+from fastleading.bench.report import require_dataset, write_result
 from fastleading.config import Config, apply_overrides
 
 WARM_STARTS = ("history", "delta", "input")
@@ -59,8 +59,7 @@ def main() -> int:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    if not (Path(args.root) / "citeseer-tag").is_dir():
-        print(f"head_dynamics: error: citeseer-tag not found under {args.root}", file=sys.stderr)
+    if not require_dataset(args.root, "citeseer-tag", "head_dynamics"):
         return 2
     from fastleading.downstream import pretrained_embeddings, train_gnn
     from fastleading.trainer.loop import build_trainer
@@ -93,8 +92,7 @@ def main() -> int:
             result["variants"].setdefault(warm_start, []).append(entry)
             print(f"seed {seed} {warm_start:<8} peak {entry['peak']:.3f} (epoch {entry['peak_epoch']}) "
                   f"end {entry['end']:.3f} oscillation {entry['oscillation']:.4f}", flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     print("\n| warm start | peak valid | end valid | peak - end | oscillation |\n| --- | --- | --- | --- | --- |")
     for name, runs in result["variants"].items():
         def ms(key):

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from fastleading.bench.sampler import git_commit
+from fastleading.bench.report import require_dataset, write_result
 from fastleading.config import Config, apply_overrides
 
 
@@ -65,8 +66,7 @@ def main() -> int:
     p.add_argument("--runs", default="runs/link-train-eval-gap")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    if not (Path(args.root) / "citeseer-tag").is_dir():
-        print(f"link_train_eval_gap: error: citeseer-tag not found under {args.root}", file=sys.stderr)
+    if not require_dataset(args.root, "citeseer-tag", "link_train_eval_gap"):
         return 2
     from fastleading.trainer import loop
 
@@ -95,8 +95,7 @@ def main() -> int:
                  "valid_auc_by_epoch": [round(h["valid_auc"], 4) for h in summary["history"]]}
         result["runs"][warm_start] = entry
         print(json.dumps(entry), flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     return 0
 
 

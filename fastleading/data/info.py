@@ -77,7 +77,7 @@ def format_info(d: dict) -> str:
              + (" ..." if d["classes"] > 10 else "") + (f"; unlabelled {d['unlabelled']}" if d["unlabelled"] else ""),
              f"texts        {'yes' if d['has_text'] else 'no'}"
              + (f" (bytes {pct(d['text_bytes'])}; {d['empty_texts']:,} empty)" if "text_bytes" in d else ""),
-             f"features     " + (f"{d['features'][0]} per node (fixed features, the input of method shallow)"
+             "features     " + (f"{d['features'][0]} per node (fixed features, the input of method shallow)"
                                   if d["features"] else "none")]
     splits = d["splits"]
     shown = list(splits)[:6]

@@ -12,7 +12,6 @@ encode.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
