@@ -201,8 +201,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     step_fn = tr.task.step if tr.task is not None else STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
     warmup = warmup_epochs(cfg, per_epoch)
-    checkpoint_now_at_start = bool(warmup) and not progress.warmed_up
-    if checkpoint_now_at_start:  # LP-FT: the head first, on the frozen LM
+    warming_up = bool(warmup) and not progress.warmed_up  # a resumed run does not warm up again
+    if warming_up:  # LP-FT: the head first, on the frozen LM; its best is the run's epoch 0
         record_evaluation(tr, log, head_warmup(tr, log, warmup), 0)
         progress.warmed_up = True
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
@@ -219,7 +219,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     def out_of_steps() -> bool:
         return bool(t.max_steps) and run.step >= t.max_steps
 
-    if checkpoint_now_at_start:  # a resumed run does not warm the head up again
+    if warming_up:  # the warm-up's result is kept: a kill after it does not redo it
         checkpoint_now()
     # a run that patience stopped stays stopped on resume, unless the resume raised train.patience
     stopped_by_patience = progress.stopped == "patience" and 0 < t.patience <= progress.evals_since_best
