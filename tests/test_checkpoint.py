@@ -112,6 +112,28 @@ def test_resume_of_a_max_steps_run_continues_to_the_end(tiny_bert, tmp_path):
     assert resumed["history"][-1] == pytest.approx(straight["history"][-1])
 
 
+def test_a_resumed_runs_wall_time_counts_its_earlier_attempts(tiny_bert, tmp_path, monkeypatch):
+    """The clock is injected: every step takes one minute. A run stopped after 7 steps and resumed
+    to the end reports the wall time of all its steps, as the run trained in one go does (it
+    reported only the last attempt's: 2 minutes)."""
+    from fastleading.trainer import loop
+
+    now = {"s": 0.0}
+    real_step = loop.STEPS["leading"]
+
+    def one_minute_step(*args):
+        now["s"] += 60.0
+        return real_step(*args)
+    monkeypatch.setitem(loop.STEPS, "leading", one_minute_step)
+    monkeypatch.setattr(loop, "clock", lambda: now["s"])
+    common = ("data.split=high-0", "train.epochs=1", "train.checkpoint_every=200")
+    straight = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
+    train(small_config(tiny_bert, tmp_path / "cache", *common, "train.max_steps=7"), tmp_path / "b", quiet=True)
+    resumed = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", resume=True, quiet=True)
+    assert straight["wall_time_s"] == pytest.approx(60.0 * straight["steps"])
+    assert resumed["wall_time_s"] == pytest.approx(straight["wall_time_s"])
+
+
 def test_pickle_protocol_error_is_one_line(tmp_path):
     path = tmp_path / "broken.pt"
     path.write_bytes(pickle.dumps({"a": 1})[:5])

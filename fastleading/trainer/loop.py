@@ -177,7 +177,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     from fastleading.trainer.display import StepDisplay
 
     out_dir = Path(out_dir)
-    start_time = time.time()
+    start_time = clock()
     tr = build_trainer(cfg, out_dir, quiet=quiet)
     tr.quiet = quiet or not is_main()  # known once build_trainer has joined the process group
     run, progress, t, env = tr.run, tr.progress, cfg.train, tr.env
@@ -210,9 +210,11 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     display = StepDisplay(t.method, total_steps, run.step, t.epochs, tr.quiet,
                           progress.history[-1]["valid"] if progress.history else float("nan"))
     saved_at, saved_time = resumed_from, clock()
+    earlier_wall_s = progress.wall_time_s  # the killed or stopped attempts' time, up to their checkpoint
 
     def checkpoint_now() -> None:
         nonlocal saved_at, saved_time
+        progress.wall_time_s = earlier_wall_s + clock() - start_time
         save_checkpoint(run, progress, tr.refresh_order, out_dir)
         saved_at, saved_time = run.step, clock()
 
@@ -307,7 +309,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         **encode_rates(run.counter, len(tr.split.train), tr.graph.num_nodes, n_epochs),
         "refresh_batch_size": tr.refresh_size,
         "peak_memory_bytes": peak_memory_bytes(run.device),
-        "wall_time_s": round(time.time() - start_time, 3),
+        "wall_time_s": round(earlier_wall_s + clock() - start_time, 3),
         "phase_time_s": run.phases.as_dict(),
         "device": str(run.device), "precision": run.precision.name,
         "overlap": run.overlap.overlapped, "kernels": ops.get_backend(),

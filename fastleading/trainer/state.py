@@ -60,6 +60,9 @@ class Progress:
     # why the loop stopped: epochs, max_steps or patience ('' while it runs)
     stopped: str = ""
     bad_evals: int = 0  # consecutive evaluations with non-finite outputs
+    # wall time of the attempts before this one, up to their last checkpoint (a resumed run's
+    # summary reports the run's time, not the last attempt's)
+    wall_time_s: float = 0.0
 
     def record_eval(self, metrics: dict, max_bad_evals: int = 0) -> bool:
         """Append the evaluation ``metrics`` of this epoch to the history; True when it becomes
