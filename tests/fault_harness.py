@@ -211,7 +211,10 @@ def run_differences(reference: Path, run: Path) -> list[str]:
             found.append(f"{name}: missing")
             continue
         a, b = checkpoint.load(reference / name), checkpoint.load(run / name)
-        a.pop("phases", None), b.pop("phases", None)  # wall times
+        for state in (a, b):  # wall times
+            state.pop("phases", None)
+            if isinstance(state.get("progress"), dict):
+                state["progress"].pop("wall_time_s", None)
         found += [f"{name}{d}" for d in differences(a, b)]
     if (reference / "metrics.jsonl").read_text() != (run / "metrics.jsonl").read_text():
         found.append("metrics.jsonl: differs")
