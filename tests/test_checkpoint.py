@@ -112,10 +112,9 @@ def test_resume_of_a_max_steps_run_continues_to_the_end(tiny_bert, tmp_path):
     assert resumed["history"][-1] == pytest.approx(straight["history"][-1])
 
 
-def test_a_resumed_runs_wall_time_counts_its_earlier_attempts(tiny_bert, tmp_path, monkeypatch):
-    """The clock is injected: every step takes one minute. A run stopped after 7 steps and resumed
-    to the end reports the wall time of all its steps, as the run trained in one go does (it
-    reported only the last attempt's: 2 minutes)."""
+@pytest.fixture
+def minute_steps(monkeypatch):
+    """The loop's clock injected: every LEADING step takes one minute of it."""
     from fastleading.trainer import loop
 
     now = {"s": 0.0}
@@ -126,6 +125,12 @@ def test_a_resumed_runs_wall_time_counts_its_earlier_attempts(tiny_bert, tmp_pat
         return real_step(*args)
     monkeypatch.setitem(loop.STEPS, "leading", one_minute_step)
     monkeypatch.setattr(loop, "clock", lambda: now["s"])
+
+
+def test_a_resumed_runs_wall_time_counts_its_earlier_attempts(tiny_bert, tmp_path, minute_steps):
+    """The clock is injected: every step takes one minute. A run stopped after 7 steps and resumed
+    to the end reports the wall time of all its steps, as the run trained in one go does (it
+    reported only the last attempt's: 2 minutes)."""
     common = ("data.split=high-0", "train.epochs=1", "train.checkpoint_every=200")
     straight = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "a", quiet=True)
     train(small_config(tiny_bert, tmp_path / "cache", *common, "train.max_steps=7"), tmp_path / "b", quiet=True)
@@ -254,20 +259,12 @@ def test_a_kill_after_the_checkpoint_leaves_the_pending_best_that_resume_puts_in
     assert all(torch.equal(best[k], v) for k, v in state["model"].items() if k in best)  # epoch 2's weights
 
 
-def test_checkpoint_minutes_checkpoints_on_the_wall_clock(tiny_bert, tmp_path, monkeypatch):
+def test_checkpoint_minutes_checkpoints_on_the_wall_clock(tiny_bert, tmp_path, monkeypatch, minute_steps):
     """The clock is injected: every step takes one minute of it. high-0 on 240 nodes at batch 16
     is 9 steps an epoch; with train.checkpoint_minutes=4 the clock checkpoints at steps 4 and 8
     (logging points), then the epoch end at 9; without it only the epoch end."""
     from fastleading.trainer import loop
 
-    now = {"s": 0.0}
-    real_step = loop.STEPS["leading"]
-
-    def one_minute_step(*args):
-        now["s"] += 60.0
-        return real_step(*args)
-    monkeypatch.setitem(loop.STEPS, "leading", one_minute_step)
-    monkeypatch.setattr(loop, "clock", lambda: now["s"])
     saved = []
     real_save = loop.save_checkpoint
     monkeypatch.setattr(loop, "save_checkpoint", lambda run, *a: saved.append(run.step) or real_save(run, *a))
