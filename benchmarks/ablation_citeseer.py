@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from fastleading.bench.report import require_dataset
+from fastleading.bench.report import git_commit, require_dataset
 from fastleading.config import Config, apply_overrides
 from fastleading.errors import FastleadingError
-from fastleading.bench.sampler import git_commit
 from fastleading.study import NODE_CLASSIFICATION, check_run_folders, plan, run_one
 
 # name -> overrides on top of the base; "base" is the recipe itself

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from fastleading.bench.report import write_result
-from fastleading.bench.sampler import git_commit, machine
+from fastleading.bench.report import git_commit, write_result
+from fastleading.bench.sampler import machine
 from fastleading.config import Config, apply_overrides
 from fastleading.encode import encode_eval, encode_nodes
 from fastleading.precision import NATIVE_BF16_CPU_FEATURES, Precision, cpu_native_bf16

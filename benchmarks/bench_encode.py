@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastleading.bench.report import write_result
-from fastleading.bench.sampler import git_commit, machine
+from fastleading.bench.report import git_commit, write_result
+from fastleading.bench.sampler import machine
 from fastleading.config import Config, TrainConfig, apply_overrides
 from fastleading.encode import DEFAULT_TOKEN_BUDGET, budget_chunks, encode_eval, length_order, padding_ratio
 from fastleading.precision import resolve_precision

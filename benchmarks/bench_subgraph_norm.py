@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from fastleading.bench.report import git_commit
 from fastleading.config import Config, apply_overrides
 from fastleading.trainer.loop import build_trainer, train
 from fastleading.trainer.state import load_checkpoint
@@ -99,7 +99,7 @@ def main() -> int:
         "device": f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
-        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "git_commit": git_commit(),
         "command": "python " + " ".join(sys.argv),
         "setting": "all-MiniLM-L6-v2, LEADING, defaults (3 epochs, fanouts [10, 5], 2 warm-started iterations) "
                    "plus each case's overrides; sampled accuracy: the final model on every train / test node "

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastleading.bench.sampler import git_commit
-from fastleading.bench.report import require_dataset, write_result
+from fastleading.bench.report import git_commit, require_dataset, write_result
 from fastleading.config import Config, apply_overrides
 
 

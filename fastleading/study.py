@@ -40,12 +40,12 @@ import dataclasses
 import datetime as dt
 import json
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from fastleading.bench.report import git_commit
 from fastleading.config import Config, apply_overrides
 from fastleading.errors import FastleadingError
 from fastleading.io import atomic_write_text
@@ -425,14 +425,6 @@ def markdown_table(results: dict, valid_by_epoch: dict, gnns: list[str], header:
     return "\n".join(lines) + "\n"
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def device_name(runs: list[dict]) -> str:
     import torch
 
@@ -479,7 +471,7 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
         **({"metrics": {m.suffix.lstrip("_"): m.label for m in t.metrics}} if t.config_task == "link" else {}),
         "dataset": base.data.dataset, "model": base.model.name, "methods": methods, "seeds": seeds,
         "splits": patterns, "downstream": gnns, "device": device_name(runs), "torch": torch.__version__,
-        "date": dt.date.today().isoformat(), "git_commit": _git_commit(), "command": command,
+        "date": dt.date.today().isoformat(), "git_commit": git_commit(), "command": command,
         "settings": settings or {}, "note": note,
         "std": "sample standard deviation over runs (0 for one run)",
         "wall_s_this_call": round(time.time() - started, 3),

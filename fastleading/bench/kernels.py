@@ -42,7 +42,6 @@ import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -527,7 +526,8 @@ def transparent_hugepages() -> str | None:
 def run_cpu_bench(args: argparse.Namespace) -> Path:
     """The CPU mode of :func:`run_kernel_bench` (``--cpu``); returns the JSON path."""
     from fastleading import _native
-    from fastleading.bench.sampler import git_commit, machine
+    from fastleading.bench.report import git_commit
+    from fastleading.bench.sampler import machine
 
     for key, value in CPU_DEFAULTS.items():
         if getattr(args, key) is None:
@@ -590,11 +590,9 @@ def command_line(argv: list[str] | None) -> str:
 
 
 def environment(device: torch.device, interpreter: bool, argv: list[str] | None = None) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    from fastleading.bench.report import git_commit
+
+    commit = git_commit()
     try:
         import triton
 

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import threading
 import time
@@ -33,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastleading.bench.report import git_commit
 from fastleading.graph import build_csr, degree_percentiles
 from fastleading.io import atomic_write_text
 from fastleading.sampler import NeighborSampler
 
 PRODUCTS_NODES = 2_449_029
 PRODUCTS_AVG_DEGREE = 50.5  # 123,718,280 directed edges / 2,449,029 nodes
-REPO = Path(__file__).resolve().parents[1]
 
 
 # -- the graph -------------------------------------------------------------------------------
@@ -189,15 +188,6 @@ def machine() -> dict:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
             "memory_gib": round(mem / 2**30, 1), "load_avg_1m_at_start": os.getloadavg()[0]}
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
 def gib(x: int) -> float:

@@ -586,11 +586,12 @@ def main(argv: list[str] | None = None) -> int:
     models.mkdir(parents=True, exist_ok=True)
     model = stand_in_model(models, args.hidden, args.layers, args.heads)
     spec = {"overrides": overrides(args, model), "run_dir": str(run_dir), "threads": args.threads}
+    from fastleading.bench.report import git_commit
     from fastleading.bench.sampler import machine
 
     result = {"benchmark": "scale", "date": date, "toy": bool(args.toy),
               "command": "fastleading bench scale " + " ".join(argv),
-              "git_commit": _git("rev-parse", "HEAD") or "unknown",
+              "git_commit": git_commit(),
               "git_uncommitted": uncommitted_files(),
               "machine": machine(), "versions": versions(),
               "stand_in_lm": {"kind": "BertConfig, random weights", "hidden": args.hidden, "layers": args.layers,

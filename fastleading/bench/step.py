@@ -18,7 +18,6 @@ import argparse
 import datetime as _dt
 import json
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -159,10 +158,9 @@ def environment(device: torch.device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
+    from fastleading.bench.report import git_commit
+
+    commit = git_commit()
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton_version, "transformers": transformers.__version__,
             "cuda": torch.version.cuda, "git_commit": commit, "date": _dt.date.today().isoformat()}
