@@ -37,6 +37,15 @@ def write_custom_graph(folder: Path, nodes: int = 60, seed: int = 0) -> list[str
     return ids
 
 
+def custom_graph_and_model(root: Path) -> tuple[Path, str]:
+    """A 60-node custom dataset under ``root/data`` and a tiny BERT under ``root/bert``: the
+    setting of the command-line tests; returns ``(root, model)``."""
+    from tiny_models import save_tiny_model
+
+    write_custom_graph(root / "data")
+    return root, save_tiny_model(root / "bert", "bert", hidden=16, layers=1)
+
+
 def data_args(root: Path, cache: Path, model: str) -> list[str]:
     """The flags that name the dataset, model and cache of a tiny run."""
     return ["--dataset", "custom", "--root", str(root), "--cache-dir", str(cache), "--model", model,

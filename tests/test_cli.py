@@ -8,16 +8,12 @@ import pytest
 
 from fastleading.cli import main
 
-from custom_graph import data_args, write_custom_graph
-from tiny_models import save_tiny_model
+from custom_graph import custom_graph_and_model, data_args
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    write_custom_graph(root / "data")
-    model = save_tiny_model(root / "bert", "bert", hidden=16, layers=1)
-    return root, model
+    return custom_graph_and_model(tmp_path_factory.mktemp("cli"))
 
 
 def help_text(capsys, *args: str) -> str:

@@ -16,18 +16,14 @@ from fastleading.cli import main
 from fastleading.config import Config, apply_overrides
 from fastleading.trainer.optim import build_optimization, lr_lambda
 
-from custom_graph import train_args, write_custom_graph
-from tiny_models import save_tiny_model
+from custom_graph import custom_graph_and_model, train_args
 
 STEPS_PER_EPOCH = 3  # 36 training nodes of write_custom_graph(60) in batches of 16
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run-folder")
-    write_custom_graph(root / "data")
-    model = save_tiny_model(root / "bert", "bert", hidden=16, layers=1)
-    return root, model
+    return custom_graph_and_model(tmp_path_factory.mktemp("run-folder"))
 
 
 def train(setup, out: Path, *extra: str) -> int:
