@@ -51,7 +51,7 @@ from fastleading.trainer.model import build_model
 from fastleading.trainer.optim import build_optimization
 from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint, settle_best
 from fastleading.trainer.steps import STEPS, Run
-from fastleading.trainer.warmup import head_warmup, warmup_epochs
+from fastleading.trainer.warmup import head_warmup, warmup_plan
 
 
 # the wall clock of train.checkpoint_minutes (a module attribute: tests advance their own)
@@ -200,10 +200,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     log = MetricsLog(out_dir / "metrics.jsonl", resumed_from, len(progress.history), tracker)
     step_fn = tr.task.step if tr.task is not None else STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
-    warmup = warmup_epochs(cfg, per_epoch)
-    warming_up = bool(warmup) and not progress.warmed_up  # a resumed run does not warm up again
+    warmup_epochs, warmup_patience = warmup_plan(cfg, per_epoch)
+    warming_up = bool(warmup_epochs) and not progress.warmed_up  # a resumed run does not warm up again
     if warming_up:  # LP-FT: the head first, on the frozen LM; its best is the run's epoch 0
-        record_evaluation(tr, log, head_warmup(tr, log, warmup), 0)
+        record_evaluation(tr, log, head_warmup(tr, log, warmup_epochs, warmup_patience), 0)
         progress.warmed_up = True
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
     profiler = StepProfiler(out_dir, t.profile and is_main())
@@ -305,7 +305,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
            else tr.task.summary_fields(best)),
         "best_epoch": best["epoch"],
         "epochs": round(n_epochs, 4), "steps": run.step, "stopped": progress.stopped,
-        "head_warmup_epochs": warmup,
+        "head_warmup_epochs": progress.warmup_epochs,
         **encode_rates(run.counter, len(tr.split.train), tr.graph.num_nodes, n_epochs),
         "refresh_batch_size": tr.refresh_size,
         "peak_memory_bytes": peak_memory_bytes(run.device),
