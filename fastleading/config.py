@@ -133,9 +133,9 @@ class TrainConfig:
     head_warmup_epochs: int = _f(-1, "Before the LM is fine-tuned, train the head (and the implicit layer's "
                                  "histories) this many epochs on the frozen LM's embeddings (LP-FT; leading and "
                                  "supervised), evaluating every epoch without an encode, and start from the best "
-                                 "epoch's head. -1 = auto: until 10 epochs in a row bring no better validation score, "
-                                 "at most 200 epochs and about 2,000 head steps (at least one epoch; 0 for coupled "
-                                 "and under DeepSpeed); 0 = none.")
+                                 "epoch's head. -1 = auto: as the frozen baseline's head is trained, 200 epochs, fewer "
+                                 "where that is more than about 2,000 head steps (at least one; 0 for coupled and "
+                                 "under DeepSpeed); 0 = none.")
     head_warmup_lr: float = _f(1e-3, "Learning rate of the head in the warm-up (0 = train.lr_head); train.lr_head is "
                                "then the head's rate while the LM is fine-tuned.")
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")

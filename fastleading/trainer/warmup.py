@@ -31,24 +31,23 @@ ORDER_OFFSET = 1_000_000
 STEP_OFFSET = 1 << 40
 
 
-# train.head_warmup_epochs=-1 (auto): until AUTO_PATIENCE warm-up evaluations in a row bring no
-# better validation score, at most AUTO_MAX_EPOCHS epochs and about AUTO_MAX_STEPS head steps
-AUTO_PATIENCE, AUTO_MAX_EPOCHS, AUTO_MAX_STEPS = 10, 200, 2000
+# train.head_warmup_epochs=-1 (auto): the head trained as the frozen baseline's is, the best of up
+# to AUTO_MAX_EPOCHS epochs (train.downstream_epochs' default), at most about AUTO_MAX_STEPS steps
+AUTO_MAX_EPOCHS, AUTO_MAX_STEPS = 200, 2000
 
 
-def warmup_plan(cfg, steps_per_epoch: int) -> tuple[int, int]:
-    """The warm-up's ``(epochs, patience)``: ``train.head_warmup_epochs`` epochs, every one run
-    (patience 0); or for -1 (auto) until the head has converged on the frozen LM, as the frozen
-    baseline's head is trained: up to :data:`AUTO_MAX_EPOCHS` epochs and about
-    :data:`AUTO_MAX_STEPS` head steps (at least one epoch: ogbn-products, 6,145 steps an epoch,
-    gets one), stopping after :data:`AUTO_PATIENCE` epochs without a better validation score.
-    None for the coupled baseline and under DeepSpeed (the engine owns the head's optimizer)."""
+def warmup_epochs(cfg, steps_per_epoch: int) -> int:
+    """The warm-up's epochs: ``train.head_warmup_epochs``, or for -1 (auto) the frozen
+    baseline's head training: :data:`AUTO_MAX_EPOCHS` epochs, fewer where that would be more
+    than about :data:`AUTO_MAX_STEPS` head steps, at least one (ogbn-products, 6,145 steps an
+    epoch, gets one); none for the coupled baseline and under DeepSpeed (the engine owns the
+    head's optimizer). Every epoch is evaluated; the best is kept."""
     t = cfg.train
     if t.head_warmup_epochs >= 0:
-        return t.head_warmup_epochs, 0
+        return t.head_warmup_epochs
     if t.method not in HEAD_STEPS or t.deepspeed:
-        return 0, 0
-    return min(AUTO_MAX_EPOCHS, max(1, AUTO_MAX_STEPS // max(steps_per_epoch, 1))), AUTO_PATIENCE
+        return 0
+    return min(AUTO_MAX_EPOCHS, max(1, AUTO_MAX_STEPS // max(steps_per_epoch, 1)))
 
 
 def head_parameters(model) -> list[torch.nn.Parameter]:
@@ -59,13 +58,12 @@ def head_parameters(model) -> list[torch.nn.Parameter]:
     return params
 
 
-def head_warmup(tr, log, epochs: int, patience: int = 0) -> dict:
+def head_warmup(tr, log, epochs: int) -> dict:
     """Train the head of ``tr`` (a :class:`fastleading.trainer.loop.Trainer` whose LEADING bank
-    is filled) for up to ``epochs`` epochs on the frozen LM's embeddings (:func:`warmup_plan`),
-    evaluate every epoch on them, stop after ``patience`` epochs in a row without a better
-    validation score (0 = never), keep the best epoch's head; log each evaluation to ``log`` and
-    the epochs run in ``tr.progress.warmup_epochs``. Returns the best evaluation (the metrics of
-    the model fine-tuning starts from)."""
+    is filled) for ``epochs`` epochs (:func:`warmup_epochs`) on the frozen LM's embeddings,
+    evaluate every epoch on them, keep the best epoch's head; log each evaluation to ``log`` and
+    the epochs run in ``tr.progress.warmup_epochs``. Returns that evaluation (the metrics of the
+    model fine-tuning starts from)."""
     cfg, run = tr.cfg, tr.run
     t = cfg.train
     temporary_bank = run.bank is None
@@ -83,7 +81,7 @@ def head_warmup(tr, log, epochs: int, patience: int = 0) -> dict:
     else:
         step_fn = HEAD_STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), tr.env.world_size)
-    best, best_state, since_best = None, None, 0
+    best, best_state = None, None
     with run.phases("head-warmup"):
         for epoch in range(1, epochs + 1):
             order = epoch_order(tr.split.train, t.seed, ORDER_OFFSET + epoch)
@@ -100,11 +98,7 @@ def head_warmup(tr, log, epochs: int, patience: int = 0) -> dict:
                        "propagation_iters": iters})
             tr.progress.warmup_epochs = epoch
             if best is None or metrics["valid"] > best["valid"]:
-                best, best_state, since_best = metrics, copy.deepcopy([p.detach() for p in params]), 0
-            else:
-                since_best += 1
-                if patience and since_best >= patience:
-                    break
+                best, best_state = metrics, copy.deepcopy([p.detach() for p in params])
     with torch.no_grad():
         for p, value in zip(params, best_state):
             p.copy_(value)
