@@ -77,6 +77,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from fastleading.data import dataset_entry
     from fastleading.methods import train_method
 
     if args.resume:
@@ -90,6 +91,7 @@ def cmd_train(args) -> int:
     else:
         cfg = _config(args)
         out = Path(args.out or "runs/default")
+    dataset_entry(cfg.data.dataset)  # a misspelt dataset is named before the run folder is looked at
     if args.profile:
         cfg.train.profile = True
     if cfg.train.deepspeed:

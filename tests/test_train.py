@@ -320,10 +320,13 @@ def test_lm_method_on_dataset_without_text_is_refused(tmp_path):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    # in a folder whose runs/default holds a run (after `make train`): the bad input is still what is named
+    (tmp_path / "runs" / "default").mkdir(parents=True)
+    (tmp_path / "runs" / "default" / "config.json").write_text("{}")
     for args, fragment in ((["train", "--method", "magic"], "'train.method': expected one of"),
-                           (["train", "--dataset", "nope", f"data.cache_dir={tmp_path}"], "nope"),
+                           (["train", "--dataset", "nope", f"data.cache_dir={tmp_path}"], "unknown dataset 'nope'"),
                            (["train", "--resume", str(tmp_path / "missing")], "cannot resume")):
-        proc = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], (args, proc.stderr)
