@@ -132,7 +132,7 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     head_warmup_epochs: int = _f(-1, "Before the LM is fine-tuned, train the head (and the implicit layer's "
                                  "histories) this many epochs on the frozen LM's embeddings (LP-FT; leading and "
-                                 "supervised), evaluating every epoch without an encode, and start from the best "
+                                 "supervised; pretrained and shallow ignore it), evaluating every epoch without an encode, and start from the best "
                                  "epoch's head. -1 = auto: as the frozen baseline's head is trained, 200 epochs, fewer "
                                  "where that is more than about 2,000 head steps (at least one; 0 for coupled and "
                                  "under DeepSpeed); 0 = none.")
@@ -349,7 +349,9 @@ def validate(cfg: Config) -> None:
                                f"{t.head_warmup_epochs}")
     if not 0.0 < t.lr_layer_decay <= 1.0:
         raise FastleadingError(f"config key 'train.lr_layer_decay': expected 0 < decay <= 1, got {t.lr_layer_decay}")
-    if t.head_warmup_epochs > 0 and t.method not in ("leading", "supervised"):
+    # the fixed-feature methods (pretrained, shallow) train their head to the end anyway: a study's
+    # one override for every method stays valid for them
+    if t.head_warmup_epochs > 0 and t.method not in ("leading", "supervised", "pretrained", "shallow"):
         raise FastleadingError(f"config key 'train.head_warmup_epochs': applies to train.method leading or "
                                f"supervised, not {t.method}")
     if t.head_warmup_epochs > 0 and t.deepspeed:

@@ -86,6 +86,11 @@ def test_head_warmup_is_refused_where_it_does_not_apply(tiny_bert, tmp_path):
     with pytest.raises(FastleadingError, match="'train.head_warmup_epochs': applies to train.method leading or "
                                                "supervised, not coupled"):
         small_config(tiny_bert, tmp_path / "c", "train.method=coupled", "train.head_warmup_epochs=2")
+    # a study passes one override to every method: the fixed-feature ones, which train their head
+    # to the end anyway, take it
+    for method in ("pretrained", "shallow"):
+        assert small_config(tiny_bert, tmp_path / "c", f"train.method={method}",
+                            "train.head_warmup_epochs=2").train.head_warmup_epochs == 2
 
 
 def test_layer_wise_lr_decay_gives_each_depth_its_rate(tiny_bert, tmp_path):
