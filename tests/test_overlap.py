@@ -74,13 +74,12 @@ def overlapped_run(tiny_bert, tmp_path, monkeypatch, device="cuda:1"):
     return tr, fake
 
 
-def test_refresh_runs_on_side_stream_and_never_races_lookups(tiny_bert, tmp_path, monkeypatch):
-    tr, fake = overlapped_run(tiny_bert, tmp_path, monkeypatch)
-    run, stream, log = tr.run, tr.run.overlap, fake.log
-
+def trace_pipelines(run, fake) -> None:
+    """Log every bank lookup / refresh and every encode of ``run`` in ``fake.log`` with the
+    stream it was enqueued on."""
     def traced(name, fn):
         def wrapper(*args, **kwargs):
-            log.append((name, fake.current.name))
+            fake.log.append((name, fake.current.name))
             return fn(*args, **kwargs)
         return wrapper
 
@@ -88,6 +87,12 @@ def test_refresh_runs_on_side_stream_and_never_races_lookups(tiny_bert, tmp_path
     run.bank.refresh = traced("refresh", run.bank.refresh)
     run.encode_nograd = traced("encode-refresh", run.encode_nograd)
     run.encode = traced("encode-grad", run.encode)
+
+
+def test_refresh_runs_on_side_stream_and_never_races_lookups(tiny_bert, tmp_path, monkeypatch):
+    tr, fake = overlapped_run(tiny_bert, tmp_path, monkeypatch)
+    run, stream, log = tr.run, tr.run.overlap, fake.log
+    trace_pipelines(run, fake)
 
     leading_step(run, tr.split.train[:8], torch.arange(8))
     stream.join()
@@ -115,17 +120,7 @@ def one_traced_step(tiny_bert, tmp_path, monkeypatch, fake, device, enabled):
     ran on; returns what the step computed."""
     tr = build_trainer(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0"), tmp_path / "run")
     run = tr.run
-
-    def traced(name, fn):
-        def wrapper(*args, **kwargs):
-            fake.log.append((name, fake.current.name))
-            return fn(*args, **kwargs)
-        return wrapper
-
-    run.bank.lookup = traced("lookup", run.bank.lookup)
-    run.bank.refresh = traced("refresh", run.bank.refresh)
-    run.encode_nograd = traced("encode-refresh", run.encode_nograd)
-    run.encode = traced("encode-grad", run.encode)
+    trace_pipelines(run, fake)
     with monkeypatch.context() as patch:  # after the build: the fake replaces torch.cuda everywhere
         patch.setattr(overlap_mod.torch, "cuda", fake)
         run.overlap = overlap_mod.RefreshStream(torch.device(device), enabled=enabled)
