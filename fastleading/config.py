@@ -132,8 +132,8 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     head_warmup_epochs: int = _f(-1, "Before the LM is fine-tuned, train the head (and the implicit layer's "
                                  "histories) this many epochs on the frozen LM's embeddings (LP-FT; leading and "
-                                 "supervised; pretrained and shallow ignore it), evaluating every epoch without an encode, and start from the best "
-                                 "epoch's head. -1 = auto: as the frozen baseline's head is trained, 200 epochs, fewer "
+                                 "supervised; pretrained and shallow ignore it), evaluating every epoch without an "
+                                 "encode, and start from the best epoch's head. -1 = auto: as the frozen baseline's head is trained, 200 epochs, fewer "
                                  "where that is more than about 2,000 head steps (at least one; 0 for coupled and "
                                  "under DeepSpeed); 0 = none.")
     head_warmup_lr: float = _f(1e-3, "Learning rate of the head in the warm-up (0 = train.lr_head); train.lr_head is "

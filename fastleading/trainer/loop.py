@@ -305,7 +305,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
            else tr.task.summary_fields(best)),
         "best_epoch": best["epoch"],
         "epochs": round(n_epochs, 4), "steps": run.step, "stopped": progress.stopped,
-        "head_warmup_epochs": progress.warmup_epochs,
+        "head_warmup_epochs": warmup,
         **encode_rates(run.counter, len(tr.split.train), tr.graph.num_nodes, n_epochs),
         "refresh_batch_size": tr.refresh_size,
         "peak_memory_bytes": peak_memory_bytes(run.device),

@@ -55,9 +55,8 @@ class Progress:
     eval_solution: torch.Tensor | None = None
     # EncodeCounter.cost() at the last evaluation (train.eval_every=0 evaluates by encodes spent)
     cost_at_eval: int = 0
-    # the head warm-up (train.head_warmup_epochs) has run, and how many epochs
+    # the head warm-up (train.head_warmup_epochs) has run
     warmed_up: bool = False
-    warmup_epochs: int = 0
     # why the loop stopped: epochs, max_steps or patience ('' while it runs)
     stopped: str = ""
     bad_evals: int = 0  # consecutive evaluations with non-finite outputs

@@ -61,9 +61,8 @@ def head_parameters(model) -> list[torch.nn.Parameter]:
 def head_warmup(tr, log, epochs: int) -> dict:
     """Train the head of ``tr`` (a :class:`fastleading.trainer.loop.Trainer` whose LEADING bank
     is filled) for ``epochs`` epochs (:func:`warmup_epochs`) on the frozen LM's embeddings,
-    evaluate every epoch on them, keep the best epoch's head; log each evaluation to ``log`` and
-    the epochs run in ``tr.progress.warmup_epochs``. Returns that evaluation (the metrics of the
-    model fine-tuning starts from)."""
+    evaluate every epoch on them, keep the best epoch's head; log each evaluation to ``log``.
+    Returns that evaluation (the metrics of the model fine-tuning starts from)."""
     cfg, run = tr.cfg, tr.run
     t = cfg.train
     temporary_bank = run.bank is None
@@ -96,7 +95,6 @@ def head_warmup(tr, log, epochs: int) -> dict:
             # not an "eval" record: the run's evaluations are its history's (epoch 0 is the best of these)
             log.write({"step": run.step, "epoch": 0, "warmup_epoch": epoch, "warmup_eval": metrics,
                        "propagation_iters": iters})
-            tr.progress.warmup_epochs = epoch
             if best is None or metrics["valid"] > best["valid"]:
                 best, best_state = metrics, copy.deepcopy([p.detach() for p in params])
     with torch.no_grad():
