@@ -8,6 +8,7 @@ fixed features full-batch and selects the epoch with the best validation accurac
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -30,7 +31,20 @@ def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed
               weight_decay: float = 5e-4, alpha: float = 0.1, num_iters: int = 10, layers: int | None = None,
               hops: int | None = None, batch_size: int | None = None) -> dict:
     """Train the GNN ``kind`` (:class:`fastleading.gnn.GNN`) on fixed ``features [N, F]``;
-    returns accuracies at the epoch with the best valid accuracy.
+    returns accuracies at the epoch with the best valid accuracy (:func:`fit_gnn` without the model)."""
+    return fit_gnn(graph, features, split, kind, epochs, seed, device, hidden, dropout, lr, weight_decay, alpha,
+                   num_iters, layers, hops, batch_size)[0]
+
+
+def fit_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed: int = 0,
+            device: torch.device | str = "cpu", hidden: int = 256, dropout: float = 0.5, lr: float = 0.01,
+            weight_decay: float = 5e-4, alpha: float = 0.1, num_iters: int = 10, layers: int | None = None,
+            hops: int | None = None, batch_size: int | None = None, head: str = "mlp",
+            on_epoch=None) -> tuple[dict, GNN]:
+    """Train the GNN ``kind`` (:class:`fastleading.gnn.GNN`, its MLP a ``head`` :class:`fastleading.nn.Head`
+    for ``appnp`` / ``mlp``) on fixed ``features [N, F]``; returns (accuracies at the epoch with the
+    best valid accuracy, the model with that epoch's weights, in eval mode). ``on_epoch(epoch,
+    accuracies)`` is called after each epoch's evaluation.
 
     Full-batch models take one step per epoch on all training nodes; a mini-batched one
     (``gamlp``) takes one per ``batch_size`` training nodes, in a fresh order every epoch,
@@ -45,7 +59,8 @@ def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed
         raise FastleadingError(f"config key 'model.gnn_batch_size': expected a positive integer, got {batch_size}")
     torch.manual_seed(seed)
     device = torch.device(device)
-    model = GNN(kind, features.shape[1], graph.num_classes, hidden, dropout, alpha, num_iters, layers, hops).to(device)
+    model = GNN(kind, features.shape[1], graph.num_classes, hidden, dropout, alpha, num_iters, layers, hops,
+                head).to(device)
     inputs = model.inputs(graph, features, device)
     labels = graph.labels.to(device)
     train, valid, test = (s.to(device) for s in (split.train, split.valid, split.test))
@@ -77,12 +92,30 @@ def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed
         acc = {name: float(part.mean())
                for name, part in zip(("train", "valid", "test"), correct.split([len(train), len(valid), len(test)]))}
         acc["nonfinite"] = int((pred < 0).sum())
+        if on_epoch is not None:
+            on_epoch(epoch, acc)
         if improves(acc, best["valid"], "epoch" in best):
             best = {**acc, "epoch": epoch, "loss": float(total) / len(train)}
+            best_state = copy.deepcopy(model.state_dict())
     if "epoch" not in best:
         raise FastleadingError(f"{kind} on fixed features: no epoch's evaluation had finite logits "
                                "for every node (the model diverged): lower the learning rate")
-    return {"gnn": kind, **best}
+    model.load_state_dict(best_state)
+    return {"gnn": kind, **best}, model.eval()
+
+
+def fit_frozen_head(cfg: Config, graph, features: torch.Tensor, split, device: torch.device | str,
+                    kind: str = "appnp", epochs: int | None = None, on_epoch=None) -> tuple[dict, GNN]:
+    """The ``pretrained`` baseline's model on ``features [N, H]`` (the frozen LM's embeddings):
+    ``cfg``'s head (``model.head``, ``model.head_hidden``) followed by ``model.eval_iters`` APPNP steps
+    at ``model.alpha`` (``kind='mlp'``: no propagation), trained full batch with dropout 0.5 for
+    ``epochs`` (default ``train.downstream_epochs``) and the best validation epoch kept
+    (:func:`fit_gnn`). LEADING's head warm-up calls it too (:mod:`fastleading.trainer.warmup`), so
+    that its epoch 0 is this baseline by construction."""
+    m = cfg.model
+    return fit_gnn(graph, features, split, kind, cfg.train.downstream_epochs if epochs is None else epochs,
+                   cfg.train.seed, device, m.head_hidden, 0.5, alpha=m.alpha, num_iters=m.eval_iters, head=m.head,
+                   on_epoch=on_epoch)
 
 
 # methods that train no LM: features are fixed before the GNN sees them
@@ -111,8 +144,7 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
         result, scores = link_gnn(cfg, graph, torch.as_tensor(np.asarray(features)), "appnp", m.eval_iters)
     else:
         split = graph.split(cfg.data.split)
-        result = train_gnn(graph, torch.as_tensor(np.asarray(features)), split, "appnp", cfg.train.downstream_epochs,
-                           cfg.train.seed, device, m.head_hidden, 0.5, alpha=m.alpha, num_iters=m.eval_iters)
+        result, _ = fit_frozen_head(cfg, graph, torch.as_tensor(np.asarray(features)), split, device)
         scores = {"split": cfg.data.split or graph.default_split, "best_valid_acc": result["valid"],
                   "test_acc": result["test"]}
     summary = {"method": cfg.train.method, "dataset": cfg.data.dataset,

@@ -223,21 +223,22 @@ class GraphInputs:
 class GNN(nn.Module):
     """The downstream model ``kind`` (one of :data:`KINDS`).
 
-    ``gcn`` / ``sage`` / ``gat`` have two layers (GAT: 8 heads), ``appnp`` is the MLP head
-    followed by ``num_iters`` propagation steps at teleport ``alpha``; ``revgat`` has
+    ``gcn`` / ``sage`` / ``gat`` have two layers (GAT: 8 heads), ``appnp`` is the ``head``
+    (:class:`fastleading.nn.Head`: mlp or linear) followed by ``num_iters`` propagation steps at
+    teleport ``alpha``; ``revgat`` has
     ``layers`` reversible blocks; ``gamlp`` attends over ``hops`` + 1 hop features with MLPs
     of ``layers`` layers.
     """
 
     def __init__(self, kind: str, in_dim: int, num_classes: int, hidden: int, dropout: float,
-                 alpha: float, num_iters: int, layers: int = 3, hops: int = 5):
+                 alpha: float, num_iters: int, layers: int = 3, hops: int = 5, head: str = "mlp"):
         super().__init__()
         from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 
         self.kind, self.dropout, self.alpha, self.num_iters, self.hops = kind, dropout, alpha, num_iters, hops
         self.mini_batched = kind == "gamlp"
         if kind in ("appnp", "mlp"):
-            self.head = Head(in_dim, num_classes, hidden, dropout)
+            self.head = Head(in_dim, num_classes, hidden, dropout, head)
         elif kind == "gcn":
             self.convs = nn.ModuleList([GCNConv(in_dim, hidden), GCNConv(hidden, num_classes)])
         elif kind == "sage":

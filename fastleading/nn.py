@@ -234,6 +234,17 @@ class ImplicitAPPNP(nn.Module):
             _write_finite_rows(self.input_history, node_ids, x_in, previous=previous)
         return x0
 
+    @torch.no_grad()
+    def start_at(self, solution: torch.Tensor, x_in: torch.Tensor) -> None:
+        """Put every node's forward warm start at the full graph's fixed point: ``x_history`` =
+        ``solution [N, C]``, the fixed point of the inputs ``x_in [N, C]`` (full-graph evaluation
+        solves it), and under ``delta`` ``input_history`` = ``x_in``, the inputs it belongs to. The
+        next forward on a node then starts where evaluation scored it, whatever the histories
+        held before (another head's outputs, outputs of truncated sampled rows)."""
+        self.x_history.copy_(solution)
+        if self.warm_start == "delta":
+            self.input_history.copy_(x_in)
+
     def _tables(self) -> dict[str, torch.Tensor]:
         tables = {"x_history": self.x_history, "g_history": self.g_history}
         if self.warm_start == "delta":

@@ -19,12 +19,17 @@ def metrics_lines(run_dir):
 
 
 @pytest.mark.parametrize("method", ["leading", "supervised"])
+@pytest.mark.parametrize("batches", ["full", "mini"])
 def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_epoch(tiny_bert, tmp_path,
-                                                                                     monkeypatch, method):
+                                                                                     monkeypatch, method, batches):
     from fastleading.trainer import evaluate as evaluate_module
     from fastleading.trainer import loop, warmup
 
-    cfg = small_config(tiny_bert, tmp_path / "c", f"train.method={method}", "train.head_warmup_epochs=10",
+    if batches == "mini":  # as on a graph whose full batch does not fit
+        monkeypatch.setattr(warmup, "FULL_BATCH_BYTES", 0)
+    # the full batch takes one step an epoch (at the frozen baseline's rate), mini-batches nine
+    epochs = 40 if batches == "full" else 10
+    cfg = small_config(tiny_bert, tmp_path / "c", f"train.method={method}", f"train.head_warmup_epochs={epochs}",
                        "train.epochs=1", "train.head_warmup_lr=1e-2", "data.split=high-0", "model.pooling=mean",
                        "data.synthetic_signal=0.8")
     seen = {}
@@ -54,16 +59,18 @@ def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_e
     assert any(not torch.equal(a, b) for a, b in zip(seen["head"], seen["head_after"]))
     lines = metrics_lines(tmp_path / "run")
     warm = [{**l, "eval": l["warmup_eval"]} for l in lines if "warmup_epoch" in l]
-    assert [l["warmup_epoch"] for l in warm] == list(range(1, 11))
+    assert [l["warmup_epoch"] for l in warm] == list(range(1, epochs + 1))
     epoch0 = next(l for l in lines if l.get("epoch") == 0 and "eval" in l)
     # fine-tuning starts from the best warm-up epoch's head, and that evaluation on the bank is
-    # the fresh evaluation of the frozen LM
-    assert epoch0["eval"]["valid"] == max(l["eval"]["valid"] for l in warm)
+    # the fresh evaluation of the frozen LM (full batch: the warm-up scored it with the baseline's
+    # model.eval_iters unrolled steps, the run at the fixed point: a node of the 48 may differ)
+    assert epoch0["eval"]["valid"] == pytest.approx(max(l["eval"]["valid"] for l in warm),
+                                                    abs=0 if batches == "mini" or method == "supervised" else 1.01 / 48)
     assert seen["fresh"] == pytest.approx(epoch0["eval"], abs=1e-6)
     # the warm-up learned: its best head is far better than the random one (3 classes)
     untrained = seen.get("untrained", {"valid": 1 / 3})["valid"]
     assert epoch0["eval"]["valid"] >= untrained + 0.15, (untrained, [l["eval"]["valid"] for l in warm])
-    assert summary["history"][0]["epoch"] == 0 and summary["head_warmup_epochs"] == 10
+    assert summary["history"][0]["epoch"] == 0 and summary["head_warmup_epochs"] == epochs
 
 
 def test_a_resumed_run_does_not_warm_the_head_up_again(tiny_bert, tmp_path, monkeypatch):
@@ -201,6 +208,7 @@ def test_the_warm_up_has_its_own_head_learning_rate(tiny_bert, tmp_path, monkeyp
         rates.append(kwargs.get("lr"))
         return real(*args, **kwargs)
     monkeypatch.setattr(warmup.torch.optim, "AdamW", spy)
+    monkeypatch.setattr(warmup, "FULL_BATCH_BYTES", 0)  # the mini-batch warm-up has a rate of its own
     for warm_lr, want in ((0.0, 3e-4), (5e-3, 5e-3)):  # 0: the head's rate
         cfg = small_config(tiny_bert, tmp_path / "c", "train.head_warmup_epochs=1", "train.epochs=1",
                            "train.lr_head=3e-4", f"train.head_warmup_lr={warm_lr}", "data.split=low-0")
@@ -233,6 +241,10 @@ def test_the_default_warm_up_trains_the_head_as_the_frozen_baseline(tiny_bert, t
     assert warmup_epochs(cfg, steps_per_epoch(cfg, len(tr.split.train))) == epochs
     if not overrides and method == "leading":  # about 2,000 head steps at most, and at least one epoch
         assert warmup_epochs(cfg, 14) == 142 and warmup_epochs(cfg, 6145) == 1
+    # full batch: the frozen baseline's epochs, whatever an epoch's steps
+    if not overrides and method != "coupled":
+        cfg.train.downstream_epochs = 123
+        assert warmup_epochs(cfg, 6145, full=True) == 123
 
 
 def test_the_auto_warm_up_keeps_the_best_of_its_200_epochs(tiny_bert, tmp_path, monkeypatch):
@@ -243,15 +255,94 @@ def test_the_auto_warm_up_keeps_the_best_of_its_200_epochs(tiny_bert, tmp_path, 
 
     scores = iter([0.40] * 149 + [0.60] + [0.55] * 50)
     real = warmup.evaluate_embeddings
+    calls = []
 
     def scripted(tr, emb):
         metrics, iters = real(tr, emb)
-        return {**metrics, "valid": next(scores)}, iters
+        calls.append((metrics, [p.detach().clone() for p in warmup.head_parameters(tr.run.model)]))
+        return {**metrics, "valid": next(scores, metrics["valid"])}, iters
     monkeypatch.setattr(warmup, "evaluate_embeddings", scripted)
+    monkeypatch.setattr(warmup, "FULL_BATCH_BYTES", 0)  # mini-batches: the warm-up's own evaluations
     cfg = small_config(tiny_bert, tmp_path / "c", "train.head_warmup_epochs=-1", "train.epochs=1",
                        "data.split=low-0", "train.eval_every=1")
     summary = train(cfg, tmp_path / "run", quiet=True)
     lines = metrics_lines(tmp_path / "run")
     assert [l["warmup_epoch"] for l in lines if "warmup_epoch" in l] == list(range(1, 201))
     assert summary["head_warmup_epochs"] == 200
-    assert summary["history"][0]["epoch"] == 0 and summary["history"][0]["valid"] == 0.60
+    # the hand-over evaluates the kept head once more: epoch 150's, not the last epoch's
+    assert len(calls) == 201
+    assert all(torch.equal(a, b) for a, b in zip(calls[-1][1], calls[149][1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(calls[-1][1], calls[-2][1], strict=True))
+    assert summary["history"][0]["epoch"] == 0 and summary["history"][0] == {"epoch": 0, "step": 0, **calls[149][0]}
+
+
+def dropout_free_copy(model_dir: str, folder) -> str:
+    """The tiny model of ``model_dir`` copied to ``folder`` with every dropout off: with the LM's
+    rate at 0 its training forward is then the frozen LM's."""
+    import shutil
+
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+@pytest.mark.parametrize("warm_start", ["delta", "history", "input"])
+def test_the_first_fine_tuning_step_starts_from_the_model_the_warm_up_selected(tiny_bert, tmp_path, monkeypatch,
+                                                                               warm_start):
+    """The hand-over from the head warm-up to fine-tuning: with the LM's (and the head's) rate
+    at 0 and no dropout, the first fine-tuning step's loss is the selected warm-up model's loss
+    on the same batch. Under delta and history that is the loss at the fixed point the warm-up
+    head was selected at (the batch's full 2-hop neighbourhood is sampled, so two iterations from
+    the fixed point stay there); before the hand-over restarted the histories, they held other
+    heads' outputs and the first loss was several times the warm-up's (make train: 11.3 against
+    0.25). Under input (no forward history) it is the LM-frozen head step's loss."""
+    from fastleading.trainer import loop
+    from fastleading.trainer.evaluate import full_graph_logits
+    from fastleading.trainer.steps import leading_head_step
+
+    model = dropout_free_copy(tiny_bert, tmp_path / "model")
+    cfg = small_config(model, tmp_path / "c", f"model.warm_start={warm_start}", "train.head_warmup_epochs=60",
+                       "train.lr_lm=0", "train.lr_head=0", "model.head_dropout=0", "train.fanouts=[64,64]",
+                       "data.split=high-0", "train.epochs=1", "train.max_steps=1", "data.synthetic_signal=0.8",
+                       "model.pooling=mean")
+    seen = {}
+    real_step = loop.STEPS["leading"]
+
+    def first_step(run, targets, refresh):
+        histories = {k: v.clone() for k, v in run.model.appnp.histories_state().items()}
+        logits, _, _ = full_graph_logits(run.model, run.bank.emb, run.sampler.rowptr, run.sampler.col, run.cfg,
+                                         run.precision)
+        seen["fixed_point"] = float(torch.nn.functional.cross_entropy(logits[targets], run.labels[targets]))
+        seen["head_step"] = float(leading_head_step(run, targets, None))
+        run.optim.optimizer.zero_grad(set_to_none=True)
+        run.model.appnp.load_histories(histories)  # the head step wrote them: the real step starts afresh
+        seen["loss"] = float(real_step(run, targets, refresh))
+        return torch.tensor(seen["loss"])
+    monkeypatch.setitem(loop.STEPS, "leading", first_step)
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    assert summary["history"][0]["valid"] > 0.5  # the warm-up learned (3 classes)
+    assert seen["loss"] == pytest.approx(seen["head_step"], rel=1e-4, abs=1e-5)
+    if warm_start != "input":
+        assert seen["loss"] == pytest.approx(seen["fixed_point"], rel=1e-3, abs=1e-4), seen
+
+
+def test_every_evaluation_restarts_the_forward_histories_at_its_fixed_point(tiny_bert, tmp_path):
+    """After an evaluation (which encodes every node afresh into the bank), the implicit layer's
+    forward histories are the fixed point that evaluation solved and, under warm_start=delta,
+    the inputs it belongs to: training goes on from where the model was scored, not from the
+    outputs of sampled, truncated rows."""
+    from fastleading.trainer.evaluate import evaluate, head_logits
+
+    cfg = small_config(tiny_bert, tmp_path / "c", "model.warm_start=delta", "data.split=low-0")
+    tr = build_trainer(cfg, tmp_path / "r")
+    appnp = tr.run.model.appnp
+    appnp.x_history.normal_()  # what sampled steps left there
+    appnp.input_history.normal_()
+    evaluate(tr)
+    solution = tr.progress.eval_solution
+    assert solution is not None and torch.equal(appnp.x_history, solution.to(appnp.x_history.dtype))
+    tr.run.model.eval()
+    expected = head_logits(tr.run.model, tr.run.bank.emb, tr.run.precision)
+    assert torch.allclose(appnp.input_history, expected.to(appnp.input_history.dtype), atol=1e-6)

@@ -51,23 +51,47 @@ def full_graph_logits(model: NodeClassifier, emb: torch.Tensor, rowptr: torch.Te
             return propagate(x, rowptr, col, alpha, cfg.model.num_iters), None, cfg.model.num_iters
         return x, None, 0
 
-    def head(x: torch.Tensor) -> torch.Tensor:
-        with precision.autocast():
-            return torch.cat([model.head(x[i:i + HEAD_CHUNK].float()).float() for i in range(0, len(x), HEAD_CHUNK)])
-
     was_training = model.training
     model.eval()
     try:
         if model.predict_first:
-            logits, solution, iters = spread(head(emb))
+            logits, solution, iters = spread(head_logits(model, emb, precision))
         else:
             z, solution, iters = spread(emb.float())
-            logits = head(z)
+            logits = head_logits(model, z, precision)
     finally:
         model.train(was_training)
     if solution is not None and not bool(torch.isfinite(solution).all()):
         solution = None
     return logits.float(), solution, iters
+
+
+@torch.no_grad()
+def head_logits(model: NodeClassifier, x: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """The head on every row of ``x [N, *]`` in chunks of :data:`HEAD_CHUNK` rows, fp32 ``[N, C]``
+    (call it in eval mode: no dropout)."""
+    with precision.autocast():
+        return torch.cat([model.head(x[i:i + HEAD_CHUNK].float()).float() for i in range(0, len(x), HEAD_CHUNK)])
+
+
+@torch.no_grad()
+def restart_histories(tr, emb: torch.Tensor) -> None:
+    """Start LEADING's forward warm starts at the fixed point the last evaluation solved for
+    the embeddings ``emb [N, H]`` (:meth:`fastleading.nn.ImplicitAPPNP.start_at`; nothing when that
+    evaluation had non-finite outputs). Called after the head warm-up (the histories then belong
+    to the heads the warm-up tried, not to the one it selected) and after every evaluation
+    (they hold the outputs of sampled, truncated rows, which drift from the fixed point the model
+    is scored at)."""
+    solution, model = tr.progress.eval_solution, tr.run.model
+    if solution is None or tr.cfg.train.method != "leading":
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        x_in = head_logits(model, emb, tr.run.precision) if model.predict_first else emb
+        model.appnp.start_at(solution.to(tr.run.device), x_in)
+    finally:
+        model.train(was_training)
 
 
 def accuracies(logits: torch.Tensor, labels: torch.Tensor, split) -> dict[str, float]:
@@ -103,7 +127,9 @@ def evaluate(tr) -> tuple[dict[str, float], int]:
     if run.bank is not None:
         progress.bank_fresh_epoch = progress.epoch
     progress.cost_at_eval = run.counter.cost()
-    return evaluate_embeddings(tr, emb)
+    metrics, iters = evaluate_embeddings(tr, emb)
+    restart_histories(tr, emb)
+    return metrics, iters
 
 
 def evaluate_embeddings(tr, emb: torch.Tensor) -> tuple[dict[str, float], int]:

@@ -51,7 +51,7 @@ from fastleading.trainer.model import build_model
 from fastleading.trainer.optim import build_optimization
 from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint, settle_best
 from fastleading.trainer.steps import STEPS, Run
-from fastleading.trainer.warmup import head_warmup, warmup_epochs
+from fastleading.trainer.warmup import full_batch, head_warmup, warmup_epochs
 
 
 # the wall clock of train.checkpoint_minutes (a module attribute: tests advance their own)
@@ -200,7 +200,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     log = MetricsLog(out_dir / "metrics.jsonl", resumed_from, len(progress.history), tracker)
     step_fn = tr.task.step if tr.task is not None else STEPS[t.method]
     per_epoch = steps_per_epoch(cfg, len(tr.split.train), env.world_size)
-    warmup = warmup_epochs(cfg, per_epoch)
+    warmup = warmup_epochs(cfg, per_epoch, full_batch(tr))
     warming_up = bool(warmup) and not progress.warmed_up  # a resumed run does not warm up again
     if warming_up:  # LP-FT: the head first, on the frozen LM; its best is the run's epoch 0
         record_evaluation(tr, log, head_warmup(tr, log, warmup), 0)
