@@ -12,7 +12,9 @@ warm-up, :mod:`fastleading.trainer.warmup`), and scores the same training batche
 at the full graph's fixed point, and by the training forward of each operator setting
 (starting, like fine-tuning after the hand-over, from the fixed point, then running
 ``--batches`` consecutive batches whose forwards write the histories as training does; the
-LM and the head do not move, so any drift is the operator's). Reported per setting: the
+LM and the head do not move, so any drift is the operator's). The implicit layer writes the
+histories of the targets only; the ``all rows written`` settings write every node's of the
+subgraph, as the code did before. Reported per setting: the
 mean loss and accuracy of the training forward on the batch targets, the fixed point's, and
 their gaps over the first and the last quarter of the batches. Only training nodes are scored.
 
@@ -41,16 +43,21 @@ from fastleading.trainer.warmup import full_batch_warmup, hand_over
 
 # (name, overrides): the default operator and its alternatives
 SETTINGS = [
-    ("full-graph L=2 (default)", []),
-    ("full-graph L=5", ["model.num_iters=5"]),
-    ("full-graph L=10", ["model.num_iters=10"]),
-    ("weighted L=2", ["model.subgraph_norm=weighted"]),
-    ("weighted L=5", ["model.subgraph_norm=weighted", "model.num_iters=5"]),
+    ("weighted L=2 (default)", []),
+    ("weighted L=5", ["model.num_iters=5"]),
+    ("full-graph L=2", ["model.subgraph_norm=full-graph"]),
+    ("full-graph L=5", ["model.subgraph_norm=full-graph", "model.num_iters=5"]),
+    ("full-graph L=10", ["model.subgraph_norm=full-graph", "model.num_iters=10"]),
     ("subgraph L=2", ["model.subgraph_norm=subgraph"]),
-    ("full-graph L=2 fanouts 25,10", ["train.fanouts=[25,10]"]),
-    ("full-graph L=2 history", ["model.warm_start=history"]),
+    ("full-graph L=2 fanouts 25,10", ["model.subgraph_norm=full-graph", "train.fanouts=[25,10]"]),
+    ("weighted L=2 history", ["model.warm_start=history"]),
     ("input L=2 (no history)", ["model.warm_start=input"]),
     ("input L=10 (no history)", ["model.warm_start=input", "model.num_iters=10"]),
+    # as the code was before 2026-12-07: every node of a subgraph had its histories written back,
+    # the truncated rows of the outer hops included (and the default norm was full-graph)
+    ("full-graph L=2 all rows written (the old default)", ["model.subgraph_norm=full-graph"], True),
+    ("weighted L=2 all rows written", [], True),
+    ("subgraph L=2 all rows written", ["model.subgraph_norm=subgraph"], True),
 ]
 
 
@@ -59,9 +66,11 @@ def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def training_forward(tr, order: torch.Tensor, batches: int, fixed_logits: torch.Tensor) -> dict:
+def training_forward(tr, order: torch.Tensor, batches: int, fixed_logits: torch.Tensor,
+                     all_rows: bool = False) -> dict:
     """The training forward's and the fixed point's loss / accuracy on ``batches`` consecutive
-    batches of ``order``, the histories written as a training step writes them."""
+    batches of ``order``, the histories written as a training step writes them: the targets'
+    rows (``all_rows``: every node's of the subgraph, as before)."""
     run, cfg = tr.run, tr.cfg
     model = run.model
     model.eval()  # no dropout: the operator alone
@@ -72,7 +81,8 @@ def training_forward(tr, order: torch.Tensor, batches: int, fixed_logits: torch.
         sub = run.sample(targets)
         x_in = run.bank.lookup(sub.node_ids).float()
         logits = model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=True,
-                                num_iters=cfg.model.num_iters, dinv=sub.dinv)[:len(targets)]
+                                num_iters=cfg.model.num_iters, dinv=sub.dinv,
+                                num_targets=None if all_rows else len(targets))[:len(targets)]
         labels = run.labels[targets]
         rows.append((*scores(logits, labels), *scores(fixed_logits[targets], labels)))
     t = torch.tensor(rows, dtype=torch.float64)
@@ -93,6 +103,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--override", nargs="*", default=[])
+    p.add_argument("--only", default="", help="comma-separated substrings: run the settings whose name has one")
     args = p.parse_args()
     base = ["data.dataset=" + args.dataset, f"data.split={args.split}", f"data.max_length={args.max_length}",
             f"train.seed={args.seed}", *args.override]
@@ -106,13 +117,16 @@ def main() -> int:
                                     first.cfg, first.run.precision)
     order = epoch_order(first.split.train, args.seed, 0)
     results = []
-    for name, overrides in SETTINGS:
+    for name, overrides, *all_rows in SETTINGS:
+        if args.only and not any(part in name for part in args.only.split(",")):
+            continue
         tr = build_trainer(apply_overrides(Config(), base + overrides), Path("/tmp/operator-gap"), quiet=True)
         tr.run.bank.emb.copy_(first.run.bank.emb)
         tr.run.model.load_state_dict(first.run.model.state_dict())
         tr.progress.eval_solution = None
         hand_over(tr)  # the fixed point of this model, and the histories started there
-        row = {"setting": name, "overrides": overrides, **training_forward(tr, order, args.batches, fixed)}
+        row = {"setting": name, "overrides": overrides, "history_rows": "all" if all_rows else "targets",
+               **training_forward(tr, order, args.batches, fixed, bool(all_rows))}
         results.append(row)
         print(json.dumps(row), flush=True)
     out = {"benchmark": "operator_gap", "git_commit": git_commit(), "dataset": args.dataset,

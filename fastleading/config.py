@@ -96,12 +96,12 @@ class ModelConfig:
                          "conjugate-gradient iterations towards model.eval_tol).")
     eval_tol: float = _f(1e-4, "Full-graph evaluation of LEADING: solve the fixed point by conjugate gradient "
                          "until each column's relative residual is below this (warm-started from the last evaluation).")
-    subgraph_norm: str = _f("full-graph", "Normalisation of Â on a sampled subgraph: the full graph's degrees "
-                            "(training sees the operator evaluation uses, a row keeps only its sampled share of "
-                            "neighbours), 'weighted' (full graph's degrees and each drawn message weighted by "
-                            "degree / draws: an unbiased estimate of the full-graph row; non-symmetric, the "
-                            "backward applies the transpose) or the subgraph's own degrees.",
-                            ("full-graph", "weighted", "subgraph"))
+    subgraph_norm: str = _f("auto", "Normalisation of Â on a sampled subgraph: 'weighted' (the full graph's degrees and "
+                            "each drawn message weighted by degree / draws: an unbiased estimate of the full-graph row; "
+                            "non-symmetric, the backward applies the transpose), 'full-graph' (the full graph's degrees: "
+                            "a row keeps only its sampled share of neighbours) or the subgraph's own degrees; auto: "
+                            "weighted, full-graph for train.task=link (which does not support weighted).",
+                            ("auto", "full-graph", "weighted", "subgraph"))
     gnn: str = _f("gcn", "Downstream / shallow GNN (revgat, gamlp: the paper's ogbn-arxiv / ogbn-products models).",
                   ("gcn", "gat", "sage", "appnp", "mlp", "revgat", "gamlp"))
     gnn_layers: int = _f(3, "revgat: reversible GAT blocks; gamlp: layers of each of its MLPs.")

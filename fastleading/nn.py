@@ -114,13 +114,13 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
     Nothing but the graph is saved for backward: memory does not grow with L."""
 
     @staticmethod
-    def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: "ImplicitAPPNP"):
+    def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: "ImplicitAPPNP", written: int):
         stored = layer.x_history[node_ids]
-        x0 = layer.initial_point(x_in.detach(), node_ids, stored)               # eq. 4
+        x0 = layer.initial_point(x_in.detach(), node_ids, stored, written)      # eq. 4
         x = _iterate(rowptr, col, dinv, x0, x_in, layer.alpha, layer.num_iters)  # eq. 5
-        _write_finite_rows(layer.x_history, node_ids, x.detach(), previous=stored)
+        _write_finite_rows(layer.x_history, node_ids[:written], x.detach()[:written], previous=stored[:written])
         ctx.save_for_backward(rowptr, col, node_ids, *_saved_norm(dinv))
-        ctx.layer = layer
+        ctx.layer, ctx.written = layer, written
         return x
 
     @staticmethod
@@ -137,9 +137,10 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
         else:
             g0 = torch.zeros_like(grad_out)
         g = _iterate(rowptr, col, dinv, g0, grad_out, layer.alpha, layer.num_iters, transpose=True)  # eq. 7
-        _write_finite_rows(layer.g_history, node_ids, g.detach() / scale)
-        layer.sync_histories(node_ids)
-        return g, None, None, None, None, None
+        written = node_ids[:ctx.written]
+        _write_finite_rows(layer.g_history, written, g.detach()[:ctx.written] / scale)
+        layer.sync_histories(written)
+        return g, None, None, None, None, None, None
 
 
 def _write_finite_rows(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor,
@@ -182,10 +183,15 @@ class ImplicitAPPNP(nn.Module):
             point is a small fraction of ``history``'s (tests/test_implicit_appnp.py); a node
             never visited starts from its input.
 
-    ``forward(x_in [n, C], rowptr, col, node_ids [n], dinv)`` propagates over the subgraph whose
-    CSR (local ids) is ``rowptr/col`` and whose node ``i`` is global node ``node_ids[i]``;
-    ``dinv`` normalises ``Â`` (the subgraph's own degrees when None), or is an
+    ``forward(x_in [n, C], rowptr, col, node_ids [n], dinv, num_written)`` propagates over the
+    subgraph whose CSR (local ids) is ``rowptr/col`` and whose node ``i`` is global node
+    ``node_ids[i]``; ``dinv`` normalises ``Â`` (the subgraph's own degrees when None), or is an
     :class:`ImportanceNorm` (the importance-weighted ``Ã``, with ``rowptr/col`` who drew whom).
+    Only the first ``num_written`` nodes' histories are written (default all): a training step
+    passes its targets, which come first (GNNAutoScale's rule: the other nodes' rows were
+    truncated by the sample, and their outputs written back would drift away from the fixed point
+    that evaluation scores; on arxiv-2023 the training forward's loss on the training nodes
+    rose from the fixed point's 0.74 to 1.64 within an epoch, ``benchmarks/operator_gap.py``).
 
     The histories are ``[N, C]`` buffers that are not part of ``state_dict()`` (a trained
     model does not need them): checkpoints store them through :meth:`histories_state`. Only
@@ -215,23 +221,27 @@ class ImplicitAPPNP(nn.Module):
         self.grad_scale: float | torch.Tensor = 1.0
 
     def forward(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor,
-                node_ids: torch.Tensor, dinv: torch.Tensor | ImportanceNorm | None = None) -> torch.Tensor:
+                node_ids: torch.Tensor, dinv: torch.Tensor | ImportanceNorm | None = None,
+                num_written: int | None = None) -> torch.Tensor:
         if dinv is None:
             dinv = ops.gcn_dinv(rowptr, ops.accumulation_dtype(x_in))
-        return _ImplicitAPPNPFunction.apply(x_in.contiguous(), rowptr, col, dinv, node_ids, self)
+        written = len(node_ids) if num_written is None else int(num_written)
+        return _ImplicitAPPNPFunction.apply(x_in.contiguous(), rowptr, col, dinv, node_ids, self, written)
 
-    def initial_point(self, x_in: torch.Tensor, node_ids: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    def initial_point(self, x_in: torch.Tensor, node_ids: torch.Tensor, stored: torch.Tensor,
+                      written: int | None = None) -> torch.Tensor:
         """The forward's ``X_0`` for the nodes ``node_ids`` whose input is ``x_in [n, C]`` and whose
         stored output is ``stored`` (``x_history[node_ids]``), in ``x_in``'s dtype (see
         ``warm_start``). Under ``delta`` it also records ``x_in`` (its finite rows) as the
-        nodes' last input."""
+        last input of the first ``written`` nodes (default all), those whose output is written."""
         if self.warm_start == "input":
             return x_in.clone()
         x0 = stored.to(x_in.dtype)
         if self.warm_start == "delta":
             previous = self.input_history[node_ids]
             x0 = x0 + (x_in - previous.to(x_in.dtype))
-            _write_finite_rows(self.input_history, node_ids, x_in, previous=previous)
+            k = len(node_ids) if written is None else written
+            _write_finite_rows(self.input_history, node_ids[:k], x_in[:k], previous=previous[:k])
         return x0
 
     @torch.no_grad()

@@ -227,3 +227,36 @@ def test_conjugate_gradient_solves_the_fixed_point_and_a_warm_start_agrees(alpha
     # the tolerance bounds the error (condition number (2-a)/a times the relative residual)
     loose, _ = solve_appnp(x_in.float(), rowptr, col, alpha, tol=1e-4, max_iters=500)
     assert loose.dtype == torch.float32 and rel_err(loose.double(), want) < (2 - alpha) / alpha * 1e-4
+
+
+@pytest.mark.parametrize("warm_start", ["history", "delta", "input"])
+def test_only_the_first_num_written_nodes_have_their_histories_written(warm_start):
+    """A training step passes its targets (the first rows of its subgraph) as ``num_written``:
+    their output, input and gradient are written back, every other node's stored rows stay as
+    they were (their sampled rows were truncated; writing them would drift from the fixed point).
+    The returned output and gradient are those of the whole subgraph either way."""
+    gen = torch.Generator().manual_seed(5)
+    n, k, channels, alpha, num_global = 30, 7, 3, 0.1, 50
+    rowptr, col = random_graph(n, 80, gen)
+    node_ids = torch.randperm(num_global, generator=gen)[:n]
+    layers = [ImplicitAPPNP(alpha, 3, num_global, channels, torch.float64, warm_start=warm_start) for _ in range(2)]
+    for layer in layers:  # the same stored state in both
+        for table in layer.histories_state().values():
+            table.copy_(torch.randn(table.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9)))
+    before = {key: table.clone() for key, table in layers[0].histories_state().items()}
+    x_in = torch.randn(n, channels, dtype=torch.float64, generator=gen)
+    outs, grads = [], []
+    for layer, written in zip(layers, (k, None), strict=True):
+        x = x_in.clone().requires_grad_()
+        out = layer(x, rowptr, col, node_ids, num_written=written)
+        (out * torch.linspace(-1, 1, channels, dtype=torch.float64)).sum().backward()
+        outs.append(out.detach())
+        grads.append(x.grad)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    kept, all_rows = layers[0].histories_state(), layers[1].histories_state()
+    rest = torch.ones(num_global, dtype=torch.bool)
+    rest[node_ids[:k]] = False
+    for key in kept:
+        assert torch.equal(kept[key][rest], before[key][rest]), key  # nobody else's rows moved
+        assert torch.equal(kept[key][node_ids[:k]], all_rows[key][node_ids[:k]]), key  # the targets' as before
+    assert not torch.equal(all_rows["g_history"][node_ids[k:]], before["g_history"][node_ids[k:]])

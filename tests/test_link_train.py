@@ -89,9 +89,9 @@ def capture_propagations(tr, monkeypatch):
     seen = []
     real = type(tr.run.model).classify
 
-    def spy(self, x_in, rowptr, col, node_ids, implicit, num_iters, dinv=None):
+    def spy(self, x_in, rowptr, col, node_ids, implicit, num_iters, dinv=None, num_targets=None):
         seen.append((node_ids.cpu(), rowptr.cpu(), col.cpu(), None if dinv is None else dinv.cpu()))
-        return real(self, x_in, rowptr, col, node_ids, implicit, num_iters, dinv)
+        return real(self, x_in, rowptr, col, node_ids, implicit, num_iters, dinv, num_targets)
 
     monkeypatch.setattr(type(tr.run.model), "classify", spy)
     return seen

@@ -421,8 +421,8 @@ def test_each_run_selects_its_own_kernel_backend_and_gives_the_previous_one_back
     from fastleading import downstream
 
     seen = []
-    real = downstream.train_gnn
-    monkeypatch.setattr(downstream, "train_gnn", lambda *a, **k: seen.append(ops.get_backend()) or real(*a, **k))
+    real = downstream.fit_gnn
+    monkeypatch.setattr(downstream, "fit_gnn", lambda *a, **k: seen.append(ops.get_backend()) or real(*a, **k))
     assert ops.get_backend() == "auto"
     leading = small_config(tiny_bert, tmp_path / "c", "train.kernels=triton", "train.max_steps=1")
     train_method(leading, tmp_path / "leading", quiet=True)

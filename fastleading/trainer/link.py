@@ -38,6 +38,7 @@ from fastleading.data.tag import Split
 from fastleading.errors import FastleadingError
 from fastleading.linkdecoder import split_metrics
 from fastleading.linkmetrics import summary_fields
+from fastleading.trainer.model import subgraph_norm
 from fastleading.trainer.steps import STEPS, Run, Subgraph
 
 
@@ -150,7 +151,7 @@ def link_task(cfg: Config, graph) -> tuple[object, Split, LinkTask]:
     validation / test EDGE ids, the task)."""
     if cfg.train.deepspeed:
         raise FastleadingError("config key 'train.deepspeed': not supported with train.task=link")
-    if cfg.model.subgraph_norm not in ("full-graph", "subgraph"):
+    if subgraph_norm(cfg) not in ("full-graph", "subgraph"):
         raise FastleadingError(f"config key 'model.subgraph_norm': train.task=link supports full-graph or subgraph, "
                                f"got {cfg.model.subgraph_norm!r}")
     view, split = link_view(cfg, graph)

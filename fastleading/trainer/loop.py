@@ -47,7 +47,7 @@ from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targe
                                          refresh_batch_size, refresh_scope, steps_per_epoch)
 from fastleading.trainer.evaluate import GRAPH_METHODS, encode_graph, evaluate, evaluation_due
 from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
-from fastleading.trainer.model import build_model
+from fastleading.trainer.model import build_model, subgraph_norm
 from fastleading.trainer.optim import build_optimization
 from fastleading.trainer.state import Progress, load_checkpoint, save_best, save_checkpoint, settle_best
 from fastleading.trainer.steps import STEPS, Run
@@ -123,14 +123,15 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
     overlap = t.overlap and (ds_config is None or zero.zero_stage(ds_config) < 3)
     leading = t.method == "leading"
     graph_dinv = None
-    if t.method in GRAPH_METHODS and cfg.model.subgraph_norm in ("full-graph", "weighted"):
+    norm = subgraph_norm(cfg)
+    if t.method in GRAPH_METHODS and norm in ("full-graph", "weighted"):
         graph_dinv = ops.gcn_dinv(graph.rowptr).to(device)
     ops.set_backend(t.kernels)
     run = Run(cfg=cfg, device=device, precision=precision, tokens=tokens, labels=graph.labels.to(device),
               model=model,
               bank=MemoryBank(n, model.encoder.hidden_size, precision.bank_dtype, device) if leading else None,
               sampler=NeighborSampler(graph.rowptr, graph.col, list(t.fanouts),
-                                      draws=cfg.model.subgraph_norm == "weighted") if t.method in GRAPH_METHODS else None,
+                                      draws=norm == "weighted") if t.method in GRAPH_METHODS else None,
               graph_dinv=graph_dinv, overlap=RefreshStream(device, overlap), phases=Phases(device, sync=t.profile),
               counter=EncodeCounter(n), optim=optim)
     if task is not None:

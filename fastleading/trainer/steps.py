@@ -138,7 +138,7 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor | No
     run.overlap.lookups_done()
     with phase("propagate"), run.precision.autocast():
         logits = model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=True,  # line 11
-                                num_iters=run.cfg.model.num_iters, dinv=sub.dinv)
+                                num_iters=run.cfg.model.num_iters, dinv=sub.dinv, num_targets=num_targets)
     with phase("loss"):
         loss = run.loss(logits[:num_targets], targets)                           # line 12
     with phase("backward"):
@@ -167,7 +167,7 @@ def propagate_loss_backward(run: Run, x_in: torch.Tensor, sub: Subgraph, targets
     targets' loss and its backward; returns the loss (:meth:`Run.backward`)."""
     with run.phases("propagate"), run.precision.autocast():
         logits = run.model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=implicit,
-                                    num_iters=run.cfg.model.num_iters, dinv=sub.dinv)
+                                    num_iters=run.cfg.model.num_iters, dinv=sub.dinv, num_targets=len(targets))
     with run.phases("loss"):
         loss = run.loss(logits[:len(targets)], targets)
     with run.phases("backward"):
