@@ -64,7 +64,7 @@ def sampled_accuracy(cfg: Config, run_dir: Path, repeats: int) -> dict[str, floa
                 sub = run.sample(targets)
                 x_in = run.bank.lookup(sub.node_ids).float()
                 logits = model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=True,
-                                        num_iters=cfg.model.num_iters, dinv=sub.dinv)
+                                        num_iters=cfg.model.num_iters, dinv=sub.dinv, num_targets=len(targets))
                 correct += int((logits[:len(targets)].argmax(1) == run.labels[targets]).sum())
                 total += len(targets)
         out[name] = correct / total

@@ -44,7 +44,7 @@ def training_view_auc(tr, batch_size: int) -> float:
             x_in = run.bank.lookup(sub.node_ids).float()
             x_in[:len(targets)] = run.encode_nograd(targets)
             z = model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=True,
-                               num_iters=tr.cfg.model.num_iters, dinv=sub.dinv)[:len(targets)].float()
+                               num_iters=tr.cfg.model.num_iters, dinv=sub.dinv, num_targets=len(targets))[:len(targets)].float()
             b = run.batch
             pos_all.append(model.decoder(z[b.pos_src], z[b.pos_dst]))
             neg_all.append(model.decoder(z[b.pos_src][:, None, :], z[b.neg_dst]))
