@@ -99,6 +99,14 @@ def padding_ratio(batch_lengths: Iterable[torch.Tensor]) -> float:
     return 1.0 - real / computed if computed else 0.0
 
 
+def _budget(encoder, token_budget: int | None) -> int:
+    """The token budget per forward: ``token_budget`` (None: :data:`DEFAULT_TOKEN_BUDGET`; 0: off),
+    capped by the encoder's own ``token_budget`` where it has one (an ONNX Runtime session)."""
+    budget = DEFAULT_TOKEN_BUDGET if token_budget is None else token_budget
+    own = getattr(encoder, "token_budget", None)
+    return min(budget, own) if budget and own else budget
+
+
 def encode_nodes(encoder, tokens, ids: torch.Tensor, device: torch.device, precision: Precision) -> torch.Tensor:
     """LM embeddings ``[len(ids), H]`` (fp32) of nodes ``ids`` (int64, CPU) under the run's autocast.
 
@@ -123,12 +131,12 @@ def encode_eval(encoder, tokens, ids: torch.Tensor, device: torch.device, precis
     device (no host read of a device value). ``backend``: ``train.encode_backend``
     (:func:`fastleading.encode_backend.fixed_weights`; only for weights that stay fixed across
     calls: an ONNX export per call of changing weights costs more than it saves)."""
-    encoder = fixed_weights(encoder, backend, device)
+    encoder = fixed_weights(encoder, backend, device, precision)
     was_training = encoder.training
     encoder.eval()
     try:
         ids = torch.as_tensor(ids, dtype=torch.long).cpu()
-        budget = DEFAULT_TOKEN_BUDGET if token_budget is None else token_budget
+        budget = _budget(encoder, token_budget)
         if len(ids) == 0 or (budget == 0 and (max_rows is None or len(ids) <= max_rows)):
             return encode_nodes(encoder, tokens, ids, device, precision)
         if budget == 0:
@@ -166,9 +174,9 @@ def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision:
     (:func:`fastleading.encode_backend.fixed_weights`: eager PyTorch or ONNX Runtime)."""
     from fastleading.console import bar
 
-    encoder = fixed_weights(encoder, backend, device)
+    encoder = fixed_weights(encoder, backend, device, precision)
     rank, world = get_rank(), get_world_size()
-    budget = DEFAULT_TOKEN_BUDGET if token_budget is None else token_budget
+    budget = _budget(encoder, token_budget)
     if into is None:
         out = torch.empty(num_nodes, encoder.hidden_size, dtype=precision.bank_dtype, device=device)
     else:

@@ -5,8 +5,8 @@ The bank fill, evaluation, ``predict``, ``export`` and ``downstream``'s features
 nodes with weights that do not change during the encode. On a CPU, ONNX Runtime runs the same
 fp32 model much faster than eager PyTorch (benchmarks/results/cpu-encode-2026-12-07.json:
 MiniLM on real arXiv titles and CiteSeer-TAG texts, min cosine to eager fp32 >= 0.999); the
-model is exported once per set of weights (:func:`fixed_weights` re-exports when a parameter
-changed in place, as an optimizer step or ``load_state_dict`` does) and the session is kept
+model is exported once per set of weights (:func:`fixed_weights` re-exports when the weights
+changed, as after an optimizer step or ``load_state_dict``) and the session is kept
 for the next encode with the same weights. Pipeline 2's bank refresh runs between optimizer
 steps, so its weights change every step: it stays eager (an export per step would cost more
 than it saves).
@@ -14,8 +14,9 @@ than it saves).
 - ``eager``: the encoder itself (today's path; under the run's autocast).
 - ``onnx``: :class:`OnnxEncoder` (fp32, whatever ``train.precision`` says; needs the
   ``onnx`` extra: ``onnxruntime`` and ``onnx``), on the CPU of a single-process run only.
-- ``auto``: ``onnx`` where it can run and its packages are installed, else ``eager``, said once
-  on stderr when the packages are missing.
+- ``auto``: ``onnx`` for fp32 runs (``train.precision`` fp32, or ``auto`` on a CPU without native
+  bf16) where it can run and its packages are installed, else ``eager``, said once on stderr
+  when the packages are missing.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ import tempfile
 import warnings
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from fastleading.errors import FastleadingError
+
+if TYPE_CHECKING:
+    from fastleading.precision import Precision
 
 BACKENDS = ("auto", "eager", "onnx")
 ONNX_OPSET = 17
@@ -52,8 +57,12 @@ def _announce(message: str) -> None:
         notice(message)
 
 
-def resolve_backend(requested: str, device: torch.device, encoder: nn.Module | None = None) -> str:
+def resolve_backend(requested: str, device: torch.device, encoder: nn.Module | None = None,
+                    precision: "Precision | None" = None) -> str:
     """``eager`` or ``onnx`` for ``train.encode_backend=requested`` on ``device``.
+
+    ``auto`` keeps eager under bf16 autocast (``precision``): ONNX Runtime runs fp32, and on a
+    CPU with native bf16 eager bf16 is what ``train.precision=auto`` chose for speed there.
 
     ``onnx`` asked where it cannot run (a GPU, several processes, an encoder that is not a
     plain :class:`fastleading.lm.LMEncoder`, e.g. a DeepSpeed engine) or without its packages
@@ -65,7 +74,8 @@ def resolve_backend(requested: str, device: torch.device, encoder: nn.Module | N
     if requested not in BACKENDS:
         raise FastleadingError(f"config key 'train.encode_backend': expected one of {', '.join(BACKENDS)}, "
                                f"got {requested!r}")
-    if requested == "eager":
+    if requested == "eager" or (requested == "auto" and precision is not None
+                                and precision.autocast_dtype is not None):
         return "eager"
     where = None
     if device.type != "cpu":
@@ -95,6 +105,12 @@ class OnnxEncoder(nn.Module):
     encoder's. Has no parameters; ``runs`` counts its forwards."""
 
     backend = "onnx"
+    # token positions per forward at most: in a quick sweep on this project's 2-core CPU (MiniLM,
+    # 32 and 128 tokens; not kept as a result file) ONNX Runtime ran faster on micro-batches
+    # of 512-2048 positions, whose activations stay in cache, than on 16384-position ones,
+    # where eager PyTorch prefers large ones; callers take the smaller of this and
+    # train.encode_token_budget
+    token_budget = 2048
 
     def __init__(self, session, hidden_size: int):
         super().__init__()
@@ -150,15 +166,24 @@ class OnnxEncoder(nn.Module):
 
 
 def _fingerprint(encoder: nn.Module) -> tuple:
-    """Changes when any parameter or buffer is replaced or updated in place (``_version``)."""
-    return tuple((t.data_ptr(), t._version) for t in (*encoder.parameters(), *encoder.buffers()))
+    """Changes when the weights change, and when PyTorch's thread count does (the session's
+    threads are set when it opens). The weights are read, not their version counters: the
+    fused AdamW updates parameters in place without bumping ``_version``. Per tensor its sum
+    and L2 norm in float64 (two reductions over the weights: milliseconds for MiniLM, far
+    below the export they save)."""
+    with torch.no_grad():
+        stats = [torch.stack([t.sum(dtype=torch.float64), torch.linalg.vector_norm(t, dtype=torch.float64)])
+                 for t in (*encoder.parameters(), *encoder.buffers()) if t.is_floating_point()]
+        values = torch.stack(stats).flatten().tolist() if stats else []
+    return torch.get_num_threads(), tuple(t.data_ptr() for t in encoder.parameters()), tuple(values)
 
 
-def fixed_weights(encoder: nn.Module, backend: str, device: torch.device) -> nn.Module:
+def fixed_weights(encoder: nn.Module, backend: str, device: torch.device,
+                  precision: "Precision | None" = None) -> nn.Module:
     """The module that runs ``encoder``'s no-gradient encodes under ``train.encode_backend=backend``:
     the encoder itself (eager) or its :class:`OnnxEncoder`, exported again only when the
     weights changed since the last export."""
-    if resolve_backend(backend, device, encoder) == "eager":
+    if resolve_backend(backend, device, encoder, precision) == "eager":
         return encoder
     key = _fingerprint(encoder)
     cached = _sessions.get(encoder)
