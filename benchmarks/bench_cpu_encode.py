@@ -13,13 +13,11 @@ round so load from other jobs hits them alike, and the median round is reported:
 
 - ``eager fp32`` (the baseline): ``train.encode_backend=eager``, ``train.precision=fp32``
   (the path of a CPU without native bf16);
-- ``onnx fp32``: ``train.encode_backend=onnx`` (the export is timed apart, ``onnx_export_s``);
+- ``onnx fp32``: ``train.encode_backend=onnx`` (the exports are timed apart, ``export_s``);
 - ``eager bf16``: ``train.precision=bf16`` on a CPU with native bf16 (what ``auto`` picks
   there), beside them;
-- ``openvino fp32`` (when ``openvino`` is installed; a candidate, not wired into the project):
-  the same ONNX export compiled by OpenVINO's CPU plugin with ``INFERENCE_PRECISION_HINT=f32``
-  (its default is bf16 on CPUs with native bf16), run on the same micro-batches as
-  ONNX Runtime.
+- ``openvino fp32`` (when ``openvino`` is installed): ``train.encode_backend=openvino``, the
+  same ONNX export compiled by OpenVINO's CPU plugin in fp32.
 
 ``min_cosine``: the smallest cosine similarity of a text's embedding to its eager fp32 one.
 ``cpu`` names the model and its vector ISA flags (from /proc/cpuinfo). A benchmark, not a
@@ -29,8 +27,6 @@ test: it times things.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import tempfile
 import datetime
 import gzip
 import os
@@ -47,8 +43,8 @@ from fastleading.bench.report import git_commit, write_result
 from fastleading.config import TrainConfig
 from fastleading.data.citeseer_tag import read_papers
 from fastleading.data.tokens import TokenCache, load_tokenizer, tokenize_rows
-from fastleading.encode import encode_all as encode_all_
-from fastleading.encode_backend import ONNX_OPSET, OnnxEncoder, cached_session, fixed_weights
+from fastleading.encode import encode_all
+from fastleading.encode_backend import cached_session, fixed_weights, openvino_available
 from fastleading.precision import cpu_native_bf16, resolve_precision
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -90,39 +86,6 @@ def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).min())
 
 
-class OpenVinoEncoder(torch.nn.Module):
-    """The ONNX export compiled by OpenVINO (fp32), as an encoder for encode_all (a candidate)."""
-
-    token_budget = OnnxEncoder.token_budget
-
-    def __init__(self, compiled, hidden_size: int):
-        super().__init__()
-        self.request, self.hidden_size = compiled.create_infer_request(), hidden_size
-
-    def forward(self, input_ids, attention_mask):
-        out = self.request.infer({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
-        return torch.from_numpy(out[0].copy())
-
-
-def openvino_factory(encoder):
-    """threads -> an :class:`OpenVinoEncoder` of ``encoder`` with that many threads."""
-    import openvino as ov
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "encoder.onnx"
-        ids, mask = torch.full((2, 8), 101), torch.ones(2, 8, dtype=torch.long)
-        mask[1, 4:] = 0
-        torch.onnx.export(encoder.eval(), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=["embedding"], opset_version=ONNX_OPSET, dynamo=False,
-                          dynamic_axes={"input_ids": {0: "batch", 1: "length"},
-                                        "attention_mask": {0: "batch", 1: "length"}})
-        model = ov.Core().read_model(str(path))
-    core = ov.Core()
-    return lambda threads: OpenVinoEncoder(core.compile_model(model, "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}),
-        encoder.hidden_size)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=MINILM)
@@ -147,17 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     tok, _ = load_tokenizer(args.model)
     fp32 = resolve_precision("fp32", "fp32", CPU)
     bf16 = resolve_precision("bf16", "fp32", CPU) if cpu_native_bf16() else None
-    openvino_of = openvino_factory(encoder) if importlib.util.find_spec("openvino") is not None else None
+    openvino = openvino_available()
     texts_of = {"arxiv-2023": arxiv_titles, "citeseer-tag": citeseer_texts}
     batch = TrainConfig.eval_batch_size
     rows, export_s = [], {}
     cases = [(int(threads), *case.split(":")) for threads in args.threads.split(",") for case in args.cases.split(",")]
     for threads, dataset, max_length in cases:
         torch.set_num_threads(threads)
-        if threads not in export_s:
-            start = time.perf_counter()
-            fixed_weights(encoder, "onnx", CPU)  # a session with this many threads
-            export_s[threads] = round(time.perf_counter() - start, 2)
+        for engine in ("onnx", "openvino") if openvino else ("onnx",):
+            if (threads, engine) not in export_s:  # export + an engine with this many threads
+                start = time.perf_counter()
+                fixed_weights(encoder, engine, CPU)
+                export_s[threads, engine] = round(time.perf_counter() - start, 2)
         pool = texts_of[dataset](root)
         pick = np.random.default_rng(0).choice(len(pool), min(args.texts, len(pool)), replace=False)
         tokens = token_cache(tok, [pool[i] for i in pick], int(max_length))
@@ -165,27 +129,23 @@ def main(argv: list[str] | None = None) -> int:
         paths = {"eager fp32": ("eager", fp32), "onnx fp32": ("onnx", fp32)}
         if bf16 is not None:
             paths["eager bf16"] = ("eager", bf16)
-        if openvino_of is not None:
-            paths["openvino fp32"] = (openvino_of(threads), fp32)
+        if openvino:
+            paths["openvino fp32"] = ("openvino", fp32)
         seconds = {name: [] for name in paths}
         cpu_seconds = {name: [] for name in paths}
         out = {}
-
-        def encode_all(encoder, tokens, n, device, precision, batch, backend):
-            if isinstance(backend, str):
-                return encode_all_(encoder, tokens, n, device, precision, batch, backend=backend)
-            return encode_all_(backend, tokens, n, device, precision, batch)
-
         for name, (backend, precision) in paths.items():  # one untimed warm-up pass each
             out[name] = encode_all(encoder, tokens, n, CPU, precision, batch, backend=backend)
-        runs_before = cached_session(encoder).runs
+        engines = [name for name in ("onnx", "openvino") if f"{name} fp32" in paths]
+        runs_before = {name: cached_session(encoder, name).runs for name in engines}
         for _ in range(args.rounds):
             for name, (backend, precision) in paths.items():
                 t, c = time.perf_counter(), time.process_time()
                 encode_all(encoder, tokens, n, CPU, precision, batch, backend=backend)
                 seconds[name].append(time.perf_counter() - t)
                 cpu_seconds[name].append(time.process_time() - c)
-        assert cached_session(encoder).runs > runs_before, "the onnx path did not run ONNX Runtime"
+        for name in engines:  # each engine really ran (no fallback to eager)
+            assert cached_session(encoder, name).runs > runs_before[name], f"{name} did not run"
         base = statistics.median(seconds["eager fp32"])
         row = {"threads": threads, "dataset": dataset, "texts": n, "max_length": int(max_length),
                "mean_tokens": round(float(tokens.lengths.float().mean()), 1),
@@ -194,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                "texts_per_s": round(n / statistics.median(seconds["onnx fp32"]), 2),
                "speedup": round(base / statistics.median(seconds["onnx fp32"]), 3),
                "min_cosine": round(min_cosine(out["onnx fp32"], out["eager fp32"]), 6)}
-        if openvino_of is not None:
+        if openvino:
             row.update({"openvino_texts_per_s": round(n / statistics.median(seconds["openvino fp32"]), 2),
                         "openvino_speedup": round(base / statistics.median(seconds["openvino fp32"]), 3),
                         "openvino_min_cosine": round(min_cosine(out["openvino fp32"], out["eager fp32"]), 6)})
@@ -212,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     versions = {"onnxruntime": onnxruntime.__version__}
-    if openvino_of is not None:
+    if openvino:
         import openvino
 
         versions["openvino"] = openvino.get_version()
     result = {"benchmark": "cpu-encode", "date": datetime.date.today().isoformat(), "commit": git_commit(),
               "cpu": cpu_info(), "cores": os.cpu_count(), "threads": [int(t) for t in args.threads.split(",")],
               "model": args.model, "torch": torch.__version__, **versions,
-              "rounds": args.rounds, "eval_batch_size": batch, "onnx_export_s": export_s,
+              "rounds": args.rounds, "eval_batch_size": batch, "export_s": {f"{engine}, {threads} threads": v for (threads, engine), v in export_s.items()},
               "note": "eager fp32 is the path of a CPU without native bf16 (train.precision=fp32 forced here); "
                       "each path encodes the same texts with encode_all, alternating round by round; median round",
               "results": rows}

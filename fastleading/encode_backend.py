@@ -1,22 +1,23 @@
 """What runs the LM in no-gradient encodes whose weights stay fixed while they run: eager
-PyTorch, or ONNX Runtime on the CPU (``train.encode_backend``).
+PyTorch, or an inference engine on the CPU, OpenVINO or ONNX Runtime (``train.encode_backend``).
 
 The bank fill, evaluation, ``predict``, ``export`` and ``downstream``'s features encode many
-nodes with weights that do not change during the encode. On a CPU, ONNX Runtime runs the same
-fp32 model much faster than eager PyTorch (benchmarks/results/cpu-encode-2026-12-07.json:
-MiniLM on real arXiv titles and CiteSeer-TAG texts, min cosine to eager fp32 >= 0.999); the
-model is exported once per set of weights (:func:`fixed_weights` re-exports when the weights
-changed, as after an optimizer step or ``load_state_dict``) and the session is kept
-for the next encode with the same weights. Pipeline 2's bank refresh runs between optimizer
-steps, so its weights change every step: it stays eager (an export per step would cost more
-than it saves).
+nodes with weights that do not change during the encode. On a CPU the engines run the same
+fp32 model faster than eager PyTorch, most on short texts (measured side by side in
+benchmarks/results/cpu-encode-2026-12-07.json: MiniLM on real arXiv titles and CiteSeer-TAG
+texts, embeddings within min cosine 0.999 of eager fp32's). The model is exported to ONNX once
+per set of weights (:func:`fixed_weights` exports again when the weights changed, as after an
+optimizer step or ``load_state_dict``) and the engine is kept for the next encode with the
+same weights. Pipeline 2's bank refresh runs between optimizer steps, so its weights change
+every step: it stays eager (an export per step would cost more than it saves).
 
 - ``eager``: the encoder itself (today's path; under the run's autocast).
-- ``onnx``: :class:`OnnxEncoder` (fp32, whatever ``train.precision`` says; needs the
-  ``onnx`` extra: ``onnxruntime`` and ``onnx``), on the CPU of a single-process run only.
-- ``auto``: ``onnx`` for fp32 runs (``train.precision`` fp32, or ``auto`` on a CPU without native
-  bf16) where it can run and its packages are installed, else ``eager``, said once on stderr
-  when the packages are missing.
+- ``openvino``: :class:`OpenVinoEncoder`; ``onnx``: :class:`OnnxEncoder` (both fp32 whatever
+  ``train.precision`` says, on the CPU of a single-process run only; extras ``openvino`` /
+  ``onnx``).
+- ``auto``: for fp32 runs (``train.precision`` fp32, or ``auto`` on a CPU without native bf16)
+  OpenVINO, else ONNX Runtime, where they can run and are installed; else ``eager``, said once
+  on stderr when neither is installed.
 """
 
 from __future__ import annotations
@@ -36,17 +37,28 @@ from fastleading.errors import FastleadingError
 if TYPE_CHECKING:
     from fastleading.precision import Precision
 
-BACKENDS = ("auto", "eager", "onnx")
+BACKENDS = ("auto", "eager", "onnx", "openvino")
 ONNX_OPSET = 17
+# what each engine needs installed (the exporter writes the ONNX protobuf with the onnx package)
+PACKAGES = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
+EXTRAS = {"onnx": "onnx", "openvino": "openvino"}
 _announced: set[str] = set()
-# encoder -> (weights fingerprint, OnnxEncoder): a weak map, so that the session goes with the
+# encoder -> {engine: (fingerprint, FixedEncoder)}: a weak map, so that the sessions go with the
 # encoder and nothing unpicklable is put on the module itself (the trainer deep-copies models)
-_sessions: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, OnnxEncoder]]" = weakref.WeakKeyDictionary()
+_sessions: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def available(backend: str) -> bool:
+    """Whether the packages of ``backend`` (onnx: ONNX Runtime; openvino: OpenVINO) import."""
+    return all(importlib.util.find_spec(name) is not None for name in PACKAGES[backend])
 
 
 def onnx_available() -> bool:
-    """Whether ONNX Runtime and the ONNX package (the exporter writes its protobuf) import."""
-    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    return available("onnx")
+
+
+def openvino_available() -> bool:
+    return available("openvino")
 
 
 def _announce(message: str) -> None:
@@ -59,15 +71,16 @@ def _announce(message: str) -> None:
 
 def resolve_backend(requested: str, device: torch.device, encoder: nn.Module | None = None,
                     precision: "Precision | None" = None) -> str:
-    """``eager`` or ``onnx`` for ``train.encode_backend=requested`` on ``device``.
+    """``eager``, ``openvino`` or ``onnx`` for ``train.encode_backend=requested`` on ``device``.
 
-    ``auto`` keeps eager under bf16 autocast (``precision``): ONNX Runtime runs fp32, and on a
+    ``auto`` keeps eager under bf16 autocast (``precision``): the engines run fp32, and on a
     CPU with native bf16 eager bf16 is what ``train.precision=auto`` chose for speed there.
+    Else ``auto`` takes OpenVINO when installed, then ONNX Runtime (the order of their speed in
+    benchmarks/results/cpu-encode-2026-12-07.json), else eager and says so once.
 
-    ``onnx`` asked where it cannot run (a GPU, several processes, an encoder that is not a
+    An engine asked where it cannot run (a GPU, several processes, an encoder that is not a
     plain :class:`fastleading.lm.LMEncoder`, e.g. a DeepSpeed engine) or without its packages
-    is one line naming the field; ``auto`` falls back to ``eager`` there, and says so once
-    when only the packages are missing."""
+    is one line naming the field; ``auto`` falls back to ``eager`` there."""
     from fastleading.distributed import get_world_size
     from fastleading.lm import LMEncoder
 
@@ -85,26 +98,64 @@ def resolve_backend(requested: str, device: torch.device, encoder: nn.Module | N
     elif encoder is not None and not isinstance(encoder, LMEncoder):
         where = f"the encoder is a {type(encoder).__name__}, not a plain LMEncoder"
     if where is not None:
-        if requested == "onnx":
-            raise FastleadingError(f"config key 'train.encode_backend': onnx runs on the CPU of a single-process "
-                                   f"run with a plain LM ({where}); use auto or eager")
+        if requested != "auto":
+            raise FastleadingError(f"config key 'train.encode_backend': {requested} runs on the CPU of a "
+                                   f"single-process run with a plain LM ({where}); use auto or eager")
         return "eager"
-    if not onnx_available():
-        if requested == "onnx":
-            raise FastleadingError("config key 'train.encode_backend': onnx needs the onnxruntime and onnx packages, "
-                                   "which are not installed (pip install 'fastleading[onnx]'), or use eager")
-        _announce("train.encode_backend=auto: onnxruntime is not installed, so no-gradient encodes on the CPU run "
-                  "in eager PyTorch (pip install 'fastleading[onnx]' for the faster ONNX Runtime path)")
-        return "eager"
-    return "onnx"
+    if requested != "auto":
+        if not available(requested):
+            raise FastleadingError(f"config key 'train.encode_backend': {requested} needs the packages "
+                                   f"{' and '.join(PACKAGES[requested])}, which are not all installed "
+                                   f"(pip install 'fastleading[{EXTRAS[requested]}]'), or use eager")
+        return requested
+    for backend in ("openvino", "onnx"):
+        if available(backend):
+            return backend
+    _announce("train.encode_backend=auto: neither openvino nor onnxruntime is installed, so no-gradient encodes "
+              "on the CPU run in eager PyTorch (pip install 'fastleading[openvino]' for the faster path)")
+    return "eager"
 
 
-class OnnxEncoder(nn.Module):
-    """An ONNX Runtime session of an :class:`fastleading.lm.LMEncoder` with fixed (fp32) weights:
-    ``forward(input_ids [B, L], attention_mask [B, L]) -> [B, hidden]`` fp32 on the CPU, as the
-    encoder's. Has no parameters; ``runs`` counts its forwards."""
+def export_onnx(encoder: nn.Module, path: Path) -> None:
+    """Write ``encoder`` (fp32, eval mode) as ONNX to ``path``: inputs ``input_ids`` and
+    ``attention_mask`` (int64 ``[batch, length]``), output ``embedding`` (``[batch, hidden]``).
+    Traced with padded example rows (a row of real tokens only could let the trace drop the mask)."""
 
-    backend = "onnx"
+    class Wrapped(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids, attention_mask)
+
+    was_training = encoder.training
+    encoder.eval()
+    # two rows of 8 tokens, the second half padding on the side this model pads
+    ids = torch.full((2, 8), 101, dtype=torch.long)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    if getattr(encoder, "is_decoder", False):
+        mask[1, :4] = 0
+    else:
+        mask[1, 4:] = 0
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Wrapped(encoder), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                              output_names=["embedding"], opset_version=ONNX_OPSET, dynamo=False,
+                              dynamic_axes={"input_ids": {0: "batch", 1: "length"},
+                                            "attention_mask": {0: "batch", 1: "length"}})
+    finally:
+        encoder.train(was_training)
+
+
+class FixedEncoder(nn.Module):
+    """An inference engine's copy of an :class:`fastleading.lm.LMEncoder` with fixed (fp32)
+    weights: ``forward(input_ids [B, L], attention_mask [B, L]) -> [B, hidden]`` fp32 on the
+    CPU, as the encoder's. Has no parameters; ``runs`` counts its forwards; ``backend`` names
+    the engine."""
+
+    backend = ""
     # token positions per forward at most: in a quick sweep on this project's 2-core CPU (MiniLM,
     # 32 and 128 tokens; not kept as a result file) ONNX Runtime ran faster on micro-batches
     # of 512-2048 positions, whose activations stay in cache, than on 16384-position ones,
@@ -112,57 +163,71 @@ class OnnxEncoder(nn.Module):
     # train.encode_token_budget
     token_budget = 2048
 
-    def __init__(self, session, hidden_size: int):
+    def __init__(self, hidden_size: int):
         super().__init__()
-        self.session, self.hidden_size, self.runs = session, hidden_size, 0
+        self.hidden_size, self.runs = hidden_size, 0
 
     @classmethod
-    def export(cls, encoder: nn.Module) -> "OnnxEncoder":
-        """Export ``encoder`` (fp32, eval mode, traced with padded example rows so that the
-        mask's path is the general one) and open it with as many threads as PyTorch uses."""
-        import onnxruntime as ort
-
-        class Wrapped(nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids, attention_mask):
-                return self.inner(input_ids, attention_mask)
-
-        was_training = encoder.training
-        encoder.eval()
-        # two rows of 8 tokens, the second half padding on the side this model pads: a row of
-        # real tokens only could let the trace drop the mask
-        ids = torch.full((2, 8), 101, dtype=torch.long)
-        mask = torch.ones(2, 8, dtype=torch.long)
-        if getattr(encoder, "is_decoder", False):
-            mask[1, :4] = 0
-        else:
-            mask[1, 4:] = 0
-        try:
-            with tempfile.TemporaryDirectory(prefix="fastleading-onnx-") as tmp, warnings.catch_warnings(), \
-                    torch.no_grad():
-                warnings.simplefilter("ignore")
-                path = Path(tmp) / "encoder.onnx"
-                torch.onnx.export(Wrapped(encoder), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                                  output_names=["embedding"], opset_version=ONNX_OPSET, dynamo=False,
-                                  dynamic_axes={"input_ids": {0: "batch", 1: "length"},
-                                                "attention_mask": {0: "batch", 1: "length"}})
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = torch.get_num_threads()
-                options.inter_op_num_threads = 1
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        finally:
-            encoder.train(was_training)
-        return cls(session, encoder.hidden_size)
+    def export(cls, encoder: nn.Module) -> "FixedEncoder":
+        """Export ``encoder`` and open it with as many threads as PyTorch uses."""
+        with tempfile.TemporaryDirectory(prefix="fastleading-onnx-") as tmp:
+            path = Path(tmp) / "encoder.onnx"
+            export_onnx(encoder, path)
+            return cls(cls.open(path), encoder.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         self.runs += 1
-        out = self.session.run(None, {"input_ids": input_ids.to(torch.long).numpy(),
-                                      "attention_mask": attention_mask.to(torch.long).numpy()})[0]
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.run(input_ids.to(torch.long).numpy(), attention_mask.to(torch.long).numpy()))
+
+
+class OnnxEncoder(FixedEncoder):
+    """:class:`FixedEncoder` on an ONNX Runtime session (CPU provider, all graph optimisations)."""
+
+    backend = "onnx"
+
+    def __init__(self, session, hidden_size: int):
+        super().__init__(hidden_size)
+        self.session = session
+
+    @staticmethod
+    def open(path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(self, input_ids, attention_mask):
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+
+class OpenVinoEncoder(FixedEncoder):
+    """:class:`FixedEncoder` on OpenVINO's CPU plugin, in fp32 (``INFERENCE_PRECISION_HINT=f32``:
+    its default is bf16 on CPUs with native bf16, which would not be fp32's embeddings)."""
+
+    backend = "openvino"
+
+    def __init__(self, compiled, hidden_size: int):
+        super().__init__(hidden_size)
+        self.compiled, self.request = compiled, compiled.create_infer_request()
+
+    @staticmethod
+    def open(path: Path):
+        import openvino as ov
+
+        core = ov.Core()
+        return core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            "PERFORMANCE_HINT": "LATENCY"})
+
+    def run(self, input_ids, attention_mask):
+        out = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
+        return out[0].copy()  # the request reuses its output buffer
+
+
+ENGINES = {"onnx": OnnxEncoder, "openvino": OpenVinoEncoder}
 
 
 def _fingerprint(encoder: nn.Module) -> tuple:
@@ -181,20 +246,23 @@ def _fingerprint(encoder: nn.Module) -> tuple:
 def fixed_weights(encoder: nn.Module, backend: str, device: torch.device,
                   precision: "Precision | None" = None) -> nn.Module:
     """The module that runs ``encoder``'s no-gradient encodes under ``train.encode_backend=backend``:
-    the encoder itself (eager) or its :class:`OnnxEncoder`, exported again only when the
-    weights changed since the last export."""
-    if resolve_backend(backend, device, encoder, precision) == "eager":
+    the encoder itself (eager) or its :class:`FixedEncoder`, exported again only when the
+    weights (or the thread count) changed since that engine's last export."""
+    engine = resolve_backend(backend, device, encoder, precision)
+    if engine == "eager":
         return encoder
     key = _fingerprint(encoder)
-    cached = _sessions.get(encoder)
+    engines = _sessions.setdefault(encoder, {})
+    cached = engines.get(engine)
     if cached is not None and cached[0] == key:
         return cached[1]
-    onnx = OnnxEncoder.export(encoder)
-    _sessions[encoder] = (key, onnx)
-    return onnx
+    fixed = ENGINES[engine].export(encoder)
+    engines[engine] = (key, fixed)
+    return fixed
 
 
-def cached_session(encoder: nn.Module) -> OnnxEncoder | None:
-    """The :class:`OnnxEncoder` last exported for ``encoder`` (None if none was)."""
-    cached = _sessions.get(encoder)
+def cached_session(encoder: nn.Module, backend: str) -> "FixedEncoder | None":
+    """The :class:`FixedEncoder` of engine ``backend`` (onnx, openvino) last exported for
+    ``encoder`` (None if none was)."""
+    cached = _sessions.get(encoder, {}).get(backend)
     return None if cached is None else cached[1]
