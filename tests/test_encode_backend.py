@@ -151,3 +151,32 @@ def test_config_field():
         apply_overrides(Config(), ["train.encode_backend=tensorrt"])
     with pytest.raises(FastleadingError, match=r"^config key 'train.encode_backend': expected one of"):
         resolve_backend("tensorrt", CPU)
+
+
+@needs_an_engine
+def test_a_training_run_evaluates_through_the_engine_with_eager_results(tmp_path):
+    """train.encode_backend=auto (fp32): the bank fill and every evaluation run on the engine
+    (its forwards are counted), and the run's evaluations are those of an eager run."""
+    from fastleading.methods import train_method
+
+    from test_train import small_config
+
+    model = save_tiny_model(tmp_path / "bert", "bert", hidden=32)
+    runs = []
+    real_forward = FixedEncoder.forward
+
+    def counting(self, input_ids, attention_mask):
+        runs.append(self.backend)
+        return real_forward(self, input_ids, attention_mask)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FixedEncoder, "forward", counting)
+        auto = train_method(small_config(model, tmp_path / "cache", "train.encode_backend=auto"), tmp_path / "auto",
+                            quiet=True)
+    assert runs and set(runs) == {"openvino" if encode_backend.openvino_available() else "onnx"}
+    eager = train_method(small_config(model, tmp_path / "cache", "train.encode_backend=eager"), tmp_path / "eager",
+                         quiet=True)
+    assert len(auto["history"]) == len(eager["history"]) >= 2
+    for a, e in zip(auto["history"], eager["history"]):
+        for key in ("train", "valid", "test"):
+            assert a[key] == pytest.approx(e[key], abs=1e-9), (key, a, e)
