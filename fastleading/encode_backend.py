@@ -251,12 +251,25 @@ def fixed_weights(encoder: nn.Module, backend: str, device: torch.device,
     engine = resolve_backend(backend, device, encoder, precision)
     if engine == "eager":
         return encoder
-    key = _fingerprint(encoder)
     engines = _sessions.setdefault(encoder, {})
+    if engines.get(f"{engine} failed"):
+        return encoder
+    key = _fingerprint(encoder)
     cached = engines.get(engine)
     if cached is not None and cached[0] == key:
         return cached[1]
-    fixed = ENGINES[engine].export(encoder)
+    try:
+        fixed = ENGINES[engine].export(encoder)
+    except Exception as e:  # noqa: BLE001 - whatever the exporter or the engine raise: one line
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        if backend != "auto":
+            raise FastleadingError(f"config key 'train.encode_backend': {engine} could not take this LM "
+                                   f"({why}); use auto or eager") from None
+        # auto: this LM stays eager from now on (an export that failed once fails again)
+        engines[f"{engine} failed"] = True
+        _announce(f"train.encode_backend=auto: {engine} could not take this LM ({why}); its no-gradient "
+                  "encodes run in eager PyTorch")
+        return encoder
     engines[engine] = (key, fixed)
     return fixed
 

@@ -180,3 +180,23 @@ def test_a_training_run_evaluates_through_the_engine_with_eager_results(tmp_path
     for a, e in zip(auto["history"], eager["history"]):
         for key in ("train", "valid", "test"):
             assert a[key] == pytest.approx(e[key], abs=1e-9), (key, a, e)
+
+
+@needs_an_engine
+def test_an_lm_the_engine_cannot_take_is_refused_or_announced(monkeypatch, capsys, tmp_path):
+    from fastleading.lm import LMEncoder
+
+    def broken(encoder, path):
+        raise RuntimeError("Unsupported: aten::something\nmore lines")
+
+    monkeypatch.setattr(encode_backend, "export_onnx", broken)
+    monkeypatch.setattr(encode_backend, "_announced", set())
+    engine = "openvino" if encode_backend.openvino_available() else "onnx"
+    encoder = LMEncoder(ModelConfig(name=save_tiny_model(tmp_path / "bert")))
+    with pytest.raises(FastleadingError, match=rf"^config key 'train.encode_backend': {engine} could not take this "
+                                               r"LM \(RuntimeError: Unsupported: aten::something\); use auto or eager$"):
+        fixed_weights(encoder, engine, CPU, FP32)
+    assert fixed_weights(encoder, "auto", CPU, FP32) is encoder
+    assert fixed_weights(encoder, "auto", CPU, FP32) is encoder          # not tried again
+    err = capsys.readouterr().err
+    assert err.count(f"train.encode_backend=auto: {engine} could not take this LM (RuntimeError") == 1
