@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Every install is constrained: an unpinned torch would pull a multi-GB CUDA build.
 PIP := $(BIN)/python -m pip install -c constraints.txt
-EXTRAS := deepspeed,peft,gguf,minilm,test,plot,tensorboard,docs
+EXTRAS := deepspeed,peft,gguf,minilm,openvino,onnx,test,plot,tensorboard,docs
 STAMP := $(VENV)/.fastleading-installed
 
 .PHONY: install train test

@@ -152,6 +152,13 @@ class TrainConfig:
                                   "of at most this many (and at most eval_batch_size nodes in evaluation and "
                                   "the fill); a longer single text goes alone. 0 = off: id / refresh order, "
                                   "padded to each batch's longest text.")
+    encode_backend: str = _f("auto", "What runs the LM in no-gradient encodes whose weights stay fixed while they run "
+                             "(bank fill, evaluation, predict, export, downstream features; not pipeline 2's "
+                             "refresh): auto (for fp32 runs on the CPU of a single process: OpenVINO if "
+                             "installed, else ONNX Runtime if installed, else eager; "
+                             "benchmarks/results/cpu-encode-2026-12-07.json), eager (PyTorch, under "
+                             "train.precision), openvino, onnx (fp32; extras openvino / onnx).",
+                             ("auto", "eager", "onnx", "openvino"))
     patience: int = _f(0, "Stop after this many evaluations without a better valid accuracy (0 = never).")
     seed: int = _f(0, "Random seed.")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N.")

@@ -182,7 +182,7 @@ def pretrained_embeddings(cfg: Config, quiet: bool = True):
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
     encoder = LMEncoder(cfg.model).to(device)
     emb = encode_all(encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet,
-                     token_budget=cfg.train.encode_token_budget)
+                     token_budget=cfg.train.encode_token_budget, backend=cfg.train.encode_backend)
     return graph, emb.float().cpu()
 
 
@@ -203,7 +203,7 @@ def run_embeddings(run_dir: Path, quiet: bool = True):
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
     model = load_best(run_dir, cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype).to(device)
     emb = encode_all(model.encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet,
-                     token_budget=cfg.train.encode_token_budget)
+                     token_budget=cfg.train.encode_token_budget, backend=cfg.train.encode_backend)
     return cfg, graph, emb.float().cpu()
 
 

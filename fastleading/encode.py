@@ -34,6 +34,7 @@ import torch
 
 from fastleading import transfer
 from fastleading.distributed import allgather_rows, get_rank, get_world_size, shard
+from fastleading.encode_backend import fixed_weights
 from fastleading.precision import Precision
 
 if TYPE_CHECKING:
@@ -98,6 +99,14 @@ def padding_ratio(batch_lengths: Iterable[torch.Tensor]) -> float:
     return 1.0 - real / computed if computed else 0.0
 
 
+def _budget(encoder, token_budget: int | None) -> int:
+    """The token budget per forward: ``token_budget`` (None: :data:`DEFAULT_TOKEN_BUDGET`; 0: off),
+    capped by the encoder's own ``token_budget`` where it has one (an ONNX Runtime session)."""
+    budget = DEFAULT_TOKEN_BUDGET if token_budget is None else token_budget
+    own = getattr(encoder, "token_budget", None)
+    return min(budget, own) if budget and own else budget
+
+
 def encode_nodes(encoder, tokens, ids: torch.Tensor, device: torch.device, precision: Precision) -> torch.Tensor:
     """LM embeddings ``[len(ids), H]`` (fp32) of nodes ``ids`` (int64, CPU) under the run's autocast.
 
@@ -111,7 +120,7 @@ def encode_nodes(encoder, tokens, ids: torch.Tensor, device: torch.device, preci
 
 @torch.inference_mode()
 def encode_eval(encoder, tokens, ids: torch.Tensor, device: torch.device, precision: Precision,
-                token_budget: int | None = None, max_rows: int | None = None) -> torch.Tensor:
+                token_budget: int | None = None, max_rows: int | None = None, backend: str = "eager") -> torch.Tensor:
     """:func:`encode_nodes` without gradient, in eval mode (no dropout); stores no activations.
 
     The nodes are encoded longest first in micro-batches of at most ``token_budget`` token
@@ -119,12 +128,15 @@ def encode_eval(encoder, tokens, ids: torch.Tensor, device: torch.device, precis
     ``max_rows`` rows (None: no row limit); the rows come back in the order of ``ids``.
     ``token_budget=0``: the old way, ``ids`` in their order, ``max_rows`` per forward. The
     plan is made on the host from ``tokens.lengths``; the reordering is one gather on the
-    device (no host read of a device value)."""
+    device (no host read of a device value). ``backend``: ``train.encode_backend``
+    (:func:`fastleading.encode_backend.fixed_weights`; only for weights that stay fixed across
+    calls: an ONNX export per call of changing weights costs more than it saves)."""
+    encoder = fixed_weights(encoder, backend, device, precision)
     was_training = encoder.training
     encoder.eval()
     try:
         ids = torch.as_tensor(ids, dtype=torch.long).cpu()
-        budget = DEFAULT_TOKEN_BUDGET if token_budget is None else token_budget
+        budget = _budget(encoder, token_budget)
         if len(ids) == 0 or (budget == 0 and (max_rows is None or len(ids) <= max_rows)):
             return encode_nodes(encoder, tokens, ids, device, precision)
         if budget == 0:
@@ -145,7 +157,8 @@ def encode_eval(encoder, tokens, ids: torch.Tensor, device: torch.device, precis
 def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision: Precision,
                batch_size: int, quiet: bool = True, desc: str = "encode",
                counter: "EncodeCounter | None" = None, kind: str = "eval",
-               token_budget: int | None = None, into: "MemoryBank | None" = None, step: int = 0) -> torch.Tensor:
+               token_budget: int | None = None, into: "MemoryBank | None" = None, step: int = 0,
+               backend: str = "eager") -> torch.Tensor:
     """LM embeddings of every node, ``[N, H]`` in the bank dtype on ``device``; with ``into``
     (a :class:`fastleading.bank.MemoryBank`) written straight into the bank as its rows
     refreshed at ``step`` (no second ``[N, H]`` matrix) and returned as ``into.emb``.
@@ -157,11 +170,13 @@ def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision:
     ``token_budget`` token positions (None: :data:`DEFAULT_TOKEN_BUDGET`; 0: id order, chunks
     of ``batch_size x world``), and the shards are all-gathered, so every rank ends with the
     whole matrix. Every rank runs one forward per chunk. ``counter`` counts this rank's
-    encodes as ``kind``."""
+    encodes as ``kind``. ``backend``: ``train.encode_backend``, what runs the LM
+    (:func:`fastleading.encode_backend.fixed_weights`: eager PyTorch or ONNX Runtime)."""
     from fastleading.console import bar
 
+    encoder = fixed_weights(encoder, backend, device, precision)
     rank, world = get_rank(), get_world_size()
-    budget = DEFAULT_TOKEN_BUDGET if token_budget is None else token_budget
+    budget = _budget(encoder, token_budget)
     if into is None:
         out = torch.empty(num_nodes, encoder.hidden_size, dtype=precision.bank_dtype, device=device)
     else:

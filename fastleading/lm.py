@@ -123,9 +123,11 @@ class LMEncoder(nn.Module):
             return attention_mask
         keep = attention_mask.bool()[:, None, None, :]
         if self.is_decoder:
-            length = attention_mask.shape[1]
-            causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril_()
-            keep = (keep & causal) | torch.eye(length, dtype=torch.bool, device=attention_mask.device)
+            # comparisons of positions rather than tril/eye: the same masks, and ONNX Runtime
+            # (fastleading.encode_backend) has kernels for them where it has none for a bool EyeLike
+            positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+            causal = positions[None, :] <= positions[:, None]
+            keep = (keep & causal) | (positions[None, :] == positions[:, None])
         return keep
 
 

@@ -7,10 +7,11 @@
   CiteSeer-TAG's paper ids, else the node index);
 - **new nodes** (inductive prediction): a file of new nodes (``id,text``) and a file of their
   edges (``src,dst``, to existing or other new nodes). The run's fine-tuned LM encodes the new
-  texts (tokenized as the run's token cache); the existing nodes' embeddings come from a fresh
-  encode of every node with the same LM, or from an exported embeddings file
-  (``fastleading export --out``) when one is given: ``best.pt`` holds the weights only, not
-  the memory bank, so there is no stored bank to read. The head and the propagation then run
+  texts (tokenized as the run's token cache); the existing nodes' embeddings are not encoded
+  again: they come from the run's embeddings cache (``best-embeddings.npy``, written by the
+  first prediction and keyed by ``best.pt``'s SHA-256, so a changed ``best.pt`` is encoded
+  afresh), or from an exported embeddings file (``fastleading export --out``) when one is
+  given (``best.pt`` holds the weights only, not the memory bank). The head and the propagation then run
   over the extended graph with the operator evaluation uses
   (:func:`fastleading.trainer.evaluate.full_graph_logits`: LEADING's implicit layer at its
   fixed point by conjugate gradient, :func:`fastleading.nn.solve_appnp`). New edges change
@@ -219,19 +220,87 @@ class TrainedRun:
         self.precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, self.device)
         self.model = load_best(self.run_dir, cfg, self.graph.num_nodes, self.graph.num_classes,
                                self.precision.bank_dtype).to(self.device)
+        from fastleading.encode import EncodeCounter
+
+        self.counter = EncodeCounter(self.graph.num_nodes)  # the LM's encodes of this object (kind eval)
+        self._cache_key: dict | None = None
 
     @property
     def is_link(self) -> bool:
         return self.cfg.train.task == "link"
 
     def embeddings(self) -> torch.Tensor:
-        """Every node's LM embedding from a fresh no-gradient encode with the run's best LM:
-        ``[N, H]`` in the run's bank dtype, on its device."""
+        """Every node's LM embedding with the run's best LM: ``[N, H]`` in the run's bank dtype,
+        on its device. Read from the run's cache (``best-embeddings.npy``) when it was computed
+        from this very ``best.pt`` (:meth:`cache_key`); else one no-gradient encode of every node,
+        then written to the cache, so that later predictions (new nodes included) encode only
+        their new texts. A run folder that cannot be written to is said once and not cached."""
         from fastleading.encode import encode_all
 
+        emb = self.cached_embeddings()
+        if emb is not None:
+            return emb
         t = self.cfg.train
-        return encode_all(self.model.encoder, self.tokens, self.graph.num_nodes, self.device, self.precision,
-                          t.eval_batch_size, self.quiet, "encode", token_budget=t.encode_token_budget)
+        emb = encode_all(self.model.encoder, self.tokens, self.graph.num_nodes, self.device, self.precision,
+                         t.eval_batch_size, self.quiet, "encode", counter=self.counter, kind="eval",
+                         token_budget=t.encode_token_budget, backend=t.encode_backend)
+        self.write_cache(emb)
+        return emb
+
+    def cache_key(self) -> dict:
+        """What the embeddings cache must have been computed from: ``best.pt``'s bytes (SHA-256),
+        the nodes, the hidden size and the token rows' length."""
+        import hashlib
+
+        from fastleading.checkpoint import BEST
+
+        if self._cache_key is not None:
+            return self._cache_key
+        digest = hashlib.sha256()
+        with open(self.run_dir / BEST, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        self._cache_key = {"best_pt_sha256": digest.hexdigest(), "num_nodes": self.graph.num_nodes,
+                           "hidden_size": self.model.encoder.hidden_size, "max_length": self.tokens.max_length,
+                           "model": self.cfg.model.name}
+        return self._cache_key
+
+    def cached_embeddings(self) -> torch.Tensor | None:
+        """The cached embeddings if the cache's key is this run's (:meth:`cache_key`), else None."""
+        import json
+
+        from fastleading.runfolder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
+
+        meta, data = self.run_dir / BEST_EMBEDDINGS_META, self.run_dir / BEST_EMBEDDINGS
+        if not (meta.is_file() and data.is_file()):
+            return None
+        try:
+            key = json.loads(meta.read_text())["key"]
+            emb = np.load(data, mmap_mode="r")
+        except (ValueError, KeyError, TypeError, OSError):
+            return None  # a damaged cache is computed again
+        if key != self.cache_key() or list(emb.shape) != [self.graph.num_nodes, self.model.encoder.hidden_size]:
+            return None
+        return torch.from_numpy(np.array(emb, dtype=np.float32)).to(self.device, self.precision.bank_dtype)
+
+    def write_cache(self, emb: torch.Tensor) -> None:
+        import json
+
+        from fastleading.console import notice
+        from fastleading.encode_backend import resolve_backend
+        from fastleading.io import atomic_write, atomic_write_text
+        from fastleading.runfolder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
+
+        try:
+            # the data first: a cache whose key is there is complete
+            (self.run_dir / BEST_EMBEDDINGS_META).unlink(missing_ok=True)
+            atomic_write(self.run_dir / BEST_EMBEDDINGS, lambda f: np.save(f, emb.float().cpu().numpy()))
+            atomic_write_text(self.run_dir / BEST_EMBEDDINGS_META,
+                              json.dumps({"key": self.cache_key(), "backend": resolve_backend(
+                                  self.cfg.train.encode_backend, self.device, self.model.encoder, self.precision)}))
+        except (OSError, FastleadingError) as e:
+            notice(f"{self.run_dir}: the embeddings of best.pt are not cached ({str(e).splitlines()[0]}); the "
+                   "next prediction encodes every node again")
 
     def load_embeddings(self, path: str | Path) -> torch.Tensor:
         """Exported embeddings (``fastleading export --out``, float ``[N, H]`` .npy) on the run's device."""
@@ -259,8 +328,10 @@ class TrainedRun:
         new = TokenCache(torch.from_numpy(ids.astype(np.int32)), torch.from_numpy(lengths.astype(np.int32)),
                          cache.padding_side, cache.pad_token_id, cache.max_length, cache.model_name)
         t = self.cfg.train
+        self.counter.add("eval", len(texts))
         return encode_eval(self.model.encoder, new, torch.arange(len(texts)), self.device, self.precision,
-                           token_budget=t.encode_token_budget, max_rows=t.eval_batch_size).float()
+                           token_budget=t.encode_token_budget, max_rows=t.eval_batch_size,
+                           backend=t.encode_backend).float()
 
     def outputs(self, new_nodes: str | Path | None = None, new_edges: str | Path | None = None,
                 embeddings: str | Path | None = None) -> tuple[torch.Tensor, NodeIndex]:

@@ -34,8 +34,12 @@ from fastleading.errors import FastleadingError
 from fastleading.io import atomic_write_text
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint folder (fastleading.trainer.state.DEEPSPEED_DIR)
-# what `train` writes into a run folder (trace.json only with train.profile)
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT, BEST, DEEPSPEED_DIR, "trace.json")
+# every node's LM embedding under best.pt and what it was computed from, written by the first
+# prediction (fastleading.predict.TrainedRun.embeddings) and reused while best.pt is unchanged
+BEST_EMBEDDINGS, BEST_EMBEDDINGS_META = "best-embeddings.npy", "best-embeddings.json"
+# what `train` writes into a run folder (trace.json only with train.profile), and predict's cache
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT, BEST, DEEPSPEED_DIR, "trace.json",
+             BEST_EMBEDDINGS, BEST_EMBEDDINGS_META)
 # settings a resumed run may change: how long it trains, how often it evaluates, logs and
 # checkpoints, what it keeps, where the dataset cache lives; nothing that changes a step
 RESUME_CHANGES = ("train.epochs", "train.max_steps", "train.patience", "train.eval_every", "train.log_every",

@@ -209,3 +209,44 @@ def test_link_run_scores_pairs_as_its_evaluation_does(tiny_bert, tmp_path):
     assert [float(r["prob"]) for r in scored] == pytest.approx(torch.sigmoid(scores).tolist(), abs=1e-6)
     with pytest.raises(FastleadingError, match="has no classes; score node pairs instead"):
         TrainedRun(tmp_path / "run").predict()
+
+
+def test_new_nodes_encode_only_their_texts_once_best_pt_is_cached(node_run, tmp_path):
+    """The first prediction encodes every node once and caches it beside best.pt; a prediction
+    with new nodes then encodes the new texts only (counted by the LM's EncodeCounter) and gives
+    the outputs of a full re-encode; a changed best.pt is encoded afresh."""
+    import shutil
+
+    from fastleading.checkpoint import BEST
+    from fastleading.runfolder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
+
+    root, cfg, _, eval_logits = node_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "run", run_dir)
+    for name in (BEST_EMBEDDINGS, BEST_EMBEDDINGS_META):
+        (run_dir / name).unlink(missing_ok=True)
+    graph = load_dataset(cfg.data)
+    degree = (graph.rowptr[1:] - graph.rowptr[:-1]).numpy()
+    nodes, edges, _ = write_copy_of(graph, int(np.flatnonzero(degree >= 3)[0]), tmp_path)
+
+    fresh = TrainedRun(run_dir)                                   # no cache: every node, then the new one
+    full = fresh.predict(new_nodes=nodes, new_edges=edges)
+    assert fresh.counter.totals["eval"] == N + 1
+    assert (run_dir / BEST_EMBEDDINGS).is_file() and (run_dir / BEST_EMBEDDINGS_META).is_file()
+
+    cached = TrainedRun(run_dir)
+    again = cached.predict(new_nodes=nodes, new_edges=edges)
+    assert cached.counter.totals["eval"] == 1                     # the new text only
+    assert again.ids == full.ids and again.logits == pytest.approx(full.logits, abs=1e-5)
+    existing = TrainedRun(run_dir)
+    assert existing.predict().logits == pytest.approx(eval_logits.numpy(), abs=1e-5)
+    assert existing.counter.totals["eval"] == 0
+
+    state = torch.load(run_dir / BEST, weights_only=False)        # another best.pt: the cache is stale
+    name = next(k for k in state["model"] if k.startswith("encoder.") and state["model"][k].is_floating_point())
+    state["model"][name] = state["model"][name] + 0.5
+    torch.save(state, run_dir / BEST)
+    changed = TrainedRun(run_dir)
+    changed.predict(new_nodes=nodes, new_edges=edges)
+    assert changed.counter.totals["eval"] == N + 1
+    assert json.loads((run_dir / BEST_EMBEDDINGS_META).read_text())["key"] == changed.cache_key()

@@ -112,7 +112,8 @@ def encode_graph(tr, desc: str, kind: str) -> torch.Tensor:
     run = tr.run
     return encode_all(run.model.encoder, run.tokens, tr.graph.num_nodes, run.device, run.precision,
                       tr.cfg.train.eval_batch_size, tr.quiet, desc, run.counter, kind,
-                      token_budget=tr.cfg.train.encode_token_budget, into=run.bank, step=run.step)
+                      token_budget=tr.cfg.train.encode_token_budget, into=run.bank, step=run.step,
+                      backend=tr.cfg.train.encode_backend)
 
 
 def evaluate(tr) -> tuple[dict[str, float], int]:
