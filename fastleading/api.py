@@ -221,22 +221,26 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def train(config: Config | None = None, graph: TextAttributedGraph | None = None, out: str | Path = "runs/default",
-          resume: bool = False, quiet: bool = True) -> Run:
+          resume: bool = False, overwrite: bool = False, quiet: bool = True) -> Run:
     """Train ``config.train.method`` (default config: LEADING on the built-in synthetic graph)
     into the run folder ``out`` and return the :class:`Run`.
 
     ``graph``: train on this graph instead of ``config.data.dataset``; it is saved into
-    ``out/graph/`` and the run's config names it (``data.dataset=saved``). ``resume``
-    continues a killed run from its checkpoint (the graph already saved is used)."""
+    ``out/graph/`` and the run's config names it (``data.dataset=saved``, ``data.root=graph``
+    relative to the run folder: the folder can be moved or copied). A folder that already holds
+    a run is refused (before anything in it changes) unless ``resume`` continues that run from
+    its checkpoint (the graph already saved is used) or ``overwrite`` replaces it."""
     from fastleading.methods import train_method
+    from fastleading.runfolder import refuse_held
 
     cfg = dataclasses.replace(config) if config is not None else Config()
     cfg.data = dataclasses.replace(cfg.data)
     out = Path(out)
     if graph is not None:
+        refuse_held(out, resume, overwrite, caller="api")  # before the graph of a finished run is replaced
         folder = (out / GRAPH_DIR).resolve()
         if not (resume and (folder / "meta.json").is_file()):
             graph.save(folder)
         cfg.data.dataset, cfg.data.root = "saved", str(folder)
-    train_method(cfg, out, resume=resume, quiet=quiet)
+    train_method(cfg, out, resume=resume, quiet=quiet, overwrite=overwrite, caller="api")
     return load_run(out)

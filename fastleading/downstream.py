@@ -94,10 +94,11 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
     features -> MLP -> APPNP, the same head and propagation as LEADING's."""
     from fastleading.data import load_dataset
     from fastleading.precision import resolve_device
+    from fastleading.runfolder import write_run_config
 
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", cfg.to_json())
+    write_run_config(out_dir, cfg)
     device = resolve_device(cfg.train.device)
     if cfg.train.method == "shallow":
         graph = load_dataset(cfg.data)

@@ -11,10 +11,19 @@ is built):
   ``metrics.jsonl``, never appends to the old one;
 - **resume** reads the run's own ``config.json``; the settings of :data:`RESUME_CHANGES` may
   differ in the call (more epochs extend a finished run; the learning-rate schedule follows the
-  new ``train.epochs``, see :meth:`fastleading.trainer.optim.Optimization.follow_schedule`) and
-  are written to ``config.json``; any other difference is refused with one line naming the key.
-  A finished run whose checkpoint is gone (``train.keep=best``, ``fastleading clean``) cannot be
-  resumed; a run killed before its first checkpoint starts over.
+  new ``train.epochs``, see :meth:`fastleading.trainer.optim.Optimization.follow_schedule`);
+  any other difference is refused with one line naming the key. Nothing in the folder changes
+  until the resumed run is under way (its checkpoint loaded, :func:`resume_run_folder`): then
+  the changed ``config.json`` is written, and the old ``summary.json`` and the files derived
+  from the old best weights (:data:`DERIVED_FILES`) are removed; a resume that fails before
+  leaves the run as it was. A finished run whose checkpoint is gone (``train.keep=best``,
+  ``fastleading clean``) cannot be resumed; a run killed before its first checkpoint starts over.
+
+Paths in ``config.json`` (:func:`write_run_config`): ``data.root`` and ``data.cache_dir`` are
+stored resolved (absolute; the default data root included), ``data.root`` relative to the run
+folder when it lies inside it (the Python API's ``graph/``), so that a run folder works from
+any directory and after being moved or copied; :func:`read_run_config` resolves a relative
+``data.root`` against the run folder.
 
 Keeping less on disk: :func:`drop_checkpoint` removes a finished run's ``checkpoint.pt`` (the
 weights, the optimizer state and the rest a resume needs; about three times ``best.pt`` with
@@ -37,10 +46,16 @@ DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint folder (fastleading.train
 # what `train` writes into a run folder (trace.json only with train.profile)
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT, BEST, DEEPSPEED_DIR, "trace.json")
 # settings a resumed run may change: how long it trains, how often it evaluates, logs and
-# checkpoints, what it keeps, where the dataset cache lives; nothing that changes a step
+# checkpoints, what it keeps, where the dataset and its cache live; nothing that changes a step
 RESUME_CHANGES = ("train.epochs", "train.max_steps", "train.patience", "train.eval_every", "train.log_every",
                   "train.checkpoint_every", "train.checkpoint_minutes", "train.profile", "train.keep",
-                  "train.report_to", "data.cache_dir")
+                  "train.report_to", "data.root", "data.cache_dir")
+# files made from a run's best weights or its metrics by other commands (predict, plot) or by its
+# trackers: stale once the run is replaced (--overwrite); the first three once it trains on (--resume)
+DERIVED_FILES = ("predictions.csv", "link-scores.csv", "curves.png", "tensorboard", "wandb", "wandb-run-id")
+STALE_ON_RESUME = DERIVED_FILES[:3]
+# how each caller names the two ways past a folder that holds a run
+OPTIONS = {"cli": ("--resume {run}", "--overwrite", "--out"), "api": ("resume=True", "overwrite=True", "out")}
 
 
 def _is_rank0() -> bool:
@@ -60,7 +75,32 @@ def read_run_config(run_dir: Path, what: str = "not a run folder") -> Config:
         saved = json.loads(path.read_text(encoding="utf-8-sig"))
     except ValueError as e:
         raise FastleadingError(f"{path}: not valid JSON ({e})") from None
-    return from_dict(saved, source=str(path))
+    cfg = from_dict(saved, source=str(path))
+    root = cfg.data.root
+    if root and not Path(root).expanduser().is_absolute() and (Path(run_dir) / root).exists():
+        cfg.data.root = str((Path(run_dir) / root).resolve())  # a folder inside the run (moved with it)
+    return cfg
+
+
+def stored_config(run_dir: Path, cfg: Config) -> Config:
+    """``cfg`` as ``config.json`` stores it (see the module docstring): ``data.cache_dir`` and
+    ``data.root`` absolute (the default root resolved now), ``data.root`` relative to
+    ``run_dir`` when inside it."""
+    from fastleading.config import default_data_root
+
+    out = from_dict(cfg.to_dict())
+    root = Path(cfg.data.root or default_data_root()).expanduser().resolve()
+    try:
+        out.data.root = str(root.relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        out.data.root = str(root)
+    out.data.cache_dir = str(Path(cfg.data.cache_dir).expanduser().resolve())
+    return out
+
+
+def write_run_config(run_dir: Path, cfg: Config) -> None:
+    """Write ``run_dir/config.json`` (:func:`stored_config`)."""
+    atomic_write_text(Path(run_dir) / "config.json", stored_config(run_dir, cfg).to_json())
 
 
 def settings_for_embeddings(run_dir: str | Path | None, embeddings: str | Path) -> Config | None:
@@ -125,21 +165,31 @@ def _remove(path: Path) -> int:
     return size
 
 
-def prepare_run_folder(run_dir: Path, cfg: Config, resume: bool = False, overwrite: bool = False,
-                       checkpoints: bool = True) -> None:
-    """Apply the rules of the module docstring to ``run_dir`` before a run of ``cfg`` starts
-    (``checkpoints``: whether the method writes any; the fixed-feature ones do not). Only
-    rank 0 deletes or writes anything."""
+def refuse_held(run_dir: Path, resume: bool = False, overwrite: bool = False, caller: str = "cli") -> None:
+    """Refuse ``resume`` with ``overwrite``, and a new run (neither) into a folder that holds
+    one; the message names the options of ``caller`` (``cli`` flags or ``api`` parameters)."""
     run_dir = Path(run_dir)
+    resume_opt, overwrite_opt, out_opt = (o.format(run=run_dir) for o in OPTIONS[caller])
     if resume and overwrite:
-        raise FastleadingError(f"{run_dir}: give --resume (continue the run) or --overwrite (replace it), not both")
+        raise FastleadingError(f"{run_dir}: give {resume_opt} (continue the run) or {overwrite_opt} (replace it), "
+                               "not both")
+    held = held_run_files(run_dir)
+    if held and not (resume or overwrite):
+        raise FastleadingError(f"{run_dir}: holds a run ({', '.join(held)}); pass {resume_opt} to continue it "
+                               f"or {overwrite_opt} to replace it (or choose another {out_opt})")
+
+
+def prepare_run_folder(run_dir: Path, cfg: Config, resume: bool = False, overwrite: bool = False,
+                       checkpoints: bool = True, caller: str = "cli") -> None:
+    """Apply the rules of the module docstring to ``run_dir`` before a run of ``cfg`` starts
+    (``checkpoints``: whether the method writes any; the fixed-feature ones do not; ``caller``:
+    see :func:`refuse_held`). Only rank 0 deletes anything; nothing is written."""
+    run_dir = Path(run_dir)
+    refuse_held(run_dir, resume, overwrite, caller)
     if resume:
         check_resume(run_dir, cfg, checkpoints)
         return
-    held = held_run_files(run_dir)
-    if held and not overwrite:
-        raise FastleadingError(f"{run_dir}: holds a run ({', '.join(held)}); pass --resume {run_dir} to continue it "
-                               "or --overwrite to replace it (or choose another --out)")
+    held = held_run_files(run_dir) + [name for name in DERIVED_FILES if (run_dir / name).exists()]
     if held and _is_rank0():
         from fastleading.io import remove_stale_temp_files
 
@@ -151,12 +201,12 @@ def prepare_run_folder(run_dir: Path, cfg: Config, resume: bool = False, overwri
 def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
     """Refuse a resume of ``run_dir`` with ``cfg`` that changes a setting outside
     :data:`RESUME_CHANGES`, of a method that keeps no checkpoint (``checkpoints`` False), or of
-    a finished run without its checkpoint; write the changed ``config.json`` otherwise (and say
-    what changed; the old ``summary.json`` is removed then, the resumed run writes its own)."""
+    a finished run without its checkpoint; otherwise say what changes. Writes nothing: the
+    resumed run does, once under way (:func:`resume_run_folder`)."""
     from fastleading import console
 
     saved = read_run_config(run_dir, "cannot resume")
-    changes = config_changes(saved.to_dict(), cfg.to_dict())
+    changes = config_changes(stored_config(run_dir, saved).to_dict(), stored_config(run_dir, cfg).to_dict())
     for key, old, new in changes:
         if key not in RESUME_CHANGES:
             raise FastleadingError(f"{run_dir}: cannot resume with {key}={new!r}: the run has {key}={old!r}, and a "
@@ -173,10 +223,22 @@ def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
             console.notice(f"{run_dir}: no checkpoint yet (the run stopped before its first one); starting it over")
     if changes and _is_rank0():
         console.notice(f"{run_dir}: resuming with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes))
-        atomic_write_text(run_dir / "config.json", cfg.to_json())
-        # the summary of the run under its old settings: the resumed run writes its own when it ends
-        # (until then the run is unfinished: `fastleading clean` keeps its checkpoint)
+
+
+def resume_run_folder(run_dir: Path, cfg: Config) -> None:
+    """Once a resumed run is under way (its checkpoint loaded; rank 0): write the changed
+    ``config.json`` and remove the summary of the run under its old settings (the resumed run
+    writes its own when it ends; until then it is unfinished and `fastleading clean` keeps its
+    checkpoint), and the files :data:`STALE_ON_RESUME` made from its old best weights."""
+    run_dir = Path(run_dir)
+    text = stored_config(run_dir, cfg).to_json()
+    path = run_dir / "config.json"
+    if not path.is_file() or path.read_text(encoding="utf-8-sig") != text:
+        atomic_write_text(path, text)
         (run_dir / "summary.json").unlink(missing_ok=True)
+    for name in STALE_ON_RESUME:
+        if (run_dir / name).exists():
+            _remove(run_dir / name)
 
 
 def drop_checkpoint(run_dir: Path) -> int:

@@ -49,12 +49,18 @@ def test_a_run_folder_is_refused_unless_resumed_or_overwritten(setup, tmp_path, 
     line = one_error_line(capsys)
     assert str(run) in line and "--resume" in line and "--overwrite" in line
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
-    (run / "curves.png").write_bytes(b"not a run file")
+    # made from the old run by predict, plot and its trackers: stale beside a new run (issue 25)
+    derived = ["curves.png", "predictions.csv", "link-scores.csv", "wandb-run-id", "tensorboard/events.out.1",
+               "wandb/offline-run-1/run.wandb"]
+    for name in derived + ["notes.txt"]:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"of the old run")
     assert train(setup, run, "--overwrite", "--epochs", "1") == 0
     steps = [r["step"] for r in metrics(run) if "loss" in r]
     assert steps == list(range(1, STEPS_PER_EPOCH + 1))  # a new file: the old run's lines are gone
     assert json.loads((run / "summary.json").read_text())["steps"] == STEPS_PER_EPOCH
-    assert (run / "curves.png").read_bytes() == b"not a run file"  # only the run's own files are removed
+    assert not any((run / name.split("/")[0]).exists() for name in derived)
+    assert (run / "notes.txt").read_bytes() == b"of the old run"  # a file no run command makes stays
 
 
 def test_make_train_overwrites_its_default_folder():
@@ -154,15 +160,36 @@ def test_config_changes_lists_every_differing_key():
     assert runfolder.config_changes(a, b, ignore=("model.alpha",)) == [("train.epochs", 3, 5)]
 
 
-def test_a_resume_that_changes_a_setting_writes_it_and_drops_the_old_summary(tmp_path, capsys):
+def test_a_resume_that_changes_a_setting_writes_it_and_drops_the_old_summary_once_under_way(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(apply_overrides(Config(), ["train.epochs=1"]).to_json())
+    runfolder.write_run_config(run, apply_overrides(Config(), ["train.epochs=1"]))
+    config = (run / "config.json").read_bytes()
     (run / "checkpoint.pt").write_bytes(b"")
     (run / "summary.json").write_text("{}")
+    (run / "predictions.csv").write_text("id\n")
     runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=1"]))  # nothing changes: nothing written
     assert (run / "summary.json").exists() and capsys.readouterr().err == ""
     runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=2"]))
+    assert "resuming with train.epochs 1 -> 2" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == config and (run / "summary.json").exists()  # not yet
+    runfolder.resume_run_folder(run, apply_overrides(Config(), ["train.epochs=2"]))  # the run is under way
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
     assert not (run / "summary.json").exists()  # until the resumed run ends, it is not finished (clean keeps it)
-    assert "resuming with train.epochs 1 -> 2" in capsys.readouterr().err
+    assert not (run / "predictions.csv").exists()  # made from the old best.pt
+
+
+def test_a_resume_that_fails_leaves_the_finished_run_as_it_was(setup, tmp_path, capsys):
+    """`--resume R --epochs 3 data.cache_dir=/proc/forbidden` wrote the new config.json and
+    deleted summary.json before failing with a raw traceback: the finished run was lost."""
+    from fastleading.api import load_run
+
+    run = tmp_path / "run"
+    assert train(setup, run, "--epochs", "1") == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--quiet", "--resume", str(run), "--epochs", "3", "data.cache_dir=/proc/forbidden"]) == 2
+    line = one_error_line(capsys)
+    assert "/proc/forbidden" in line and "data.cache_dir" in line, line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert load_run(run).summary["steps"] == STEPS_PER_EPOCH

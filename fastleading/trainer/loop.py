@@ -37,10 +37,11 @@ from fastleading.distributed import (DistEnv, all_reduce_mean, barrier, broadcas
                                      is_distributed, is_main)
 from fastleading.encode import EncodeCounter
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write_text, remove_stale_temp_files
+from fastleading.io import remove_stale_temp_files
 from fastleading.overlap import RefreshStream
 from fastleading.precision import resolve_device, resolve_precision
 from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
+from fastleading.runfolder import resume_run_folder, write_run_config
 from fastleading.sampler import NeighborSampler
 from fastleading.tracking import open_tracker
 from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
@@ -189,9 +190,11 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         remove_stale_temp_files(out_dir)  # a killed run may have died inside an atomic write
     if resume and load_checkpoint(run, progress, tr.refresh_order, out_dir):
         resumed_from = run.step
+        if is_main():  # under way: only now may the resume change the run folder
+            resume_run_folder(out_dir, cfg)
     else:
         if is_main():
-            atomic_write_text(out_dir / "config.json", cfg.to_json())
+            write_run_config(out_dir, cfg)
         if run.bank is not None and t.fill_bank:
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
