@@ -110,6 +110,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """``--root`` / ``--device`` of a command that reads a run, as overrides of its config."""
+    return [f"{ALIASES[flag]}={getattr(args, flag)}" for flag in ("root", "device") if getattr(args, flag) is not None]
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default=None, help="where the run's data is now (sets data.root; default: the run's)")
+    p.add_argument("--device", default=None, help="device to use (sets train.device; default: the run's, e.g. cpu "
+                   "for a run trained on cuda)")
+
+
 def cmd_export(args) -> int:
     if args.out is None and args.lm is None:
         raise FastleadingError("export: give --out FILE.npy (node embeddings), --lm DIR (the fine-tuned LM) or both")
@@ -121,7 +132,7 @@ def cmd_export(args) -> int:
     if args.out is not None:
         from fastleading.downstream import export_embeddings
 
-        path = export_embeddings(args.run, args.out, quiet=args.quiet)
+        path = export_embeddings(args.run, args.out, quiet=args.quiet, overrides=run_overrides(args))
         print(f"embeddings: {path}")
     if args.lm is not None:
         from fastleading.export import export_lm
@@ -134,7 +145,7 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     from fastleading.predict import TrainedRun, read_id_list
 
-    run = TrainedRun(args.run, quiet=args.quiet)
+    run = TrainedRun(args.run, quiet=args.quiet, overrides=run_overrides(args))
     new = {"new_nodes": args.new_nodes, "new_edges": args.new_edges, "embeddings": args.embeddings}
     if args.pairs is not None:
         result = run.score_pairs(args.pairs, **new)
@@ -239,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the best checkpoint's LM and tokenizer as a Hugging Face folder (a new or empty DIR)")
     p.add_argument("--lora-adapter", action="store_true",
                    help="LoRA runs: write the peft adapter alone instead of merging it into the base weights")
+    _run_flags(p)
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("predict", help="class probabilities per node (existing and new nodes), or link scores")
@@ -252,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", default=None,
                    help="existing nodes' embeddings from `fastleading export` (default: encode every node afresh)")
     p.add_argument("--pairs", default=None, help="link runs: CSV src,dst of the node pairs to score")
+    _run_flags(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("downstream", help="train a GNN (model.gnn) on exported embeddings")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -155,15 +156,16 @@ def pretrained_embeddings(cfg: Config, quiet: bool = True):
     return graph, emb.float().cpu()
 
 
-def run_embeddings(run_dir: Path, quiet: bool = True):
-    """(config, graph, ``[N, H]`` embeddings) of a finished run's best fine-tuned LM."""
+def run_embeddings(run_dir: Path, quiet: bool = True, overrides: Sequence[str] = ()):
+    """(config, graph, ``[N, H]`` embeddings) of a finished run's best fine-tuned LM
+    (``overrides``: see :func:`fastleading.runfolder.read_run_config`)."""
     from fastleading.data import prepare
     from fastleading.encode import encode_all
     from fastleading.precision import resolve_device, resolve_precision
     from fastleading.runfolder import read_run_config, require_best
     from fastleading.trainer.model import load_best
 
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir, overrides=overrides)
     if cfg.train.method in FIXED_FEATURE_METHODS:
         return cfg, *pretrained_or_shallow(cfg, quiet)
     require_best(run_dir)  # before the dataset and the model are loaded
@@ -198,7 +200,8 @@ def node_ids_path(embeddings: Path) -> Path:
     return embeddings.with_suffix(".node_ids.csv")
 
 
-def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = True) -> Path:
+def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = True,
+                      overrides: Sequence[str] = ()) -> Path:
     """Write the run's node embeddings ``[N, H]`` float32 to ``out_path`` (.npy, memory-mappable):
     row ``i`` is node ``i``, in the order of the dataset's nodes (a custom dataset's nodes file).
     A dataset whose nodes have ids of their own (``custom``) also gets them beside the file,
@@ -207,7 +210,7 @@ def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = T
 
     out_path = check_embeddings_path(out_path)  # before anything loads
     with console.output(quiet):
-        _, graph, emb = run_embeddings(Path(run_dir), quiet)
+        _, graph, emb = run_embeddings(Path(run_dir), quiet, overrides)
     ids, ids_path = graph.metadata.get("node_ids"), node_ids_path(out_path)
     if ids is not None:
         atomic_write_text(ids_path, _csv_column("id", ids))

@@ -193,9 +193,11 @@ class TrainedRun:
     Args:
         run_dir: the run folder written by ``fastleading train``.
         quiet: no progress bars.
+        overrides: ``section.key=value`` applied to the run's config, e.g. ``data.root=...``
+            (the data moved) or ``train.device=cpu`` (a GPU run used on a CPU machine).
     """
 
-    def __init__(self, run_dir: str | Path, quiet: bool = True):
+    def __init__(self, run_dir: str | Path, quiet: bool = True, overrides: Sequence[str] = ()):
         from fastleading.data import prepare
         from fastleading.runfolder import read_run_config, require_best
         from fastleading.precision import resolve_device, resolve_precision
@@ -203,7 +205,7 @@ class TrainedRun:
 
         self.run_dir = Path(run_dir)
         self.quiet = quiet
-        self.cfg = cfg = read_run_config(self.run_dir)
+        self.cfg = cfg = read_run_config(self.run_dir, overrides=overrides)
         if cfg.train.method not in LM_METHODS:
             raise FastleadingError(f"{self.run_dir}: method '{cfg.train.method}' keeps no trained model (it trains "
                                    f"a GNN on fixed features in one go); prediction needs a run of "

@@ -35,10 +35,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastleading.checkpoint import BEST, CHECKPOINT
-from fastleading.config import Config, from_dict
+from fastleading.config import Config, apply_overrides, from_dict
 from fastleading.errors import FastleadingError
 from fastleading.io import atomic_write_text
 
@@ -64,9 +65,10 @@ def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def read_run_config(run_dir: Path, what: str = "not a run folder") -> Config:
-    """The run's ``config.json`` as a checked :class:`Config`; ``what`` opens the error when
-    the file is missing (``cannot resume``)."""
+def read_run_config(run_dir: Path, what: str = "not a run folder", overrides: Sequence[str] = ()) -> Config:
+    """The run's ``config.json`` as a checked :class:`Config`, then ``overrides``
+    (``section.key=value``: where the data is now, the device to use); ``what`` opens the error
+    when the file is missing (``cannot resume``)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FastleadingError(f"{path}: {what} (expected the config.json of a run folder written by "
@@ -79,7 +81,7 @@ def read_run_config(run_dir: Path, what: str = "not a run folder") -> Config:
     root = cfg.data.root
     if root and not Path(root).expanduser().is_absolute() and (Path(run_dir) / root).exists():
         cfg.data.root = str((Path(run_dir) / root).resolve())  # a folder inside the run (moved with it)
-    return cfg
+    return apply_overrides(cfg, list(overrides)) if overrides else cfg
 
 
 def stored_config(run_dir: Path, cfg: Config) -> Config:

@@ -193,3 +193,33 @@ def test_a_resume_that_fails_leaves_the_finished_run_as_it_was(setup, tmp_path, 
     assert "/proc/forbidden" in line and "data.cache_dir" in line, line
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert load_run(run).summary["steps"] == STEPS_PER_EPOCH
+
+
+def test_a_run_folder_works_from_any_directory_after_a_move_and_takes_root(setup, tmp_path, monkeypatch, capsys):
+    """config.json stored data.root as given ('data', relative to where train ran): predict,
+    export and --resume from another directory failed ("data.root 'data' is not a folder"), and
+    predict had no --root for data that moved."""
+    import shutil
+
+    root, model = setup
+    made = tmp_path / "made"
+    shutil.copytree(root / "data", made / "data")
+    monkeypatch.chdir(made)
+    assert main(["train", "--quiet", "--out", "runs/x", *train_args(Path("data"), Path("cache"), model,
+                                                                      "--epochs", "1")]) == 0
+    shutil.move(made / "runs" / "x", tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run = "../moved"
+    assert main(["predict", "--quiet", "--run", run]) == 0
+    assert main(["export", "--quiet", "--run", run, "--out", "emb.npy"]) == 0
+    assert main(["train", "--quiet", "--resume", run, "--epochs", "2"]) == 0
+    assert json.loads((tmp_path / "moved" / "summary.json").read_text())["steps"] == 2 * STEPS_PER_EPOCH
+    # the data moved too: one line naming data.root, then --root says where it is now
+    shutil.move(made / "data", tmp_path / "data-now")
+    capsys.readouterr()
+    assert main(["predict", "--quiet", "--run", run]) == 2
+    assert "data.root" in one_error_line(capsys)
+    assert main(["predict", "--quiet", "--run", run, "--root", "../data-now", "--device", "cpu"]) == 0
+    assert main(["export", "--quiet", "--run", run, "--root", "../data-now", "--out", "emb2.npy"]) == 0
+    assert main(["train", "--quiet", "--resume", run, "--root", "../data-now", "--epochs", "3"]) == 0
