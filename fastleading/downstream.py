@@ -205,8 +205,11 @@ def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = T
     """Write the run's node embeddings ``[N, H]`` float32 to ``out_path`` (.npy, memory-mappable):
     row ``i`` is node ``i``, in the order of the dataset's nodes (a custom dataset's nodes file).
     A dataset whose nodes have ids of their own (``custom``) also gets them beside the file,
-    :func:`node_ids_path` (a CSV with the header ``id``, one id per row of the embeddings)."""
+    :func:`node_ids_path` (a CSV with the header ``id``, one id per row of the embeddings). The
+    run and its ``best.pt`` are recorded beside it (:func:`fastleading.runfolder.provenance_path`):
+    ``predict --embeddings`` takes only embeddings of the run's current best weights."""
     from fastleading import console
+    from fastleading.runfolder import provenance, provenance_path
 
     out_path = check_embeddings_path(out_path)  # before anything loads
     with console.output(quiet):
@@ -216,7 +219,11 @@ def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = T
         atomic_write_text(ids_path, _csv_column("id", ids))
     else:
         ids_path.unlink(missing_ok=True)  # a previous export's ids would not be these rows'
-    return atomic_write(out_path, lambda f: np.save(f, emb.numpy().astype(np.float32)))
+    made = provenance_path(out_path)
+    made.unlink(missing_ok=True)  # an old record must never vouch for the new file, even half-written
+    atomic_write(out_path, lambda f: np.save(f, emb.numpy().astype(np.float32)))
+    atomic_write_text(made, provenance(Path(run_dir)))
+    return out_path
 
 
 def _csv_column(name: str, values: list[str]) -> str:

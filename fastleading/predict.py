@@ -236,7 +236,10 @@ class TrainedRun:
                           t.eval_batch_size, self.quiet, "encode", token_budget=t.encode_token_budget)
 
     def load_embeddings(self, path: str | Path) -> torch.Tensor:
-        """Exported embeddings (``fastleading export --out``, float ``[N, H]`` .npy) on the run's device."""
+        """Exported embeddings (``fastleading export --out``, float ``[N, H]`` .npy) on the run's
+        device; only those made from this run's current ``best.pt``."""
+        from fastleading.runfolder import check_provenance
+
         path = Path(path)
         if not path.is_file():
             raise FastleadingError(f"{path}: embeddings file not found (write one with `fastleading export`)")
@@ -248,6 +251,7 @@ class TrainedRun:
         if emb.ndim != 2 or list(emb.shape) != want:
             raise FastleadingError(f"{path}: expected embeddings of shape {want} (this run's nodes x its LM's "
                                    f"hidden size), got {list(emb.shape)}")
+        check_provenance(path, self.run_dir)
         return torch.from_numpy(np.asarray(emb, dtype=np.float32)).to(self.device)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

@@ -120,6 +120,48 @@ def settings_for_embeddings(run_dir: str | Path | None, embeddings: str | Path) 
     return read_run_config(folder)
 
 
+def provenance_path(embeddings: Path) -> Path:
+    """Where an embeddings file says which run and ``best.pt`` made it: ``emb.npy`` -> ``emb.run.json``."""
+    return Path(embeddings).with_suffix(".run.json")
+
+
+def best_digest(run_dir: Path) -> str | None:
+    """SHA-256 of ``run_dir/best.pt`` (None without one: the fixed-feature methods)."""
+    import hashlib
+
+    path = Path(run_dir) / BEST
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(run_dir: Path) -> str:
+    """The text of :func:`provenance_path` for embeddings made now from ``run_dir``."""
+    return json.dumps({"run": str(Path(run_dir).resolve()), "best_sha256": best_digest(run_dir)}, indent=2) + "\n"
+
+
+def check_provenance(embeddings: Path, run_dir: Path) -> None:
+    """Refuse, in one line, an embeddings file that was not made from ``run_dir``'s current
+    ``best.pt`` (another run's, this run's before it trained on, or a file that does not say)."""
+    embeddings, path = Path(embeddings), provenance_path(embeddings)
+    export = f"write it with `fastleading export --run {run_dir} --out {embeddings}`"
+    try:
+        made = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FastleadingError(f"{embeddings}: no {path.name} beside it says which run's {BEST} made it; "
+                               f"{export}") from None
+    except (OSError, ValueError) as e:
+        raise FastleadingError(f"{path}: cannot read it ({e}); {export}") from None
+    if not isinstance(made, dict) or made.get("best_sha256") != best_digest(run_dir):
+        source = made.get("run") if isinstance(made, dict) else None
+        raise FastleadingError(f"{embeddings}: made from the {BEST} of {source}, which is not {Path(run_dir) / BEST} "
+                               f"as it is now (another run, or this one before it trained on); {export}")
+
+
 def held_run_files(run_dir: Path) -> list[str]:
     """The names of :data:`RUN_FILES` present in ``run_dir``."""
     return [name for name in RUN_FILES if (Path(run_dir) / name).exists()]

@@ -11,6 +11,7 @@ import torch
 
 from fastleading.cli import main
 from fastleading.data import load_dataset
+from fastleading.downstream import export_embeddings
 from fastleading.errors import FastleadingError
 from fastleading.linkmetrics import link_metrics
 from fastleading.methods import train_method
@@ -116,7 +117,8 @@ def test_a_new_copy_of_a_node_gets_that_nodes_prediction(node_run, tmp_path):
     assert np.abs(preds.logits[2] - eval_logits[neighbours[0]].numpy()).max() > 1e-4
     # default rows with new nodes: the new nodes; exported embeddings give the same outputs
     assert run.predict(new_nodes=nodes, new_edges=edges).ids == ["copy"]
-    np.save(tmp_path / "emb.npy", run.embeddings().float().numpy())
+    export_embeddings(root / "run", tmp_path / "emb.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), run.embeddings().float().cpu().numpy(), atol=1e-6)
     again = run.predict(["copy", str(v)], new_nodes=nodes, new_edges=edges, embeddings=tmp_path / "emb.npy")
     assert again.logits == pytest.approx(preds.logits[:2], abs=1e-5)
 
@@ -209,3 +211,31 @@ def test_link_run_scores_pairs_as_its_evaluation_does(tiny_bert, tmp_path):
     assert [float(r["prob"]) for r in scored] == pytest.approx(torch.sigmoid(scores).tolist(), abs=1e-6)
     with pytest.raises(FastleadingError, match="has no classes; score node pairs instead"):
         TrainedRun(tmp_path / "run").predict()
+
+
+def test_predict_takes_only_embeddings_made_from_this_runs_best_pt(node_run, tmp_path, capsys):
+    """predict --embeddings accepted any .npy of the right shape: another run's emb.npy (or
+    this run's from before it trained on) gave predictions of weights it never had (issue 25)."""
+    import shutil
+
+    root = node_run[0]
+    run, emb = root / "run", tmp_path / "emb.npy"
+    assert main(["export", "--quiet", "--run", str(run), "--out", str(emb)]) == 0
+    assert main(["predict", "--quiet", "--run", str(run), "--embeddings", str(emb), "--out",
+                 str(tmp_path / "p.csv")]) == 0
+    other = tmp_path / "other"  # the same run trained on: another best.pt
+    shutil.copytree(run, other)
+    state = torch.load(other / "best.pt", weights_only=True)
+    state["epoch"] = state.get("epoch", 0) + 1
+    torch.save(state, other / "best.pt")
+    capsys.readouterr()
+    assert main(["predict", "--quiet", "--run", str(other), "--embeddings", str(emb), "--out",
+                 str(tmp_path / "q.csv")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and "emb.npy" in line and "best.pt" in line, line
+    assert not (tmp_path / "q.csv").exists()
+    bare = tmp_path / "bare.npy"  # an .npy of the right shape that says nothing of where it came from
+    np.save(bare, np.load(emb))
+    assert main(["predict", "--quiet", "--run", str(run), "--embeddings", str(bare)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and "bare.npy" in line and "fastleading export" in line, line
