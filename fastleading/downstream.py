@@ -95,11 +95,11 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
     features -> MLP -> APPNP, the same head and propagation as LEADING's."""
     from fastleading.data import load_dataset
     from fastleading.precision import resolve_device
-    from fastleading.runfolder import write_run_config
+    from fastleading.runfolder import start_run_folder
 
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(out_dir, cfg)
+    start_run_folder(out_dir, cfg)
     device = resolve_device(cfg.train.device)
     if cfg.train.method == "shallow":
         graph = load_dataset(cfg.data)

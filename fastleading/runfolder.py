@@ -19,7 +19,7 @@ is built):
   leaves the run as it was. A finished run whose checkpoint is gone (``train.keep=best``,
   ``fastleading clean``) cannot be resumed; a run killed before its first checkpoint starts over.
 
-Paths in ``config.json`` (:func:`write_run_config`): ``data.root`` and ``data.cache_dir`` are
+Paths in ``config.json`` (:func:`start_run_folder`): ``data.root`` and ``data.cache_dir`` are
 stored resolved (absolute; the default data root included), ``data.root`` relative to the run
 folder when it lies inside it (the Python API's ``graph/``), so that a run folder works from
 any directory and after being moved or copied; :func:`read_run_config` resolves a relative
@@ -100,9 +100,19 @@ def stored_config(run_dir: Path, cfg: Config) -> Config:
     return out
 
 
-def write_run_config(run_dir: Path, cfg: Config) -> None:
-    """Write ``run_dir/config.json`` (:func:`stored_config`)."""
-    atomic_write_text(Path(run_dir) / "config.json", stored_config(run_dir, cfg).to_json())
+def start_run_folder(run_dir: Path, cfg: Config) -> None:
+    """A run starts from nothing in ``run_dir`` (new, overwritten, or resumed with no checkpoint
+    to continue; rank 0): write its ``config.json`` (:func:`stored_config`) and remove the
+    :data:`DERIVED_FILES` of an earlier attempt (its tracker events would mix with the new run's)."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "config.json", stored_config(run_dir, cfg).to_json())
+    _remove_present(run_dir, DERIVED_FILES)
+
+
+def _remove_present(run_dir: Path, names) -> None:
+    for name in names:
+        if (run_dir / name).exists() or (run_dir / name).is_symlink():
+            _remove(run_dir / name)
 
 
 def settings_for_embeddings(run_dir: str | Path | None, embeddings: str | Path) -> Config | None:
@@ -204,7 +214,7 @@ def _remove(path: Path) -> int:
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         shutil.rmtree(path)
         return size
-    size = path.stat().st_size
+    size = path.lstat().st_size  # a link: the link itself
     path.unlink()
     return size
 
@@ -233,12 +243,11 @@ def prepare_run_folder(run_dir: Path, cfg: Config, resume: bool = False, overwri
     if resume:
         check_resume(run_dir, cfg, checkpoints)
         return
-    held = held_run_files(run_dir) + [name for name in DERIVED_FILES if (run_dir / name).exists()]
+    held = held_run_files(run_dir)
     if held and _is_rank0():
         from fastleading.io import remove_stale_temp_files
 
-        for name in held:
-            _remove(run_dir / name)
+        _remove_present(run_dir, held + list(DERIVED_FILES))
         remove_stale_temp_files(run_dir)
 
 
@@ -280,9 +289,7 @@ def resume_run_folder(run_dir: Path, cfg: Config) -> None:
     if not path.is_file() or path.read_text(encoding="utf-8-sig") != text:
         atomic_write_text(path, text)
         (run_dir / "summary.json").unlink(missing_ok=True)
-    for name in STALE_ON_RESUME:
-        if (run_dir / name).exists():
-            _remove(run_dir / name)
+    _remove_present(run_dir, STALE_ON_RESUME)
 
 
 def drop_checkpoint(run_dir: Path) -> int:

@@ -148,8 +148,12 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_with_a_new_metrics
     (run / "summary.json").unlink()
     with open(run / "metrics.jsonl", "a") as f:  # what the killed attempt logged
         f.write(json.dumps({"step": 99, "epoch": 0, "loss": 9.0}) + "\n")
+    (run / "tensorboard").mkdir()  # and its trackers: a run that starts over must not mix their events in
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"the killed attempt")
+    (run / "predictions.csv").write_text("id\n")
     assert main(["train", "--resume", str(run)]) == 0
     assert "starting it over" in capsys.readouterr().err
+    assert not (run / "tensorboard").exists() and not (run / "predictions.csv").exists()
     assert [r["step"] for r in metrics(run) if "loss" in r] == list(range(1, STEPS_PER_EPOCH + 1))  # failed before
 
 
@@ -163,7 +167,7 @@ def test_config_changes_lists_every_differing_key():
 def test_a_resume_that_changes_a_setting_writes_it_and_drops_the_old_summary_once_under_way(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    runfolder.write_run_config(run, apply_overrides(Config(), ["train.epochs=1"]))
+    runfolder.start_run_folder(run, apply_overrides(Config(), ["train.epochs=1"]))
     config = (run / "config.json").read_bytes()
     (run / "checkpoint.pt").write_bytes(b"")
     (run / "summary.json").write_text("{}")

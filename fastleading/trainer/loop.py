@@ -41,7 +41,7 @@ from fastleading.io import remove_stale_temp_files
 from fastleading.overlap import RefreshStream
 from fastleading.precision import resolve_device, resolve_precision
 from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
-from fastleading.runfolder import resume_run_folder, write_run_config
+from fastleading.runfolder import resume_run_folder, start_run_folder
 from fastleading.sampler import NeighborSampler
 from fastleading.tracking import open_tracker
 from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
@@ -194,7 +194,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
             resume_run_folder(out_dir, cfg)
     else:
         if is_main():
-            write_run_config(out_dir, cfg)
+            start_run_folder(out_dir, cfg)
         if run.bank is not None and t.fill_bank:
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
