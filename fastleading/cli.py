@@ -219,7 +219,10 @@ def cmd_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fastleading import __version__
+
     parser = argparse.ArgumentParser(prog="fastleading", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"fastleading {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="build the dataset cache and tokenize every node text")
@@ -332,11 +335,24 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with ``section.key=value`` overrides taken on both sides of flags
+    (argparse fills a ``*`` positional once: ``train a.b=1 --epochs 2 c.d=3`` would leave
+    ``c.d=3`` "unrecognized"). Anything else unknown is still refused."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if not a.startswith("-") and "=" in a and "." in a.split("=", 1)[0]]
+    if extra and (len(overrides) < len(extra) or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from fastleading import console
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         with console.output(getattr(args, "quiet", False)):
             return args.fn(args)

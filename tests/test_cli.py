@@ -123,3 +123,23 @@ def test_the_custom_data_page_example_runs_as_shown(tmp_path, capsys):
     assert main([*command.split()[1:-1], str(tmp_path / "mydata"), "--cache-dir", str(tmp_path / "cache")]) == 0
     assert capsys.readouterr().out == blocks[command]
     assert not (tmp_path / "cache").exists()
+
+
+def test_overrides_may_stand_on_both_sides_of_a_flag(capsys):
+    """`info data.synthetic_nodes=50 --dataset synthetic data.synthetic_classes=4` was refused as
+    "unrecognized arguments: data.synthetic_classes=4", which reads like an unknown key."""
+    assert main(["info", "data.synthetic_nodes=50", "--dataset", "synthetic", "data.synthetic_classes=4",
+                 "--max-length", "16", "data.synthetic_words=5"]) == 0
+    out = capsys.readouterr().out
+    assert "nodes        50" in out and "classes      4:" in out and "max_length=16" in out
+    with pytest.raises(SystemExit) as e:  # an unknown flag is still refused
+        main(["info", "data.synthetic_nodes=50", "--bogus", "1"])
+    assert e.value.code == 2 and "unrecognized arguments: --bogus 1" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import fastleading
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fastleading {fastleading.__version__}"
