@@ -359,6 +359,20 @@ def main(argv: list[str] | None = None) -> int:
     except FastleadingError as e:
         print(f"fastleading: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return closed_pipe()
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away (``fastleading info --list | head -1``): end quietly, as
+    command-line tools do (exit 128 + SIGPIPE); stdout goes to /dev/null so that the flush at
+    exit does not fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

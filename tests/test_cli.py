@@ -143,3 +143,18 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fastleading {fastleading.__version__}"
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback():
+    """`fastleading info --list | head -1`: the reader leaves early; this ended in a
+    BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastleading.cli", "info", "--list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 141  # 128 + SIGPIPE, as `yes | head -1` ends
