@@ -260,12 +260,19 @@ def _comparable(d: dict) -> dict:
     return d
 
 
-def config_difference(saved: dict, cfg: Config) -> str | None:
-    """'section.key: saved vs wanted' for the first key where a run folder's config.json
-    differs from ``cfg`` (ignoring :data:`IGNORED_KEYS`); None when they agree."""
-    from fastleading.runfolder import config_changes
+def config_difference(saved: dict, cfg: Config, run_dir: Path) -> str | None:
+    """'section.key: saved vs wanted' for the first key where the config.json of the run folder
+    ``run_dir`` differs from ``cfg``, both as they are stored there
+    (:func:`fastleading.runfolder.stored_config`: paths resolved, also in a config.json written
+    before they were; ignoring :data:`IGNORED_KEYS`); None when they agree."""
+    from fastleading.config import from_dict
+    from fastleading.runfolder import config_changes, stored_config
 
-    changes = config_changes(_comparable(saved), _comparable(cfg.to_dict()))
+    try:
+        saved = stored_config(run_dir, from_dict(saved, source=str(run_dir / "config.json"))).to_dict()
+    except FastleadingError:
+        pass  # a config this version does not read: compared as it is (it differs)
+    changes = config_changes(_comparable(saved), _comparable(stored_config(run_dir, cfg).to_dict()))
     if not changes:
         return None
     key, there, here = changes[0]
@@ -286,7 +293,7 @@ def check_run_folders(specs: list[RunSpec], runs_dir: Path) -> None:
         if not path.exists():
             continue
         saved = _read_json(path)
-        diff = "unreadable config.json" if saved is None else config_difference(saved, spec.cfg)
+        diff = "unreadable config.json" if saved is None else config_difference(saved, spec.cfg, path.parent)
         if diff:
             raise FastleadingError(f"{path.parent}: holds a run of another config ({diff}); "
                                    f"use another --out or delete that folder")

@@ -29,7 +29,7 @@ def study_args(root: Path, model: str, *extra: str) -> list[str]:
             "--override", f"data.cache_dir={root / 'cache'}", "--override", "data.synthetic_nodes=240",
             "data.synthetic_classes=3", "data.synthetic_words=12", "data.max_length=16", "train.batch_size=20",
             "train.eval_batch_size=240", "train.log_every=1", "model.head_hidden=16", "model.eval_iters=5",
-            "train.downstream_epochs=5", "train.fill_bank=false", *extra]
+            "train.downstream_epochs=5", "train.fill_bank=false", "train.head_warmup_epochs=0", *extra]
 
 
 @pytest.fixture(scope="module", autouse=True)
