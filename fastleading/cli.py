@@ -38,13 +38,16 @@ ALIASES = {
 
 # the short flags of the commands that only prepare or describe a dataset
 DATA_FLAGS = ("dataset", "root", "max_length", "cache_dir", "model")
+# those of study (its splits are --splits, several)
+STUDY_FLAGS = (*DATA_FLAGS, "epochs", "device")
 DESCRIPTION = "fastleading: end-to-end fine-tuning of a language model with a graph neural network on " \
               "text-attributed graphs (LEADING)."
 
 
 def _config_args(p: argparse.ArgumentParser, flags: tuple[str, ...] = tuple(ALIASES),
                  overrides: str = "any other config field") -> None:
-    p.add_argument("--config", help="YAML, TOML or JSON config file with sections data, model, train")
+    p.add_argument("--config", help="YAML, TOML or JSON config file with sections data, model, train (a study: "
+                   "the base of every run)")
     for flag in flags:
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, help=f"sets {ALIASES[flag]}")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help=overrides)
@@ -183,9 +186,7 @@ def cmd_study(args) -> int:
     from fastleading.study import run_study
 
     base = load_config(args.config) if args.config else Config()
-    shortcuts = [f"{key}={value}" for key, value in (("data.dataset", args.dataset), ("model.name", args.model),
-                                                     ("train.epochs", args.epochs), ("train.device", args.device))
-                 if value is not None]
+    shortcuts = [f"{ALIASES[flag]}={getattr(args, flag)}" for flag in STUDY_FLAGS if getattr(args, flag) is not None]
     base = apply_overrides(base, shortcuts + list(args.override) + list(args.overrides))
     settings = {k: v for k, v in vars(args).items() if k != "fn"}
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
@@ -285,11 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("study", help="methods x seeds x splits: results JSON, mean ± std table, plots")
-    p.add_argument("--config", help="YAML, TOML or JSON config file: the base of every run")
-    p.add_argument("--dataset", default=None, help="sets data.dataset")
-    p.add_argument("--model", default=None, help="sets model.name")
-    p.add_argument("--epochs", default=None, help="sets train.epochs")
-    p.add_argument("--device", default=None, help="sets train.device")
+    _config_args(p, STUDY_FLAGS, "more overrides for every run")
     p.add_argument("--methods", default="leading,supervised,pretrained,shallow",
                    help="comma-separated train.method values (default: %(default)s)")
     p.add_argument("--seeds", default="3",
@@ -305,7 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "and each seed sets data.link_seed too; default: train.task of the config / overrides")
     p.add_argument("--override", action="append", default=[], metavar="section.key=value",
                    help="config override for every run (repeatable)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="more overrides for every run")
     p.add_argument("--out", default="runs/study", help="study folder: results.json, table.md, PNGs, runs/")
     p.add_argument("--name", default="", help="title of the study in the table and the plots")
     p.add_argument("--note", default="", help="free text stored in results.json")
