@@ -86,7 +86,13 @@ def read_id_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FastleadingError(f"{path}: file of node ids not found (one id per line)")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from fastleading.data.custom import ENCODING, not_utf8
+
+    try:
+        text = path.read_text(encoding=ENCODING)  # a byte-order mark is not part of the first id
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
     if ids and ids[0] == "id":
         ids = ids[1:]
     if not ids:

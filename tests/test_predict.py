@@ -239,3 +239,38 @@ def test_predict_takes_only_embeddings_made_from_this_runs_best_pt(node_run, tmp
     assert main(["predict", "--quiet", "--run", str(run), "--embeddings", str(bare)]) == 2
     line = capsys.readouterr().err.strip()
     assert len(line.splitlines()) == 1 and "bare.npy" in line and "fastleading export" in line, line
+
+
+@pytest.mark.parametrize("nodes, message", [
+    # Latin-1: a UnicodeDecodeError traceback before
+    ("id,text\nx,café au lait\n".encode("latin-1"), "new_nodes.csv: line 2: not UTF-8 (byte 0xe9"),
+    # an unterminated quote swallowed the rest of the file, reported later as an unknown node id
+    (b'id,text\nx,"an open quote\ny,more text\n', "new_nodes.csv: line 2: the quote opened on this line is never "
+                                                    "closed"),
+    # a row holding only an id was accepted silently (an empty text is 'y,')
+    (b"id,text\nx,hello\ny\n", "new_nodes.csv: line 3: node 'y' has no text field"),
+])
+def test_encoding_quoting_and_id_only_faults_of_a_nodes_file_get_one_line(node_run, tmp_path, capsys, nodes,
+                                                                           message):
+    root = node_run[0]
+    (tmp_path / "new_nodes.csv").write_bytes(nodes)
+    (tmp_path / "new_edges.csv").write_text("src,dst\nx,1\n")
+    assert main(["predict", "--run", str(root / "run"), "--new-nodes", str(tmp_path / "new_nodes.csv"),
+                 "--new-edges", str(tmp_path / "new_edges.csv"), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_list_of_node_ids_may_start_with_a_byte_order_mark_and_must_be_utf8(node_run, tmp_path, capsys):
+    root = node_run[0]
+    (tmp_path / "ids.txt").write_bytes("\ufeffid\n17\n3\n".encode("utf-8"))  # Windows editors write one
+    assert main(["predict", "--run", str(root / "run"), "--nodes", str(tmp_path / "ids.txt"), "--out",
+                 str(tmp_path / "p.csv"), "--quiet"]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == ["17", "3"]
+    (tmp_path / "bad.txt").write_bytes("id\n17\ncaf\xe9\n".encode("latin-1"))
+    capsys.readouterr()
+    assert main(["predict", "--run", str(root / "run"), "--nodes", str(tmp_path / "bad.txt"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.txt: line 3: not UTF-8" in err, err
