@@ -258,7 +258,8 @@ class TrainedRun:
             raise FastleadingError(f"{path}: expected embeddings of shape {want} (this run's nodes x its LM's "
                                    f"hidden size), got {list(emb.shape)}")
         check_provenance(path, self.run_dir)
-        return torch.from_numpy(np.asarray(emb, dtype=np.float32)).to(self.device)
+        # a copy: the memory-mapped file is read-only, which torch.from_numpy warns about
+        return torch.from_numpy(np.array(emb, dtype=np.float32)).to(self.device)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """LM embeddings ``[M, H]`` (fp32) of new texts, tokenized as the run's token cache."""

@@ -223,6 +223,16 @@ def test_predict_takes_only_embeddings_made_from_this_runs_best_pt(node_run, tmp
     assert main(["export", "--quiet", "--run", str(run), "--out", str(emb)]) == 0
     assert main(["predict", "--quiet", "--run", str(run), "--embeddings", str(emb), "--out",
                  str(tmp_path / "p.csv")]) == 0
+    # the memory-mapped file gave PyTorch's "NumPy array is not writable" warning (once a process:
+    # a fresh one, where any warning is an error)
+    import subprocess
+    import sys
+
+    code = (f"from fastleading.predict import TrainedRun; "
+            f"assert TrainedRun({str(run)!r}).load_embeddings({str(emb)!r}).shape[0] == {N}")
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     other = tmp_path / "other"  # the same run trained on: another best.pt
     shutil.copytree(run, other)
     state = torch.load(other / "best.pt", weights_only=True)
