@@ -84,13 +84,15 @@ def read_run_config(run_dir: Path, what: str = "not a run folder", overrides: Se
     return apply_overrides(cfg, list(overrides)) if overrides else cfg
 
 
-def stored_config(run_dir: Path, cfg: Config) -> Config:
+def stored_config(run_dir: Path, cfg: Config, default_split: str = "") -> Config:
     """``cfg`` as ``config.json`` stores it (see the module docstring): ``data.cache_dir`` and
     ``data.root`` absolute (the default root resolved now), ``data.root`` relative to
-    ``run_dir`` when inside it."""
+    ``run_dir`` when inside it, and ``data.split`` the one the run uses (``default_split``, the
+    dataset's, when ``cfg`` leaves it empty)."""
     from fastleading.config import default_data_root
 
     out = from_dict(cfg.to_dict())
+    out.data.split = cfg.data.split or default_split
     root = Path(cfg.data.root or default_data_root()).expanduser().resolve()
     try:
         out.data.root = str(root.relative_to(Path(run_dir).resolve()))
@@ -100,12 +102,12 @@ def stored_config(run_dir: Path, cfg: Config) -> Config:
     return out
 
 
-def start_run_folder(run_dir: Path, cfg: Config) -> None:
+def start_run_folder(run_dir: Path, cfg: Config, default_split: str = "") -> None:
     """A run starts from nothing in ``run_dir`` (new, overwritten, or resumed with no checkpoint
     to continue; rank 0): write its ``config.json`` (:func:`stored_config`) and remove the
     :data:`DERIVED_FILES` of an earlier attempt (its tracker events would mix with the new run's)."""
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "config.json", stored_config(run_dir, cfg).to_json())
+    atomic_write_text(run_dir / "config.json", stored_config(run_dir, cfg, default_split).to_json())
     _remove_present(run_dir, DERIVED_FILES)
 
 
@@ -278,13 +280,13 @@ def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
         console.notice(f"{run_dir}: resuming with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes))
 
 
-def resume_run_folder(run_dir: Path, cfg: Config) -> None:
+def resume_run_folder(run_dir: Path, cfg: Config, default_split: str = "") -> None:
     """Once a resumed run is under way (its checkpoint loaded; rank 0): write the changed
     ``config.json`` and remove the summary of the run under its old settings (the resumed run
     writes its own when it ends; until then it is unfinished and `fastleading clean` keeps its
     checkpoint), and the files :data:`STALE_ON_RESUME` made from its old best weights."""
     run_dir = Path(run_dir)
-    text = stored_config(run_dir, cfg).to_json()
+    text = stored_config(run_dir, cfg, default_split).to_json()
     path = run_dir / "config.json"
     if not path.is_file() or path.read_text(encoding="utf-8-sig") != text:
         atomic_write_text(path, text)

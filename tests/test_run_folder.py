@@ -227,3 +227,13 @@ def test_a_run_folder_works_from_any_directory_after_a_move_and_takes_root(setup
     assert main(["predict", "--quiet", "--run", run, "--root", "../data-now", "--device", "cpu"]) == 0
     assert main(["export", "--quiet", "--run", run, "--root", "../data-now", "--out", "emb2.npy"]) == 0
     assert main(["train", "--quiet", "--resume", run, "--root", "../data-now", "--epochs", "3"]) == 0
+
+
+def test_config_json_stores_the_split_the_run_used_so_a_resume_may_name_it(setup, tmp_path, capsys):
+    """config.json stored data.split '' while summary.json said 'given': `--resume R --split given`
+    was refused as a change of data.split."""
+    run = tmp_path / "run"
+    assert train(setup, run, "--epochs", "1") == 0
+    split = json.loads((run / "summary.json").read_text())["split"]
+    assert split and json.loads((run / "config.json").read_text())["data"]["split"] == split
+    assert main(["train", "--quiet", "--resume", str(run), "--split", split, "--epochs", "2"]) == 0

@@ -135,9 +135,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
         last = reader.line_num
         for row in reader:
             # A quoted text may span several lines: report the line where the row starts.
-            if row.get("text") is None and (row.get("id") or "").strip():
-                raise FastleadingError(f"{path}: line {last + 1}: node '{row['id'].strip()}' has no text field "
-                                       f"(expected {','.join(fields)}; an empty text is written '{row['id'].strip()},')")
+            nid = (row.get("id") or "").strip()
+            if row.get("text") is None and nid:
+                raise FastleadingError(f"{path}: line {last + 1}: node '{nid}' has no text field (expected "
+                                       f"{','.join(fields)}; an empty text is written '{nid},')")
             yield last + 1, {k: (v or "") for k, v in row.items() if k is not None}
             last = reader.line_num
 

@@ -191,10 +191,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     if resume and load_checkpoint(run, progress, tr.refresh_order, out_dir):
         resumed_from = run.step
         if is_main():  # under way: only now may the resume change the run folder
-            resume_run_folder(out_dir, cfg)
+            resume_run_folder(out_dir, cfg, tr.graph.default_split)
     else:
         if is_main():
-            start_run_folder(out_dir, cfg)
+            start_run_folder(out_dir, cfg, tr.graph.default_split)
         if run.bank is not None and t.fill_bank:
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
