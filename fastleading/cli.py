@@ -102,15 +102,25 @@ def cmd_train(args) -> int:
 
         require_deepspeed()
     summary = train_method(cfg, out, resume=bool(args.resume), quiet=args.quiet, overwrite=args.overwrite)
-    if summary.get("task") == "link":
-        print(f"{summary['method']} link prediction on {summary['dataset']}: best valid AUC "
-              f"{summary['best_valid_auc']:.4f} MRR {summary['best_valid_mrr']:.4f}, test AUC "
-              f"{summary['test_auc']:.4f} MRR {summary['test_mrr']:.4f}")
-    else:
-        print(f"{summary['method']} on {summary['dataset']}: best valid {summary['best_valid_acc']:.4f}, "
-              f"test {summary['test_acc']:.4f}")
-    print(f"summary: {out / 'summary.json'}")
+    print("\n".join(result_lines(summary, out)))
     return 0
+
+
+def result_lines(summary: dict, out: Path) -> list[str]:
+    """What ``train`` prints at the end: the best validation and its test score, a note when
+    the best epoch is the head warm-up's (the LM of ``best.pt`` is then the pretrained one),
+    and where the summary is."""
+    if summary.get("task") == "link":
+        lines = [f"{summary['method']} link prediction on {summary['dataset']}: best valid AUC "
+                 f"{summary['best_valid_auc']:.4f} MRR {summary['best_valid_mrr']:.4f}, test AUC "
+                 f"{summary['test_auc']:.4f} MRR {summary['test_mrr']:.4f}"]
+    else:
+        lines = [f"{summary['method']} on {summary['dataset']}: best valid {summary['best_valid_acc']:.4f}, "
+                 f"test {summary['test_acc']:.4f}"]
+    if summary.get("best_epoch") == 0 and summary.get("head_warmup_epochs", 0) > 0:
+        lines.append("best epoch: 0, the head warm-up on the frozen LM (fine-tuning did not beat it): best.pt holds "
+                     "the pretrained LM unchanged, and so does `export --lm`")
+    return lines + [f"summary: {out / 'summary.json'}"]
 
 
 def run_overrides(args: argparse.Namespace) -> list[str]:

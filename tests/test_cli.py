@@ -158,3 +158,20 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback():
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
     assert proc.returncode == 141  # 128 + SIGPIPE, as `yes | head -1` ends
+
+
+def test_the_final_line_says_when_the_best_epoch_is_the_head_warm_up():
+    """A run whose best epoch was the warm-up's printed its scores as if fine-tuning had made
+    them: the LM it exports is then the frozen one."""
+    from pathlib import Path
+
+    from fastleading.cli import result_lines
+
+    summary = {"method": "leading", "dataset": "citeseer-tag", "best_valid_acc": 0.7, "test_acc": 0.68,
+               "best_epoch": 0, "head_warmup_epochs": 200}
+    lines = result_lines(summary, Path("runs/x"))
+    assert lines[0] == "leading on citeseer-tag: best valid 0.7000, test 0.6800"
+    assert "head warm-up on the frozen LM" in lines[1] and "pretrained LM unchanged" in lines[1]
+    assert lines[2] == f"summary: {Path('runs/x') / 'summary.json'}"
+    assert len(result_lines({**summary, "best_epoch": 3}, Path("runs/x"))) == 2
+    assert len(result_lines({**summary, "head_warmup_epochs": 0}, Path("runs/x"))) == 2

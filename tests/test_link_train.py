@@ -3,6 +3,7 @@ training graph, the evaluation against a brute-force reference, and runs end to 
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -322,13 +323,17 @@ def test_link_runs_report_the_metrics_of_their_best_pt(tiny_bert, tmp_path, meth
 def test_cli_train_task_link(tiny_bert, tmp_path, capsys):
     from fastleading.cli import main
 
-    rc = main(["train", "--task", "link", "--quiet", "--out", str(tmp_path / "run"), f"model.name={tiny_bert}",
+    rc = main(["train", "--task", "link", "--out", str(tmp_path / "run"), f"model.name={tiny_bert}",
                f"data.cache_dir={tmp_path / 'c'}", "data.synthetic_nodes=120", "data.max_length=12",
                "train.batch_size=32", "train.epochs=1", "model.head_hidden=16", "model.link_dim=8",
                "data.link_eval_negatives=10"])
     assert rc == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "link prediction on synthetic: best valid AUC" in out and "MRR" in out
+    # the progress names its metric (a bare 'valid 0.1539' read as accuracy) and the split counts edges
+    assert re.search(r"epoch 1/1 evaluated: valid MRR \d\.\d{4}$", err, re.M), err
+    assert re.search(r"^leading on synthetic: 120 nodes, split 85/5/10-seed0: \d+ train / \d+ valid / \d+ test "
+                     r"edges; run folder ", err, re.M), err
 
 
 def test_resumed_link_run_matches_an_uninterrupted_one(tiny_bert, tmp_path):

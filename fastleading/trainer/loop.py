@@ -175,12 +175,13 @@ def record_evaluation(tr: Trainer, log: MetricsLog, acc: dict, iters: int) -> bo
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train an LM method with ``cfg`` and write the run folder; returns the summary dict."""
-    from fastleading.trainer.display import StepDisplay
+    from fastleading.trainer.display import StepDisplay, show_start
 
     out_dir = Path(out_dir)
     start_time = clock()
     tr = build_trainer(cfg, out_dir, quiet=quiet)
     tr.quiet = quiet or not is_main()  # known once build_trainer has joined the process group
+    show_start(tr, out_dir, resume)
     run, progress, t, env = tr.run, tr.progress, cfg.train, tr.env
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
     profiler = StepProfiler(out_dir, t.profile and is_main())
     display = StepDisplay(t.method, total_steps, run.step, t.epochs, tr.quiet,
-                          progress.history[-1]["valid"] if progress.history else float("nan"))
+                          progress.history[-1]["valid"] if progress.history else float("nan"),
+                          "valid" if tr.task is None else f"valid {t.link_select.upper()}")
     saved_at, saved_time = resumed_from, clock()
     earlier_wall_s = progress.wall_time_s  # the killed or stopped attempts' time, up to their checkpoint
 
