@@ -175,3 +175,21 @@ def test_the_final_line_says_when_the_best_epoch_is_the_head_warm_up():
     assert lines[2] == f"summary: {Path('runs/x') / 'summary.json'}"
     assert len(result_lines({**summary, "best_epoch": 3}, Path("runs/x"))) == 2
     assert len(result_lines({**summary, "head_warmup_epochs": 0}, Path("runs/x"))) == 2
+
+
+def test_an_unknown_model_fails_fast_in_one_line(tmp_path):
+    """An unknown --model retried the Hub for 46 s and printed 22 lines of warnings before its
+    one-line error (offline); it is one line, before any download is tried. A fresh process
+    without HF_HUB_OFFLINE (the tests set it), as a new user's."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["FASTLEADING_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.run([sys.executable, "-m", "fastleading.cli", "info", "--dataset", "synthetic",
+                           "data.synthetic_nodes=20", "--model", "no-such-org/no-such-model-xyz"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, err
+    assert err[0].startswith("fastleading: error: model 'no-such-org/no-such-model-xyz': not a local folder"), err
