@@ -170,17 +170,23 @@ print("RESULT " + json.dumps(result))
 """
 
 
+def run_worker(worker: str, out: Path) -> dict:
+    """Run a worker script (its ``tests`` and ``out`` filled in) in a process without launcher
+    variables, as a plain `fastleading train --deepspeed`; the dict it printed as ``RESULT``."""
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "OMP_NUM_THREADS": "1"}
+    code = worker.format(tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    return json.loads(line[len("RESULT "):])
+
+
 def test_resume_refuses_a_deepspeed_file_that_carries_code_before_deepspeed_reads_it(tmp_path):
     """DeepSpeed loads its checkpoint files with torch.load(weights_only=False): a run folder whose
     engine files carry an object with a __reduce__ side effect ran it on --resume. A real zero1
     run folder, one of the two files DeepSpeed reads replaced by a copy carrying such an object."""
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
-    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "OMP_NUM_THREADS": "1"}
-    code = TAMPER_WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    result = json.loads(line[len("RESULT "):])
+    result = run_worker(TAMPER_WORKER, tmp_path)
     assert {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"} <= set(result["files"])
     for victim in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
         assert result["ran-" + victim] is False, f"resuming ran the code pickled into {victim}"
@@ -247,13 +253,7 @@ def test_resume_never_unpickles_code_deepspeed_reads_symlinked_swapped_or_univer
     folder (Python 3.11), and a file replaced after it was read as it was: in both cases, with
     load_universal too, DeepSpeed's torch.load(weights_only=False) ran the payload. Every load
     DeepSpeed makes during a resume must itself be weights-only."""
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
-    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "OMP_NUM_THREADS": "1"}
-    code = UNSAFE_LOAD_WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    result = json.loads(line[len("RESULT "):])
+    result = run_worker(UNSAFE_LOAD_WORKER, tmp_path)
     for name in ("swapped", "symlinked"):
         assert result["ran-" + name] is False, f"resuming the {name} run ran the code pickled into it"
         message = result[name]
