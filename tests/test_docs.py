@@ -110,3 +110,17 @@ def test_every_page_closes_its_code_fences_and_keeps_its_sentences_whole():
     found = [f"{page.relative_to(ROOT)} {problem}" for page in pages
              for problem in prose_problems(page.read_text(encoding="utf-8"))]
     assert found == []
+
+
+def test_make_train_figures_are_stated_in_one_place():
+    """README, getting-started and results gave three different `make train` times and
+    accuracies; one page states them, with the machine and commit, the others point there."""
+    import re
+
+    pages = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+    stating = [page.name for page in pages
+               if re.search(r"`make train`[^.]*?(took|it took)|make train.{0,400}?\d+ s after set-up",
+                            page.read_text(encoding="utf-8"), re.S)]
+    assert stating == ["results.md"], stating
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert re.search(r"## `make train`.*?2-core CPU.*?commit [0-9a-f]{7}", text, re.S)
