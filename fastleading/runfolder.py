@@ -14,9 +14,10 @@ is built):
   new ``train.epochs``, see :meth:`fastleading.trainer.optim.Optimization.follow_schedule`);
   any other difference is refused with one line naming the key. Nothing in the folder changes
   until the resumed run is under way (its checkpoint loaded, :func:`resume_run_folder`): then
-  the changed ``config.json`` is written, and the old ``summary.json`` and the files derived
-  from the old best weights (:data:`DERIVED_FILES`) are removed; a resume that fails before
-  leaves the run as it was. A finished run whose checkpoint is gone (``train.keep=best``,
+  the changed ``config.json`` is written, and the old ``summary.json`` and the files made from
+  the old best weights (:data:`STALE_ON_RESUME`) are removed; a resume that fails before
+  leaves the run as it was. **overwrite** and a run that starts over also remove the tracker
+  folders of the old run (:data:`DERIVED_FILES`), whose events would mix with the new run's. A finished run whose checkpoint is gone (``train.keep=best``,
   ``fastleading clean``) cannot be resumed; a run killed before its first checkpoint starts over.
 
 Paths in ``config.json`` (:func:`start_run_folder`): ``data.root`` and ``data.cache_dir`` are
@@ -256,11 +257,14 @@ def prepare_run_folder(run_dir: Path, cfg: Config, resume: bool = False, overwri
 def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
     """Refuse a resume of ``run_dir`` with ``cfg`` that changes a setting outside
     :data:`RESUME_CHANGES`, of a method that keeps no checkpoint (``checkpoints`` False), or of
-    a finished run without its checkpoint; otherwise say what changes. Writes nothing: the
-    resumed run does, once under way (:func:`resume_run_folder`)."""
+    a finished run without its checkpoint; otherwise say what changes. An empty
+    ``data.split`` in ``cfg`` is set to the run's own. Writes nothing: the resumed run does,
+    once under way (:func:`resume_run_folder`)."""
     from fastleading import console
 
     saved = read_run_config(run_dir, "cannot resume")
+    if not cfg.data.split:  # left out (a config made anew, e.g. in Python): the run's own, as stored
+        cfg.data.split = saved.data.split
     changes = config_changes(stored_config(run_dir, saved).to_dict(), stored_config(run_dir, cfg).to_dict())
     for key, old, new in changes:
         if key not in RESUME_CHANGES:

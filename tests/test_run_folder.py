@@ -237,3 +237,17 @@ def test_config_json_stores_the_split_the_run_used_so_a_resume_may_name_it(setup
     split = json.loads((run / "summary.json").read_text())["split"]
     assert split and json.loads((run / "config.json").read_text())["data"]["split"] == split
     assert main(["train", "--quiet", "--resume", str(run), "--split", split, "--epochs", "2"]) == 0
+
+
+def test_a_resume_from_python_with_the_split_left_out_takes_the_runs_own(tmp_path):
+    """config.json stores the split the run used; a resume given a config made anew (data.split
+    '' = the dataset's default) was refused as a change of data.split."""
+    run = tmp_path / "run"
+    run.mkdir()
+    runfolder.start_run_folder(run, apply_overrides(Config(), ["train.epochs=1"]), default_split="low-0")
+    (run / "checkpoint.pt").write_bytes(b"")
+    again = apply_overrides(Config(), ["train.epochs=1"])
+    runfolder.check_resume(run, again)
+    assert again.data.split == "low-0"
+    with pytest.raises(runfolder.FastleadingError, match="cannot resume with data.split='high-0'"):
+        runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=1", "data.split=high-0"]))
