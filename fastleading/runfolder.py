@@ -112,6 +112,19 @@ def start_run_folder(run_dir: Path, cfg: Config, default_split: str = "") -> Non
     _remove_present(run_dir, DERIVED_FILES)
 
 
+def note_exports(run_dir: Path, why: str) -> None:
+    """Say which exports inside ``run_dir`` (``export --out`` files with their ``.run.json``,
+    ``export --lm`` folders with their ``fastleading.json``) were made from the best weights the
+    run had before; they stay (their names are yours), marked by those records."""
+    from fastleading import console
+
+    made = sorted([p.name[:-len(".run.json")] + ".npy" for p in run_dir.glob("*.run.json")]
+                  + [p.parent.name + "/" for p in run_dir.glob("*/fastleading.json")])
+    if made:
+        console.notice(f"{run_dir}: {', '.join(made)} kept, made from the best.pt of the run before it {why} "
+                       "(their records say which; `predict --embeddings` refuses such a file)")
+
+
 def _remove_present(run_dir: Path, names) -> None:
     for name in names:
         if (run_dir / name).exists() or (run_dir / name).is_symlink():
@@ -252,6 +265,7 @@ def prepare_run_folder(run_dir: Path, cfg: Config, resume: bool = False, overwri
 
         _remove_present(run_dir, held + list(DERIVED_FILES))
         remove_stale_temp_files(run_dir)
+        note_exports(run_dir, "was replaced")
 
 
 def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
@@ -296,6 +310,7 @@ def resume_run_folder(run_dir: Path, cfg: Config, default_split: str = "") -> No
         atomic_write_text(path, text)
         (run_dir / "summary.json").unlink(missing_ok=True)
     _remove_present(run_dir, STALE_ON_RESUME)
+    note_exports(run_dir, "trained on")
 
 
 def drop_checkpoint(run_dir: Path) -> int:

@@ -55,7 +55,13 @@ def test_a_run_folder_is_refused_unless_resumed_or_overwritten(setup, tmp_path, 
     for name in derived + ["notes.txt"]:
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_bytes(b"of the old run")
-    assert train(setup, run, "--overwrite", "--epochs", "1") == 0
+    assert main(["export", "--quiet", "--run", str(run), "--out", str(run / "emb.npy")]) == 0
+    capsys.readouterr()
+    root, model = setup  # not --quiet: the notice is on stderr
+    assert main(["train", "--out", str(run), *train_args(root / "data", root / "cache", model, "--overwrite",
+                                                            "--epochs", "1")]) == 0
+    # exports you named stay, but a line says they are the old run's (they went unmentioned)
+    assert "emb.npy kept, made from the best.pt of the run before it was replaced" in capsys.readouterr().err
     steps = [r["step"] for r in metrics(run) if "loss" in r]
     assert steps == list(range(1, STEPS_PER_EPOCH + 1))  # a new file: the old run's lines are gone
     assert json.loads((run / "summary.json").read_text())["steps"] == STEPS_PER_EPOCH
