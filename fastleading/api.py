@@ -167,20 +167,29 @@ class Run:
         summary: ``summary.json`` as a dict.
         paths: ``config``, ``summary``, ``metrics``, ``best``, ``checkpoint`` (and ``graph``
             for a graph given to :func:`train`): the files the run wrote.
+        quiet: :meth:`predict`, :meth:`score_pairs` and :meth:`embeddings` print nothing but
+            errors (no loading bars or library warnings; :func:`fastleading.console.output`).
     """
 
     dir: Path
     config: Config
     summary: dict
     paths: dict[str, Path]
+    quiet: bool = True
     _trained: Any = field(default=None, repr=False)
 
     def _model(self):
         from fastleading.predict import TrainedRun
 
         if self._trained is None:
-            self._trained = TrainedRun(self.dir)
+            self._trained = TrainedRun(self.dir, quiet=self.quiet)
         return self._trained
+
+    def _call(self, fn):
+        from fastleading import console
+
+        with console.output(self.quiet):
+            return fn()
 
     def predict(self, nodes: Sequence[str] | None = None, new_nodes: str | Path | None = None,
                 new_edges: str | Path | None = None, embeddings: str | Path | None = None):
@@ -188,21 +197,21 @@ class Run:
         (:meth:`fastleading.predict.TrainedRun.predict`): every node, the ``nodes`` named, or
         new nodes from ``new_nodes`` (``id,text``) and ``new_edges`` (``src,dst``) files.
         Returns :class:`fastleading.predict.Predictions` (``ids``, ``probs``, ``pred``, ``write``)."""
-        return self._model().predict(None if nodes is None else [str(n) for n in nodes], new_nodes, new_edges,
-                                     embeddings)
+        return self._call(lambda: self._model().predict(None if nodes is None else [str(n) for n in nodes],
+                                                        new_nodes, new_edges, embeddings))
 
     def score_pairs(self, pairs: str | Path, new_nodes: str | Path | None = None,
                     new_edges: str | Path | None = None, embeddings: str | Path | None = None):
         """Link runs: scores of the node pairs of the CSV ``pairs`` (``src,dst``)
         (:class:`fastleading.predict.LinkScores`)."""
-        return self._model().score_pairs(pairs, new_nodes, new_edges, embeddings)
+        return self._call(lambda: self._model().score_pairs(pairs, new_nodes, new_edges, embeddings))
 
     def embeddings(self) -> np.ndarray:
         """Every node's embedding from the run's best fine-tuned LM: float32 ``[N, H]``
         (what ``fastleading export --out`` writes)."""
         from fastleading.downstream import run_embeddings
 
-        return run_embeddings(self.dir)[2].numpy()
+        return self._call(lambda: run_embeddings(self.dir, self.quiet)[2].numpy())
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -221,22 +230,26 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def train(config: Config | None = None, graph: TextAttributedGraph | None = None, out: str | Path = "runs/default",
-          resume: bool = False, quiet: bool = True) -> Run:
+          resume: bool = False, overwrite: bool = False, quiet: bool = True) -> Run:
     """Train ``config.train.method`` (default config: LEADING on the built-in synthetic graph)
     into the run folder ``out`` and return the :class:`Run`.
 
     ``graph``: train on this graph instead of ``config.data.dataset``; it is saved into
-    ``out/graph/`` and the run's config names it (``data.dataset=saved``). ``resume``
-    continues a killed run from its checkpoint (the graph already saved is used)."""
+    ``out/graph/`` and the run's config names it (``data.dataset=saved``, ``data.root=graph``
+    relative to the run folder: the folder can be moved or copied). A folder that already holds
+    a run is refused (before anything in it changes) unless ``resume`` continues that run from
+    its checkpoint (the graph already saved is used) or ``overwrite`` replaces it."""
     from fastleading.methods import train_method
+    from fastleading.runfolder import refuse_held
 
     cfg = dataclasses.replace(config) if config is not None else Config()
     cfg.data = dataclasses.replace(cfg.data)
     out = Path(out)
     if graph is not None:
+        refuse_held(out, resume, overwrite, caller="api")  # before the graph of a finished run is replaced
         folder = (out / GRAPH_DIR).resolve()
         if not (resume and (folder / "meta.json").is_file()):
             graph.save(folder)
         cfg.data.dataset, cfg.data.root = "saved", str(folder)
-    train_method(cfg, out, resume=resume, quiet=quiet)
+    train_method(cfg, out, resume=resume, quiet=quiet, overwrite=overwrite, caller="api")
     return load_run(out)

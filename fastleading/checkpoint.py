@@ -37,11 +37,17 @@ def load(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        what = f"it names {found.group(1)}" if found else first
-        raise FastleadingError(f"{path}: refused: holds objects other than tensors and plain containers, which "
-                               f"could run code when loaded ({what})") from None
+        raise refused(path, e) from None
     except Exception as e:
         first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         raise FastleadingError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first})") from None
+
+
+def refused(where: str | Path, e: pickle.UnpicklingError, what: str = "holds") -> FastleadingError:
+    """The one line for a weights-only load of ``where`` that met an object it does not allow
+    (``what``: the verb, e.g. "holds" for a file, "has a file holding" for a folder)."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    named = f"it names {found.group(1)}" if found else first
+    return FastleadingError(f"{where}: refused: {what} objects other than tensors and plain containers, which "
+                            f"could run code when loaded ({named})")

@@ -38,13 +38,16 @@ ALIASES = {
 
 # the short flags of the commands that only prepare or describe a dataset
 DATA_FLAGS = ("dataset", "root", "max_length", "cache_dir", "model")
+# those of study (its splits are --splits, several)
+STUDY_FLAGS = (*DATA_FLAGS, "epochs", "device")
 DESCRIPTION = "fastleading: end-to-end fine-tuning of a language model with a graph neural network on " \
               "text-attributed graphs (LEADING)."
 
 
 def _config_args(p: argparse.ArgumentParser, flags: tuple[str, ...] = tuple(ALIASES),
                  overrides: str = "any other config field") -> None:
-    p.add_argument("--config", help="YAML, TOML or JSON config file with sections data, model, train")
+    p.add_argument("--config", help="YAML, TOML or JSON config file with sections data, model, train (a study: "
+                   "the base of every run)")
     for flag in flags:
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, help=f"sets {ALIASES[flag]}")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help=overrides)
@@ -99,15 +102,36 @@ def cmd_train(args) -> int:
 
         require_deepspeed()
     summary = train_method(cfg, out, resume=bool(args.resume), quiet=args.quiet, overwrite=args.overwrite)
-    if summary.get("task") == "link":
-        print(f"{summary['method']} link prediction on {summary['dataset']}: best valid AUC "
-              f"{summary['best_valid_auc']:.4f} MRR {summary['best_valid_mrr']:.4f}, test AUC "
-              f"{summary['test_auc']:.4f} MRR {summary['test_mrr']:.4f}")
-    else:
-        print(f"{summary['method']} on {summary['dataset']}: best valid {summary['best_valid_acc']:.4f}, "
-              f"test {summary['test_acc']:.4f}")
-    print(f"summary: {out / 'summary.json'}")
+    print("\n".join(result_lines(summary, out)))
     return 0
+
+
+def result_lines(summary: dict, out: Path) -> list[str]:
+    """What ``train`` prints at the end: the best validation and its test score, a note when
+    the best epoch is the head warm-up's (the LM of ``best.pt`` is then the pretrained one),
+    and where the summary is."""
+    if summary.get("task") == "link":
+        lines = [f"{summary['method']} link prediction on {summary['dataset']}: best valid AUC "
+                 f"{summary['best_valid_auc']:.4f} MRR {summary['best_valid_mrr']:.4f}, test AUC "
+                 f"{summary['test_auc']:.4f} MRR {summary['test_mrr']:.4f}"]
+    else:
+        lines = [f"{summary['method']} on {summary['dataset']}: best valid {summary['best_valid_acc']:.4f}, "
+                 f"test {summary['test_acc']:.4f}"]
+    if summary.get("best_epoch") == 0 and summary.get("head_warmup_epochs", 0) > 0:
+        lines.append("best epoch: 0, the head warm-up on the frozen LM (fine-tuning did not beat it): best.pt holds "
+                     "the pretrained LM unchanged, and so does `export --lm`")
+    return lines + [f"summary: {out / 'summary.json'}"]
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """``--root`` / ``--device`` of a command that reads a run, as overrides of its config."""
+    return [f"{ALIASES[flag]}={getattr(args, flag)}" for flag in ("root", "device") if getattr(args, flag) is not None]
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default=None, help="where the run's data is now (sets data.root; default: the run's)")
+    p.add_argument("--device", default=None, help="device to use (sets train.device; default: the run's, e.g. cpu "
+                   "for a run trained on cuda)")
 
 
 def cmd_export(args) -> int:
@@ -121,7 +145,7 @@ def cmd_export(args) -> int:
     if args.out is not None:
         from fastleading.downstream import export_embeddings
 
-        path = export_embeddings(args.run, args.out, quiet=args.quiet)
+        path = export_embeddings(args.run, args.out, quiet=args.quiet, overrides=run_overrides(args))
         print(f"embeddings: {path}")
     if args.lm is not None:
         from fastleading.export import export_lm
@@ -134,7 +158,7 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     from fastleading.predict import TrainedRun, read_id_list
 
-    run = TrainedRun(args.run, quiet=args.quiet)
+    run = TrainedRun(args.run, quiet=args.quiet, overrides=run_overrides(args))
     new = {"new_nodes": args.new_nodes, "new_edges": args.new_edges, "embeddings": args.embeddings}
     if args.pairs is not None:
         result = run.score_pairs(args.pairs, **new)
@@ -172,9 +196,7 @@ def cmd_study(args) -> int:
     from fastleading.study import run_study
 
     base = load_config(args.config) if args.config else Config()
-    shortcuts = [f"{key}={value}" for key, value in (("data.dataset", args.dataset), ("model.name", args.model),
-                                                     ("train.epochs", args.epochs), ("train.device", args.device))
-                 if value is not None]
+    shortcuts = [f"{ALIASES[flag]}={getattr(args, flag)}" for flag in STUDY_FLAGS if getattr(args, flag) is not None]
     base = apply_overrides(base, shortcuts + list(args.override) + list(args.overrides))
     settings = {k: v for k, v in vars(args).items() if k != "fn"}
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
@@ -208,7 +230,10 @@ def cmd_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fastleading import __version__
+
     parser = argparse.ArgumentParser(prog="fastleading", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"fastleading {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="build the dataset cache and tokenize every node text")
@@ -239,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the best checkpoint's LM and tokenizer as a Hugging Face folder (a new or empty DIR)")
     p.add_argument("--lora-adapter", action="store_true",
                    help="LoRA runs: write the peft adapter alone instead of merging it into the base weights")
+    _run_flags(p)
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("predict", help="class probabilities per node (existing and new nodes), or link scores")
@@ -252,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", default=None,
                    help="existing nodes' embeddings from `fastleading export` (default: encode every node afresh)")
     p.add_argument("--pairs", default=None, help="link runs: CSV src,dst of the node pairs to score")
+    _run_flags(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("downstream", help="train a GNN (model.gnn) on exported embeddings")
@@ -269,11 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("study", help="methods x seeds x splits: results JSON, mean ± std table, plots")
-    p.add_argument("--config", help="YAML, TOML or JSON config file: the base of every run")
-    p.add_argument("--dataset", default=None, help="sets data.dataset")
-    p.add_argument("--model", default=None, help="sets model.name")
-    p.add_argument("--epochs", default=None, help="sets train.epochs")
-    p.add_argument("--device", default=None, help="sets train.device")
+    _config_args(p, STUDY_FLAGS, "more overrides for every run")
     p.add_argument("--methods", default="leading,supervised,pretrained,shallow",
                    help="comma-separated train.method values (default: %(default)s)")
     p.add_argument("--seeds", default="3",
@@ -289,7 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "and each seed sets data.link_seed too; default: train.task of the config / overrides")
     p.add_argument("--override", action="append", default=[], metavar="section.key=value",
                    help="config override for every run (repeatable)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="more overrides for every run")
     p.add_argument("--out", default="runs/study", help="study folder: results.json, table.md, PNGs, runs/")
     p.add_argument("--name", default="", help="title of the study in the table and the plots")
     p.add_argument("--note", default="", help="free text stored in results.json")
@@ -319,17 +341,44 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with ``section.key=value`` overrides taken on both sides of flags
+    (argparse fills a ``*`` positional once: ``train a.b=1 --epochs 2 c.d=3`` would leave
+    ``c.d=3`` "unrecognized"). Anything else unknown is still refused."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if not a.startswith("-") and "=" in a and "." in a.split("=", 1)[0]]
+    if extra and (len(overrides) < len(extra) or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from fastleading import console
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         with console.output(getattr(args, "quiet", False)):
             return args.fn(args)
     except FastleadingError as e:
         print(f"fastleading: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return closed_pipe()
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away (``fastleading info --list | head -1``): end quietly, as
+    command-line tools do (exit 128 + SIGPIPE); stdout goes to /dev/null so that the flush at
+    exit does not fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

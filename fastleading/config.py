@@ -123,7 +123,8 @@ class TrainConfig:
                             "look up: within len(train.fanouts) hops of a training target; every node for "
                             "train.task=link) or 'all' (the paper).", ("reachable", "all"))
     fanouts: list = _f([10, 5], "Neighbours sampled per hop.")
-    fill_bank: bool = _f(True, "Encode every node once (no gradient) before training.")
+    fill_bank: bool = _f(True, "Encode every node once (no gradient) before training; LEADING's head warm-up "
+                         "trains on what it writes (false needs train.head_warmup_epochs=0).")
     lr_lm: float = _f(1e-5, "Learning rate of the LM.")
     lr_head: float = _f(1e-4, "Learning rate of the head while the LM is fine-tuned (after the head warm-up, which "
                         "trains it at train.head_warmup_lr); raise it (e.g. 1e-3) when there is no warm-up.")
@@ -361,6 +362,12 @@ def validate(cfg: Config) -> None:
     if t.head_warmup_epochs > 0 and t.method not in ("leading", "supervised", "pretrained", "shallow"):
         raise FastleadingError(f"config key 'train.head_warmup_epochs': applies to train.method leading or "
                                f"supervised, not {t.method}")
+    if not t.fill_bank and t.head_warmup_epochs != 0 and t.method == "leading" and not t.deepspeed:
+        # the warm-up trains and evaluates the head on the bank, which only the fill writes
+        raise FastleadingError(f"config keys 'train.fill_bank' / 'train.head_warmup_epochs': train.fill_bank=false "
+                               f"leaves the bank the head warm-up trains on all zeros; set "
+                               f"train.head_warmup_epochs=0 (no warm-up) or keep the fill "
+                               f"(train.head_warmup_epochs is {t.head_warmup_epochs})")
     if t.head_warmup_epochs > 0 and t.deepspeed:
         raise FastleadingError("config key 'train.head_warmup_epochs': not supported with train.deepspeed "
                                "(the engine owns the head's optimizer)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,10 +128,11 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
     features -> MLP -> APPNP, the same head and propagation as LEADING's."""
     from fastleading.data import load_dataset
     from fastleading.precision import resolve_device
+    from fastleading.runfolder import start_run_folder
 
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", cfg.to_json())
+    start_run_folder(out_dir, cfg)
     device = resolve_device(cfg.train.device)
     if cfg.train.method == "shallow":
         graph = load_dataset(cfg.data)
@@ -186,15 +188,16 @@ def pretrained_embeddings(cfg: Config, quiet: bool = True):
     return graph, emb.float().cpu()
 
 
-def run_embeddings(run_dir: Path, quiet: bool = True):
-    """(config, graph, ``[N, H]`` embeddings) of a finished run's best fine-tuned LM."""
+def run_embeddings(run_dir: Path, quiet: bool = True, overrides: Sequence[str] = ()):
+    """(config, graph, ``[N, H]`` embeddings) of a finished run's best fine-tuned LM
+    (``overrides``: see :func:`fastleading.runfolder.read_run_config`)."""
     from fastleading.data import prepare
     from fastleading.encode import encode_all
     from fastleading.precision import resolve_device, resolve_precision
     from fastleading.runfolder import read_run_config, require_best
     from fastleading.trainer.model import load_best
 
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir, overrides=overrides)
     if cfg.train.method in FIXED_FEATURE_METHODS:
         return cfg, *pretrained_or_shallow(cfg, quiet)
     require_best(run_dir)  # before the dataset and the model are loaded
@@ -229,22 +232,30 @@ def node_ids_path(embeddings: Path) -> Path:
     return embeddings.with_suffix(".node_ids.csv")
 
 
-def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = True) -> Path:
+def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = True,
+                      overrides: Sequence[str] = ()) -> Path:
     """Write the run's node embeddings ``[N, H]`` float32 to ``out_path`` (.npy, memory-mappable):
     row ``i`` is node ``i``, in the order of the dataset's nodes (a custom dataset's nodes file).
     A dataset whose nodes have ids of their own (``custom``) also gets them beside the file,
-    :func:`node_ids_path` (a CSV with the header ``id``, one id per row of the embeddings)."""
+    :func:`node_ids_path` (a CSV with the header ``id``, one id per row of the embeddings). The
+    run and its ``best.pt`` are recorded beside it (:func:`fastleading.runfolder.provenance_path`):
+    ``predict --embeddings`` takes only embeddings of the run's current best weights."""
     from fastleading import console
+    from fastleading.runfolder import provenance, provenance_path
 
     out_path = check_embeddings_path(out_path)  # before anything loads
     with console.output(quiet):
-        _, graph, emb = run_embeddings(Path(run_dir), quiet)
+        _, graph, emb = run_embeddings(Path(run_dir), quiet, overrides)
     ids, ids_path = graph.metadata.get("node_ids"), node_ids_path(out_path)
     if ids is not None:
         atomic_write_text(ids_path, _csv_column("id", ids))
     else:
         ids_path.unlink(missing_ok=True)  # a previous export's ids would not be these rows'
-    return atomic_write(out_path, lambda f: np.save(f, emb.numpy().astype(np.float32)))
+    made = provenance_path(out_path)
+    made.unlink(missing_ok=True)  # an old record must never vouch for the new file, even half-written
+    atomic_write(out_path, lambda f: np.save(f, emb.numpy().astype(np.float32)))
+    atomic_write_text(made, provenance(Path(run_dir)))
+    return out_path
 
 
 def _csv_column(name: str, values: list[str]) -> str:

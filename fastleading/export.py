@@ -35,7 +35,8 @@ from pathlib import Path
 from fastleading import checkpoint
 from fastleading.config import Config
 from fastleading.errors import FastleadingError
-from fastleading.runfolder import read_run_config, require_best
+from fastleading.io import umask
+from fastleading.runfolder import best_digest, read_run_config, require_best
 
 INFO_FILE = "fastleading.json"
 
@@ -144,8 +145,8 @@ def _export_lm(run_dir: Path, out_dir: Path, lora_adapter: bool) -> Path:
         save_tokenizer(tok, tmp)
         if st_source is not None:
             write_sentence_transformers_files(st_source, tmp, encoder.pooling)
-        info = {"run": str(run_dir.resolve()), "model": cfg.model.name, "method": cfg.train.method,
-                "epoch": epoch,
+        info = {"run": str(run_dir.resolve()), "best_sha256": best_digest(run_dir), "model": cfg.model.name,
+                "method": cfg.train.method, "epoch": epoch,
                 "format": "peft-adapter" if lora_adapter else ("lora-merged" if cfg.model.lora else "full"),
                 "pooling": encoder.pooling, "padding_side": tok.padding_side, "max_length": cfg.data.max_length,
                 "decoder": encoder.is_decoder, "hidden_size": encoder.hidden_size,
@@ -188,18 +189,16 @@ def drop_dequantized_gguf(model, name: str) -> None:
 
 
 def publish(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished ``tmp`` to ``out_dir`` (which may be missing or an empty folder)."""
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it a normal folder's mode
+    """Rename the finished ``tmp`` to ``out_dir`` (which may be missing or an empty folder),
+    its folders and files given the modes of the umask (mkdtemp makes 0700, safetensors 0600)."""
+    mask = umask()
+    for path in [tmp, *tmp.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
     try:
         os.replace(tmp, out_dir)
     except OSError as e:  # out_dir filled (or made a file) since the check
         raise FastleadingError(f"{out_dir}: cannot put the model there ({e.strerror}); nothing was written") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_sentence_transformers_files(source: Path, out: Path, pooling: str) -> None:

@@ -15,11 +15,12 @@ from fastleading.config import Config
 
 
 def train_method(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, caller: str = "cli") -> dict:
     """Train ``cfg.train.method`` into ``out_dir``; returns the summary dict. ``resume``
     continues an LM method's run from its checkpoint (the fixed-feature baselines train in
     one go and have none); a folder that holds a run is refused unless ``resume`` or
-    ``overwrite`` (its run files removed first) is given (:mod:`fastleading.runfolder`).
+    ``overwrite`` (its run files removed first) is given (:mod:`fastleading.runfolder`;
+    ``caller``, ``cli`` or ``api``, picks how its messages name these two).
     ``quiet``: nothing but errors on the terminal, third-party output included
     (:func:`fastleading.console.output`). ``train.keep=best`` removes the checkpoint once the
     run has finished. The kernel backend (``train.kernels``, process state of
@@ -31,7 +32,7 @@ def train_method(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: 
     tracking.require(cfg.train.report_to)  # a missing tracker package fails before anything trains
     fixed = cfg.train.method in FIXED_FEATURE_METHODS
     with console.output(quiet):
-        runfolder.prepare_run_folder(Path(out_dir), cfg, resume, overwrite, checkpoints=not fixed)
+        runfolder.prepare_run_folder(Path(out_dir), cfg, resume, overwrite, checkpoints=not fixed, caller=caller)
         with ops.use_backend(cfg.train.kernels):
             if fixed:
                 summary = train_fixed_features(cfg, Path(out_dir), quiet=quiet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -60,6 +61,34 @@ def resolve_model_path(name: str) -> str:
         return str(getattr(mod, fn)())
     if name.startswith(("/", "./", "../", "~")):
         raise FastleadingError(f"model path '{name}' does not exist")
+    return check_hub_model(name)
+
+
+@functools.lru_cache(maxsize=None)
+def check_hub_model(name: str) -> str:
+    """``name`` when the Hugging Face cache holds it or the Hub has it; else one line at once.
+    (transformers would retry the Hub five times, 46 s and 22 lines of warnings offline, before
+    failing.) One request (``model_info``) when the model is not cached; none when it is."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if huggingface_hub.try_to_load_from_cache(name, "config.json") is not None:
+        return name
+    where = f"model '{name}': not a local folder and not in the Hugging Face cache"
+    if hub_offline():
+        raise FastleadingError(f"{where}, and HF_HUB_OFFLINE is set (give a local folder or unset it)")
+    try:
+        huggingface_hub.model_info(name, timeout=10)
+    except GatedRepoError:
+        raise FastleadingError(f"{where}; it is gated on the Hub: accept its terms and log in "
+                               "(`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise FastleadingError(f"{where}, and the Hub has no such model (or it is private: log in with "
+                               "`hf auth login`)") from None
+    except Exception as e:  # noqa: BLE001 (network errors of whichever HTTP client huggingface_hub uses)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FastleadingError(f"{where}, and the Hub cannot be reached ({first}); give a local folder or "
+                               "connect") from None
     return name
 
 

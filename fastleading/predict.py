@@ -87,7 +87,13 @@ def read_id_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FastleadingError(f"{path}: file of node ids not found (one id per line)")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from fastleading.data.custom import ENCODING, not_utf8
+
+    try:
+        text = path.read_text(encoding=ENCODING)  # a byte-order mark is not part of the first id
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
     if ids and ids[0] == "id":
         ids = ids[1:]
     if not ids:
@@ -194,9 +200,11 @@ class TrainedRun:
     Args:
         run_dir: the run folder written by ``fastleading train``.
         quiet: no progress bars.
+        overrides: ``section.key=value`` applied to the run's config, e.g. ``data.root=...``
+            (the data moved) or ``train.device=cpu`` (a GPU run used on a CPU machine).
     """
 
-    def __init__(self, run_dir: str | Path, quiet: bool = True):
+    def __init__(self, run_dir: str | Path, quiet: bool = True, overrides: Sequence[str] = ()):
         from fastleading.data import prepare
         from fastleading.runfolder import read_run_config, require_best
         from fastleading.precision import resolve_device, resolve_precision
@@ -204,7 +212,7 @@ class TrainedRun:
 
         self.run_dir = Path(run_dir)
         self.quiet = quiet
-        self.cfg = cfg = read_run_config(self.run_dir)
+        self.cfg = cfg = read_run_config(self.run_dir, overrides=overrides)
         if cfg.train.method not in LM_METHODS:
             raise FastleadingError(f"{self.run_dir}: method '{cfg.train.method}' keeps no trained model (it trains "
                                    f"a GNN on fixed features in one go); prediction needs a run of "
@@ -303,7 +311,10 @@ class TrainedRun:
                    "next prediction encodes every node again")
 
     def load_embeddings(self, path: str | Path) -> torch.Tensor:
-        """Exported embeddings (``fastleading export --out``, float ``[N, H]`` .npy) on the run's device."""
+        """Exported embeddings (``fastleading export --out``, float ``[N, H]`` .npy) on the run's
+        device; only those made from this run's current ``best.pt``."""
+        from fastleading.runfolder import check_provenance
+
         path = Path(path)
         if not path.is_file():
             raise FastleadingError(f"{path}: embeddings file not found (write one with `fastleading export`)")
@@ -315,7 +326,9 @@ class TrainedRun:
         if emb.ndim != 2 or list(emb.shape) != want:
             raise FastleadingError(f"{path}: expected embeddings of shape {want} (this run's nodes x its LM's "
                                    f"hidden size), got {list(emb.shape)}")
-        return torch.from_numpy(np.asarray(emb, dtype=np.float32)).to(self.device)
+        check_provenance(path, self.run_dir)
+        # a copy: the memory-mapped file is read-only, which torch.from_numpy warns about
+        return torch.from_numpy(np.array(emb, dtype=np.float32)).to(self.device)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """LM embeddings ``[M, H]`` (fp32) of new texts, tokenized as the run's token cache."""

@@ -260,12 +260,20 @@ def _comparable(d: dict) -> dict:
     return d
 
 
-def config_difference(saved: dict, cfg: Config) -> str | None:
-    """'section.key: saved vs wanted' for the first key where a run folder's config.json
-    differs from ``cfg`` (ignoring :data:`IGNORED_KEYS`); None when they agree."""
-    from fastleading.runfolder import config_changes
+def config_difference(saved: dict, cfg: Config, run_dir: Path, default_split: str = "") -> str | None:
+    """'section.key: saved vs wanted' for the first key where the config.json of the run folder
+    ``run_dir`` differs from ``cfg``, both as they are stored there
+    (:func:`fastleading.runfolder.stored_config`: paths resolved, also in a config.json written
+    before they were, an empty ``data.split`` the dataset's ``default_split``; ignoring
+    :data:`IGNORED_KEYS`); None when they agree."""
+    from fastleading.config import from_dict
+    from fastleading.runfolder import config_changes, stored_config
 
-    changes = config_changes(_comparable(saved), _comparable(cfg.to_dict()))
+    try:
+        saved = stored_config(run_dir, from_dict(saved, source=str(run_dir / "config.json")), default_split).to_dict()
+    except FastleadingError:
+        pass  # a config this version does not read: compared as it is (it differs)
+    changes = config_changes(_comparable(saved), _comparable(stored_config(run_dir, cfg, default_split).to_dict()))
     if not changes:
         return None
     key, there, here = changes[0]
@@ -279,14 +287,16 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def check_run_folders(specs: list[RunSpec], runs_dir: Path) -> None:
-    """Stop before anything trains if a run folder holds a run of another config."""
+def check_run_folders(specs: list[RunSpec], runs_dir: Path, default_split: str = "") -> None:
+    """Stop before anything trains if a run folder holds a run of another config
+    (``default_split``: the dataset's, what an empty ``data.split`` means)."""
     for spec in specs:
         path = runs_dir / spec.name / "config.json"
         if not path.exists():
             continue
         saved = _read_json(path)
-        diff = "unreadable config.json" if saved is None else config_difference(saved, spec.cfg)
+        diff = ("unreadable config.json" if saved is None
+                else config_difference(saved, spec.cfg, path.parent, default_split))
         if diff:
             raise FastleadingError(f"{path.parent}: holds a run of another config ({diff}); "
                                    f"use another --out or delete that folder")
@@ -459,7 +469,7 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     patterns, graph = resolve_splits(base, parse_list(splits) if splits is not None else [], t)
     specs = plan(base, methods, seeds, patterns, t)
     check_splits(graph, specs, t)
-    check_run_folders(specs, runs_dir)
+    check_run_folders(specs, runs_dir, graph.default_split)
     started = time.time()
     runs = [run_one(t, spec, runs_dir / spec.name, gnns, log, quiet, f"{i}/{len(specs)}")
             for i, spec in enumerate(specs, 1)]

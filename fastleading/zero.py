@@ -374,22 +374,66 @@ def deepspeed_safe_globals() -> list:
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
+def _checkpoint_files(tag_dir: Path) -> Iterator[Path]:
+    """Every ``*.pt`` file under ``tag_dir``, symlinked folders entered (each real folder once)."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(tag_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (Path(root) / name for name in sorted(files) if name.endswith(".pt"))
+
+
 def verify_engine_files(tag_dir: Path) -> None:
-    """Prove every file DeepSpeed will read from the checkpoint folder ``tag_dir`` safe, before it
-    reads them: DeepSpeed loads them with ``torch.load(weights_only=False)``, which would run any
-    code a shared run folder carried. Each ``*.pt`` file is loaded with ``weights_only=True``
+    """Name the first unsafe file of the checkpoint folder ``tag_dir`` before DeepSpeed reads
+    anything: each ``*.pt`` file (symlinked folders entered) is loaded with ``weights_only=True``
     (memory-mapped: its tensors are not read) allowing only :func:`deepspeed_safe_globals`; any
-    other object is refused with one line naming the file."""
+    other object is refused with one line naming the file. This check gives the clear message;
+    what makes the load safe is :func:`weights_only_loads` around DeepSpeed's own reads (a file
+    replaced after this check, or one this walk did not see, is still read weights-only)."""
     if not tag_dir.is_dir():
         raise FastleadingError(f"{tag_dir}: the DeepSpeed checkpoint named in '{LATEST}' is missing")
     with torch.serialization.safe_globals(deepspeed_safe_globals()):
-        for path in sorted(tag_dir.rglob("*.pt")):
+        for path in _checkpoint_files(tag_dir):
             checkpoint.load(path, mmap=zipfile.is_zipfile(path))
+
+
+FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def weights_only_loads(where: Path) -> Iterator[None]:
+    """Within the block every ``torch.load`` is weights-only, whatever its caller asks: DeepSpeed
+    loads its checkpoint files (module, ZeRO partitions, a universal checkpoint's ``zero/``
+    folder) with ``weights_only=False``, which would run code a shared run folder carried. torch
+    reads ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` at each call, so this covers every load DeepSpeed
+    makes, from any path it opens; only :func:`deepspeed_safe_globals` are allowed besides
+    tensors and plain containers. A refused file is one line naming ``where``."""
+    import pickle
+
+    saved = {name: os.environ.get(name) for name in (FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(FORCE_NO_WEIGHTS_ONLY, None)
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            yield
+    except pickle.UnpicklingError as e:
+        raise checkpoint.refused(where, e, "has a file holding") from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def load_engine_checkpoint(engine, folder: str | Path) -> tuple[dict, dict | None]:
     """Load the newest checkpoint of ``folder`` into ``engine`` (module, optimizer partitions,
-    LR schedule), once :func:`verify_engine_files` has proven its files safe; returns
+    LR schedule), every file read weights-only (:func:`verify_engine_files`,
+    :func:`weights_only_loads`); returns
     ``(client_state, rank_state)`` as given to :func:`save_engine_checkpoint` (``rank_state``
     None when that rank saved none). Collective: every rank calls it."""
     folder = Path(folder)
@@ -400,8 +444,13 @@ def load_engine_checkpoint(engine, folder: str | Path) -> tuple[dict, dict | Non
     if not re.fullmatch(r"step\d+", tag):
         raise FastleadingError(f"{folder / LATEST}: names {tag[:40]!r}, expected a tag step<N> written by "
                                "`fastleading train --deepspeed`")
-    verify_engine_files(folder / tag)  # before DeepSpeed reads them (it unpickles with weights_only=False)
-    path, client_state = engine.load_checkpoint(str(folder), tag=tag)
+    verify_engine_files(folder / tag)  # names an unsafe file before DeepSpeed reads anything
+    try:
+        with weights_only_loads(folder / tag):  # and DeepSpeed's own reads cannot unpickle code
+            path, client_state = engine.load_checkpoint(str(folder), tag=tag)
+    except AssertionError as e:  # DeepSpeed's checks of what it read (e.g. load_universal on a plain checkpoint)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "a check failed"
+        raise FastleadingError(f"{folder / tag}: DeepSpeed cannot load this checkpoint ({first})") from None
     if path is None:
         raise FastleadingError(f"{folder / tag}: cannot load the DeepSpeed checkpoint named in '{LATEST}'")
     rank_file = folder / tag / f"rank{engine.global_rank}_state.pt"

@@ -26,6 +26,7 @@ def test_the_docs_example_runs(tmp_path, monkeypatch, capsys):
     code = docs_example()
     assert code.count(MODEL_LINE) == 1
     model = save_tiny_model(tmp_path / "bert", "bert", hidden=16, layers=1)
+    capsys.readouterr()  # the test's own model writing
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FASTLEADING_CACHE", str(tmp_path / "cache"))
     scope: dict = {}
@@ -40,7 +41,13 @@ def test_the_docs_example_runs(tmp_path, monkeypatch, capsys):
     trained = run._model().graph
     assert trained.split("given").train.tolist() == scope["splits"]["train"]
     assert trained.text(7) == scope["texts"][7] and trained.class_names == scope["topics"]
-    assert "test accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "test accuracy" in printed.out
+    # redirected (as under pytest), the example prints nothing else: Run.predict / Run.embeddings
+    # printed transformers' "Loading weights" bars and predict PyTorch's non-writable-array warning
+    assert printed.err == "", printed.err[-2000:]
+    assert [line for line in printed.out.splitlines() if "test accuracy" not in line and not line.startswith("[")] \
+        == [], printed.out
 
 
 def test_graph_from_pyg_takes_edges_labels_masks_and_features():
@@ -90,3 +97,51 @@ def test_import_fastleading_does_not_import_torch():
     code = "import sys, fastleading; assert 'torch' not in sys.modules; fastleading.Config; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def _toy_graph(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    edges = torch.randint(0, n, (2, 3 * n), generator=g)
+    labels = torch.arange(n) % 3
+    return fl.graph_from_arrays(edges, [f"paper {i} on topic {i % 3}" for i in range(n)], labels,
+                                {"train": list(range(0, n, 2)), "valid": list(range(1, n, 4)),
+                                 "test": list(range(3, n, 4))})
+
+
+def _shallow(tmp_path) -> fl.Config:
+    from fastleading.config import apply_overrides
+
+    return apply_overrides(fl.Config(), ["train.method=shallow", "train.downstream_epochs=2",
+                                         f"data.cache_dir={tmp_path / 'cache'}"])
+
+
+def test_train_refuses_a_finished_run_before_touching_its_graph_and_names_its_own_parameters(tmp_path):
+    """fastleading.train(graph=B, out=<a finished run of A>) saved B over the run's graph and only
+    then refused (the old run then predicted on B); its message named the CLI's --overwrite."""
+    from fastleading.data import load_dataset
+
+    out = tmp_path / "run"
+    fl.train(_shallow(tmp_path), graph=_toy_graph(60), out=out)
+    with pytest.raises(FastleadingError) as e:
+        fl.train(_shallow(tmp_path), graph=_toy_graph(90, seed=1), out=out)
+    message = str(e.value)
+    assert "overwrite=True" in message and "resume=True" in message and "--overwrite" not in message
+    assert load_dataset(fl.load_run(out).config.data).num_nodes == 60  # the run's graph is its own
+    run = fl.train(_shallow(tmp_path), graph=_toy_graph(90, seed=1), out=out, overwrite=True)
+    assert load_dataset(run.config.data).num_nodes == 90 and run.summary["method"] == "shallow"
+
+
+def test_an_api_run_folder_works_after_being_moved(tmp_path, monkeypatch):
+    """config.json stored the absolute path of the run's graph: a moved or copied run folder
+    read the old place (or failed with 'not a folder written by TextAttributedGraph.save')."""
+    import shutil
+
+    from fastleading.data import load_dataset
+
+    monkeypatch.chdir(tmp_path)
+    fl.train(_shallow(tmp_path), graph=_toy_graph(60), out="made/run")
+    shutil.move(tmp_path / "made", tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run = fl.load_run(tmp_path / "moved" / "run")
+    assert load_dataset(run.config.data).num_nodes == 60

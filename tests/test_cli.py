@@ -123,3 +123,73 @@ def test_the_custom_data_page_example_runs_as_shown(tmp_path, capsys):
     assert main([*command.split()[1:-1], str(tmp_path / "mydata"), "--cache-dir", str(tmp_path / "cache")]) == 0
     assert capsys.readouterr().out == blocks[command]
     assert not (tmp_path / "cache").exists()
+
+
+def test_overrides_may_stand_on_both_sides_of_a_flag(capsys):
+    """`info data.synthetic_nodes=50 --dataset synthetic data.synthetic_classes=4` was refused as
+    "unrecognized arguments: data.synthetic_classes=4", which reads like an unknown key."""
+    assert main(["info", "data.synthetic_nodes=50", "--dataset", "synthetic", "data.synthetic_classes=4",
+                 "--max-length", "16", "data.synthetic_words=5"]) == 0
+    out = capsys.readouterr().out
+    assert "nodes        50" in out and "classes      4:" in out and "max_length=16" in out
+    with pytest.raises(SystemExit) as e:  # an unknown flag is still refused
+        main(["info", "data.synthetic_nodes=50", "--bogus", "1"])
+    assert e.value.code == 2 and "unrecognized arguments: --bogus 1" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import fastleading
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fastleading {fastleading.__version__}"
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback():
+    """`fastleading info --list | head -1`: the reader leaves early; this ended in a
+    BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastleading.cli", "info", "--list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 141  # 128 + SIGPIPE, as `yes | head -1` ends
+
+
+def test_the_final_line_says_when_the_best_epoch_is_the_head_warm_up():
+    """A run whose best epoch was the warm-up's printed its scores as if fine-tuning had made
+    them: the LM it exports is then the frozen one."""
+    from pathlib import Path
+
+    from fastleading.cli import result_lines
+
+    summary = {"method": "leading", "dataset": "citeseer-tag", "best_valid_acc": 0.7, "test_acc": 0.68,
+               "best_epoch": 0, "head_warmup_epochs": 200}
+    lines = result_lines(summary, Path("runs/x"))
+    assert lines[0] == "leading on citeseer-tag: best valid 0.7000, test 0.6800"
+    assert "head warm-up on the frozen LM" in lines[1] and "pretrained LM unchanged" in lines[1]
+    assert lines[2] == f"summary: {Path('runs/x') / 'summary.json'}"
+    assert len(result_lines({**summary, "best_epoch": 3}, Path("runs/x"))) == 2
+    assert len(result_lines({**summary, "head_warmup_epochs": 0}, Path("runs/x"))) == 2
+
+
+def test_an_unknown_model_fails_fast_in_one_line(tmp_path):
+    """An unknown --model retried the Hub for 46 s and printed 22 lines of warnings before its
+    one-line error (offline); it is one line, before any download is tried. A fresh process
+    without HF_HUB_OFFLINE (the tests set it), as a new user's."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["FASTLEADING_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.run([sys.executable, "-m", "fastleading.cli", "info", "--dataset", "synthetic",
+                           "data.synthetic_nodes=20", "--model", "no-such-org/no-such-model-xyz"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, err
+    assert err[0].startswith("fastleading: error: model 'no-such-org/no-such-model-xyz': not a local folder"), err

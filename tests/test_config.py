@@ -46,3 +46,14 @@ def test_a_config_file_with_a_byte_order_mark(tmp_path, name, text):
     "cannot parse config")."""
     (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert load_config(tmp_path / name).train.epochs == 7
+
+
+def test_no_bank_fill_with_the_head_warm_up_is_refused_in_one_line():
+    """LEADING's head warm-up trains and evaluates the head on the bank: without the bank fill
+    that bank is all zeros, and such an epoch could become best.pt (issue 25)."""
+    for warmup in ("-1", "5"):
+        with pytest.raises(FastleadingError, match=r"train.fill_bank=false.*train.head_warmup_epochs") as e:
+            apply_overrides(Config(), ["train.fill_bank=false", f"train.head_warmup_epochs={warmup}"])
+        assert "\n" not in str(e.value)
+    apply_overrides(Config(), ["train.fill_bank=false", "train.head_warmup_epochs=0"])
+    apply_overrides(Config(), ["train.fill_bank=false", "train.method=coupled"])  # auto: no warm-up

@@ -64,3 +64,63 @@ def test_architecture_moved_into_the_docs():
              + list(ROOT.glob("docs/*.md")) + [ROOT / "README.md"]
              if p.name != "test_docs.py" and "ARCHITECTURE.md" in p.read_text(encoding="utf-8")]
     assert not stale, f"still refer to ARCHITECTURE.md: {stale}"
+
+
+def prose_problems(text: str) -> list[str]:
+    """What `mkdocs build --strict` lets through: a code fence never closed (the rest of the
+    page renders as code), and the obvious forms of a sentence that lost its start: a paragraph
+    opening in lower case (other than the name fastleading) where no code block came just before
+    (text after a block may go on with the sentence it interrupted), or opening with a fragment
+    of one or two words ended by a full stop ("refused. ...")."""
+    import re
+
+    problems, fence, previous = [], None, ""
+    for number, line in enumerate(text.splitlines(), 1):
+        mark = re.match(r"^\s*(`{3,}|~{3,})", line)
+        if mark:
+            if fence is None:
+                fence = (mark.group(1), number)
+            elif line.strip() == mark.group(1)[:len(line.strip())] and line.strip()[0] == fence[0][0]:
+                fence = None
+            previous = "fence"
+            continue
+        if fence is None and previous in ("", "fence") and re.match(r"^[a-z]", line) \
+                and not line.startswith("fastleading"):
+            first_sentence = line.split(". ")[0]
+            if previous == "" or (line.split(". ")[1:] and len(first_sentence.split()) < 3):
+                problems.append(f"line {number}: a paragraph opens in lower case, as if its start were lost: "
+                                f"{line[:40]!r}")
+        if line.strip() or previous != "fence":
+            previous = "" if not line.strip() else "text"
+    if fence is not None:
+        problems.append(f"line {fence[1]}: a code fence ({fence[0]}) that is never closed")
+    return problems
+
+
+def test_the_prose_checker_catches_an_open_fence_and_a_lost_start():
+    assert prose_problems("Run:\n\n```bash\nls\n\nrefused. It goes on.\n")[-1].startswith("line 3: a code fence")
+    assert prose_problems("Intro.\n\n```bash\nls\n```\n\nrefused. `--out` works.\n")
+    assert prose_problems("A.\n\nrefused, and the rest.\n")
+    assert prose_problems("Run:\n\n```bash\nls\n```\n\nthen one call, from the root:\n") == []
+    assert prose_problems("fastleading fine-tunes a model.\n\n~~~\ncode\n~~~\n") == []
+
+
+def test_every_page_closes_its_code_fences_and_keeps_its_sentences_whole():
+    pages = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+    found = [f"{page.relative_to(ROOT)} {problem}" for page in pages
+             for problem in prose_problems(page.read_text(encoding="utf-8"))]
+    assert found == []
+
+
+def test_make_train_figures_are_stated_in_one_place():
+    """README, getting-started and results gave three different `make train` times and
+    accuracies; one page states them, with the machine and commit, the others point there."""
+    import re
+
+    pages = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+    stating = [page.name for page in pages
+               if re.search(r"`make train`[^.]*?(took|it took)|make train.{0,400}?\d+ s after set-up",
+                            page.read_text(encoding="utf-8"), re.S)]
+    assert stating == ["results.md"], stating
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert re.search(r"## `make train`.*?2-core CPU.*?commit [0-9a-f]{7}", text, re.S)

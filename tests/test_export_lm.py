@@ -272,3 +272,27 @@ def test_gguf_model_exports_as_a_plain_safetensors_folder(tmp_path):
         hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                        position_ids=(enc["attention_mask"].cumsum(1) - 1).clamp_min(0)).last_hidden_state
     torch.testing.assert_close(pool(hidden, enc["attention_mask"], "last"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_exported_files_take_the_umask_and_say_which_best_pt_they_are(runs, tmp_path):
+    """model.safetensors came out 0600 whatever the umask (the run's own files honour it), and
+    the folder did not say which best.pt it holds."""
+    import os
+    import stat
+
+    from fastleading.runfolder import best_digest
+
+    run = runs["bert"]
+    old = os.umask(0o022)
+    try:
+        assert main(["export", "--run", str(run), "--out", str(tmp_path / "emb.npy"), "--lm", str(tmp_path / "lm"),
+                     "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "lm").rglob("*") if p.is_file()] + [tmp_path / "emb.npy", tmp_path / "emb.run.json"]
+    assert any(p.name == "model.safetensors" for p in files)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o644}, modes
+    assert stat.S_IMODE((tmp_path / "lm").stat().st_mode) == 0o755
+    info = json.loads((tmp_path / "lm" / "fastleading.json").read_text())
+    assert info["best_sha256"] == best_digest(run)

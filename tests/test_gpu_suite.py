@@ -85,7 +85,8 @@ def _leading_steps(model: str, cache: Path, out: Path, device: str, kernels: str
     cfg = apply_overrides(Config(), [
         f"model.name={model}", f"data.cache_dir={cache}", "data.synthetic_nodes=240", "data.synthetic_classes=3",
         "data.synthetic_words=12", "data.max_length=16", "data.split=high-0", "train.batch_size=16",
-        "model.head_hidden=32", "model.head_dropout=0", "train.fill_bank=false", "train.precision=fp32",
+        "model.head_hidden=32", "model.head_dropout=0", "train.fill_bank=false", "train.head_warmup_epochs=0",
+        "train.precision=fp32",
         "train.bank_dtype=fp32", f"train.device={device}", f"train.kernels={kernels}",
         f"train.overlap={str(overlap).lower()}", "train.refresh_batch_size=32"])
     tr = build_trainer(cfg, out)

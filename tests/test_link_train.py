@@ -3,6 +3,7 @@ training graph, the evaluation against a brute-force reference, and runs end to 
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,42 @@ def test_a_step_never_sees_its_own_training_edges(tiny_bert, tmp_path, monkeypat
         lost[(node_ids == u).nonzero()] += 1
         lost[(node_ids == v).nonzero()] += 1
     torch.testing.assert_close(dinv.double(), (deg - lost + 1).rsqrt(), rtol=1e-6, atol=0)
+
+
+def test_the_degree_never_counts_the_batchs_own_edge_between_hubs(tiny_bert, tmp_path, monkeypatch):
+    """Hubs of degree 61, fanouts [10, 5]: most of the time neither endpoint of a hub-hub edge
+    draws the other, so the sampled CSR never held the edge; the normalisation must still leave
+    it out of both degrees (the full-graph degree counts it whether drawn or not)."""
+    import fastleading as fl
+
+    hubs, leaves = 6, 56  # 6 hubs joined to each other (5) and to 56 leaves each: degree 61
+    edges = [(a, b) for a in range(hubs) for b in range(a + 1, hubs)]
+    edges += [(h, hubs + h * leaves + j) for h in range(hubs) for j in range(leaves)]
+    n = hubs + hubs * leaves
+    graph = fl.graph_from_arrays(torch.tensor(edges).T, [f"node {i} text" for i in range(n)])
+    graph.save(tmp_path / "g")
+    cfg = link_config(tiny_bert, tmp_path / "c", "data.dataset=saved", f"data.root={tmp_path / 'g'}",
+                      "train.fanouts=10,5", "train.link_negatives=1", "data.link_split=85/5/10")
+    tr = build_trainer(cfg, tmp_path / "run")
+    seen = capture_propagations(tr, monkeypatch)
+    run, task = tr.run, tr.task
+    deg_all = tr.graph.rowptr[1:] - tr.graph.rowptr[:-1]
+    train_edges = task.split.train
+    hub_hub = [e for e in range(train_edges.shape[1]) if int(train_edges[:, e].max()) < hubs]
+    assert len(hub_hub) >= 5 and all(int(deg_all[u]) > 10 for u in range(hubs))
+    undrawn = 0
+    for e in hub_hub * 5:
+        u, v = (int(x) for x in train_edges[:, e])
+        targets = run.begin_batch(torch.tensor([e]))
+        sub = run.sampler.inner.sample(targets, seed=cfg.train.seed * 1_000_003 + run.step)
+        undrawn += (u, v) not in global_edges(sub.node_ids, sub.rowptr, sub.col)
+        task.step(run, torch.tensor([e]), None)
+        node_ids, _, _, dinv = seen[-1]
+        lost = ((node_ids == u) | (node_ids == v)).double()
+        expected = (deg_all[node_ids].double() - lost + 1).rsqrt()
+        torch.testing.assert_close(dinv.double(), expected, rtol=1e-6, atol=0, msg=f"edge ({u}, {v}) step {run.step}")
+        run.step += 1
+    assert undrawn > 0  # the test can fail: some steps never sampled their own edge
 
 
 @pytest.mark.parametrize("warm_start", ["auto", "history"])
@@ -286,13 +323,17 @@ def test_link_runs_report_the_metrics_of_their_best_pt(tiny_bert, tmp_path, meth
 def test_cli_train_task_link(tiny_bert, tmp_path, capsys):
     from fastleading.cli import main
 
-    rc = main(["train", "--task", "link", "--quiet", "--out", str(tmp_path / "run"), f"model.name={tiny_bert}",
+    rc = main(["train", "--task", "link", "--out", str(tmp_path / "run"), f"model.name={tiny_bert}",
                f"data.cache_dir={tmp_path / 'c'}", "data.synthetic_nodes=120", "data.max_length=12",
                "train.batch_size=32", "train.epochs=1", "model.head_hidden=16", "model.link_dim=8",
                "data.link_eval_negatives=10"])
     assert rc == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "link prediction on synthetic: best valid AUC" in out and "MRR" in out
+    # the progress names its metric (a bare 'valid 0.1539' read as accuracy) and the split counts edges
+    assert re.search(r"epoch 1/1 evaluated: valid MRR \d\.\d{4}$", err, re.M), err
+    assert re.search(r"^leading on synthetic: 120 nodes, split 85/5/10-seed0: \d+ train / \d+ valid / \d+ test "
+                     r"edges; run folder ", err, re.M), err
 
 
 def test_resumed_link_run_matches_an_uninterrupted_one(tiny_bert, tmp_path):
@@ -377,4 +418,11 @@ def test_dropping_edges_keeps_every_node_when_a_subgraph_has_as_many_edges_as_no
     out = sampler.sample(torch.tensor([10, 11]), seed=0)
     assert out.node_ids.tolist() == [10, 11, 12, 13]
     assert out.rowptr.tolist() == [0, 0, 1, 2, 2] and out.col.tolist() == [2, 1]
-    assert sampler.removed.tolist() == [1, 1, 0, 0]
+
+
+def test_edges_per_node_counts_each_undirected_edge_once_and_no_self_loop():
+    from fastleading.trainer.link import edges_per_node
+
+    # (0, 1) twice (once each way), a self loop on 2, (3, 0)
+    counts = edges_per_node(torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 2, 0]), 5)
+    assert counts.tolist() == [2, 1, 0, 1, 0]

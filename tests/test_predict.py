@@ -11,6 +11,7 @@ import torch
 
 from fastleading.cli import main
 from fastleading.data import load_dataset
+from fastleading.downstream import export_embeddings
 from fastleading.errors import FastleadingError
 from fastleading.linkmetrics import link_metrics
 from fastleading.methods import train_method
@@ -116,7 +117,8 @@ def test_a_new_copy_of_a_node_gets_that_nodes_prediction(node_run, tmp_path):
     assert np.abs(preds.logits[2] - eval_logits[neighbours[0]].numpy()).max() > 1e-4
     # default rows with new nodes: the new nodes; exported embeddings give the same outputs
     assert run.predict(new_nodes=nodes, new_edges=edges).ids == ["copy"]
-    np.save(tmp_path / "emb.npy", run.embeddings().float().numpy())
+    export_embeddings(root / "run", tmp_path / "emb.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), run.embeddings().float().cpu().numpy(), atol=1e-6)
     again = run.predict(["copy", str(v)], new_nodes=nodes, new_edges=edges, embeddings=tmp_path / "emb.npy")
     assert again.logits == pytest.approx(preds.logits[:2], abs=1e-5)
 
@@ -250,3 +252,76 @@ def test_new_nodes_encode_only_their_texts_once_best_pt_is_cached(node_run, tmp_
     changed.predict(new_nodes=nodes, new_edges=edges)
     assert changed.counter.totals["eval"] == N + 1
     assert json.loads((run_dir / BEST_EMBEDDINGS_META).read_text())["key"] == changed.cache_key()
+
+
+def test_predict_takes_only_embeddings_made_from_this_runs_best_pt(node_run, tmp_path, capsys):
+    """predict --embeddings accepted any .npy of the right shape: another run's emb.npy (or
+    this run's from before it trained on) gave predictions of weights it never had (issue 25)."""
+    import shutil
+
+    root = node_run[0]
+    run, emb = root / "run", tmp_path / "emb.npy"
+    assert main(["export", "--quiet", "--run", str(run), "--out", str(emb)]) == 0
+    assert main(["predict", "--quiet", "--run", str(run), "--embeddings", str(emb), "--out",
+                 str(tmp_path / "p.csv")]) == 0
+    # the memory-mapped file gave PyTorch's "NumPy array is not writable" warning (once a process:
+    # a fresh one, where any warning is an error)
+    import subprocess
+    import sys
+
+    code = (f"from fastleading.predict import TrainedRun; "
+            f"assert TrainedRun({str(run)!r}).load_embeddings({str(emb)!r}).shape[0] == {N}")
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    other = tmp_path / "other"  # the same run trained on: another best.pt
+    shutil.copytree(run, other)
+    state = torch.load(other / "best.pt", weights_only=True)
+    state["epoch"] = state.get("epoch", 0) + 1
+    torch.save(state, other / "best.pt")
+    capsys.readouterr()
+    assert main(["predict", "--quiet", "--run", str(other), "--embeddings", str(emb), "--out",
+                 str(tmp_path / "q.csv")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and "emb.npy" in line and "best.pt" in line, line
+    assert not (tmp_path / "q.csv").exists()
+    bare = tmp_path / "bare.npy"  # an .npy of the right shape that says nothing of where it came from
+    np.save(bare, np.load(emb))
+    assert main(["predict", "--quiet", "--run", str(run), "--embeddings", str(bare)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and "bare.npy" in line and "fastleading export" in line, line
+
+
+@pytest.mark.parametrize("nodes, message", [
+    # Latin-1: a UnicodeDecodeError traceback before
+    ("id,text\nx,café au lait\n".encode("latin-1"), "new_nodes.csv: line 2: not UTF-8 (byte 0xe9"),
+    # an unterminated quote swallowed the rest of the file, reported later as an unknown node id
+    (b'id,text\nx,"an open quote\ny,more text\n', "new_nodes.csv: line 2: the quote opened on this line is never "
+                                                    "closed"),
+    # a row holding only an id was accepted silently (an empty text is 'y,')
+    (b"id,text\nx,hello\ny\n", "new_nodes.csv: line 3: node 'y' has no text field"),
+])
+def test_encoding_quoting_and_id_only_faults_of_a_nodes_file_get_one_line(node_run, tmp_path, capsys, nodes,
+                                                                           message):
+    root = node_run[0]
+    (tmp_path / "new_nodes.csv").write_bytes(nodes)
+    (tmp_path / "new_edges.csv").write_text("src,dst\nx,1\n")
+    assert main(["predict", "--run", str(root / "run"), "--new-nodes", str(tmp_path / "new_nodes.csv"),
+                 "--new-edges", str(tmp_path / "new_edges.csv"), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_list_of_node_ids_may_start_with_a_byte_order_mark_and_must_be_utf8(node_run, tmp_path, capsys):
+    root = node_run[0]
+    (tmp_path / "ids.txt").write_bytes("\ufeffid\n17\n3\n".encode("utf-8"))  # Windows editors write one
+    assert main(["predict", "--run", str(root / "run"), "--nodes", str(tmp_path / "ids.txt"), "--out",
+                 str(tmp_path / "p.csv"), "--quiet"]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == ["17", "3"]
+    (tmp_path / "bad.txt").write_bytes("id\n17\ncaf\xe9\n".encode("latin-1"))
+    capsys.readouterr()
+    assert main(["predict", "--run", str(root / "run"), "--nodes", str(tmp_path / "bad.txt"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.txt: line 3: not UTF-8" in err, err

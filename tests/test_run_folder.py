@@ -49,12 +49,24 @@ def test_a_run_folder_is_refused_unless_resumed_or_overwritten(setup, tmp_path, 
     line = one_error_line(capsys)
     assert str(run) in line and "--resume" in line and "--overwrite" in line
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
-    (run / "curves.png").write_bytes(b"not a run file")
-    assert train(setup, run, "--overwrite", "--epochs", "1") == 0
+    # made from the old run by predict, plot and its trackers: stale beside a new run (issue 25)
+    derived = ["curves.png", "predictions.csv", "link-scores.csv", "wandb-run-id", "tensorboard/events.out.1",
+               "wandb/offline-run-1/run.wandb"]
+    for name in derived + ["notes.txt"]:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"of the old run")
+    assert main(["export", "--quiet", "--run", str(run), "--out", str(run / "emb.npy")]) == 0
+    capsys.readouterr()
+    root, model = setup  # not --quiet: the notice is on stderr
+    assert main(["train", "--out", str(run), *train_args(root / "data", root / "cache", model, "--overwrite",
+                                                            "--epochs", "1")]) == 0
+    # exports you named stay, but a line says they are the old run's (they went unmentioned)
+    assert "emb.npy kept, made from the best.pt of the run before it was replaced" in capsys.readouterr().err
     steps = [r["step"] for r in metrics(run) if "loss" in r]
     assert steps == list(range(1, STEPS_PER_EPOCH + 1))  # a new file: the old run's lines are gone
     assert json.loads((run / "summary.json").read_text())["steps"] == STEPS_PER_EPOCH
-    assert (run / "curves.png").read_bytes() == b"not a run file"  # only the run's own files are removed
+    assert not any((run / name.split("/")[0]).exists() for name in derived)
+    assert (run / "notes.txt").read_bytes() == b"of the old run"  # a file no run command makes stays
 
 
 def test_make_train_overwrites_its_default_folder():
@@ -142,8 +154,12 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_with_a_new_metrics
     (run / "summary.json").unlink()
     with open(run / "metrics.jsonl", "a") as f:  # what the killed attempt logged
         f.write(json.dumps({"step": 99, "epoch": 0, "loss": 9.0}) + "\n")
+    (run / "tensorboard").mkdir()  # and its trackers: a run that starts over must not mix their events in
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"the killed attempt")
+    (run / "predictions.csv").write_text("id\n")
     assert main(["train", "--resume", str(run)]) == 0
     assert "starting it over" in capsys.readouterr().err
+    assert not (run / "tensorboard").exists() and not (run / "predictions.csv").exists()
     assert [r["step"] for r in metrics(run) if "loss" in r] == list(range(1, STEPS_PER_EPOCH + 1))  # failed before
 
 
@@ -154,15 +170,90 @@ def test_config_changes_lists_every_differing_key():
     assert runfolder.config_changes(a, b, ignore=("model.alpha",)) == [("train.epochs", 3, 5)]
 
 
-def test_a_resume_that_changes_a_setting_writes_it_and_drops_the_old_summary(tmp_path, capsys):
+def test_a_resume_that_changes_a_setting_writes_it_and_drops_the_old_summary_once_under_way(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(apply_overrides(Config(), ["train.epochs=1"]).to_json())
+    runfolder.start_run_folder(run, apply_overrides(Config(), ["train.epochs=1"]))
+    config = (run / "config.json").read_bytes()
     (run / "checkpoint.pt").write_bytes(b"")
     (run / "summary.json").write_text("{}")
+    (run / "predictions.csv").write_text("id\n")
     runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=1"]))  # nothing changes: nothing written
     assert (run / "summary.json").exists() and capsys.readouterr().err == ""
     runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=2"]))
+    assert "resuming with train.epochs 1 -> 2" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == config and (run / "summary.json").exists()  # not yet
+    runfolder.resume_run_folder(run, apply_overrides(Config(), ["train.epochs=2"]))  # the run is under way
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
     assert not (run / "summary.json").exists()  # until the resumed run ends, it is not finished (clean keeps it)
-    assert "resuming with train.epochs 1 -> 2" in capsys.readouterr().err
+    assert not (run / "predictions.csv").exists()  # made from the old best.pt
+
+
+def test_a_resume_that_fails_leaves_the_finished_run_as_it_was(setup, tmp_path, capsys):
+    """`--resume R --epochs 3 data.cache_dir=/proc/forbidden` wrote the new config.json and
+    deleted summary.json before failing with a raw traceback: the finished run was lost."""
+    from fastleading.api import load_run
+
+    run = tmp_path / "run"
+    assert train(setup, run, "--epochs", "1") == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--quiet", "--resume", str(run), "--epochs", "3", "data.cache_dir=/proc/forbidden"]) == 2
+    line = one_error_line(capsys)
+    assert "/proc/forbidden" in line and "data.cache_dir" in line, line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert load_run(run).summary["steps"] == STEPS_PER_EPOCH
+
+
+def test_a_run_folder_works_from_any_directory_after_a_move_and_takes_root(setup, tmp_path, monkeypatch, capsys):
+    """config.json stored data.root as given ('data', relative to where train ran): predict,
+    export and --resume from another directory failed ("data.root 'data' is not a folder"), and
+    predict had no --root for data that moved."""
+    import shutil
+
+    root, model = setup
+    made = tmp_path / "made"
+    shutil.copytree(root / "data", made / "data")
+    monkeypatch.chdir(made)
+    assert main(["train", "--quiet", "--out", "runs/x", *train_args(Path("data"), Path("cache"), model,
+                                                                      "--epochs", "1")]) == 0
+    shutil.move(made / "runs" / "x", tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run = "../moved"
+    assert main(["predict", "--quiet", "--run", run]) == 0
+    assert main(["export", "--quiet", "--run", run, "--out", "emb.npy"]) == 0
+    assert main(["train", "--quiet", "--resume", run, "--epochs", "2"]) == 0
+    assert json.loads((tmp_path / "moved" / "summary.json").read_text())["steps"] == 2 * STEPS_PER_EPOCH
+    # the data moved too: one line naming data.root, then --root says where it is now
+    shutil.move(made / "data", tmp_path / "data-now")
+    capsys.readouterr()
+    assert main(["predict", "--quiet", "--run", run]) == 2
+    assert "data.root" in one_error_line(capsys)
+    assert main(["predict", "--quiet", "--run", run, "--root", "../data-now", "--device", "cpu"]) == 0
+    assert main(["export", "--quiet", "--run", run, "--root", "../data-now", "--out", "emb2.npy"]) == 0
+    assert main(["train", "--quiet", "--resume", run, "--root", "../data-now", "--epochs", "3"]) == 0
+
+
+def test_config_json_stores_the_split_the_run_used_so_a_resume_may_name_it(setup, tmp_path, capsys):
+    """config.json stored data.split '' while summary.json said 'given': `--resume R --split given`
+    was refused as a change of data.split."""
+    run = tmp_path / "run"
+    assert train(setup, run, "--epochs", "1") == 0
+    split = json.loads((run / "summary.json").read_text())["split"]
+    assert split and json.loads((run / "config.json").read_text())["data"]["split"] == split
+    assert main(["train", "--quiet", "--resume", str(run), "--split", split, "--epochs", "2"]) == 0
+
+
+def test_a_resume_from_python_with_the_split_left_out_takes_the_runs_own(tmp_path):
+    """config.json stores the split the run used; a resume given a config made anew (data.split
+    '' = the dataset's default) was refused as a change of data.split."""
+    run = tmp_path / "run"
+    run.mkdir()
+    runfolder.start_run_folder(run, apply_overrides(Config(), ["train.epochs=1"]), default_split="low-0")
+    (run / "checkpoint.pt").write_bytes(b"")
+    again = apply_overrides(Config(), ["train.epochs=1"])
+    runfolder.check_resume(run, again)
+    assert again.data.split == "low-0"
+    with pytest.raises(runfolder.FastleadingError, match="cannot resume with data.split='high-0'"):
+        runfolder.check_resume(run, apply_overrides(Config(), ["train.epochs=1", "data.split=high-0"]))

@@ -29,7 +29,8 @@ def study_args(root: Path, model: str, *extra: str) -> list[str]:
             "--override", f"data.cache_dir={root / 'cache'}", "--override", "data.synthetic_nodes=240",
             "data.synthetic_classes=3", "data.synthetic_words=12", "data.max_length=16", "train.batch_size=20",
             "train.eval_batch_size=240", "train.log_every=1", "model.head_hidden=16", "model.eval_iters=5",
-            "train.downstream_epochs=5", "train.fill_bank=false", *extra]
+            # the bank fill stays on: LEADING's head warm-up (auto) trains on it
+            "train.downstream_epochs=5", *extra]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -255,3 +256,21 @@ def test_one_run_shows_its_value_without_a_spread():
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
     assert "±" not in rows["leading"] and "| 71.0 | 71.0 | 9 |" in rows["leading"]
     assert "| 72.0 ± 2.8 | 72.0 ± 2.8 | 9 ± 0 |" in rows["shallow"]
+
+
+def test_study_takes_the_data_flags_train_has(monkeypatch):
+    """`study --root`, `--max-length` and `--cache-dir` were unknown flags (train has them)."""
+    from fastleading.errors import FastleadingError
+
+    seen = {}
+
+    def fake_run_study(base, out, **kw):
+        seen["base"] = base
+        raise FastleadingError("stop here")
+
+    monkeypatch.setattr(study_module, "run_study", fake_run_study)
+    assert main(["study", "--quiet", "--dataset", "custom", "--root", "mydata", "--max-length", "24",
+                 "--cache-dir", "cache", "train.batch_size=8"]) == 2
+    data = seen["base"].data
+    assert (data.dataset, data.root, data.max_length, data.cache_dir) == ("custom", "mydata", 24, "cache")
+    assert seen["base"].train.batch_size == 8

@@ -28,7 +28,11 @@ from tiny_models import save_tiny_model
 # progress-bar control codes and what the libraries print on their own
 NOISE = ("\r", "\x1b[", "[WARNING]", "Setting accelerator", "Loading weights", "Writing model shards", "it/s",
          "Warning:")
-PROGRESS_LINE = re.compile(r"^leading: step \d+/6, epoch ([12])/2 evaluated: loss \d\.\d{4}, valid [01]\.\d{4}$")
+# an evaluation line shows the evaluation (it repeated the last logged loss, steps old)
+PROGRESS_LINE = re.compile(r"^leading: step \d+/6, epoch ([12])/2 evaluated: valid [01]\.\d{4}$")
+# what is trained, on what, into which folder (there was no start line)
+START_LINE = re.compile(r"^leading on custom: 60 nodes, split given: 36 train / 12 valid / 12 test nodes; "
+                        r"run folder (.+)$")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,9 @@ def test_a_redirected_quickstart_prints_no_bars_and_no_library_noise(setup, tmp_
                          *train_args(root / "data", tmp_path / "cache", model))
     assert code == 0, err
     assert_clean(out, err)  # failed before: \r and cursor-up codes of the nested bars, "Loading weights"
-    assert [PROGRESS_LINE.match(line).group(1) for line in err.splitlines()] == ["1", "2"]  # one line per evaluation
+    lines = err.splitlines()
+    assert START_LINE.match(lines[0]).group(1) == str(run), lines[0]
+    assert [PROGRESS_LINE.match(line).group(1) for line in lines[1:]] == ["1", "2"]  # one line per evaluation
     assert out.splitlines() == [out.splitlines()[0], f"summary: {run / 'summary.json'}"]
 
     code, out, err = cli(tmp_path, "export-lm", "export", "--run", str(run), "--lm", str(run / "lm"))
@@ -151,4 +157,6 @@ def test_a_study_shows_each_runs_progress_when_redirected(setup, tmp_path, capfd
     assert f"[2/2] seed 0 given shallow: training in {runs / 'shallow-given-seed0'}" in lines
     assert [line[:26] for line in lines if "(trained" in line] == ["[1/2] seed 0 given leading",
                                                                    "[2/2] seed 0 given shallow"]
-    assert [PROGRESS_LINE.match(line).group(1) for line in err.splitlines()] == ["1", "2"]
+    err_lines = err.splitlines()
+    assert START_LINE.match(err_lines[0]).group(1) == str(runs / "leading-given-seed0"), err_lines[0]
+    assert [PROGRESS_LINE.match(line).group(1) for line in err_lines[1:]] == ["1", "2"]

@@ -170,23 +170,95 @@ print("RESULT " + json.dumps(result))
 """
 
 
+def run_worker(worker: str, out: Path) -> dict:
+    """Run a worker script (its ``tests`` and ``out`` filled in) in a process without launcher
+    variables, as a plain `fastleading train --deepspeed`; the dict it printed as ``RESULT``."""
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "OMP_NUM_THREADS": "1"}
+    code = worker.format(tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    return json.loads(line[len("RESULT "):])
+
+
 def test_resume_refuses_a_deepspeed_file_that_carries_code_before_deepspeed_reads_it(tmp_path):
     """DeepSpeed loads its checkpoint files with torch.load(weights_only=False): a run folder whose
     engine files carry an object with a __reduce__ side effect ran it on --resume. A real zero1
     run folder, one of the two files DeepSpeed reads replaced by a copy carrying such an object."""
-    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
-    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "OMP_NUM_THREADS": "1"}
-    code = TAMPER_WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    result = json.loads(line[len("RESULT "):])
+    result = run_worker(TAMPER_WORKER, tmp_path)
     assert {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"} <= set(result["files"])
     for victim in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
         assert result["ran-" + victim] is False, f"resuming ran the code pickled into {victim}"
         message = result[victim]
         assert message.startswith(str(tmp_path / victim / "deepspeed" / "step2" / victim) + ": refused"), message
         assert "io.open" in message and "\n" not in message
+
+
+UNSAFE_LOAD_WORKER = """
+import json, shutil, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, {tests!r})
+from test_checkpoint import SideEffect
+from test_train_distributed import ds_config, tiny_model_without_dropout
+from fastleading import zero
+from fastleading.errors import FastleadingError
+from fastleading.trainer.loop import train
+
+out = Path({out!r})
+model = tiny_model_without_dropout(out / "model")
+universal = out / "universal.json"
+universal.write_text(json.dumps({{"zero_optimization": {{"stage": 1}}, "checkpoint": {{"load_universal": True}}}}))
+cfg = lambda spec, steps: ds_config(model, out / "cache", f"train.deepspeed={{spec}}", f"train.max_steps={{steps}}")
+result = {{}}
+
+def resume(name, spec):
+    try:
+        train(cfg(spec, 4), out / name, resume=True, quiet=True)
+        result[name] = "resumed"
+    except FastleadingError as e:
+        result[name] = str(e)
+    except Exception as e:  # noqa: BLE001 (the old code: DeepSpeed failed on the payload after running it)
+        result[name] = "raised " + type(e).__name__
+    result["ran-" + name] = (out / ("ran-" + name)).exists()
+
+# 1. load_universal: DeepSpeed reads stepN/zero/optimizer_state.pt; zero/ is a symlink (rglob skipped it)
+train(cfg(universal, 2), out / "symlinked", quiet=True)
+elsewhere = out / "elsewhere" / "zero"
+elsewhere.mkdir(parents=True)
+torch.save({{"note": SideEffect(out / "ran-symlinked")}}, elsewhere / "optimizer_state.pt")
+(out / "symlinked" / "deepspeed" / "step2" / "zero").symlink_to(elsewhere, target_is_directory=True)
+resume("symlinked", universal)
+
+# 2. a file swapped after any check, before DeepSpeed reads it
+train(cfg("zero1", 2), out / "swapped", quiet=True)
+victim = out / "swapped" / "deepspeed" / "step2" / "mp_rank_00_model_states.pt"
+state = torch.load(victim, weights_only=False)  # the test's own file: trusted
+state["note"] = SideEffect(out / "ran-swapped")
+checked = zero.verify_engine_files
+
+def check_then_swap(tag_dir):
+    checked(tag_dir)
+    torch.save(state, victim)
+
+zero.verify_engine_files = check_then_swap
+resume("swapped", "zero1")
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_resume_never_unpickles_code_deepspeed_reads_symlinked_swapped_or_universal(tmp_path):
+    """The pre-check walked the tag folder with rglob("*.pt"), which does not enter a symlinked
+    folder (Python 3.11), and a file replaced after it was read as it was: in both cases, with
+    load_universal too, DeepSpeed's torch.load(weights_only=False) ran the payload. Every load
+    DeepSpeed makes during a resume must itself be weights-only."""
+    result = run_worker(UNSAFE_LOAD_WORKER, tmp_path)
+    for name in ("swapped", "symlinked"):
+        assert result["ran-" + name] is False, f"resuming the {name} run ran the code pickled into it"
+        message = result[name]
+        assert "refused" in message and "io.open" in message and "\n" not in message, message
+        assert message.startswith(str(tmp_path / name / "deepspeed" / "step2")), message
 
 
 def test_verify_engine_files_takes_what_deepspeed_stores_and_refuses_a_foreign_tag(tmp_path):

@@ -146,7 +146,7 @@ def base_config(args, model_path: Path, seq: int, batch: int, method: str, overl
         f"data.cache_dir={cache}", "data.split=high-0",
         f"model.name={model_path}", "model.random_init=true",
         f"train.method={method}", f"train.batch_size={batch}", f"train.overlap={str(overlap).lower()}",
-        "train.fill_bank=false", f"train.device={args.device}", f"train.precision={args.precision}",
+        "train.fill_bank=false", "train.head_warmup_epochs=0", f"train.device={args.device}", f"train.precision={args.precision}",
     ])
 
 

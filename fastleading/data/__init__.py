@@ -95,7 +95,13 @@ def load_dataset(cfg: "DataConfig") -> TextAttributedGraph:
     """The dataset named by ``cfg.dataset``: from the cache, else built and cached."""
     path = graph_dir(cfg)
     if not (path / "meta.json").is_file():
-        dataset_entry(cfg.dataset).build(cfg).save(path, overwrite=False)
+        graph = dataset_entry(cfg.dataset).build(cfg)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FastleadingError(f"data.cache_dir '{cfg.cache_dir}': cannot create the folder {path.parent} "
+                                   f"({e.strerror})") from None
+        graph.save(path, overwrite=False)
     return TextAttributedGraph.load(path)
 
 

@@ -37,10 +37,11 @@ outside the classes, unknown split name) is reported with the file and line.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -89,9 +90,40 @@ def options(cfg: "DataConfig") -> dict:
     return {"files": fingerprint([p for p in (nodes, edges, classes) if p is not None])}
 
 
+def not_utf8(path: Path) -> FastleadingError:
+    """The one line for a text file that is not UTF-8: the line and the byte where it stops
+    being UTF-8 (found on this error path only, by decoding the whole file again)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode(ENCODING)
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        return FastleadingError(f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}; "
+                                "Latin-1 or Windows-1252?); save the file as UTF-8")
+    return FastleadingError(f"{path}: not UTF-8; save the file as UTF-8")
+
+
+@contextlib.contextmanager
+def text_faults(path: Path, line: Callable[[], int]) -> Iterator[None]:
+    """Turn what reading the text file ``path`` can meet into one line each: bytes that are not
+    UTF-8, and CSV quoting that does not close (``line()``: where the row being read starts)."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    except csv.Error as e:
+        where = f"{path}: line {line()}"
+        if "unexpected end of data" in str(e):
+            raise FastleadingError(f"{where}: the quote opened on this line is never closed (the file ends inside "
+                                   "the quoted field); close it, or double a quote that is part of the text "
+                                   '(\"\")') from None
+        raise FastleadingError(f"{where}: malformed CSV ({e})") from None
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding=ENCODING, newline="") as f:
-        reader = csv.DictReader(f)
+    last = 0
+    with open(path, encoding=ENCODING, newline="") as f, text_faults(path, lambda: last + 1):
+        reader = csv.DictReader(f, strict=True)
         if reader.fieldnames is None:
             raise FastleadingError(f"{path}: empty file (expected a header line 'id,text[,label][,split]')")
         fields = [c.strip() for c in reader.fieldnames]
@@ -103,12 +135,17 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
         last = reader.line_num
         for row in reader:
             # A quoted text may span several lines: report the line where the row starts.
+            nid = (row.get("id") or "").strip()
+            if row.get("text") is None and nid:
+                raise FastleadingError(f"{path}: line {last + 1}: node '{nid}' has no text field (expected "
+                                       f"{','.join(fields)}; an empty text is written '{nid},')")
             yield last + 1, {k: (v or "") for k, v in row.items() if k is not None}
             last = reader.line_num
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding=ENCODING) as f:
+    line_no = 0
+    with open(path, encoding=ENCODING) as f, text_faults(path, lambda: line_no + 1):
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -209,13 +246,15 @@ def class_indices(raw: list[object], lines: list[int], path: Path,
 
 
 def read_edges(path: Path, node_of: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    src, dst = [], []
-    with open(path, encoding=ENCODING, newline="") as f:
-        reader = csv.reader(f)
+    src, dst, last = [], [], 0
+    with open(path, encoding=ENCODING, newline="") as f, text_faults(path, lambda: last + 1):
+        reader = csv.reader(f, strict=True)
         header = next(reader, None)
+        last = reader.line_num
         if header is None or [h.strip() for h in header] != ["src", "dst"]:
             raise FastleadingError(f"{path}: line 1: expected the header 'src,dst', got {','.join(header or [])!r}")
         for row in reader:
+            last = reader.line_num  # a row read whole: a fault of the next one starts after it
             if not row or all(not v.strip() for v in row):
                 continue
             if len(row) != 2:

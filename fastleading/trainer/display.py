@@ -1,10 +1,11 @@
 """A training run's progress on the terminal.
 
+First one line saying what is trained, on what and into which folder (:func:`start_line`).
 On a terminal, a bar of the run's steps whose postfix shows the last logged loss and the last
 evaluation, refreshed as soon as either happens. Redirected to a file (stderr not a terminal),
-plain lines instead, no carriage returns or cursor movements: one after every evaluation and,
-at the logging points, one at most every :data:`PLAIN_SECONDS`. Quiet: nothing.
-See :mod:`fastleading.console`.
+plain lines instead, no carriage returns or cursor movements: one after every evaluation (its
+validation value, named: ``valid MRR`` for link prediction) and, at the logging points, one at
+most every :data:`PLAIN_SECONDS`. Quiet: nothing. See :mod:`fastleading.console`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,34 @@ from fastleading import console
 PLAIN_SECONDS = 60.0
 
 
+def start_line(method: str, dataset: str, num_nodes: int, split: str, sizes: tuple[int, int, int], unit: str,
+               out_dir, resume: bool) -> str:
+    """``leading on citeseer-tag: 3,186 nodes, split low-0: 120 train / 500 valid / 1,000 test
+    nodes; run folder runs/x`` (``unit``: what the split counts, nodes or edges)."""
+    train, valid, test = sizes
+    return (f"{method} on {dataset}: {num_nodes:,} nodes, split {split}: {train:,} train / {valid:,} valid / "
+            f"{test:,} test {unit}; run folder {out_dir}" + (" (resuming)" if resume else ""))
+
+
+def show_start(tr, out_dir, resume: bool) -> None:
+    """Print the :func:`start_line` of the trainer ``tr`` on stderr unless it is quiet."""
+    if tr.quiet or console.is_quiet():
+        return
+    cfg, split = tr.cfg, tr.split
+    name = tr.task.split.name if tr.task is not None else cfg.data.split or tr.graph.default_split
+    print(start_line(cfg.train.method, cfg.data.dataset, tr.graph.num_nodes, name,
+                     (len(split.train), len(split.valid), len(split.test)),
+                     "nodes" if tr.task is None else "edges", out_dir, resume), file=sys.stderr, flush=True)
+
+
 class StepDisplay:
     """Progress of ``total`` steps, from ``initial`` (a resumed run), over ``epochs`` epochs;
-    ``valid`` is the last evaluation's validation value before this call (NaN: none yet)."""
+    ``valid`` is the last evaluation's validation value before this call (NaN: none yet),
+    ``metric`` its name in the lines (``valid``: accuracy; ``valid MRR``...)."""
 
-    def __init__(self, desc: str, total: int, initial: int, epochs: int, quiet: bool, valid: float = math.nan):
-        self.desc, self.total, self.step, self.epochs = desc, total, initial, epochs
+    def __init__(self, desc: str, total: int, initial: int, epochs: int, quiet: bool, valid: float = math.nan,
+                 metric: str = "valid"):
+        self.desc, self.total, self.step, self.epochs, self.metric = desc, total, initial, epochs, metric
         self.epoch, self.loss, self.valid = 0, math.nan, valid
         self.bar = console.bar(total=total, initial=initial, desc=desc, unit="step") \
             if console.bars_enabled(quiet) else None
@@ -59,7 +82,8 @@ class StepDisplay:
         self.bar.set_postfix(loss=f"{self.loss:.3f}", valid=f"{self.valid:.3f}")
 
     def _line(self, step: int, evaluated: bool = False) -> None:
-        what = f"epoch {self.epoch}/{self.epochs} evaluated" if evaluated else f"epoch {self.epoch + 1}/{self.epochs}"
-        print(f"{self.desc}: step {step}/{self.total}, {what}: loss {self.loss:.4f}, valid {self.valid:.4f}",
-              file=sys.stderr, flush=True)
+        # an evaluation line shows the evaluation only (the last logged loss may be steps old)
+        what = (f"epoch {self.epoch}/{self.epochs} evaluated: {self.metric} {self.valid:.4f}" if evaluated
+                else f"epoch {self.epoch + 1}/{self.epochs}: loss {self.loss:.4f}, {self.metric} {self.valid:.4f}")
+        print(f"{self.desc}: step {step}/{self.total}, {what}", file=sys.stderr, flush=True)
         self._last_line = time.monotonic()

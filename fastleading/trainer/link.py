@@ -10,7 +10,8 @@ exactly :func:`fastleading.trainer.steps.leading_step` (and ``coupled_step`` /
   graph without any validation / test edge, :func:`fastleading.data.link_split.training_graph`),
   and this batch's own training edges are dropped from the sampled CSR, both directions
   (:class:`EdgeDroppingSampler`); the full-graph normalisation ``D̃^{-1/2}`` of their endpoints
-  is corrected for the dropped edges, so not even their degree tells the model about them;
+  leaves out every edge of the batch, sampled or not (a hub that did not draw its partner still
+  counts it in its full-graph degree), so not even their degree tells the model about them;
 * ``loss``: the decoder (:class:`fastleading.linkdecoder.LinkDecoder`) scores the pairs from the
   targets' propagated representations; binary cross-entropy, ``mean over positives + mean over
   negatives`` (OGB's ogbl-citation2 example).
@@ -54,12 +55,11 @@ class LinkBatch:
 class EdgeDroppingSampler:
     """Wraps a :class:`fastleading.sampler.NeighborSampler`: each sample drops the pairs set in
     :attr:`drop` (local ids of the targets, which come first in every sample) from the
-    sampled CSR, and records how many edges each local node lost (:attr:`removed`)."""
+    sampled CSR."""
 
     def __init__(self, inner):
         self.inner = inner
         self.drop: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.removed: torch.Tensor | None = None  # int64 [n] of the last sample, on the CPU
 
     def __getattr__(self, name):  # everything else (rowptr, col, fanouts, ...) is the inner sampler's
         return getattr(self.inner, name)
@@ -67,12 +67,19 @@ class EdgeDroppingSampler:
     def sample(self, targets, seed: int):
         sub = self.inner.sample(targets, seed)
         if self.drop is None:
-            self.removed = None
             return sub
         rowptr, col, _ = drop_edges(sub.rowptr, sub.col, *self.drop)
-        self.removed = (sub.rowptr[1:] - sub.rowptr[:-1]) - (rowptr[1:] - rowptr[:-1])
         # col is the sample's only per-edge array (who-drew-whom draws are refused for link runs)
         return dataclasses.replace(sub, rowptr=rowptr, col=col)
+
+
+def edges_per_node(src: torch.Tensor, dst: torch.Tensor, n: int) -> torch.Tensor:
+    """How many of the distinct undirected edges ``(src, dst)`` (self loops left out) touch
+    each of the nodes ``0 .. n-1``: int64 ``[n]``."""
+    keep = src != dst
+    a, b = torch.minimum(src, dst)[keep], torch.maximum(src, dst)[keep]
+    pairs = torch.unique(a * n + b)
+    return torch.bincount(torch.cat([pairs // n, pairs % n]), minlength=n)
 
 
 @dataclass
@@ -81,6 +88,8 @@ class LinkRun(Run):
 
     link: "LinkTask | None" = None
     batch: LinkBatch | None = None
+    # per target of the batch (CPU): its training edges in the batch, which its degree must not count
+    batch_degree: torch.Tensor | None = None
 
     @classmethod
     def from_run(cls, run: Run, task: "LinkTask") -> "LinkRun":
@@ -102,15 +111,18 @@ class LinkRun(Run):
         pos_src, pos_dst, neg_dst = local[:b], local[b:2 * b], local[2 * b:].view(b, k)
         if isinstance(self.sampler, EdgeDroppingSampler):
             self.sampler.drop = (pos_src, pos_dst)
+        self.batch_degree = edges_per_node(pos_src, pos_dst, len(targets))
         self.batch = LinkBatch(*(transfer.to_device(t, self.device) for t in (pos_src, pos_dst, neg_dst)))
         return targets
 
     def sample(self, targets: torch.Tensor) -> Subgraph:
         sub = super().sample(targets)
-        removed = getattr(self.sampler, "removed", None)
-        if isinstance(sub.dinv, torch.Tensor) and removed is not None:
-            # the full-graph degree of a dropped edge's endpoints, less the dropped edges
-            deg = torch.round(sub.dinv.double().pow(-2)) - transfer.to_device(removed, self.device).double()
+        if isinstance(sub.dinv, torch.Tensor) and self.batch_degree is not None:
+            # the full-graph degree of the batch's endpoints (the targets come first), less the
+            # batch's edges, whether the sample drew them or not
+            lost = torch.zeros(len(sub.dinv), dtype=torch.float64)
+            lost[:len(self.batch_degree)] = self.batch_degree.double()
+            deg = torch.round(sub.dinv.double().pow(-2)) - transfer.to_device(lost, self.device)
             sub = dataclasses.replace(sub, dinv=deg.rsqrt().to(sub.dinv.dtype))
         return sub
 

@@ -37,10 +37,11 @@ from fastleading.distributed import (DistEnv, all_reduce_mean, barrier, broadcas
                                      is_distributed, is_main)
 from fastleading.encode import EncodeCounter
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write_text, remove_stale_temp_files
+from fastleading.io import remove_stale_temp_files
 from fastleading.overlap import RefreshStream
 from fastleading.precision import resolve_device, resolve_precision
 from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
+from fastleading.runfolder import resume_run_folder, start_run_folder
 from fastleading.sampler import NeighborSampler
 from fastleading.tracking import open_tracker
 from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
@@ -175,12 +176,13 @@ def record_evaluation(tr: Trainer, log: MetricsLog, acc: dict, iters: int) -> bo
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train an LM method with ``cfg`` and write the run folder; returns the summary dict."""
-    from fastleading.trainer.display import StepDisplay
+    from fastleading.trainer.display import StepDisplay, show_start
 
     out_dir = Path(out_dir)
     start_time = clock()
     tr = build_trainer(cfg, out_dir, quiet=quiet)
     tr.quiet = quiet or not is_main()  # known once build_trainer has joined the process group
+    show_start(tr, out_dir, resume)
     run, progress, t, env = tr.run, tr.progress, cfg.train, tr.env
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,9 +192,11 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         remove_stale_temp_files(out_dir)  # a killed run may have died inside an atomic write
     if resume and load_checkpoint(run, progress, tr.refresh_order, out_dir):
         resumed_from = run.step
+        if is_main():  # under way: only now may the resume change the run folder
+            resume_run_folder(out_dir, cfg, tr.graph.default_split)
     else:
         if is_main():
-            atomic_write_text(out_dir / "config.json", cfg.to_json())
+            start_run_folder(out_dir, cfg, tr.graph.default_split)
         if run.bank is not None and t.fill_bank:
             encode_graph(tr, "fill bank", "fill")  # writes every row of the bank at step 0
             progress.bank_fresh_epoch = 0  # pipeline 2 rests in the first epoch
@@ -209,7 +213,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
     profiler = StepProfiler(out_dir, t.profile and is_main())
     display = StepDisplay(t.method, total_steps, run.step, t.epochs, tr.quiet,
-                          progress.history[-1]["valid"] if progress.history else float("nan"))
+                          progress.history[-1]["valid"] if progress.history else float("nan"),
+                          "valid" if tr.task is None else f"valid {t.link_select.upper()}")
     saved_at, saved_time = resumed_from, clock()
     earlier_wall_s = progress.wall_time_s  # the killed or stopped attempts' time, up to their checkpoint
 
