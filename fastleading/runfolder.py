@@ -91,6 +91,21 @@ def read_run_config(run_dir: Path, what: str = "not a run folder", overrides: Se
     return apply_overrides(cfg, list(overrides)) if overrides else cfg
 
 
+def run_device(run_dir: Path, cfg: Config):
+    """The ``torch.device`` a command that reads the run uses: ``cfg.train.device`` (the run's,
+    or the ``--device`` given). A GPU run on a machine without one is one line saying how to
+    choose another."""
+    import torch
+
+    from fastleading.precision import resolve_device
+
+    name = cfg.train.device
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FastleadingError(f"{run_dir}: the run's train.device is {name} (its config.json) and this machine has "
+                               "no CUDA device; pass --device cpu (Python: fastleading.load_run(run, device='cpu'))")
+    return resolve_device(name)
+
+
 def stored_config(run_dir: Path, cfg: Config, default_split: str = "") -> Config:
     """``cfg`` as ``config.json`` stores it (see the module docstring): ``data.cache_dir`` and
     ``data.root`` absolute (the default root resolved now), ``data.root`` relative to

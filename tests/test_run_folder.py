@@ -276,6 +276,36 @@ def test_a_run_folder_works_from_any_directory_after_a_move_and_takes_root(setup
     assert main(["train", "--quiet", "--resume", run, "--root", "../data-now", "--epochs", "3"]) == 0
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without a GPU")
+def test_a_run_trained_on_cuda_predicts_and_exports_on_a_cpu_machine_with_device_cpu(setup, tmp_path, capsys):
+    """A run whose config.json says cuda could not be used on a machine without a GPU short of
+    editing config.json. A copied run folder, its device set to cuda: without an override,
+    predict, export and the Python API stop in one line saying how to choose the device (before
+    any dataset or model loads); with --device cpu (device='cpu') they work."""
+    import shutil
+
+    from fastleading import FastleadingError, load_run
+
+    made, run = tmp_path / "made", tmp_path / "gpu-run"
+    assert train(setup, made, "--epochs", "1") == 0
+    shutil.copytree(made, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    for argv in (["predict", "--quiet", "--run", str(run)],
+                 ["export", "--quiet", "--run", str(run), "--out", str(tmp_path / "emb.npy")]):
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert str(run) in line and "cuda" in line and "--device cpu" in line, line
+        assert main([*argv, "--device", "cpu"]) == 0
+    assert (run / "predictions.csv").is_file() and (tmp_path / "emb.npy").is_file()
+    with pytest.raises(FastleadingError, match="device='cpu'"):
+        load_run(run).predict()
+    probs = load_run(run, device="cpu").predict().probs
+    assert probs.shape[0] == 60 and torch.allclose(torch.as_tensor(probs).sum(1), torch.ones(60), atol=1e-5)
+
+
 def test_config_json_stores_the_split_the_run_used_so_a_resume_may_name_it(setup, tmp_path, capsys):
     """config.json stored data.split '' while summary.json said 'given': `--resume R --split given`
     was refused as a change of data.split."""
