@@ -159,7 +159,10 @@ def test_a_study_shows_each_runs_progress_when_redirected(setup, tmp_path, capfd
                                                                    "[2/2] seed 0 given shallow"]
     err_lines = err.splitlines()
     assert START_LINE.match(err_lines[0]).group(1) == str(runs / "leading-given-seed0"), err_lines[0]
-    assert [PROGRESS_LINE.match(line).group(1) for line in err_lines[1:]] == ["1", "2"]
+    # the default head warm-up (train.downstream_epochs=5 epochs, full batch): its start and end lines
+    assert err_lines[1] == "leading: head warm-up, 5 epochs of the head on the frozen LM's embeddings (full batch)"
+    assert err_lines[2].startswith("leading: head warm-up done: 5 epochs in "), err_lines[2]
+    assert [PROGRESS_LINE.match(line).group(1) for line in err_lines[3:]] == ["1", "2"]
 
 
 WARMUP_EPOCH_LINE = re.compile(r"^leading: head warm-up epoch (\d)/3: valid [01]\.\d{4}, best [01]\.\d{4} "
