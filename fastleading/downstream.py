@@ -193,16 +193,16 @@ def run_embeddings(run_dir: Path, quiet: bool = True, overrides: Sequence[str] =
     (``overrides``: see :func:`fastleading.runfolder.read_run_config`)."""
     from fastleading.data import prepare
     from fastleading.encode import encode_all
-    from fastleading.precision import resolve_device, resolve_precision
-    from fastleading.runfolder import read_run_config, require_best
+    from fastleading.precision import resolve_precision
+    from fastleading.runfolder import read_run_config, require_best, run_device
     from fastleading.trainer.model import load_best
 
     cfg = read_run_config(run_dir, overrides=overrides)
+    device = run_device(run_dir, cfg)  # before anything is loaded
     if cfg.train.method in FIXED_FEATURE_METHODS:
         return cfg, *pretrained_or_shallow(cfg, quiet)
     require_best(run_dir)  # before the dataset and the model are loaded
     graph, tokens = prepare(cfg)
-    device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
     model = load_best(run_dir, cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype).to(device)
     emb = encode_all(model.encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet,

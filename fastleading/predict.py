@@ -206,8 +206,8 @@ class TrainedRun:
 
     def __init__(self, run_dir: str | Path, quiet: bool = True, overrides: Sequence[str] = ()):
         from fastleading.data import prepare
-        from fastleading.runfolder import read_run_config, require_best
-        from fastleading.precision import resolve_device, resolve_precision
+        from fastleading.runfolder import read_run_config, require_best, run_device
+        from fastleading.precision import resolve_precision
         from fastleading.trainer.model import load_best
 
         self.run_dir = Path(run_dir)
@@ -218,13 +218,13 @@ class TrainedRun:
                                    f"a GNN on fixed features in one go); prediction needs a run of "
                                    f"{', '.join(LM_METHODS)}")
         require_best(self.run_dir)  # before the dataset and the model are loaded
+        self.device = run_device(self.run_dir, cfg)
         self.graph, self.tokens = prepare(cfg)
         self.propagation_graph = self.graph
         if cfg.train.task == "link":  # trained and evaluated on the training graph
             from fastleading.data import link_view
 
             self.propagation_graph, _ = link_view(cfg, self.graph)
-        self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, self.device)
         self.model = load_best(self.run_dir, cfg, self.graph.num_nodes, self.graph.num_classes,
                                self.precision.bank_dtype).to(self.device)
