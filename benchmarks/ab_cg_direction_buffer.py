@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from fastleading import nn as fnn
-from fastleading import ops
+from fastleading.models import appnp as fnn
+from fastleading.engine import ops
 from fastleading.config import Config, apply_overrides
 from fastleading.data import load_dataset
 

@@ -27,8 +27,8 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.bench.sampler import machine
 from fastleading.config import Config, apply_overrides
-from fastleading.encode import encode_nodes
-from fastleading.precision import resolve_precision
+from fastleading.models.encode import encode_nodes
+from fastleading.engine.precision import resolve_precision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from fastleading import console
+    from fastleading.run import console
     from fastleading.data import prepare
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     cfg = apply_overrides(Config(), ["data.dataset=citeseer-tag", f"data.max_length={args.max_length}"])
     with console.output(quiet=True):

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from fastleading.config import Config, apply_overrides
-from fastleading.io import atomic_write_text
+from fastleading.run.io import atomic_write_text
 from fastleading.trainer import loop
 from fastleading.trainer.evaluate import accuracies, full_graph_logits
 

@@ -60,7 +60,7 @@ def main() -> int:
     args = p.parse_args()
     if not require_dataset(args.root, "citeseer-tag", "head_dynamics"):
         return 2
-    from fastleading.downstream import pretrained_embeddings, train_gnn
+    from fastleading.baselines.downstream import pretrained_embeddings, train_gnn
     from fastleading.trainer.loop import build_trainer
     from fastleading.trainer.warmup import head_warmup
 

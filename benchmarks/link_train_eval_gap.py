@@ -31,7 +31,7 @@ from fastleading.config import Config, apply_overrides
 def training_view_auc(tr, batch_size: int) -> float:
     """AUC of every training edge against its step's negative, each scored as a training step
     scores it (forward only; the implicit layer's histories are written as in training)."""
-    from fastleading.linkmetrics import link_metrics
+    from fastleading.link.metrics import link_metrics
 
     run, split = tr.run, tr.task.split
     model = run.model

@@ -87,7 +87,7 @@ def graph_from_arrays(edge_index: Any, texts: Sequence[str], labels: Any = None,
         name: the dataset's name in summaries.
     """
     from fastleading.data.features import tfidf_features
-    from fastleading.graph import build_csr
+    from fastleading.engine.graph import build_csr
 
     texts = [str(t) for t in texts]
     n = len(texts)
@@ -168,7 +168,7 @@ class Run:
         paths: ``config``, ``summary``, ``metrics``, ``best``, ``checkpoint`` (and ``graph``
             for a graph given to :func:`train`): the files the run wrote.
         quiet: :meth:`predict`, :meth:`score_pairs` and :meth:`embeddings` print nothing but
-            errors (no loading bars or library warnings; :func:`fastleading.console.output`).
+            errors (no loading bars or library warnings; :func:`fastleading.run.console.output`).
     """
 
     dir: Path
@@ -179,14 +179,14 @@ class Run:
     _trained: Any = field(default=None, repr=False)
 
     def _model(self):
-        from fastleading.predict import TrainedRun
+        from fastleading.commands.predict import TrainedRun
 
         if self._trained is None:
             self._trained = TrainedRun(self.dir, quiet=self.quiet)
         return self._trained
 
     def _call(self, fn):
-        from fastleading import console
+        from fastleading.run import console
 
         with console.output(self.quiet):
             return fn()
@@ -194,29 +194,29 @@ class Run:
     def predict(self, nodes: Sequence[str] | None = None, new_nodes: str | Path | None = None,
                 new_edges: str | Path | None = None, embeddings: str | Path | None = None):
         """Class probabilities and predicted classes
-        (:meth:`fastleading.predict.TrainedRun.predict`): every node, the ``nodes`` named, or
+        (:meth:`fastleading.commands.predict.TrainedRun.predict`): every node, the ``nodes`` named, or
         new nodes from ``new_nodes`` (``id,text``) and ``new_edges`` (``src,dst``) files.
-        Returns :class:`fastleading.predict.Predictions` (``ids``, ``probs``, ``pred``, ``write``)."""
+        Returns :class:`fastleading.commands.predict.Predictions` (``ids``, ``probs``, ``pred``, ``write``)."""
         return self._call(lambda: self._model().predict(None if nodes is None else [str(n) for n in nodes],
                                                         new_nodes, new_edges, embeddings))
 
     def score_pairs(self, pairs: str | Path, new_nodes: str | Path | None = None,
                     new_edges: str | Path | None = None, embeddings: str | Path | None = None):
         """Link runs: scores of the node pairs of the CSV ``pairs`` (``src,dst``)
-        (:class:`fastleading.predict.LinkScores`)."""
+        (:class:`fastleading.commands.predict.LinkScores`)."""
         return self._call(lambda: self._model().score_pairs(pairs, new_nodes, new_edges, embeddings))
 
     def embeddings(self) -> np.ndarray:
         """Every node's embedding from the run's best fine-tuned LM: float32 ``[N, H]``
         (what ``fastleading export --out`` writes)."""
-        from fastleading.downstream import run_embeddings
+        from fastleading.baselines.downstream import run_embeddings
 
         return self._call(lambda: run_embeddings(self.dir, self.quiet)[2].numpy())
 
 
 def load_run(run_dir: str | Path) -> Run:
     """The run in ``run_dir`` (a folder written by ``fastleading train`` or :func:`train`)."""
-    from fastleading.runfolder import read_run_config
+    from fastleading.run.folder import read_run_config
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -239,8 +239,8 @@ def train(config: Config | None = None, graph: TextAttributedGraph | None = None
     relative to the run folder: the folder can be moved or copied). A folder that already holds
     a run is refused (before anything in it changes) unless ``resume`` continues that run from
     its checkpoint (the graph already saved is used) or ``overwrite`` replaces it."""
-    from fastleading.methods import train_method
-    from fastleading.runfolder import refuse_held
+    from fastleading.commands.methods import train_method
+    from fastleading.run.folder import refuse_held
 
     cfg = dataclasses.replace(config) if config is not None else Config()
     cfg.data = dataclasses.replace(cfg.data)

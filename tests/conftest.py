@@ -18,7 +18,7 @@ def _kernel_backend_per_test():
     """Each test starts on the default kernel backend and leaves it as it found it: a test that
     builds a trainer with train.kernels=triton (tests/test_host_sync.py) otherwise left every
     later test's propagation in Triton's CPU interpreter."""
-    from fastleading import ops
+    from fastleading.engine import ops
 
     with ops.use_backend("auto"):
         yield

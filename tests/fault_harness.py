@@ -82,14 +82,15 @@ def _limit_file_size(limit: int) -> None:
 
 
 def _kind_of(args: tuple, kwargs: dict):
-    """The ``kind`` argument of a :func:`fastleading.encode.encode_all` call (its 10th)."""
+    """The ``kind`` argument of a :func:`fastleading.models.encode.encode_all` call (its 10th)."""
     return kwargs.get("kind", args[9] if len(args) > 9 else None)
 
 
 def _install_kill(where: str, nth: int) -> None:
     """SIGKILL this process at the ``nth`` event of kind ``where`` (see the module docstring)."""
-    from fastleading import bank, checkpoint
-    from fastleading.io import atomic_write
+    from fastleading.engine import bank
+    from fastleading.run import checkpoint
+    from fastleading.run.io import atomic_write
     from fastleading.trainer import evaluate, loop, optim
 
     count = itertools.count(1)
@@ -147,7 +148,7 @@ def _install_kill(where: str, nth: int) -> None:
 
 def _install_full_disk(file: str, nth: int) -> None:
     """Let no file grow past its size (or 64 KiB) from the ``nth`` write of ``file`` on."""
-    from fastleading import checkpoint
+    from fastleading.run import checkpoint
     from fastleading.trainer import metrics
 
     count = itertools.count(1)
@@ -203,7 +204,7 @@ def differences(a, b, where: str = "") -> list[str]:
 
 def run_differences(reference: Path, run: Path) -> list[str]:
     """What ``run`` (finished after faults) holds that the uninterrupted ``reference`` does not."""
-    from fastleading import checkpoint
+    from fastleading.run import checkpoint
 
     found = []
     for name in (checkpoint.CHECKPOINT, checkpoint.BEST):
@@ -332,7 +333,7 @@ class Harness:
     def full_disk_in_training(self, file: str, nth: int):
         """The ``nth`` checkpoint write or metrics line fails: one line, the previous checkpoint
         whole, no temp file; then ``--resume`` with space back. Returns ``(job, check)``."""
-        from fastleading import checkpoint
+        from fastleading.run import checkpoint
 
         t = self.tally
         t.disk_faults_injected += 1
@@ -415,7 +416,7 @@ class Harness:
             target.write_bytes(backup)
 
     def bad_inputs(self) -> None:
-        from fastleading import checkpoint
+        from fastleading.run import checkpoint
         from fastleading.config import apply_overrides, Config
         from fastleading.data import graph_dir
 
@@ -531,7 +532,7 @@ def _save_npy(path: Path, values) -> None:
 def count_events():
     """Count, in this process, the events the kills and full disks are placed at: steps (each
     backward), checkpoint writes (and their steps), evaluations, bank-fill chunks, metrics lines."""
-    from fastleading import bank
+    from fastleading.engine import bank
     from fastleading.trainer import evaluate, loop, metrics, optim
 
     events = {"step": 0, "checkpoint": 0, "eval": 0, "fill": 0, "metrics": 0, "checkpoint_steps": []}

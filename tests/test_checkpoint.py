@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from fastleading import checkpoint
+from fastleading.run import checkpoint
 from fastleading.errors import FastleadingError
 from fastleading.trainer import state as state_mod
 from fastleading.trainer.loop import build_trainer, train

@@ -108,7 +108,7 @@ def test_missing_files_and_node_task(tmp_path):
 
 
 def test_leading_and_shallow_link_runs_on_the_fixture(tiny_bert, tmp_path):
-    from fastleading.methods import train_method
+    from fastleading.commands.methods import train_method
 
     write_ogbl_citation2(tmp_path / "data", num_neg=20)
     common = ["train.epochs=1", "train.batch_size=32", "data.max_length=12", "model.head_hidden=16",

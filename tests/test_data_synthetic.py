@@ -11,7 +11,7 @@ from fastleading.config import DataConfig
 from fastleading.data import load_dataset, synthetic
 from fastleading.data.synthetic import FILLER_WORDS, TOPIC_WORDS, generate, vocabulary, write_synthetic_tokens
 from fastleading.errors import FastleadingError
-from fastleading.graph import degrees
+from fastleading.engine.graph import degrees
 
 
 def _edge_rows(graph) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from data_helpers import assert_csr_matches
 from fastleading.data.tag import NodeTexts, Split, TextAttributedGraph, load_npy, require_text
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 
 def _random_graph(seed: int, n: int = 40, with_text: bool = True, num_edges: int = 120) -> tuple:

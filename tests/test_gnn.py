@@ -1,4 +1,4 @@
-"""Downstream GNNs (fastleading.gnn): shapes, learning on a toy graph, RevGAT's depth-independent
+"""Downstream GNNs (fastleading.models.gnn): shapes, learning on a toy graph, RevGAT's depth-independent
 activation memory, GAMLP's hop features against a dense float64 reference, and the
 `fastleading downstream --gnn revgat|gamlp` command on CiteSeer-TAG."""
 
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastleading import downstream as downstream_module
+from fastleading.baselines import downstream as downstream_module
 from fastleading.cli import main as cli_main
 from fastleading.config import ModelConfig
-from fastleading.downstream import train_gnn
-from fastleading.gnn import GAMLP, GNN, KINDS, RevGAT, edge_index_of, propagated_hops
-from fastleading.graph import build_csr
+from fastleading.baselines.downstream import train_gnn
+from fastleading.models.gnn import GAMLP, GNN, KINDS, RevGAT, edge_index_of, propagated_hops
+from fastleading.engine.graph import build_csr
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -5,7 +5,7 @@ On a GPU any read of a device value on the host (``.item()``, ``int()``, ``float
 next step cannot be enqueued while this one runs. This test runs real LEADING steps (sampling,
 both pipelines, the Triton kernels through the interpreter, backward, optimizer step) on the
 CPU with every tensor that would live on the GPU marked as a device tensor: the model, the
-bank, the histories, the labels, every tensor that crosses :func:`fastleading.transfer.to_device`,
+bank, the histories, the labels, every tensor that crosses :func:`fastleading.engine.transfer.to_device`,
 and everything computed from them (propagated through a dispatch mode). Any host read of a
 marked tensor fails the test. The Triton interpreter's own reads stand for device-side work
 and are allowed; the loop's logging points are outside the step.
@@ -19,7 +19,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from fastleading import ops, transfer
+from fastleading.engine import ops, transfer
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import leading_step
 

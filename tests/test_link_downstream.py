@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from fastleading import gnn as gnn_module
+from fastleading.models import gnn as gnn_module
 from fastleading.cli import main
 from fastleading.config import Config, apply_overrides
 from fastleading.data import load_dataset
-from fastleading.methods import train_method
+from fastleading.commands.methods import train_method
 
 from test_link_train import edge_set, link_config, tiny_bert  # noqa: F401  (fixture)
 
@@ -79,7 +79,7 @@ def test_pretrained_link_and_downstream_on_exported_link_embeddings(tiny_bert, t
 
 def test_gamlp_and_empty_features_are_refused_for_links(tmp_path):
     from fastleading.data import link_view
-    from fastleading.downstream_link import train_link_gnn
+    from fastleading.link.baseline import train_link_gnn
     from fastleading.errors import FastleadingError
 
     cfg = apply_overrides(Config(), [f"data.cache_dir={tmp_path / 'c'}", "data.synthetic_nodes=100", "train.task=link"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastleading.errors import FastleadingError
-from fastleading.linkmetrics import auc, link_metrics, ogb_ranks
+from fastleading.link.metrics import auc, link_metrics, ogb_ranks
 
 
 def brute_auc(pos, neg):

@@ -11,9 +11,9 @@ import torch
 
 from fastleading.config import Config, apply_overrides
 from fastleading.data import load_dataset
-from fastleading.data.link_split import drop_edges, random_link_split, training_graph
+from fastleading.link.split import drop_edges, random_link_split, training_graph
 from fastleading.errors import FastleadingError
-from fastleading.linkdecoder import LinkDecoder, score_pairs, split_metrics
+from fastleading.link.decoder import LinkDecoder, score_pairs, split_metrics
 from fastleading.trainer import evaluate as evaluate_module
 from fastleading.trainer.loop import build_trainer, train
 
@@ -32,7 +32,7 @@ def edge_set(rowptr, col):
 
 
 def toy_graph(seed=0, n=60, m=200):
-    from fastleading.graph import build_csr
+    from fastleading.engine.graph import build_csr
 
     g = torch.Generator().manual_seed(seed)
     return build_csr(torch.randint(0, n, (m,), generator=g), torch.randint(0, n, (m,), generator=g), n)
@@ -177,9 +177,9 @@ def test_a_pairs_training_score_does_not_depend_on_its_edge_in_earlier_steps(tin
     No weights move (no optimizer step, no dropout), so only what the earlier steps left behind
     can differ: with the paper's forward history (warm_start=history) the edge leaks through the
     implicit layer's warm start; the default keeps no forward history for link prediction."""
-    from fastleading import ops
-    from fastleading.data.link_split import drop_edges
-    from fastleading.sampler import NeighborSampler
+    from fastleading.engine import ops
+    from fastleading.link.split import drop_edges
+    from fastleading.engine.sampler import NeighborSampler
 
     cfg = link_config(tiny_bert, tmp_path / "c", "train.fanouts=1000", "model.head_dropout=0",
                       "train.link_negatives=1", "model.num_iters=2")
@@ -250,7 +250,7 @@ def test_validation_and_test_edges_are_never_in_the_training_graph(tiny_bert, tm
 # ----------------------------------------------------------------------------- evaluation
 @pytest.mark.parametrize("kind", ["dot", "mlp"])
 def test_split_metrics_match_a_brute_force_reference(kind, monkeypatch):
-    import fastleading.linkdecoder as linkdecoder
+    import fastleading.link.decoder as linkdecoder
 
     monkeypatch.setattr(linkdecoder, "SCORE_CHUNK", 7)  # several chunks
     torch.manual_seed(0)
@@ -285,7 +285,7 @@ def test_link_runs_report_the_metrics_of_their_best_pt(tiny_bert, tmp_path, meth
     it (every node encoded, the propagation solved cold to a tight tolerance, the test pairs
     scored) and counted by brute force, with every score finite. A NaN-scoring model (which the
     old ranking counted as perfect) or a best.pt of another epoch fails here."""
-    from fastleading import checkpoint
+    from fastleading.run import checkpoint
     from fastleading.trainer.evaluate import full_graph_logits
     from fastleading.trainer.loop import encode_graph
 
@@ -360,7 +360,7 @@ def test_link_prediction_on_a_custom_dataset_without_labels(tiny_bert, tmp_path)
     edges far above chance; a wrong split, a lost edge or a broken text path fails one of these."""
     import csv
 
-    from fastleading.methods import train_method
+    from fastleading.commands.methods import train_method
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -402,8 +402,8 @@ def test_link_prediction_on_a_custom_dataset_without_labels(tiny_bert, tmp_path)
 def test_dropping_edges_keeps_every_node_when_a_subgraph_has_as_many_edges_as_nodes():
     """A sampled subgraph of 4 nodes and 4 (directed) edges: the edge drop must filter the edges
     only (it took any array as long as the edges for a per-edge one, node ids included)."""
-    from fastleading.sampler import SampledSubgraph
-    from fastleading.trainer.link import EdgeDroppingSampler
+    from fastleading.engine.sampler import SampledSubgraph
+    from fastleading.link.task import EdgeDroppingSampler
 
     # the path 0-1-2 plus an isolated node 3: directed edges 0-1, 1-0, 1-2, 2-1
     sub = SampledSubgraph(node_ids=torch.tensor([10, 11, 12, 13]), rowptr=torch.tensor([0, 1, 3, 4, 4]),
@@ -421,7 +421,7 @@ def test_dropping_edges_keeps_every_node_when_a_subgraph_has_as_many_edges_as_no
 
 
 def test_edges_per_node_counts_each_undirected_edge_once_and_no_self_loop():
-    from fastleading.trainer.link import edges_per_node
+    from fastleading.link.task import edges_per_node
 
     # (0, 1) twice (once each way), a self loop on 2, (3, 0)
     counts = edges_per_node(torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 2, 0]), 5)

@@ -5,7 +5,7 @@ import torch
 
 from fastleading.config import ModelConfig
 from fastleading.errors import FastleadingError
-from fastleading.lm import LMEncoder, hidden_size, pool
+from fastleading.models.lm import LMEncoder, hidden_size, pool
 
 from tiny_models import save_tiny_model
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
-from fastleading.nn import ImplicitAPPNP
+from fastleading.engine.graph import build_csr
+from fastleading.models.appnp import ImplicitAPPNP
 from fastleading.trainer import evaluate as evaluate_module
 from fastleading.trainer import loop, steps
 from fastleading.trainer.loop import train
@@ -140,7 +140,7 @@ def test_a_node_with_non_finite_logits_counts_as_wrong():
 
 
 def test_link_evaluation_counts_its_non_finite_scores():
-    from fastleading.linkdecoder import LinkDecoder, split_metrics
+    from fastleading.link.decoder import LinkDecoder, split_metrics
 
     g = torch.Generator().manual_seed(1)
     z = torch.randn(40, 8, generator=g)
@@ -158,7 +158,7 @@ def test_link_evaluation_counts_its_non_finite_scores():
 
 
 def link_toy():
-    from fastleading.data.link_split import random_link_split, training_graph
+    from fastleading.link.split import random_link_split, training_graph
 
     from test_gnn import toy_graph
 
@@ -171,7 +171,7 @@ def link_toy():
 def test_a_diverged_link_gnn_is_never_selected_as_best():
     """lr 1e12: every evaluation's scores are NaN. Compared as numbers they ranked every positive
     first (MRR 1.0) and the epoch was kept as the best; now no epoch can be, and it says so."""
-    from fastleading.downstream_link import train_link_gnn
+    from fastleading.link.baseline import train_link_gnn
 
     view, x, split = link_toy()
     sane = train_link_gnn(view, x, split, "gcn", 2, hidden=32, dim=16)
@@ -184,8 +184,8 @@ def test_a_diverged_link_gnn_is_never_selected_as_best():
 def test_a_fixed_feature_gnn_never_selects_an_epoch_with_non_finite_logits(monkeypatch):
     """Logits poisoned at epoch 2 with NaN placed on each node's label (a plain argmax would score
     it 100%): the best epoch is another one; poisoned at every epoch, the run says so."""
-    from fastleading import downstream
-    from fastleading.gnn import GNN
+    from fastleading.baselines import downstream
+    from fastleading.models.gnn import GNN
 
     from test_gnn import toy_graph
 
@@ -235,7 +235,7 @@ def poison_evaluations(monkeypatch, which: set[int], node_labels=None):
 
 
 def test_a_node_evaluation_with_non_finite_logits_is_never_the_best(tiny_bert, tmp_path, monkeypatch):
-    from fastleading import checkpoint
+    from fastleading.run import checkpoint
     from fastleading.data import load_dataset
 
     cfg = small_config(tiny_bert, tmp_path / "cache", "data.split=high-0", "train.epochs=2")
@@ -274,7 +274,7 @@ def test_consecutive_non_finite_evaluations_stop_the_run_with_one_line(tiny_bert
 def test_a_non_finite_warm_start_is_dropped_for_a_cold_start():
     """One NaN evaluation left 200 of 1,000 rows of the warm start NaN, and 50 iterations from it
     on finite inputs still had 200 NaN rows: the solve must start cold from such an x0."""
-    from fastleading.nn import solve_appnp
+    from fastleading.models.appnp import solve_appnp
 
     n = 1000
     rowptr, col = ring(n)

@@ -1,4 +1,4 @@
-"""fastleading.ops APPNP step/iterate (Triton and PyTorch backends) against a dense float64 Â.
+"""fastleading.engine.ops APPNP step/iterate (Triton and PyTorch backends) against a dense float64 Â.
 
 Graphs have isolated nodes, degree-0 rows and one hub touching about half the nodes, so
 the Triton path runs both its light-row tiles and its split heavy-row chunks. Under
@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from fastleading import ops
+from fastleading.engine import ops
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -1,4 +1,4 @@
-"""fastleading.ops bank_gather / bank_scatter (Triton and PyTorch backends) against Python loops.
+"""fastleading.engine.ops bank_gather / bank_scatter (Triton and PyTorch backends) against Python loops.
 
 Copies are exact (a cast at most), so results are compared bit for bit. Ids repeat, and
 rows the ops must not touch are checked to be unchanged (NaN-poisoned for the gather).
@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fastleading import ops
+from fastleading.engine import ops
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]

@@ -9,9 +9,10 @@ order, so besides matching the dense float64 ``Â`` it is bitwise equal to
 import pytest
 import torch
 
-from fastleading import _native, ops
+from fastleading import _native
+from fastleading.engine import ops
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 from test_ops_appnp import DTYPES, assert_close, expected_step, make_case, skewed_edges
 
 ISAS = _native.appnp_isas()

@@ -1,4 +1,4 @@
-"""The ordering guarantee of the overlapped pipelines (fastleading/overlap.py), checked on CPU
+"""The ordering guarantee of the overlapped pipelines (fastleading/engine/overlap.py), checked on CPU
 by running a real LEADING step with a fake CUDA stream API that records, for every bank and
 encoder operation, which stream it was enqueued on and which waits came before it."""
 
@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from fastleading import overlap as overlap_mod
+from fastleading.engine import overlap as overlap_mod
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import leading_step
 

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from fastleading import plot  # noqa: E402
+from fastleading.commands import plot  # noqa: E402
 from fastleading.cli import main  # noqa: E402
 
 from custom_graph import train_args, write_custom_graph  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastleading import runfolder
+from fastleading.run import folder as runfolder
 from fastleading.cli import main
 from fastleading.config import Config, apply_overrides
 from fastleading.trainer.optim import build_optimization, lr_lambda
@@ -118,7 +118,7 @@ def test_the_schedule_follows_the_new_length_from_the_first_step_after_a_resume(
 
 
 def _fp32():
-    from fastleading.precision import resolve_precision
+    from fastleading.engine.precision import resolve_precision
 
     return resolve_precision("fp32", "fp32", torch.device("cpu"))
 

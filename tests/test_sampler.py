@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr, build_csr_reference
-from fastleading.sampler import NeighborSampler, SampledSubgraph
+from fastleading.engine.graph import build_csr, build_csr_reference
+from fastleading.engine.sampler import NeighborSampler, SampledSubgraph
 
 BACKENDS = ["native", "torch"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from fastleading.cli import main
-from fastleading.plot import PLOT_HINT
-from fastleading import study as study_module
-from fastleading.study import StudyOutput
+from fastleading.commands.plot import PLOT_HINT
+from fastleading.commands import study as study_module
+from fastleading.commands.study import StudyOutput
 
 from tiny_models import save_tiny_model
 
@@ -172,7 +172,7 @@ def test_plot_draws_run_curves(study, tmp_path, monkeypatch, capsys):
 def test_plot_draws_a_leading_run_and_a_pretrained_run_together(study, tmp_path, capsys):
     """A fixed-feature run writes no per-step metrics: its summary's valid / test accuracy are
     drawn as reference lines beside the LEADING run's curves; ``--out plot`` writes plot.png."""
-    from fastleading.plot import read_metrics, runs_figure
+    from fastleading.commands.plot import read_metrics, runs_figure
 
     root, model = study
     leading = root / "out" / "runs" / RUNS[0]
@@ -246,7 +246,7 @@ def test_citeseer_preset_is_a_call_of_the_study(tmp_path, monkeypatch, capsys):
 
 
 def test_one_run_shows_its_value_without_a_spread():
-    from fastleading.study import markdown_table, mean_std
+    from fastleading.commands.study import markdown_table, mean_std
 
     def entry(values):
         return {"runs": len(values), "head": mean_std(values), "head_valid": mean_std(values),

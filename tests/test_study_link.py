@@ -145,7 +145,7 @@ def test_citeseer_link_preset_is_a_call_of_the_study(tmp_path, monkeypatch, caps
 
 def test_the_validation_curve_is_the_metric_that_selects_the_epoch():
     from fastleading.config import Config, apply_overrides
-    from fastleading.study import aggregate, groups, resolve_task
+    from fastleading.commands.study import aggregate, groups, resolve_task
 
     history = [{"epoch": 1, "valid_auc": 0.9, "valid_mrr": 0.3}]
     run = {"method": "leading", "split_pattern": "10/30/60", "downstream": {},

@@ -20,7 +20,7 @@ import pytest
 
 from fastleading.cli import main
 from fastleading.config import Config, apply_overrides
-from fastleading.methods import train_method
+from fastleading.commands.methods import train_method
 
 from custom_graph import train_args, write_custom_graph
 from tiny_models import save_tiny_model

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from fastleading.errors import FastleadingError
-from fastleading.methods import train_method
-from fastleading.tracking import HINTS, TENSORBOARD_DIR, flatten
+from fastleading.commands.methods import train_method
+from fastleading.run.tracking import HINTS, TENSORBOARD_DIR, flatten
 
 from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
@@ -83,7 +83,7 @@ class FakeWandbRun:
 
 def test_wandb_gets_the_same_records_offline_and_a_resumed_run_keeps_its_id(tiny_bert, tmp_path, monkeypatch):
     """wandb itself is not installed by `make` (an optional extra); a stand-in module records the
-    calls of the wandb API that fastleading.tracking makes (init, log with step, finish)."""
+    calls of the wandb API that fastleading.run.tracking makes (init, log with step, finish)."""
     import types
 
     runs = []

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastleading import checkpoint, ops
+from fastleading.run import checkpoint
+from fastleading.engine import ops
 from fastleading.config import Config, apply_overrides
 from fastleading.errors import FastleadingError
-from fastleading.methods import train_method
+from fastleading.commands.methods import train_method
 from fastleading.trainer.loop import build_trainer, train
 from fastleading.trainer.steps import STEPS
 
@@ -146,7 +147,7 @@ def test_pipeline_2_reencodes_only_the_nodes_a_training_subgraph_can_look_up(tin
     """train.refresh_scope=reachable (the default): pipeline 2 re-encodes each node within
     len(fanouts) hops of a training target once an epoch, and no other node; every row a
     training step looks up is one of them, so training sees the same bank as with 'all'."""
-    from fastleading.graph import k_hop_nodes
+    from fastleading.engine.graph import k_hop_nodes
     from fastleading.trainer import steps
 
     looked_up = set()
@@ -418,7 +419,7 @@ def test_each_run_selects_its_own_kernel_backend_and_gives_the_previous_one_back
     """The kernel backend is process state. A run with train.kernels=triton used to leave it set,
     and the fixed-feature run after it in the same process (a study; the test suite) ran its
     propagation through Triton's CPU interpreter: 45 min instead of 8 s for one test."""
-    from fastleading import downstream
+    from fastleading.baselines import downstream
 
     seen = []
     real = downstream.fit_gnn

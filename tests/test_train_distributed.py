@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fastleading import checkpoint
+from fastleading.run import checkpoint
 from fastleading.config import Config
 
 from test_train import small_config
@@ -105,7 +105,7 @@ NONFINITE_CASES = ("zero0", "zero1", "zero2", "zero3")
 def _ds_nonfinite_worker(model: str, out: Path) -> None:
     """The plain trainer and each stage with a non-finite LM embedding at BAD_MICRO_STEPS: the
     weights after every optimizer step and the trainer's streaks of bad steps."""
-    from fastleading import zero
+    from fastleading.engine import zero
     from fastleading.trainer import loop as T
     from fastleading.trainer import steps
 
@@ -275,7 +275,7 @@ def _rank_worker(rank: int, port: int, model: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     from fastleading.data import prepare
-    from fastleading.distributed import free_port
+    from fastleading.engine.distributed import free_port
     from fastleading.trainer.loop import train
 
     out = tmp_path_factory.mktemp("dp")

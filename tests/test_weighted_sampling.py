@@ -8,10 +8,10 @@ passes apply Ãᵀ)."""
 import pytest
 import torch
 
-from fastleading import ops
-from fastleading.graph import build_csr
-from fastleading.nn import ImplicitAPPNP, ImportanceNorm, propagate, weighted_iterate
-from fastleading.sampler import NeighborSampler
+from fastleading.engine import ops
+from fastleading.engine.graph import build_csr
+from fastleading.models.appnp import ImplicitAPPNP, ImportanceNorm, propagate, weighted_iterate
+from fastleading.engine.sampler import NeighborSampler
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import coupled_step
 

@@ -31,7 +31,7 @@ CARRY_BUDGET = 60 * MiB         # what the carry folder may take, leaving room f
 
 # Wheels the GPU machine lacks (Python 3.12, manylinux x86-64). deepspeed is built here from
 # its sdist (PyPI has no wheel); the versions are those of this machine's .venv, where the
-# CPU tests of fastleading.zero run.
+# CPU tests of fastleading.engine.zero run.
 WHEELS = ["hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "nvtx"]
 OPTIONAL_WHEELS = {"nvtx"}
 # Top-level modules the GPU machine does not have (KINDS.md, environment.md): hidden from the
@@ -492,7 +492,7 @@ def cmd_citeseer(args) -> int:
     import torch
 
     from fastleading.config import Config, ModelConfig, apply_overrides
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     result = {"stage": "citeseer", "dataset": "citeseer-tag", "split": args.split, "max_length": args.max_length,
               "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed, "runs": []}

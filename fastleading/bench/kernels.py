@@ -51,10 +51,10 @@ from typing import Callable
 
 import torch
 
-from fastleading import ops
+from fastleading.engine import ops
 from fastleading.bench import graphs
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write_text
+from fastleading.run.io import atomic_write_text
 
 BANDWIDTH_MODEL = (
     "Compulsory traffic: the bytes any implementation must move at least once. "

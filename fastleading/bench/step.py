@@ -53,7 +53,7 @@ def model_dir(name: str, root: Path, tokenizer: str | None = None) -> Path:
     import transformers
     from transformers import AutoTokenizer
 
-    from fastleading.models import resolve_model_path
+    from fastleading.models.hub import resolve_model_path
 
     cls, kwargs = MODEL_CONFIGS[name]
     folder = root / name
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.toy:
         args.models, args.seqs, args.batches, args.nodes, args.steps, args.warmup = "toy-bert", "16", "8", 300, 2, 1
-    from fastleading.precision import resolve_device
+    from fastleading.engine.precision import resolve_device
 
     device = resolve_device(args.device)
     root = Path(tempfile.mkdtemp(prefix="fastleading-bench-"))

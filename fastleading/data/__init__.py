@@ -10,7 +10,7 @@ ogbn-products size).
 ``prepare(cfg)`` = the graph plus its token cache (:mod:`fastleading.data.tokens`);
 the CLI's ``prepare`` / ``info`` commands and the trainer all go through it.
 ``link_view(cfg, graph)`` = the link split of ``cfg.data`` (the dataset's official one, read by
-its entry's ``link_split``, or generated: :mod:`fastleading.data.link_split`) and the training
+its entry's ``link_split``, or generated: :mod:`fastleading.link.split`) and the training
 graph without its held-out edges.
 """
 
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 from fastleading.data import (arxiv_2023, citeseer_tag, custom, ogbl_citation2, ogbn_arxiv, ogbn_products, planetoid,
                               saved, synthetic)
 from fastleading.data.info import format_info, info
-from fastleading.data.link_split import DEFAULT_RATIOS, LinkSplit, random_link_split, training_graph
+from fastleading.link.split import DEFAULT_RATIOS, LinkSplit, random_link_split, training_graph
 from fastleading.data.tag import FORMAT_VERSION, Split, TextAttributedGraph, require_text
 from fastleading.data.tokens import TokenCache, cached_or_counted_tokens, prepare_tokens, prepared_lengths
 from fastleading.errors import FastleadingError
@@ -128,7 +128,7 @@ def announce_new_length(graph_key: str, cfg: "Config") -> None:
     """Say which ``data.max_length`` is used when the dataset is about to be tokenized at a
     length other than the ones it is already prepared at (a left-out ``--max-length`` is the
     default, 64, not the length ``prepare`` was given)."""
-    from fastleading import console
+    from fastleading.run import console
 
     lengths = prepared_lengths(cfg.data.cache_dir, graph_key, cfg.model.name)
     if lengths and cfg.data.max_length not in lengths:

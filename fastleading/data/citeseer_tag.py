@@ -26,7 +26,7 @@ from fastleading.data.rawio import data_root, find_file, fingerprint, open_text
 from fastleading.data.splits import seeded_splits
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig

@@ -51,7 +51,7 @@ from fastleading.data.rawio import fingerprint
 from fastleading.data.splits import seeded_splits
 from fastleading.data.tag import NodeTexts, Split, TextAttributedGraph
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fastleading.graph import degrees
+from fastleading.engine.graph import degrees
 
 if TYPE_CHECKING:
     from fastleading.data.tag import TextAttributedGraph

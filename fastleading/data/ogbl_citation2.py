@@ -22,7 +22,7 @@ inside the gzip stream, a header row or records of papers that are not nodes are
 Node text: ``title + "\\n" + abstract``; more than half of the nodes without a text is an error.
 
 The graph is the citations made undirected; the validation and test edges are removed from the
-message-passing graph by :func:`fastleading.data.link_split.training_graph` (OGB's edge file
+message-passing graph by :func:`fastleading.link.split.training_graph` (OGB's edge file
 holds only the training edges already; removing them again is a no-op then). No node labels:
 only ``train.task=link`` trains on it (``data.link_split`` = ``official``, the default).
 """
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 
 from fastleading.data import ogbn_common as ogb
-from fastleading.data.link_split import LinkSplit
+from fastleading.link.split import LinkSplit
 from fastleading.data.ogbn_arxiv import _paper_id, read_titleabs
 from fastleading.data.rawio import data_root, fingerprint
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig

@@ -25,7 +25,7 @@ from fastleading.data import ogbn_common as ogb
 from fastleading.data.rawio import data_root, open_text
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig

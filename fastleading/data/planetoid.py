@@ -20,7 +20,7 @@ import torch
 from fastleading.data.rawio import data_root, find_file, fingerprint
 from fastleading.data.splits import seeded_splits
 from fastleading.data.tag import Split, TextAttributedGraph
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig

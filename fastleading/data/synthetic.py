@@ -33,7 +33,7 @@ import torch
 from fastleading.data.splits import products_split, seeded_splits
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig

@@ -3,7 +3,7 @@
 A :class:`TextAttributedGraph` holds
 
 * the graph as a symmetric CSR without self-loops or duplicates (``rowptr`` int64
-  ``[N+1]``, ``col`` int32 ``[E]``, built by :func:`fastleading.graph.build_csr`);
+  ``[N+1]``, ``col`` int32 ``[E]``, built by :func:`fastleading.engine.graph.build_csr`);
 * node texts (:class:`NodeTexts`: one utf-8 blob plus int64 offsets), or none;
 * labels (int64 ``[N]``, ``-1`` = unknown) and class names;
 * named splits (:class:`Split` of sorted int64 index tensors) and a default split name;

@@ -5,7 +5,7 @@ On a terminal, a bar of the run's steps whose postfix shows the last logged loss
 evaluation, refreshed as soon as either happens. Redirected to a file (stderr not a terminal),
 plain lines instead, no carriage returns or cursor movements: one after every evaluation (its
 validation value, named: ``valid MRR`` for link prediction) and, at the logging points, one at
-most every :data:`PLAIN_SECONDS`. Quiet: nothing. See :mod:`fastleading.console`.
+most every :data:`PLAIN_SECONDS`. Quiet: nothing. See :mod:`fastleading.run.console`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import sys
 import time
 
-from fastleading import console
+from fastleading.run import console
 
 PLAIN_SECONDS = 60.0
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from fastleading.distributed import all_reduce_sum, is_main
-from fastleading.encode import EncodeCounter
+from fastleading.engine.distributed import all_reduce_sum, is_main
+from fastleading.models.encode import EncodeCounter
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write_text, write_error
+from fastleading.run.io import atomic_write_text, write_error
 
 
 class MetricsLog:
@@ -27,7 +27,7 @@ class MetricsLog:
     while writing it) is dropped with one line on stderr; an unreadable line before the last is
     an error naming it. Each line is written unbuffered: a write that fails (disk full) leaves
     no buffered rest behind and stops with one line naming the file. ``tracker`` (a
-    :class:`fastleading.tracking.Tracker`, ``train.report_to``) gets every record too."""
+    :class:`fastleading.run.tracking.Tracker`, ``train.report_to``) gets every record too."""
 
     def __init__(self, path: Path, resume_step: int | None, evals: int = 0, tracker=None):
         self.path = path

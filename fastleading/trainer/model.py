@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastleading import checkpoint
+from fastleading.run import checkpoint
 from fastleading.config import Config
-from fastleading.lm import LMEncoder
-from fastleading.nn import Head, ImplicitAPPNP, propagate
+from fastleading.models.lm import LMEncoder
+from fastleading.models.appnp import Head, ImplicitAPPNP, propagate
 
 
 def warm_start(cfg: Config) -> str:
@@ -70,7 +70,7 @@ class LinkPredictor(NodeClassifier):
 
     def __init__(self, cfg: Config, num_nodes: int, history_dtype: torch.dtype):
         super().__init__(cfg, num_nodes, cfg.model.link_dim, history_dtype)
-        from fastleading.linkdecoder import LinkDecoder
+        from fastleading.link.decoder import LinkDecoder
 
         self.decoder = LinkDecoder(cfg.model.link_decoder, cfg.model.link_dim, cfg.model.head_hidden,
                                    cfg.model.head_dropout)

@@ -15,9 +15,9 @@ import re
 
 import torch
 
-from fastleading import zero
+from fastleading.engine import zero
 from fastleading.config import Config
-from fastleading.distributed import all_reduce_gradients, all_reduce_sum, is_distributed
+from fastleading.engine.distributed import all_reduce_gradients, all_reduce_sum, is_distributed
 from fastleading.errors import FastleadingError
 
 
@@ -110,7 +110,7 @@ class Optimization:
     def backward(self, loss: torch.Tensor, weight: float = 1.0, implicit=None) -> None:
         """Backpropagate ``loss x weight`` (``weight``: this rank's share of the global batch),
         divided by ``grad_accum`` and scaled for fp16. ``implicit`` (an
-        :class:`fastleading.nn.ImplicitAPPNP` in the graph) is told the factor, so it keeps its
+        :class:`fastleading.models.appnp.ImplicitAPPNP` in the graph) is told the factor, so it keeps its
         gradient history in the units of the unscaled mean loss."""
         finite = torch.isfinite(loss.detach())
         self._loss_bad |= ~finite
@@ -136,7 +136,7 @@ class Optimization:
 
         Under DeepSpeed call it after every backward: the engine counts micro steps, steps at
         the accumulation boundary (skipping it on non-finite gradients, see
-        :func:`fastleading.zero.engine_step`) and returns None between boundaries, where the
+        :func:`fastleading.engine.zero.engine_step`) and returns None between boundaries, where the
         flags of the optimizer step keep accumulating."""
         if self.engine is not None:
             result = zero.engine_step(self.engine)

@@ -4,7 +4,7 @@
 everything a resumed run needs to continue exactly: model, optimizer, schedule, scaler,
 memory bank, implicit histories, pipeline 2's order, progress, phase timers, and each rank's
 own RNG states and encode counters. ``best.pt`` holds the best-valid model weights only.
-Files hold tensors and plain containers only (see :mod:`fastleading.checkpoint`), and are
+Files hold tensors and plain containers only (see :mod:`fastleading.run.checkpoint`), and are
 read on the CPU: RNG states must be CPU byte tensors, and large tables are copied into the
 run's (device) tensors in place.
 
@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastleading import checkpoint, zero
-from fastleading.distributed import barrier, get_rank, get_world_size, is_distributed, is_main
+from fastleading.run import checkpoint
+from fastleading.engine import zero
+from fastleading.engine.distributed import barrier, get_rank, get_world_size, is_distributed, is_main
 from fastleading.errors import FastleadingError
-from fastleading.io import fsync_dir
-from fastleading.selection import improves
+from fastleading.run.io import fsync_dir
+from fastleading.run.selection import improves
 from fastleading.trainer.batches import RefreshOrder
 from fastleading.trainer.steps import Run
 
@@ -66,7 +67,7 @@ class Progress:
 
     def record_eval(self, metrics: dict, max_bad_evals: int = 0) -> bool:
         """Append the evaluation ``metrics`` of this epoch to the history; True when it becomes
-        the best (:func:`fastleading.selection.improves`: never one with non-finite outputs).
+        the best (:func:`fastleading.run.selection.improves`: never one with non-finite outputs).
         Stops with one line at the ``max_bad_evals``-th consecutive evaluation with non-finite
         outputs (``train.max_bad_evals``; 0 = never)."""
         self.history.append({"epoch": self.epoch, **metrics})

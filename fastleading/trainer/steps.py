@@ -17,16 +17,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastleading import ops, transfer
-from fastleading.bank import MemoryBank
+from fastleading.engine import ops, transfer
+from fastleading.engine.bank import MemoryBank
 from fastleading.config import Config
-from fastleading.distributed import sync_bank_rows
-from fastleading.encode import EncodeCounter, encode_eval, encode_nodes
-from fastleading.nn import ImportanceNorm
-from fastleading.overlap import RefreshStream
-from fastleading.precision import Precision
-from fastleading.profiling import Phases
-from fastleading.sampler import NeighborSampler
+from fastleading.engine.distributed import sync_bank_rows
+from fastleading.models.encode import EncodeCounter, encode_eval, encode_nodes
+from fastleading.models.appnp import ImportanceNorm
+from fastleading.engine.overlap import RefreshStream
+from fastleading.engine.precision import Precision
+from fastleading.engine.profiling import Phases
+from fastleading.engine.sampler import NeighborSampler
 from fastleading.trainer.model import NodeClassifier
 from fastleading.trainer.optim import Optimization
 
@@ -41,7 +41,7 @@ class Subgraph:
     col: torch.Tensor               # [E] local column ids, on the device
     # [n] normalisation of its Â (None: the subgraph's own degrees); model.subgraph_norm=weighted:
     # the importance-weighted Ã's (full-graph dinv, row weights, transposed CSR), and rowptr/col
-    # are then who drew whom (fastleading.sampler.Draws), not the symmetric subgraph
+    # are then who drew whom (fastleading.engine.sampler.Draws), not the symmetric subgraph
     dinv: torch.Tensor | ImportanceNorm | None
 
 

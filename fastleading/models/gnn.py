@@ -11,7 +11,7 @@
   which :func:`propagated_hops` computes once before training. Its nodes are independent, so
   it trains mini-batched: a batch of node ids indexes the stored hop features.
 
-:class:`GNN` puts all of them behind one interface for :func:`fastleading.downstream.train_gnn`:
+:class:`GNN` puts all of them behind one interface for :func:`fastleading.baselines.downstream.train_gnn`:
 ``inputs = model.inputs(graph, features, device)`` once, then ``model(inputs, ids)`` gives
 the logits ``[len(ids), C]`` of the nodes ``ids``. Full-batch models compute every node and
 index; a mini-batched one (``model.mini_batched``) touches only the rows of ``ids``.
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastleading import ops
+from fastleading.engine import ops
 from fastleading.errors import FastleadingError
-from fastleading.nn import Head, propagate
+from fastleading.models.appnp import Head, propagate
 
 KINDS = ("gcn", "gat", "sage", "appnp", "mlp", "revgat", "gamlp")
 
@@ -55,7 +55,7 @@ def propagated_hops(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, ho
                     store_device: torch.device | str | None = None) -> torch.Tensor:
     """``[N, K+1, F]`` = ``X, ÂX, Â²X, ..., Â^K X`` with ``Â = D̃^{-1/2}(A+I)D̃^{-1/2}``.
 
-    Each hop is one :func:`fastleading.ops.appnp_step` with ``alpha=0`` (Triton on CUDA),
+    Each hop is one :func:`fastleading.engine.ops.appnp_step` with ``alpha=0`` (Triton on CUDA),
     computed on ``device`` in fp32 (float64 for a float64 ``x``) from the previous hop kept
     there in full precision; two ``[N, F]`` buffers are the only working memory. Hops are
     stored in ``dtype`` on ``store_device`` (default :func:`hop_store_device`), node-major,
@@ -224,7 +224,7 @@ class GNN(nn.Module):
     """The downstream model ``kind`` (one of :data:`KINDS`).
 
     ``gcn`` / ``sage`` / ``gat`` have two layers (GAT: 8 heads), ``appnp`` is the ``head``
-    (:class:`fastleading.nn.Head`: mlp or linear) followed by ``num_iters`` propagation steps at
+    (:class:`fastleading.models.appnp.Head`: mlp or linear) followed by ``num_iters`` propagation steps at
     teleport ``alpha``; ``revgat`` has
     ``layers`` reversible blocks; ``gamlp`` attends over ``hops`` + 1 hop features with MLPs
     of ``layers`` layers.

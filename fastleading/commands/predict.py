@@ -14,7 +14,7 @@
   given (``best.pt`` holds the weights only, not the memory bank). The head and the propagation then run
   over the extended graph with the operator evaluation uses
   (:func:`fastleading.trainer.evaluate.full_graph_logits`: LEADING's implicit layer at its
-  fixed point by conjugate gradient, :func:`fastleading.nn.solve_appnp`). New edges change
+  fixed point by conjugate gradient, :func:`fastleading.models.appnp.solve_appnp`). New edges change
   the degrees, so existing nodes near them get new predictions too;
 - link runs (``train.task=link``): :meth:`TrainedRun.score_pairs` scores node pairs with the
   run's decoder on the representations propagated over the training graph (plus new nodes),
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write
+from fastleading.run.io import atomic_write
 
 LM_METHODS = ("leading", "coupled", "supervised")
 WRITE_CHUNK = 65536  # CSV rows formatted at a time
@@ -206,8 +206,8 @@ class TrainedRun:
 
     def __init__(self, run_dir: str | Path, quiet: bool = True, overrides: Sequence[str] = ()):
         from fastleading.data import prepare
-        from fastleading.runfolder import read_run_config, require_best
-        from fastleading.precision import resolve_device, resolve_precision
+        from fastleading.run.folder import read_run_config, require_best
+        from fastleading.engine.precision import resolve_device, resolve_precision
         from fastleading.trainer.model import load_best
 
         self.run_dir = Path(run_dir)
@@ -228,7 +228,7 @@ class TrainedRun:
         self.precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, self.device)
         self.model = load_best(self.run_dir, cfg, self.graph.num_nodes, self.graph.num_classes,
                                self.precision.bank_dtype).to(self.device)
-        from fastleading.encode import EncodeCounter
+        from fastleading.models.encode import EncodeCounter
 
         self.counter = EncodeCounter(self.graph.num_nodes)  # the LM's encodes of this object (kind eval)
         self._cache_key: dict | None = None
@@ -243,7 +243,7 @@ class TrainedRun:
         from this very ``best.pt`` (:meth:`cache_key`); else one no-gradient encode of every node,
         then written to the cache, so that later predictions (new nodes included) encode only
         their new texts. A run folder that cannot be written to is said once and not cached."""
-        from fastleading.encode import encode_all
+        from fastleading.models.encode import encode_all
 
         emb = self.cached_embeddings()
         if emb is not None:
@@ -260,7 +260,7 @@ class TrainedRun:
         the nodes, the hidden size and the token rows' length."""
         import hashlib
 
-        from fastleading.checkpoint import BEST
+        from fastleading.run.checkpoint import BEST
 
         if self._cache_key is not None:
             return self._cache_key
@@ -277,7 +277,7 @@ class TrainedRun:
         """The cached embeddings if the cache's key is this run's (:meth:`cache_key`), else None."""
         import json
 
-        from fastleading.runfolder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
+        from fastleading.run.folder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
 
         meta, data = self.run_dir / BEST_EMBEDDINGS_META, self.run_dir / BEST_EMBEDDINGS
         if not (meta.is_file() and data.is_file()):
@@ -294,10 +294,10 @@ class TrainedRun:
     def write_cache(self, emb: torch.Tensor) -> None:
         import json
 
-        from fastleading.console import notice
-        from fastleading.encode_backend import resolve_backend
-        from fastleading.io import atomic_write, atomic_write_text
-        from fastleading.runfolder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
+        from fastleading.run.console import notice
+        from fastleading.models.encode_backend import resolve_backend
+        from fastleading.run.io import atomic_write, atomic_write_text
+        from fastleading.run.folder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
 
         try:
             # the data first: a cache whose key is there is complete
@@ -313,7 +313,7 @@ class TrainedRun:
     def load_embeddings(self, path: str | Path) -> torch.Tensor:
         """Exported embeddings (``fastleading export --out``, float ``[N, H]`` .npy) on the run's
         device; only those made from this run's current ``best.pt``."""
-        from fastleading.runfolder import check_provenance
+        from fastleading.run.folder import check_provenance
 
         path = Path(path)
         if not path.is_file():
@@ -333,7 +333,7 @@ class TrainedRun:
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """LM embeddings ``[M, H]`` (fp32) of new texts, tokenized as the run's token cache."""
         from fastleading.data.tokens import TokenCache, load_tokenizer, tokenize_rows
-        from fastleading.encode import encode_eval
+        from fastleading.models.encode import encode_eval
 
         tok, _ = load_tokenizer(self.cfg.model.name)
         cache = self.tokens
@@ -390,7 +390,7 @@ class TrainedRun:
     def score_pairs(self, pairs: str | Path, new_nodes: str | Path | None = None,
                     new_edges: str | Path | None = None, embeddings: str | Path | None = None) -> LinkScores:
         """Scores of the node pairs of ``pairs`` (CSV ``src,dst``; ids of existing or new nodes)."""
-        from fastleading.linkdecoder import score_pairs
+        from fastleading.link.decoder import score_pairs
 
         if not self.is_link:
             raise FastleadingError(f"{self.run_dir}: pairs are scored by link prediction runs (train.task=link); "
@@ -450,9 +450,9 @@ def extend_csr(rowptr: torch.Tensor, col: torch.Tensor, src: torch.Tensor, dst: 
                num_new: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The symmetric CSR ``rowptr/col`` (N nodes) with ``num_new`` more nodes and the edges
     ``src -> dst`` (int64, made undirected, duplicates and self loops dropped); int64 ``[N+M+1]``
-    and the column dtype of :func:`fastleading.graph.build_csr`. One pass over the old edges."""
-    from fastleading.data.link_split import csr_rows
-    from fastleading.graph import build_csr
+    and the column dtype of :func:`fastleading.engine.graph.build_csr`. One pass over the old edges."""
+    from fastleading.link.split import csr_rows
+    from fastleading.engine.graph import build_csr
 
     n = len(rowptr) - 1
     rows = torch.cat([csr_rows(rowptr), src.long()])

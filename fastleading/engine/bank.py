@@ -3,14 +3,14 @@
 Pipeline 2 and pipeline 1 ``refresh`` rows with fresh encodings; pipeline 1 ``lookup``s
 the neighbours of its targets instead of encoding them. The bank also records, per node,
 the step at which its row was last written (staleness). How often nodes are encoded is
-counted elsewhere (:class:`fastleading.encode.EncodeCounter`).
+counted elsewhere (:class:`fastleading.models.encode.EncodeCounter`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from fastleading import ops, transfer
+from fastleading.engine import ops, transfer
 
 
 class MemoryBank:
@@ -35,7 +35,7 @@ class MemoryBank:
     def refresh(self, ids: torch.Tensor, emb: torch.Tensor, step: int) -> None:
         """Write ``emb [M, dim]`` (detached) into rows ``ids [M]`` and stamp them with ``step``.
 
-        For duplicate ids the last occurrence wins (see :func:`fastleading.ops.bank_scatter`).
+        For duplicate ids the last occurrence wins (see :func:`fastleading.engine.ops.bank_scatter`).
         A row with a non-finite value keeps its previous embedding (its stamp still moves), so
         one bad encode cannot spread through every later lookup.
         """

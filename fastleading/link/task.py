@@ -7,19 +7,19 @@ exactly :func:`fastleading.trainer.steps.leading_step` (and ``coupled_step`` /
 ``supervised_step`` for the baselines) with two task hooks of :class:`LinkRun`:
 
 * ``sample``: the targets' neighbourhood is sampled on the TRAINING graph (the dataset's
-  graph without any validation / test edge, :func:`fastleading.data.link_split.training_graph`),
+  graph without any validation / test edge, :func:`fastleading.link.split.training_graph`),
   and this batch's own training edges are dropped from the sampled CSR, both directions
   (:class:`EdgeDroppingSampler`); the full-graph normalisation ``D̃^{-1/2}`` of their endpoints
   leaves out every edge of the batch, sampled or not (a hub that did not draw its partner still
   counts it in its full-graph degree), so not even their degree tells the model about them;
-* ``loss``: the decoder (:class:`fastleading.linkdecoder.LinkDecoder`) scores the pairs from the
+* ``loss``: the decoder (:class:`fastleading.link.decoder.LinkDecoder`) scores the pairs from the
   targets' propagated representations; binary cross-entropy, ``mean over positives + mean over
   negatives`` (OGB's ogbl-citation2 example).
 
-Evaluation (:meth:`LinkTask.metrics`, :func:`fastleading.linkdecoder.split_metrics`): every node encoded without gradient, the head and the
+Evaluation (:meth:`LinkTask.metrics`, :func:`fastleading.link.decoder.split_metrics`): every node encoded without gradient, the head and the
 propagation over the training graph (:func:`fastleading.trainer.evaluate.full_graph_logits`,
 LEADING at its fixed point), then every validation / test edge scored against its fixed
-negatives: AUC, MRR and Hits@K (:mod:`fastleading.linkmetrics`). Nothing of size ``N x N``;
+negatives: AUC, MRR and Hits@K (:mod:`fastleading.link.metrics`). Nothing of size ``N x N``;
 the step allocates nothing ``[N]``-sized and reads nothing back from the device.
 """
 
@@ -31,14 +31,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastleading import transfer
+from fastleading.engine import transfer
 from fastleading.config import Config
 from fastleading.data import link_view
-from fastleading.data.link_split import LinkSplit, drop_edges, sample_negatives
+from fastleading.link.split import LinkSplit, drop_edges, sample_negatives
 from fastleading.data.tag import Split
 from fastleading.errors import FastleadingError
-from fastleading.linkdecoder import split_metrics
-from fastleading.linkmetrics import summary_fields
+from fastleading.link.decoder import split_metrics
+from fastleading.link.metrics import summary_fields
 from fastleading.trainer.model import subgraph_norm
 from fastleading.trainer.steps import STEPS, Run, Subgraph
 
@@ -53,7 +53,7 @@ class LinkBatch:
 
 
 class EdgeDroppingSampler:
-    """Wraps a :class:`fastleading.sampler.NeighborSampler`: each sample drops the pairs set in
+    """Wraps a :class:`fastleading.engine.sampler.NeighborSampler`: each sample drops the pairs set in
     :attr:`drop` (local ids of the targets, which come first in every sample) from the
     sampled CSR."""
 

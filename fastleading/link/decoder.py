@@ -1,7 +1,7 @@
 """Link decoders: the score of a node pair from the two nodes' representations.
 
-Shared by LEADING's link training (:mod:`fastleading.trainer.link`) and the link GNNs on fixed
-features (:mod:`fastleading.downstream_link`), so every method scores pairs alike.
+Shared by LEADING's link training (:mod:`fastleading.link.task`) and the link GNNs on fixed
+features (:mod:`fastleading.link.baseline`), so every method scores pairs alike.
 
 * ``dot``: ``<z_s, z_t>``;
 * ``mlp``: an MLP on the Hadamard product ``z_s * z_t`` (symmetric in the pair).
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fastleading.errors import FastleadingError
-from fastleading.linkmetrics import link_metrics
+from fastleading.link.metrics import link_metrics
 
 DECODERS = ("dot", "mlp")
 
@@ -67,10 +67,10 @@ def score_pairs(decoder: LinkDecoder, z: torch.Tensor, src: torch.Tensor, dst: t
 
 def split_metrics(decoder: LinkDecoder, z: torch.Tensor, split, hits: Sequence[int], select: str) -> dict[str, float]:
     """``valid_*`` / ``test_*`` AUC, MRR and Hits@K of node representations ``z [N, D]`` on the
-    validation / test edges of ``split`` (a :class:`fastleading.data.link_split.LinkSplit`),
+    validation / test edges of ``split`` (a :class:`fastleading.link.split.LinkSplit`),
     each edge against its fixed negatives; ``valid`` / ``test``: the ``select`` metric;
     ``nonfinite``: how many of the scores were not finite (they rank worst; such an evaluation is
-    never the best, :mod:`fastleading.selection`)."""
+    never the best, :mod:`fastleading.run.selection`)."""
     out, nonfinite = {}, 0
     for name, pos, neg in (("valid", split.valid, split.valid_neg), ("test", split.test, split.test_neg)):
         p = score_pairs(decoder, z, pos[0], pos[1])

@@ -83,8 +83,8 @@ class Tracker:
 
     Args:
         sink: where the scalars go (TensorBoard, wandb, or a test's list).
-        counter: the run's :class:`fastleading.encode.EncodeCounter` (host totals).
-        phases: the run's :class:`fastleading.profiling.Phases` (host seconds).
+        counter: the run's :class:`fastleading.models.encode.EncodeCounter` (host totals).
+        phases: the run's :class:`fastleading.engine.profiling.Phases` (host seconds).
         num_nodes: nodes of the graph (the encode counts are divided by it).
     """
 

@@ -2,8 +2,8 @@
 baselines and downstream link prediction on exported embeddings (``fastleading downstream
 --task link --gnn gcn|sage``).
 
-The encoder is a :class:`fastleading.gnn.GNN` whose output is a ``model.link_dim``-wide node
-representation, the decoder the one LEADING trains (:class:`fastleading.linkdecoder.LinkDecoder`).
+The encoder is a :class:`fastleading.models.gnn.GNN` whose output is a ``model.link_dim``-wide node
+representation, the decoder the one LEADING trains (:class:`fastleading.link.decoder.LinkDecoder`).
 Message passing uses the training graph (no validation / test edge:
 :func:`fastleading.data.link_view`); as in OGB's ogbl-citation2 full-batch examples each step is a
 full-graph forward and a batch of ``model.gnn_batch_size`` training edges with
@@ -19,11 +19,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fastleading.data.link_split import LinkSplit, sample_negatives
+from fastleading.link.split import LinkSplit, sample_negatives
 from fastleading.errors import FastleadingError
-from fastleading.gnn import GNN
-from fastleading.linkdecoder import LinkDecoder, split_metrics
-from fastleading.selection import improves
+from fastleading.models.gnn import GNN
+from fastleading.link.decoder import LinkDecoder, split_metrics
+from fastleading.run.selection import improves
 
 
 def train_link_gnn(graph, features: torch.Tensor, split: LinkSplit, kind: str, epochs: int, seed: int = 0,
@@ -46,7 +46,7 @@ def fit_link_gnn(graph, features: torch.Tensor, split: LinkSplit, kind: str, epo
                  on_epoch=None) -> tuple[dict, GNN, LinkDecoder]:
     """:func:`train_link_gnn`, returning (the metrics of the best epoch, the GNN and the decoder
     with that epoch's weights, in eval mode); ``head`` is the MLP of ``appnp`` / ``mlp``
-    (:class:`fastleading.nn.Head`), ``on_epoch(epoch, metrics)`` is called after each epoch's
+    (:class:`fastleading.models.appnp.Head`), ``on_epoch(epoch, metrics)`` is called after each epoch's
     evaluation."""
     if features.dim() != 2 or features.shape[0] != graph.num_nodes or features.shape[1] == 0:
         raise FastleadingError(f"link prediction: expected node features of shape [{graph.num_nodes}, F >= 1], "
@@ -107,7 +107,7 @@ def fit_link_gnn_cfg(cfg, graph, features: torch.Tensor, split: LinkSplit, kind:
     """:func:`fit_link_gnn` with the settings of ``cfg`` (``epochs`` default ``train.downstream_epochs``;
     ``device`` default ``train.device``): the ``pretrained`` link baseline, and LEADING's link head
     warm-up (:mod:`fastleading.trainer.warmup`), which is that baseline by construction."""
-    from fastleading.precision import resolve_device
+    from fastleading.engine.precision import resolve_device
 
     m, t = cfg.model, cfg.train
     return fit_link_gnn(graph, features, split, kind, t.downstream_epochs if epochs is None else epochs, t.seed,

@@ -2,7 +2,7 @@
 
 A run folder holds ``config.json``, ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt`` (or
 DeepSpeed's ``deepspeed/``) and ``best.pt`` (:data:`RUN_FILES`). The rules
-(:func:`prepare_run_folder`, called by :func:`fastleading.methods.train_method` before anything
+(:func:`prepare_run_folder`, called by :func:`fastleading.commands.methods.train_method` before anything
 is built):
 
 - **a new run never lands on an old one**: a folder holding any of :data:`RUN_FILES` is
@@ -39,14 +39,14 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastleading.checkpoint import BEST, CHECKPOINT
+from fastleading.run.checkpoint import BEST, CHECKPOINT
 from fastleading.config import Config, apply_overrides, from_dict
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write_text
+from fastleading.run.io import atomic_write_text
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint folder (fastleading.trainer.state.DEEPSPEED_DIR)
 # every node's LM embedding under best.pt and what it was computed from, written by the first
-# prediction (fastleading.predict.TrainedRun.embeddings) and reused while best.pt is unchanged
+# prediction (fastleading.commands.predict.TrainedRun.embeddings) and reused while best.pt is unchanged
 BEST_EMBEDDINGS, BEST_EMBEDDINGS_META = "best-embeddings.npy", "best-embeddings.json"
 # what `train` writes into a run folder (trace.json only with train.profile), and predict's cache
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT, BEST, DEEPSPEED_DIR, "trace.json",
@@ -120,7 +120,7 @@ def note_exports(run_dir: Path, why: str) -> None:
     """Say which exports inside ``run_dir`` (``export --out`` files with their ``.run.json``,
     ``export --lm`` folders with their ``fastleading.json``) were made from the best weights the
     run had before; they stay (their names are yours), marked by those records."""
-    from fastleading import console
+    from fastleading.run import console
 
     made = sorted([p.name[:-len(".run.json")] + ".npy" for p in run_dir.glob("*.run.json")]
                   + [p.parent.name + "/" for p in run_dir.glob("*/fastleading.json")])
@@ -144,7 +144,7 @@ def settings_for_embeddings(run_dir: str | Path | None, embeddings: str | Path) 
     folder = Path(embeddings).parent
     if not (folder / "config.json").is_file():
         return None
-    from fastleading import console
+    from fastleading.run import console
 
     console.notice(f"settings of the run in {folder} (its config.json); --run or flags change them")
     return read_run_config(folder)
@@ -265,7 +265,7 @@ def prepare_run_folder(run_dir: Path, cfg: Config, resume: bool = False, overwri
         return
     held = held_run_files(run_dir)
     if held and _is_rank0():
-        from fastleading.io import remove_stale_temp_files
+        from fastleading.run.io import remove_stale_temp_files
 
         _remove_present(run_dir, held + list(DERIVED_FILES))
         remove_stale_temp_files(run_dir)
@@ -278,7 +278,7 @@ def check_resume(run_dir: Path, cfg: Config, checkpoints: bool = True) -> None:
     a finished run without its checkpoint; otherwise say what changes. An empty
     ``data.split`` in ``cfg`` is set to the run's own. Writes nothing: the resumed run does,
     once under way (:func:`resume_run_folder`)."""
-    from fastleading import console
+    from fastleading.run import console
 
     saved = read_run_config(run_dir, "cannot resume")
     if not cfg.data.split:  # left out (a config made anew, e.g. in Python): the run's own, as stored

@@ -18,20 +18,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastleading import ops
+from fastleading.engine import ops
 from fastleading.config import Config
 from fastleading.errors import FastleadingError
-from fastleading.gnn import GNN
-from fastleading.io import atomic_write, atomic_write_text
-from fastleading.profiling import peak_memory_bytes
-from fastleading.selection import improves, predict_classes
+from fastleading.models.gnn import GNN
+from fastleading.run.io import atomic_write, atomic_write_text
+from fastleading.engine.profiling import peak_memory_bytes
+from fastleading.run.selection import improves, predict_classes
 
 
 def train_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed: int = 0,
               device: torch.device | str = "cpu", hidden: int = 256, dropout: float = 0.5, lr: float = 0.01,
               weight_decay: float = 5e-4, alpha: float = 0.1, num_iters: int = 10, layers: int | None = None,
               hops: int | None = None, batch_size: int | None = None) -> dict:
-    """Train the GNN ``kind`` (:class:`fastleading.gnn.GNN`) on fixed ``features [N, F]``;
+    """Train the GNN ``kind`` (:class:`fastleading.models.gnn.GNN`) on fixed ``features [N, F]``;
     returns accuracies at the epoch with the best valid accuracy (:func:`fit_gnn` without the model)."""
     return fit_gnn(graph, features, split, kind, epochs, seed, device, hidden, dropout, lr, weight_decay, alpha,
                    num_iters, layers, hops, batch_size)[0]
@@ -42,7 +42,7 @@ def fit_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed: 
             weight_decay: float = 5e-4, alpha: float = 0.1, num_iters: int = 10, layers: int | None = None,
             hops: int | None = None, batch_size: int | None = None, head: str = "mlp",
             on_epoch=None) -> tuple[dict, GNN]:
-    """Train the GNN ``kind`` (:class:`fastleading.gnn.GNN`, its MLP a ``head`` :class:`fastleading.nn.Head`
+    """Train the GNN ``kind`` (:class:`fastleading.models.gnn.GNN`, its MLP a ``head`` :class:`fastleading.models.appnp.Head`
     for ``appnp`` / ``mlp``) on fixed ``features [N, F]``; returns (accuracies at the epoch with the
     best valid accuracy, the model with that epoch's weights, in eval mode). ``on_epoch(epoch,
     accuracies)`` is called after each epoch's evaluation.
@@ -127,8 +127,8 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
     """The ``pretrained`` (frozen LM embeddings) and ``shallow`` (BoW / TF-IDF) baselines:
     features -> MLP -> APPNP, the same head and propagation as LEADING's."""
     from fastleading.data import load_dataset
-    from fastleading.precision import resolve_device
-    from fastleading.runfolder import start_run_folder
+    from fastleading.engine.precision import resolve_device
+    from fastleading.run.folder import start_run_folder
 
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,11 +161,11 @@ def train_fixed_features(cfg: Config, out_dir: Path, quiet: bool = False) -> dic
 
 
 def link_gnn(cfg: Config, graph, features: torch.Tensor, kind: str, num_iters: int) -> tuple[dict, dict]:
-    """Link prediction with GNN ``kind`` on fixed ``features`` (:mod:`fastleading.downstream_link`):
+    """Link prediction with GNN ``kind`` on fixed ``features`` (:mod:`fastleading.link.baseline`):
     (its result, the link entries of a summary)."""
     from fastleading.data import link_view
-    from fastleading.downstream_link import train_link_gnn_cfg
-    from fastleading.linkmetrics import summary_fields
+    from fastleading.link.baseline import train_link_gnn_cfg
+    from fastleading.link.metrics import summary_fields
 
     view, split = link_view(cfg, graph)
     result = train_link_gnn_cfg(cfg, view, features, split, kind, num_iters)
@@ -175,9 +175,9 @@ def link_gnn(cfg: Config, graph, features: torch.Tensor, kind: str, num_iters: i
 def pretrained_embeddings(cfg: Config, quiet: bool = True):
     """(graph, ``[N, H]`` embeddings of the LM without any fine-tuning)."""
     from fastleading.data import prepare
-    from fastleading.encode import encode_all
-    from fastleading.lm import LMEncoder
-    from fastleading.precision import resolve_device, resolve_precision
+    from fastleading.models.encode import encode_all
+    from fastleading.models.lm import LMEncoder
+    from fastleading.engine.precision import resolve_device, resolve_precision
 
     graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)
@@ -190,11 +190,11 @@ def pretrained_embeddings(cfg: Config, quiet: bool = True):
 
 def run_embeddings(run_dir: Path, quiet: bool = True, overrides: Sequence[str] = ()):
     """(config, graph, ``[N, H]`` embeddings) of a finished run's best fine-tuned LM
-    (``overrides``: see :func:`fastleading.runfolder.read_run_config`)."""
+    (``overrides``: see :func:`fastleading.run.folder.read_run_config`)."""
     from fastleading.data import prepare
-    from fastleading.encode import encode_all
-    from fastleading.precision import resolve_device, resolve_precision
-    from fastleading.runfolder import read_run_config, require_best
+    from fastleading.models.encode import encode_all
+    from fastleading.engine.precision import resolve_device, resolve_precision
+    from fastleading.run.folder import read_run_config, require_best
     from fastleading.trainer.model import load_best
 
     cfg = read_run_config(run_dir, overrides=overrides)
@@ -238,10 +238,10 @@ def export_embeddings(run_dir: str | Path, out_path: str | Path, quiet: bool = T
     row ``i`` is node ``i``, in the order of the dataset's nodes (a custom dataset's nodes file).
     A dataset whose nodes have ids of their own (``custom``) also gets them beside the file,
     :func:`node_ids_path` (a CSV with the header ``id``, one id per row of the embeddings). The
-    run and its ``best.pt`` are recorded beside it (:func:`fastleading.runfolder.provenance_path`):
+    run and its ``best.pt`` are recorded beside it (:func:`fastleading.run.folder.provenance_path`):
     ``predict --embeddings`` takes only embeddings of the run's current best weights."""
-    from fastleading import console
-    from fastleading.runfolder import provenance, provenance_path
+    from fastleading.run import console
+    from fastleading.run.folder import provenance, provenance_path
 
     out_path = check_embeddings_path(out_path)  # before anything loads
     with console.output(quiet):
@@ -279,7 +279,7 @@ def downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None =
 
 def _downstream(cfg: Config, embeddings: str | Path, out_dir: str | Path | None) -> dict:
     from fastleading.data import load_dataset
-    from fastleading.precision import resolve_device
+    from fastleading.engine.precision import resolve_device
 
     path = Path(embeddings)
     if not path.is_file():

@@ -3,10 +3,10 @@
     fastleading study --dataset citeseer-tag --methods leading,supervised,shallow --seeds 3 \\
         --splits 'low-{seed}' --downstream gcn,sage --out runs/study --override train.epochs=20
 
-Every run trains through :func:`fastleading.methods.train_method` into
+Every run trains through :func:`fastleading.commands.methods.train_method` into
 ``OUT/runs/<method>-<split>-seed<seed>/``; then (paper protocol) its node embeddings are
-exported (:func:`fastleading.downstream.export_embeddings`) and each downstream GNN is trained on
-them (:func:`fastleading.downstream.downstream`). The study writes into ``OUT``:
+exported (:func:`fastleading.baselines.downstream.export_embeddings`) and each downstream GNN is trained on
+them (:func:`fastleading.baselines.downstream.downstream`). The study writes into ``OUT``:
 
 - ``results.json``: every run's config, summary and downstream results, and per method (per
   method and split pattern when the study has several: ``"leading 10/30/60"``, see
@@ -48,7 +48,7 @@ from typing import Callable, Iterable
 from fastleading.bench.report import git_commit
 from fastleading.config import Config, apply_overrides
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write_text
+from fastleading.run.io import atomic_write_text
 
 DEFAULT_METHODS = ("leading", "supervised", "pretrained", "shallow")
 RESULTS, TABLE, VALID_PNG, TEST_PNG = "results.json", "table.md", "valid_curves.png", "test_acc.png"
@@ -86,10 +86,10 @@ class Task:
     curve_label: str
     split_key: str          # the config key a study's split sets
     test_png: str
-    downstream_file: str    # written by fastleading.downstream.downstream, ``{gnn}`` replaced
+    downstream_file: str    # written by fastleading.baselines.downstream.downstream, ``{gnn}`` replaced
 
     def train(self, cfg: Config, run_dir: Path, resume: bool, quiet: bool = True) -> dict:
-        from fastleading.methods import train_method
+        from fastleading.commands.methods import train_method
 
         # not resumed: whatever an attempt killed before its first checkpoint left is replaced
         return train_method(cfg, run_dir, resume=resume, quiet=quiet, overwrite=not resume)
@@ -116,12 +116,12 @@ class Task:
         return summary.get("history") or []
 
     def export(self, run_dir: Path, path: Path) -> Path:
-        from fastleading.downstream import export_embeddings
+        from fastleading.baselines.downstream import export_embeddings
 
         return export_embeddings(run_dir, path, quiet=True)
 
     def downstream(self, cfg: Config, embeddings: Path, run_dir: Path, gnn: str) -> dict:
-        from fastleading.downstream import downstream
+        from fastleading.baselines.downstream import downstream
 
         return downstream(apply_overrides(copy.deepcopy(cfg), [f"model.gnn={gnn}"]), embeddings, run_dir)
 
@@ -263,11 +263,11 @@ def _comparable(d: dict) -> dict:
 def config_difference(saved: dict, cfg: Config, run_dir: Path, default_split: str = "") -> str | None:
     """'section.key: saved vs wanted' for the first key where the config.json of the run folder
     ``run_dir`` differs from ``cfg``, both as they are stored there
-    (:func:`fastleading.runfolder.stored_config`: paths resolved, also in a config.json written
+    (:func:`fastleading.run.folder.stored_config`: paths resolved, also in a config.json written
     before they were, an empty ``data.split`` the dataset's ``default_split``; ignoring
     :data:`IGNORED_KEYS`); None when they agree."""
     from fastleading.config import from_dict
-    from fastleading.runfolder import config_changes, stored_config
+    from fastleading.run.folder import config_changes, stored_config
 
     try:
         saved = stored_config(run_dir, from_dict(saved, source=str(run_dir / "config.json")), default_split).to_dict()
@@ -495,7 +495,7 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
               f"Model {base.model.name}, dataset {base.data.dataset}.")
     table_path = atomic_write_text(out_dir / TABLE, markdown_table(results, valid_by_epoch, gnns, header, t))
     out = StudyOutput(record, out_dir, results_path, table_path)
-    from fastleading import plot
+    from fastleading.commands import plot
 
     if not plot.have_matplotlib():
         log(f"plots skipped: {plot.PLOT_HINT}")

@@ -41,10 +41,10 @@ from pathlib import Path
 
 import torch
 
-from fastleading import checkpoint
-from fastleading.distributed import barrier, get_world_size, init_distributed, is_main, require_deepspeed
+from fastleading.run import checkpoint
+from fastleading.engine.distributed import barrier, get_world_size, init_distributed, is_main, require_deepspeed
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_torch_save, atomic_write_text
+from fastleading.run.io import atomic_torch_save, atomic_write_text
 
 # The zero_optimization section of each preset. Buckets and thresholds keep DeepSpeed's
 # defaults; overlap_comm/contiguous_gradients overlap the gradient reduction with backward.

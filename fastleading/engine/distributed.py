@@ -7,7 +7,7 @@ process and every function here degrades to its single-process meaning (no colle
 
 Each step every rank encodes a disjoint shard of the targets and of the refresh batch
 (:func:`shard`), then exchanges the fresh rows (:func:`sync_bank_rows`; the implicit layer
-syncs its own histories the same way, :meth:`fastleading.nn.ImplicitAPPNP.sync_histories`: an
+syncs its own histories the same way, :meth:`fastleading.models.appnp.ImplicitAPPNP.sync_histories`: an
 all-gather of ids and rows, written in rank order on every rank), so all banks and histories
 stay bit-identical. Gradients are averaged by
 :func:`all_reduce_gradients` (plain data parallelism) or by the DeepSpeed engine.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fastleading import transfer
+from fastleading.engine import transfer
 from fastleading.errors import FastleadingError
 
 
@@ -278,7 +278,7 @@ def allgather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def sync_bank_rows(bank, ids: torch.Tensor, rows: torch.Tensor, step: int) -> None:
-    """Refresh ``bank`` (a :class:`fastleading.bank.MemoryBank`) with every rank's fresh rows.
+    """Refresh ``bank`` (a :class:`fastleading.engine.bank.MemoryBank`) with every rank's fresh rows.
 
     Each rank passes its own ``ids [M_r]`` and ``rows [M_r, dim]`` (detached); all ranks then
     write the same concatenation in rank order, so banks and stamps stay identical. An id

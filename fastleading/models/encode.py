@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastleading import transfer
-from fastleading.distributed import allgather_rows, get_rank, get_world_size, shard
-from fastleading.encode_backend import fixed_weights
-from fastleading.precision import Precision
+from fastleading.engine import transfer
+from fastleading.engine.distributed import allgather_rows, get_rank, get_world_size, shard
+from fastleading.models.encode_backend import fixed_weights
+from fastleading.engine.precision import Precision
 
 if TYPE_CHECKING:
-    from fastleading.bank import MemoryBank
+    from fastleading.engine.bank import MemoryBank
 
 # Token positions per no-gradient forward for callers that pass no budget; the default of
 # ``train.encode_token_budget`` (tests/test_encode.py checks they agree). 256 x 64: never more
@@ -60,7 +60,7 @@ def budget_chunks(sorted_lengths: torch.Tensor, token_budget: int, max_rows: int
 
     A chunk starting at a row of length ``w`` holds ``world x rows`` rows (fewer at the end),
     ``rows = min(max_rows, max(1, token_budget // w))``: each rank's contiguous shard of it
-    (:func:`fastleading.distributed.shard`) has at most ``rows`` rows, none longer than ``w``,
+    (:func:`fastleading.engine.distributed.shard`) has at most ``rows`` rows, none longer than ``w``,
     so a forward computes at most ``token_budget`` token positions, unless one row alone is
     longer than the budget (then it goes alone). ``token_budget=0``: fixed chunks of
     ``world x max_rows`` rows (``max_rows=None``: one chunk). One Python step per chunk,
@@ -110,9 +110,9 @@ def _budget(encoder, token_budget: int | None) -> int:
 def encode_nodes(encoder, tokens, ids: torch.Tensor, device: torch.device, precision: Precision) -> torch.Tensor:
     """LM embeddings ``[len(ids), H]`` (fp32) of nodes ``ids`` (int64, CPU) under the run's autocast.
 
-    ``encoder`` is an :class:`fastleading.lm.LMEncoder` (or a DeepSpeed engine around one);
+    ``encoder`` is an :class:`fastleading.models.lm.LMEncoder` (or a DeepSpeed engine around one);
     ``tokens`` a :class:`fastleading.data.tokens.TokenCache`. On a GPU the token rows are
-    copied from pinned memory without blocking (:func:`fastleading.transfer.to_device`)."""
+    copied from pinned memory without blocking (:func:`fastleading.engine.transfer.to_device`)."""
     input_ids, mask = tokens.batch(ids.cpu())
     with precision.autocast():
         return encoder(transfer.to_device(input_ids, device), transfer.to_device(mask, device))
@@ -129,7 +129,7 @@ def encode_eval(encoder, tokens, ids: torch.Tensor, device: torch.device, precis
     ``token_budget=0``: the old way, ``ids`` in their order, ``max_rows`` per forward. The
     plan is made on the host from ``tokens.lengths``; the reordering is one gather on the
     device (no host read of a device value). ``backend``: ``train.encode_backend``
-    (:func:`fastleading.encode_backend.fixed_weights`; only for weights that stay fixed across
+    (:func:`fastleading.models.encode_backend.fixed_weights`; only for weights that stay fixed across
     calls: an ONNX export per call of changing weights costs more than it saves)."""
     encoder = fixed_weights(encoder, backend, device, precision)
     was_training = encoder.training
@@ -160,7 +160,7 @@ def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision:
                token_budget: int | None = None, into: "MemoryBank | None" = None, step: int = 0,
                backend: str = "eager") -> torch.Tensor:
     """LM embeddings of every node, ``[N, H]`` in the bank dtype on ``device``; with ``into``
-    (a :class:`fastleading.bank.MemoryBank`) written straight into the bank as its rows
+    (a :class:`fastleading.engine.bank.MemoryBank`) written straight into the bank as its rows
     refreshed at ``step`` (no second ``[N, H]`` matrix) and returned as ``into.emb``.
 
     The nodes are taken longest first (:func:`length_order` of ``tokens.lengths``, the same on
@@ -171,8 +171,8 @@ def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision:
     of ``batch_size x world``), and the shards are all-gathered, so every rank ends with the
     whole matrix. Every rank runs one forward per chunk. ``counter`` counts this rank's
     encodes as ``kind``. ``backend``: ``train.encode_backend``, what runs the LM
-    (:func:`fastleading.encode_backend.fixed_weights`: eager PyTorch or ONNX Runtime)."""
-    from fastleading.console import bar
+    (:func:`fastleading.models.encode_backend.fixed_weights`: eager PyTorch or ONNX Runtime)."""
+    from fastleading.run.console import bar
 
     encoder = fixed_weights(encoder, backend, device, precision)
     rank, world = get_rank(), get_world_size()

@@ -29,7 +29,7 @@ import torch
 
 from fastleading import _native
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr_reference
+from fastleading.engine.graph import build_csr_reference
 
 BACKENDS = ("auto", "native", "torch")
 
@@ -50,7 +50,7 @@ class Draws:
 
     The weighted operator of a row ``i`` is then ``dinv_i^2 x_i + weight_i * sum_{j in C_i}
     dinv_i dinv_j x_j`` with the full graph's ``dinv``: for an expanded row its expectation over
-    the draws is the full-graph row of ``Â`` (see :class:`fastleading.nn.ImportanceNorm`); a
+    the draws is the full-graph row of ``Â`` (see :class:`fastleading.models.appnp.ImportanceNorm`); a
     node of the last hop keeps only its self loop. (Estimating the last hop's rows from the
     nodes that drew them, scaled to their degree, was tried: at hubs that estimate rests on one
     neighbour, its noise reached the implicit layer's histories and training collapsed, see
@@ -103,7 +103,7 @@ class NeighborSampler:
     """Samples the ``len(fanouts)``-hop neighbourhood of target batches in a CSR graph.
 
     Args:
-        rowptr: int64 ``[N+1]`` CSR offsets (see :func:`fastleading.graph.build_csr`).
+        rowptr: int64 ``[N+1]`` CSR offsets (see :func:`fastleading.engine.graph.build_csr`).
         col: int32/int64 ``[E]`` neighbour ids, on the device of ``rowptr``.
         fanouts: neighbours drawn per node at each hop (>= 1, or -1 for all).
         backend: ``"native"`` (C++, CPU graphs), ``"torch"`` (any device) or ``"auto"``

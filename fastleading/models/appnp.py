@@ -2,7 +2,7 @@
 the explicit (unrolled) APPNP of the coupled baseline, and the prediction head.
 
 The propagation operator is ``Â = D̃^{-1/2}(A+I)D̃^{-1/2}`` with ``D̃ = D + I``; one step
-``X <- (1-a) Â X + a X_in`` is :func:`fastleading.ops.appnp_step` (Triton on CUDA). On a
+``X <- (1-a) Â X + a X_in`` is :func:`fastleading.engine.ops.appnp_step` (Triton on CUDA). On a
 sampled subgraph the normalisation ``dinv`` may instead be an :class:`ImportanceNorm`: the
 importance-weighted, non-symmetric operator ``Ã`` of ``model.subgraph_norm=weighted``, whose
 backward passes apply ``Ãᵀ``.
@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastleading import ops
-from fastleading.distributed import allgather_rows, is_distributed
+from fastleading.engine import ops
+from fastleading.engine.distributed import allgather_rows, is_distributed
 
 
 @dataclass(frozen=True)
 class ImportanceNorm:
     """The normalisation of an importance-weighted sampled operator (``model.subgraph_norm=weighted``).
 
-    With the CSR ``C`` passed as ``rowptr/col`` (who drew whom, :class:`fastleading.sampler.Draws`),
+    With the CSR ``C`` passed as ``rowptr/col`` (who drew whom, :class:`fastleading.engine.sampler.Draws`),
     the full graph's ``d = dinv`` and the row weights ``w`` (``deg_i / draws_i``)::
 
         Ã = D⁻¹ + W D^{-1/2} C D^{-1/2},   D⁻¹ = diag(d²) (the self loop), W = diag(w)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write
+from fastleading.run.io import atomic_write
 
 PLOT_HINT = "plots need matplotlib: pip install 'fastleading[plot]'"
 
@@ -78,7 +78,7 @@ def reference_scores(run_dir: Path) -> tuple[float, float] | None:
     """``(valid, test)`` of a fixed-feature run (``pretrained`` / ``shallow``: no per-step metrics)
     from its ``summary.json``: accuracy at its best epoch, or for ``train.task=link`` the metric
     that selected it (``train.link_select``, MRR by default); None for any other folder."""
-    from fastleading.downstream import FIXED_FEATURE_METHODS
+    from fastleading.baselines.downstream import FIXED_FEATURE_METHODS
 
     summary = _read_json(run_dir / "summary.json")
     if summary is None or summary.get("method") not in FIXED_FEATURE_METHODS:

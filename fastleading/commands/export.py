@@ -1,7 +1,7 @@
 """The fine-tuned language model of a run, out as a Hugging Face folder.
 
 ``export_lm(run_dir, out_dir)`` loads the run's ``best.pt`` (the NodeClassifier's weights:
-``encoder.model.*`` is the Hugging Face model inside :class:`fastleading.lm.LMEncoder`),
+``encoder.model.*`` is the Hugging Face model inside :class:`fastleading.models.lm.LMEncoder`),
 and writes that model and its tokenizer with ``save_pretrained``:
 
 - a full fine-tune: the model as it was trained (safetensors);
@@ -32,11 +32,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastleading import checkpoint
+from fastleading.run import checkpoint
 from fastleading.config import Config
 from fastleading.errors import FastleadingError
-from fastleading.io import umask
-from fastleading.runfolder import best_digest, read_run_config, require_best
+from fastleading.run.io import umask
+from fastleading.run.folder import best_digest, read_run_config, require_best
 
 INFO_FILE = "fastleading.json"
 
@@ -60,7 +60,7 @@ def check_target(out_dir: Path) -> None:
 
 def _check_lm_run(run_dir: Path, cfg: Config, lora_adapter: bool) -> None:
     """Refuse an LM export of a run that fine-tuned no LM, or of an adapter it does not have."""
-    from fastleading.downstream import FIXED_FEATURE_METHODS
+    from fastleading.baselines.downstream import FIXED_FEATURE_METHODS
 
     if cfg.train.method in FIXED_FEATURE_METHODS:
         raise FastleadingError(f"{run_dir}: method '{cfg.train.method}' fine-tunes no language model; "
@@ -74,7 +74,7 @@ def check_export(run_dir: Path, embeddings: Path | None, lm_dir: Path | None, lo
     """Every check of ``fastleading export`` that needs no model, so that a bad argument stops
     with one line before anything loads: the embeddings path ends in ``.npy``, the LM folder is
     new or empty, the run folder has a config, an LM to export and (LM methods) its ``best.pt``."""
-    from fastleading.downstream import FIXED_FEATURE_METHODS, check_embeddings_path
+    from fastleading.baselines.downstream import FIXED_FEATURE_METHODS, check_embeddings_path
 
     if embeddings is not None:
         check_embeddings_path(embeddings)
@@ -88,9 +88,9 @@ def check_export(run_dir: Path, embeddings: Path | None, lm_dir: Path | None, lo
 
 
 def load_trained_encoder(run_dir: Path, cfg: Config):
-    """``(encoder, epoch)``: the run's :class:`fastleading.lm.LMEncoder` with its ``best.pt``
+    """``(encoder, epoch)``: the run's :class:`fastleading.models.lm.LMEncoder` with its ``best.pt``
     weights, on the CPU, in eval mode, and the epoch they are from."""
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     state = checkpoint.load(require_best(run_dir))
     weights = state.get("model") if isinstance(state, dict) else None
@@ -113,8 +113,8 @@ def load_trained_encoder(run_dir: Path, cfg: Config):
 def export_lm(run_dir: str | Path, out_dir: str | Path, lora_adapter: bool = False, quiet: bool = False) -> Path:
     """Write the run's best fine-tuned LM and its tokenizer to ``out_dir`` as a Hugging Face
     folder (see the module docstring); returns ``out_dir``. ``quiet``: nothing on the terminal
-    but errors (:func:`fastleading.console.output`)."""
-    from fastleading import console
+    but errors (:func:`fastleading.run.console.output`)."""
+    from fastleading.run import console
 
     with console.output(quiet):
         return _export_lm(Path(run_dir), Path(out_dir), lora_adapter)
@@ -122,7 +122,7 @@ def export_lm(run_dir: str | Path, out_dir: str | Path, lora_adapter: bool = Fal
 
 def _export_lm(run_dir: Path, out_dir: Path, lora_adapter: bool) -> Path:
     from fastleading.data.tokens import load_tokenizer
-    from fastleading.models import load_args
+    from fastleading.models.hub import load_args
 
     check_target(out_dir)
     cfg = read_run_config(run_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_torch_save
+from fastleading.run.io import atomic_torch_save
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"

@@ -35,7 +35,7 @@ from torch import nn
 from fastleading.errors import FastleadingError
 
 if TYPE_CHECKING:
-    from fastleading.precision import Precision
+    from fastleading.engine.precision import Precision
 
 BACKENDS = ("auto", "eager", "onnx", "openvino")
 ONNX_OPSET = 17
@@ -62,7 +62,7 @@ def openvino_available() -> bool:
 
 
 def _announce(message: str) -> None:
-    from fastleading.console import notice
+    from fastleading.run.console import notice
 
     if message not in _announced:
         _announced.add(message)
@@ -79,10 +79,10 @@ def resolve_backend(requested: str, device: torch.device, encoder: nn.Module | N
     benchmarks/results/cpu-encode-2026-12-07.json), else eager and says so once.
 
     An engine asked where it cannot run (a GPU, several processes, an encoder that is not a
-    plain :class:`fastleading.lm.LMEncoder`, e.g. a DeepSpeed engine) or without its packages
+    plain :class:`fastleading.models.lm.LMEncoder`, e.g. a DeepSpeed engine) or without its packages
     is one line naming the field; ``auto`` falls back to ``eager`` there."""
-    from fastleading.distributed import get_world_size
-    from fastleading.lm import LMEncoder
+    from fastleading.engine.distributed import get_world_size
+    from fastleading.models.lm import LMEncoder
 
     if requested not in BACKENDS:
         raise FastleadingError(f"config key 'train.encode_backend': expected one of {', '.join(BACKENDS)}, "
@@ -150,7 +150,7 @@ def export_onnx(encoder: nn.Module, path: Path) -> None:
 
 
 class FixedEncoder(nn.Module):
-    """An inference engine's copy of an :class:`fastleading.lm.LMEncoder` with fixed (fp32)
+    """An inference engine's copy of an :class:`fastleading.models.lm.LMEncoder` with fixed (fp32)
     weights: ``forward(input_ids [B, L], attention_mask [B, L]) -> [B, hidden]`` fp32 on the
     CPU, as the encoder's. Has no parameters; ``runs`` counts its forwards; ``backend`` names
     the engine."""

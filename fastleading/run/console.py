@@ -5,7 +5,7 @@
   holds no carriage returns or cursor movements: libraries' bars are switched off and a training
   run prints plain lines instead (:class:`fastleading.trainer.display.StepDisplay`).
 - **Quiet calls.** :func:`output` wraps a command (the CLI's ``--quiet``) or a Python call
-  (``quiet=True`` of :func:`fastleading.methods.train_method` and the exports): inside it with
+  (``quiet=True`` of :func:`fastleading.commands.methods.train_method` and the exports): inside it with
   ``quiet`` fastleading prints no bars and no notices, transformers and huggingface_hub no bars
   and no log records below errors, DeepSpeed no log records below errors, and Python warnings
   are ignored. What it changed is given back when the call returns.

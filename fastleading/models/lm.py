@@ -14,7 +14,7 @@ from torch import nn
 
 from fastleading.config import ModelConfig
 from fastleading.errors import FastleadingError
-from fastleading.models import is_sentence_transformer, load_args
+from fastleading.models.hub import is_sentence_transformer, load_args
 
 DECODER_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi", "phi3",
                  "gemma", "gemma2", "opt", "bloom", "falcon", "smollm"}
@@ -124,7 +124,7 @@ class LMEncoder(nn.Module):
         keep = attention_mask.bool()[:, None, None, :]
         if self.is_decoder:
             # comparisons of positions rather than tril/eye: the same masks, and ONNX Runtime
-            # (fastleading.encode_backend) has kernels for them where it has none for a bool EyeLike
+            # (fastleading.models.encode_backend) has kernels for them where it has none for a bool EyeLike
             positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
             causal = positions[None, :] <= positions[:, None]
             keep = (keep & causal) | (positions[None, :] == positions[:, None])

@@ -7,7 +7,7 @@ these rules instead:
 
 * a node whose logits are not all finite predicts no class (:func:`predict_classes`): it counts
   as wrong in every accuracy;
-* link scores that are not finite rank worst (:mod:`fastleading.linkmetrics`);
+* link scores that are not finite rank worst (:mod:`fastleading.link.metrics`);
 * an evaluation reports how many of its outputs were not finite (``nonfinite``), and one with any
   is never selected as best (:func:`improves`); the LM trainer also stops after
   ``train.max_bad_evals`` of them in a row (:meth:`fastleading.trainer.state.Progress.record_eval`).

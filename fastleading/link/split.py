@@ -3,7 +3,7 @@
 A :class:`LinkSplit` holds the training edges, the validation and test edges, and for every
 validation / test edge ``(s, t)`` a fixed row of ``K`` negative targets ``t'`` (the pairs
 ``(s, t')`` it is ranked against: OGB's ogbl-citation2 protocol, see
-:mod:`fastleading.linkmetrics`).
+:mod:`fastleading.link.metrics`).
 
 * Generated (``data.link_split`` = ``"train/valid/test"`` percentages, e.g. ``10/30/60`` or
   ``85/5/10`` as in the paper's appendix C): the undirected edges of the graph (each once,
