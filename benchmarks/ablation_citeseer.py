@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from fastleading.bench.report import git_commit, require_dataset
+from fastleading.commands.study import NODE_CLASSIFICATION, check_run_folders, plan, run_one
 from fastleading.config import Config, apply_overrides
 from fastleading.errors import FastleadingError
-from fastleading.commands.study import NODE_CLASSIFICATION, check_run_folders, plan, run_one
 
 # name -> overrides on top of the base; "base" is the recipe itself
 VARIANTS = {

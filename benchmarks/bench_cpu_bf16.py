@@ -27,8 +27,8 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.bench.sampler import machine
 from fastleading.config import Config, apply_overrides
-from fastleading.models.encode import encode_eval, encode_nodes
 from fastleading.engine.precision import NATIVE_BF16_CPU_FEATURES, Precision, cpu_native_bf16
+from fastleading.models.encode import encode_eval, encode_nodes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
-    from fastleading.run import console
     from fastleading.data import prepare
     from fastleading.models.lm import LMEncoder
+    from fastleading.run import console
 
     cfg = apply_overrides(Config(), ["data.dataset=citeseer-tag", f"data.max_length={args.max_length}",
                                      *args.override])

@@ -43,9 +43,9 @@ from fastleading.bench.report import git_commit, write_result
 from fastleading.config import TrainConfig
 from fastleading.data.citeseer_tag import read_papers
 from fastleading.data.tokens import TokenCache, load_tokenizer, tokenize_rows
+from fastleading.engine.precision import cpu_native_bf16, resolve_precision
 from fastleading.models.encode import encode_all
 from fastleading.models.encode_backend import cached_session, fixed_weights, openvino_available
-from fastleading.engine.precision import cpu_native_bf16, resolve_precision
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "cpu-encode", "date": datetime.date.today().isoformat(), "commit": git_commit(),
               "cpu": cpu_info(), "cores": os.cpu_count(), "threads": [int(t) for t in args.threads.split(",")],
               "model": args.model, "torch": torch.__version__, **versions,
-              "rounds": args.rounds, "eval_batch_size": batch, "export_s": {f"{engine}, {threads} threads": v for (threads, engine), v in export_s.items()},
+              "rounds": args.rounds, "eval_batch_size": batch,
+              "export_s": {f"{engine}, {threads} threads": v for (threads, engine), v in export_s.items()},
               "note": "eager fp32 is the path of a CPU without native bf16 (train.precision=fp32 forced here); "
                       "each path encodes the same texts with encode_all, alternating round by round; median round",
               "results": rows}

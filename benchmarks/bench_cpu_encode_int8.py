@@ -37,9 +37,9 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.config import ModelConfig, TrainConfig
 from fastleading.data.tokens import load_tokenizer
+from fastleading.engine.precision import resolve_precision
 from fastleading.models.encode import encode_all
 from fastleading.models.encode_backend import OnnxEncoder, export_onnx
-from fastleading.engine.precision import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu_encode import DATA, MINILM, arxiv_titles, citeseer_texts, cpu_info, min_cosine, token_cache  # noqa: E402

@@ -36,8 +36,8 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.bench.sampler import machine
 from fastleading.config import Config, TrainConfig, apply_overrides
-from fastleading.models.encode import DEFAULT_TOKEN_BUDGET, budget_chunks, encode_eval, length_order, padding_ratio
 from fastleading.engine.precision import resolve_precision
+from fastleading.models.encode import DEFAULT_TOKEN_BUDGET, budget_chunks, encode_eval, length_order, padding_ratio
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -35,9 +35,9 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.bench.sampler import machine
 from fastleading.bench.scale import stand_in_model
-from fastleading.config import Config, apply_overrides
 from fastleading.commands.methods import train_method
 from fastleading.commands.predict import TrainedRun
+from fastleading.config import Config, apply_overrides
 
 
 class ReEncoding(TrainedRun):

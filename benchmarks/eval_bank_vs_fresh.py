@@ -80,7 +80,8 @@ def main() -> int:
         "summary_encodes_per_graph_node_per_epoch": summary["encodes_per_graph_node_per_epoch"],
         "wall_time_s": round(time.time() - start, 1),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.date.today().isoformat(),
     }

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import sys
 
-from fastleading.config import Config, apply_overrides
 from fastleading.commands.study import preset_overrides, preset_parser, run_preset
+from fastleading.config import Config, apply_overrides
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import sys
 
-from fastleading.config import Config, apply_overrides
 from fastleading.commands.study import preset_overrides, preset_parser, run_preset
+from fastleading.config import Config, apply_overrides
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 SPLITS = ("10/30/60", "85/5/10")

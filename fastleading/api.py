@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def _splits(splits: Mapping | None, labels: np.ndarray) -> dict[str, Split]:
         if not isinstance(parts, Mapping) or set(parts) != set(SPLIT_KEYS):
             raise FastleadingError(f"splits['{name}']: expected a mapping with the keys train, valid, test")
         out[str(name)] = Split(*(_as_index(parts[k], len(labels), f"splits['{name}']['{k}']") for k in SPLIT_KEYS))
-        for k, ids in zip(SPLIT_KEYS, (out[str(name)].train, out[str(name)].valid, out[str(name)].test)):
+        for k, ids in zip(SPLIT_KEYS, (out[str(name)].train, out[str(name)].valid, out[str(name)].test), strict=True):
             if len(ids) and (labels[ids.numpy()] < 0).any():
                 raise FastleadingError(f"splits['{name}']['{k}']: holds nodes without a label (-1)")
     return out
@@ -138,19 +139,19 @@ def graph_from_pyg(data: Any, texts: Sequence[str], **kwargs: Any) -> TextAttrib
     ``data.train_mask`` / ``val_mask`` / ``test_mask`` as the split ``given`` (masks of shape
     ``[N, k]``: splits ``given-0 .. given-{k-1}``) and ``data.x`` as the shallow features;
     ``kwargs`` go to :func:`graph_from_arrays` (``class_names``, ``node_ids``, ``name``...)."""
-    get = (lambda key: data[key] if key in data else None) if hasattr(data, "keys") else \
-        (lambda key: getattr(data, key, None))
+    get = data.get if hasattr(data, "keys") else (lambda key: getattr(data, key, None))  # a mapping, or PyG's Data
     labels = get("y")
     if labels is not None and labels.dim() != 1:
         raise FastleadingError(f"graph_from_pyg: data.y: expected one class per node (shape [N]), got "
                                f"{list(labels.shape)}")
-    masks = [get(k) for k in ("train_mask", "val_mask", "test_mask")]
+    masks = [m for m in (get(k) for k in ("train_mask", "val_mask", "test_mask")) if m is not None]
     splits = kwargs.pop("splits", None)
-    if splits is None and all(m is not None for m in masks):
+    if splits is None and len(masks) == 3:
         if masks[0].dim() == 1:
-            splits = {"given": dict(zip(SPLIT_KEYS, masks))}
+            splits = {"given": dict(zip(SPLIT_KEYS, masks, strict=True))}
         else:
-            splits = {f"given-{j}": dict(zip(SPLIT_KEYS, (m[:, j] for m in masks))) for j in range(masks[0].shape[1])}
+            splits = {f"given-{j}": dict(zip(SPLIT_KEYS, (m[:, j] for m in masks), strict=True))
+                      for j in range(masks[0].shape[1])}
     x = get("x")
     if "features" not in kwargs and x is not None and x.dim() == 2:
         kwargs["features"] = x.float()

@@ -23,9 +23,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastleading.config import Config, apply_overrides, load_config
 from fastleading.errors import FastleadingError
+
+if TYPE_CHECKING:
+    from fastleading.commands.predict import LinkScores, Predictions
 
 # short flag -> config key
 ALIASES = {
@@ -80,8 +84,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from fastleading.data import dataset_entry
     from fastleading.commands.methods import train_method
+    from fastleading.data import dataset_entry
 
     if args.resume:
         from fastleading.run.folder import read_run_config
@@ -160,6 +164,7 @@ def cmd_predict(args) -> int:
 
     run = TrainedRun(args.run, quiet=args.quiet, overrides=run_overrides(args))
     new = {"new_nodes": args.new_nodes, "new_edges": args.new_edges, "embeddings": args.embeddings}
+    result: LinkScores | Predictions
     if args.pairs is not None:
         result = run.score_pairs(args.pairs, **new)
     else:

@@ -91,7 +91,7 @@ def _install_kill(where: str, nth: int) -> None:
     from fastleading.engine import bank
     from fastleading.run import checkpoint
     from fastleading.run.io import atomic_write
-    from fastleading.trainer import evaluate, loop, optim
+    from fastleading.trainer import evaluate, optim
 
     count = itertools.count(1)
     if where == "step":
@@ -195,7 +195,7 @@ def differences(a, b, where: str = "") -> list[str]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{where}: length {len(a)} != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
         return [] if same else [f"{where}: tensors differ"]
@@ -266,7 +266,7 @@ class Harness:
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             rc = cli.main(argv)
-        return rc, "\n".join(l for l in err.getvalue().splitlines() if l.startswith("fastleading: error:"))
+        return rc, "\n".join(text for text in err.getvalue().splitlines() if text.startswith("fastleading: error:"))
 
     def children(self, jobs: list[dict], at_once: int = 8) -> list[subprocess.CompletedProcess]:
         """Run the child processes ``jobs`` (``{"argv", "kill", "disk"}`` each), ``at_once`` side by
@@ -322,7 +322,7 @@ class Harness:
 
     # -- a full disk
     def _expect_one_line(self, proc: subprocess.CompletedProcess, path: Path, what: str) -> bool:
-        lines = [l for l in proc.stderr.splitlines() if l.startswith("fastleading: error:")]
+        lines = [text for text in proc.stderr.splitlines() if text.startswith("fastleading: error:")]
         ok = (proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"fastleading: error: {path}: ")
               and "File too large" in lines[0])
         if not ok:
@@ -416,9 +416,9 @@ class Harness:
             target.write_bytes(backup)
 
     def bad_inputs(self) -> None:
-        from fastleading.run import checkpoint
-        from fastleading.config import apply_overrides, Config
+        from fastleading.config import Config, apply_overrides
         from fastleading.data import graph_dir
+        from fastleading.run import checkpoint
 
         run = self.root / "bad-run"  # a run stopped after 3 steps, with its checkpoint
         rc, err = self.cli(self.train_argv(run) + ["train.max_steps=3"])
@@ -506,7 +506,8 @@ class Harness:
                              ("link split: valid.pt without targets", keep_only_sources),
                              ("link split: valid.pt carries code",
                               lambda p: torch.save({"source_node": _SideEffect(marker)}, p))):
-            self.bad_input(name, split_dir / "valid.pt", damage, lambda: link_view(cfg, graph), self.root / "ogbl-cache")
+            self.bad_input(name, split_dir / "valid.pt", damage, lambda: link_view(cfg, graph),
+                           self.root / "ogbl-cache")
         if marker.exists():
             self.tally.failures.append("a link split file that carries code ran it")
 
@@ -601,7 +602,7 @@ def _run_faults(root: Path, kills: int, seed: int, disk_checkpoints: int, disk_m
     trials += [harness.full_disk_in_training("metrics", rng.randint(2, harness.events["metrics"]))
                for _ in range(disk_metrics)]
     trials.append(harness.full_disk_in_export())
-    for (_, check), result in zip(trials, harness.children([job for job, _ in trials])):
+    for (_, check), result in zip(trials, harness.children([job for job, _ in trials]), strict=True):
         check(result)
     harness.bad_inputs()
     return harness.tally

@@ -5,10 +5,9 @@ notice when a left-out --max-length tokenizes at another length than the one pre
 from __future__ import annotations
 
 import pytest
+from custom_graph import custom_graph_and_model, data_args
 
 from fastleading.cli import main
-
-from custom_graph import custom_graph_and_model, data_args
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from ogbl_fixtures import write_ogbl_citation2
+from test_link_train import edge_set
 
 from fastleading.config import Config, apply_overrides
-from fastleading.data import load_dataset
-from fastleading.data import link_view
+from fastleading.data import link_view, load_dataset
 from fastleading.errors import FastleadingError
-
-from ogbl_fixtures import write_ogbl_citation2
-from test_link_train import edge_set, tiny_bert  # noqa: F401  (fixture)
 
 
 def cfg_for(root, cache, *extra):

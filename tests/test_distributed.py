@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 
 from fastleading.engine import distributed as D
 from fastleading.engine.bank import MemoryBank
-from fastleading.errors import FastleadingError
 from fastleading.engine.graph import build_csr
+from fastleading.errors import FastleadingError
 from fastleading.models.appnp import ImplicitAPPNP
 
 WORLD = 2
@@ -165,7 +165,7 @@ def test_environment_and_reductions(ranks):
 
 def test_allgather_rows_with_unequal_sizes(ranks):
     for case in range(len(GATHER_SIZES)):
-        ids, rows = zip(*(_gather_input(case, r) for r in range(WORLD)))
+        ids, rows = zip(*(_gather_input(case, r) for r in range(WORLD)), strict=True)
         for res in ranks:
             for got_ids, got_rows in (res["gathered"][case], res["gathered_host_group"][case]):
                 assert got_ids.dtype == torch.int64 and got_rows.shape == (sum(GATHER_SIZES[case]), 3)
@@ -185,7 +185,7 @@ def test_allgather_rows_reads_no_count_from_the_device(ranks):
 def test_every_rank_holds_the_bank_of_the_union_of_refreshes(ranks, dtype):
     reference = MemoryBank(NUM_NODES, DIM, dtype)
     for step in range(BANK_STEPS):
-        ids, rows = zip(*(_bank_input(step, r) for r in range(WORLD)))
+        ids, rows = zip(*(_bank_input(step, r) for r in range(WORLD)), strict=True)
         reference.refresh(torch.cat(ids), torch.cat(rows), step)
     assert (reference.stamp == BANK_STEPS - 1).any() and (reference.stamp >= 0).sum() > NUM_NODES // 2
     for res in ranks:

@@ -9,25 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import save_tiny_model
 from torch import nn
 
-from fastleading.models import encode_backend
 from fastleading.config import Config, ModelConfig, apply_overrides
 from fastleading.data.tokens import TokenCache, load_tokenizer, tokenize_rows
+from fastleading.engine.precision import resolve_precision
+from fastleading.errors import FastleadingError
+from fastleading.models import encode_backend
 from fastleading.models.encode import encode_all, encode_eval
 from fastleading.models.encode_backend import FixedEncoder, cached_session, fixed_weights, resolve_backend
-from fastleading.errors import FastleadingError
-from fastleading.engine.precision import resolve_precision
-
-from tiny_models import save_tiny_model
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", "fp32", CPU)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 ENGINES = [pytest.param(name, marks=pytest.mark.skipif(
-    not encode_backend.available(name), reason=f"the {name} extra is not installed ({' and '.join(encode_backend.PACKAGES[name])}); "
-    "the eager fallback is tested by test_auto_without_engines_falls_back_and_says_so")) for name in ("onnx", "openvino")]
+    not encode_backend.available(name),
+    reason=f"the {name} extra is not installed ({' and '.join(encode_backend.PACKAGES[name])}); "
+    "the eager fallback is tested by test_auto_without_engines_falls_back_and_says_so"))
+    for name in ("onnx", "openvino")]
 needs_an_engine = pytest.mark.skipif(not (encode_backend.onnx_available() or encode_backend.openvino_available()),
                                      reason="neither the onnx nor the openvino extra is installed")
 
@@ -157,9 +158,9 @@ def test_config_field():
 def test_a_training_run_evaluates_through_the_engine_with_eager_results(tmp_path):
     """train.encode_backend=auto (fp32): the bank fill and every evaluation run on the engine
     (its forwards are counted), and the run's evaluations are those of an eager run."""
-    from fastleading.commands.methods import train_method
-
     from test_train import small_config
+
+    from fastleading.commands.methods import train_method
 
     model = save_tiny_model(tmp_path / "bert", "bert", hidden=32)
     runs = []
@@ -177,7 +178,7 @@ def test_a_training_run_evaluates_through_the_engine_with_eager_results(tmp_path
     eager = train_method(small_config(model, tmp_path / "cache", "train.encode_backend=eager"), tmp_path / "eager",
                          quiet=True)
     assert len(auto["history"]) == len(eager["history"]) >= 2
-    for a, e in zip(auto["history"], eager["history"]):
+    for a, e in zip(auto["history"], eager["history"], strict=True):
         for key in ("train", "valid", "test"):
             assert a[key] == pytest.approx(e[key], abs=1e-9), (key, a, e)
 
@@ -193,8 +194,9 @@ def test_an_lm_the_engine_cannot_take_is_refused_or_announced(monkeypatch, capsy
     monkeypatch.setattr(encode_backend, "_announced", set())
     engine = "openvino" if encode_backend.openvino_available() else "onnx"
     encoder = LMEncoder(ModelConfig(name=save_tiny_model(tmp_path / "bert")))
-    with pytest.raises(FastleadingError, match=rf"^config key 'train.encode_backend': {engine} could not take this "
-                                               r"LM \(RuntimeError: Unsupported: aten::something\); use auto or eager$"):
+    with pytest.raises(FastleadingError,
+                       match=rf"^config key 'train.encode_backend': {engine} could not take this "
+                             r"LM \(RuntimeError: Unsupported: aten::something\); use auto or eager$"):
         fixed_weights(encoder, engine, CPU, FP32)
     assert fixed_weights(encoder, "auto", CPU, FP32) is encoder
     assert fixed_weights(encoder, "auto", CPU, FP32) is encoder          # not tried again

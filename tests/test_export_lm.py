@@ -9,18 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import minilm_path, save_tiny_model
 
-from fastleading.run import checkpoint
+from fastleading.baselines.downstream import run_embeddings
 from fastleading.cli import main
+from fastleading.commands.export import export_lm, write_sentence_transformers_files
 from fastleading.config import Config, apply_overrides
 from fastleading.data import prepare
-from fastleading.baselines.downstream import run_embeddings
 from fastleading.errors import FastleadingError
-from fastleading.commands.export import export_lm, write_sentence_transformers_files
 from fastleading.models.lm import pool
+from fastleading.run import checkpoint
 from fastleading.trainer.loop import train
-
-from tiny_models import minilm_path, save_tiny_model
 
 
 def small_config(model: str, cache: Path, *overrides: str) -> Config:

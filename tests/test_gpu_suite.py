@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastleading.engine import ops
 from fastleading.config import Config, apply_overrides
+from fastleading.engine import ops
 from fastleading.models.appnp import ImplicitAPPNP
 from fastleading.trainer.batches import refresh_batch
 from fastleading.trainer.loop import build_trainer

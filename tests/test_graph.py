@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastleading.errors import FastleadingError
 from fastleading.engine.graph import build_csr, build_csr_reference, degree_percentiles, degrees
+from fastleading.errors import FastleadingError
 
 
 def random_edges(num_nodes: int, num_edges: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +22,7 @@ def random_edges(num_nodes: int, num_edges: int, seed: int) -> tuple[torch.Tenso
 def brute_force_rows(src, dst, num_nodes: int) -> list[list[int]]:
     """Sorted neighbour list of every node, from Python sets."""
     rows = [set() for _ in range(num_nodes)]
-    for u, v in zip(src.tolist(), dst.tolist()):
+    for u, v in zip(src.tolist(), dst.tolist(), strict=True):
         if u != v:
             rows[u].add(v)
             rows[v].add(u)

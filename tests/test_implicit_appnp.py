@@ -166,7 +166,7 @@ def test_backward_start_follows_warm_backward(warm_backward):
         x_in = torch.randn(n, channels, dtype=torch.float64, generator=gen, requires_grad=True)
         w = torch.randn(n, channels, dtype=torch.float64, generator=gen)
         (layer(x_in, rowptr, col, torch.arange(n)) * w).sum().backward()
-        truncated = alpha * sum(torch.linalg.matrix_power(m, l) @ w for l in range(iters))
+        truncated = alpha * sum(torch.linalg.matrix_power(m, power) @ w for power in range(iters))
         start = torch.linalg.matrix_power(m, iters) @ grads[-1] if grads and warm_backward else 0
         assert rel_err(x_in.grad, truncated + start) < 1e-6
         grads.append(x_in.grad)
@@ -200,7 +200,7 @@ def test_low_precision_histories_through_the_ops_dispatch_track_the_float64_laye
                 out = layer(x, rowptr, col, node_ids)
                 (out * w.to(x_dtype)).sum().backward()
             outs.append((out.detach().double(), x.grad.double()))
-        for got, want in zip(outs[1], outs[0]):
+        for got, want in zip(outs[1], outs[0], strict=True):
             assert rel_err(got, want) < tol, (visit, rel_err(got, want))
         for name in ("x_history", "g_history", "input_history"):
             assert rel_err(getattr(low, name).double(), getattr(ref, name)) < tol, (visit, name)

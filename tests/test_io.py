@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastleading.run import io as io_mod
 from fastleading.errors import FastleadingError
+from fastleading.run import io as io_mod
 from fastleading.run.io import atomic_numpy_save, atomic_torch_save, atomic_write_text
 
 WRITERS = {"text": lambda p: atomic_write_text(p, "hello\n"),

@@ -6,12 +6,11 @@ import contextlib
 
 import pytest
 import torch
+from test_train import small_config
 
 from fastleading.engine import overlap as overlap_mod
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import leading_step
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 class FakeStream:
@@ -151,7 +150,7 @@ def test_overlap_disabled_or_cpu_runs_everything_on_one_stream_and_computes_the_
     for key in ("loss", "bank", "stamps", "x_history", "g_history"):
         assert torch.equal(single[key], overlapped[key]), key
     assert len(single["grads"]) == len(overlapped["grads"]) > 0
-    assert all(torch.equal(a, b) for a, b in zip(single["grads"], overlapped["grads"]))
+    assert all(torch.equal(a, b) for a, b in zip(single["grads"], overlapped["grads"], strict=True))
 
 
 def test_every_stream_and_event_is_the_runs_device(tiny_bert, tmp_path, monkeypatch):
@@ -187,12 +186,12 @@ def test_lookups_see_the_previous_steps_refresh_and_never_this_steps(tiny_bert, 
         leading_step(run, targets[step], torch.arange(n) if step == 0 else torch.arange(1))
         run.overlap.join()
     step0_ids, step0_emb = refreshed[0]
-    by_node = dict(zip(step0_ids.tolist(), step0_emb))
+    by_node = dict(zip(step0_ids.tolist(), step0_emb, strict=True))
     ids0, stamps0, _ = seen[0]
     others0 = ~torch.isin(ids0, targets[0])
     assert others0.any() and (stamps0[others0] == -1).all()  # step 0's refresh not visible in step 0
     ids1, stamps1, rows1 = seen[1]
     others1 = ~torch.isin(ids1, torch.cat(targets))
     assert others1.any() and (stamps1[others1] == 0).all()   # step 0's refresh visible in step 1
-    for node, row in zip(ids1[others1].tolist(), rows1[others1]):
+    for node, row in zip(ids1[others1].tolist(), rows1[others1], strict=True):
         torch.testing.assert_close(row, by_node[node].to(row.dtype), rtol=0, atol=0)

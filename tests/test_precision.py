@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fastleading.errors import FastleadingError
 from fastleading.engine.precision import resolve_device, resolve_precision
+from fastleading.errors import FastleadingError
 
 
 def fake_cpu(monkeypatch, **features):

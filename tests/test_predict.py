@@ -8,17 +8,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_train import small_config
 
-from fastleading.cli import main
-from fastleading.data import load_dataset
 from fastleading.baselines.downstream import export_embeddings
-from fastleading.errors import FastleadingError
-from fastleading.link.metrics import link_metrics
+from fastleading.cli import main
 from fastleading.commands.methods import train_method
 from fastleading.commands.predict import TrainedRun
+from fastleading.data import load_dataset
+from fastleading.errors import FastleadingError
+from fastleading.link.metrics import link_metrics
 from fastleading.trainer import evaluate as evaluate_module
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 N = 240
 # a tight CG tolerance: the run's evaluations warm-start the solve, predict starts cold; both
@@ -195,8 +194,8 @@ def test_link_run_scores_pairs_as_its_evaluation_does(tiny_bert, tmp_path):
     summary = train_method(cfg, tmp_path / "run", quiet=True)
     split = load_link_split(cfg, load_dataset(cfg.data))
     pos, neg = split.test, split.test_neg
-    rows = [("src", "dst")] + list(zip(pos[0].tolist(), pos[1].tolist()))
-    rows += [(s, t) for s, ts in zip(pos[0].tolist(), neg.tolist()) for t in ts]
+    rows = [("src", "dst")] + list(zip(pos[0].tolist(), pos[1].tolist(), strict=True))
+    rows += [(s, t) for s, ts in zip(pos[0].tolist(), neg.tolist(), strict=True) for t in ts]
     with open(tmp_path / "pairs.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     assert main(["predict", "--run", str(tmp_path / "run"), "--pairs", str(tmp_path / "pairs.csv"), "--quiet"]) == 0

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from custom_graph import custom_graph_and_model, train_args
 
-from fastleading.run import folder as runfolder
 from fastleading.cli import main
 from fastleading.config import Config, apply_overrides
+from fastleading.run import folder as runfolder
 from fastleading.trainer.optim import build_optimization, lr_lambda
-
-from custom_graph import custom_graph_and_model, train_args
 
 STEPS_PER_EPOCH = 3  # 36 training nodes of write_custom_graph(60) in batches of 16
 

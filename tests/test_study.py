@@ -9,15 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from fastleading.cli import main
-from fastleading.commands.plot import PLOT_HINT
-from fastleading.commands import study as study_module
-from fastleading.commands.study import StudyOutput
-
 from tiny_models import save_tiny_model
 
+from fastleading.cli import main
+from fastleading.commands import study as study_module
+from fastleading.commands.plot import PLOT_HINT
+from fastleading.commands.study import StudyOutput
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# tiny tensors: one intra-op thread for the whole module (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RUNS = ["leading-low-0-seed0", "shallow-low-0-seed0", "leading-low-0-seed1", "shallow-low-0-seed1"]
 
 
@@ -31,17 +33,6 @@ def study_args(root: Path, model: str, *extra: str) -> list[str]:
             "train.eval_batch_size=240", "train.log_every=1", "model.head_hidden=16", "model.eval_iters=5",
             # the bank fill stays on: LEADING's head warm-up (auto) trains on it
             "train.downstream_epochs=5", *extra]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: on 2 shared cores, intra-op threads spin against other jobs (3x slower)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,11 @@ import json
 import sys
 
 import pytest
+from test_train import small_config
 
-from fastleading.errors import FastleadingError
 from fastleading.commands.methods import train_method
+from fastleading.errors import FastleadingError
 from fastleading.run.tracking import HINTS, TENSORBOARD_DIR, flatten
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 def event_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -98,7 +97,7 @@ def test_wandb_gets_the_same_records_offline_and_a_resumed_run_keeps_its_id(tiny
     assert first.kwargs["mode"] == "offline" and first.kwargs["dir"] == str(tmp_path / "run")
     assert first.kwargs["config"] == cfg.to_dict() and first.finished
     assert [step for step, _ in first.logged] == [r["step"] for r in records]
-    for (_, scalars), record in zip(first.logged, records):
+    for (_, scalars), record in zip(first.logged, records, strict=True):
         assert flatten(record).items() <= scalars.items()
         assert {"encodes_per_node/grad", "phase_time_s/sample"} <= set(scalars)
 

@@ -21,8 +21,8 @@ import torch
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
 
-from fastleading.errors import FastleadingError  # noqa: E402
 from fastleading.engine.zero import PRESETS, deepspeed_config, offloads_optimizer, zero_stage  # noqa: E402
+from fastleading.errors import FastleadingError  # noqa: E402
 
 KW = dict(micro_batch_size=4, grad_accum=2, grad_clip=1.0)
 # (name, preset, precision). stage3_param_persistence_threshold=0 is set for stage 3 in the
@@ -178,7 +178,7 @@ def run_worker(worker: str, out: Path) -> dict:
     code = worker.format(tests=str(Path(__file__).parent), out=str(out))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    (line,) = [text for text in proc.stdout.splitlines() if text.startswith("RESULT ")]
     return json.loads(line[len("RESULT "):])
 
 

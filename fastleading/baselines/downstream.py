@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastleading.engine import ops
 from fastleading.config import Config
+from fastleading.engine import ops
+from fastleading.engine.profiling import peak_memory_bytes
 from fastleading.errors import FastleadingError
 from fastleading.models.gnn import GNN
 from fastleading.run.io import atomic_write, atomic_write_text
-from fastleading.engine.profiling import peak_memory_bytes
 from fastleading.run.selection import improves, predict_classes
 
 
@@ -42,9 +42,9 @@ def fit_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed: 
             weight_decay: float = 5e-4, alpha: float = 0.1, num_iters: int = 10, layers: int | None = None,
             hops: int | None = None, batch_size: int | None = None, head: str = "mlp",
             on_epoch=None) -> tuple[dict, GNN]:
-    """Train the GNN ``kind`` (:class:`fastleading.models.gnn.GNN`, its MLP a ``head`` :class:`fastleading.models.appnp.Head`
-    for ``appnp`` / ``mlp``) on fixed ``features [N, F]``; returns (accuracies at the epoch with the
-    best valid accuracy, the model with that epoch's weights, in eval mode). ``on_epoch(epoch,
+    """Train the GNN ``kind`` (:class:`fastleading.models.gnn.GNN`, its MLP a ``head``
+    :class:`fastleading.models.appnp.Head` for ``appnp`` / ``mlp``) on fixed ``features [N, F]``; returns (accuracies
+    at the epoch with the best valid accuracy, the model with that epoch's weights, in eval mode). ``on_epoch(epoch,
     accuracies)`` is called after each epoch's evaluation.
 
     Full-batch models take one step per epoch on all training nodes; a mini-batched one
@@ -91,7 +91,8 @@ def fit_gnn(graph, features: torch.Tensor, split, kind: str, epochs: int, seed: 
             pred = torch.cat([predict_classes(model(inputs, batch)) for batch in batches(evaluated, eval_size)])
         correct = (pred == labels[evaluated]).float()
         acc = {name: float(part.mean())
-               for name, part in zip(("train", "valid", "test"), correct.split([len(train), len(valid), len(test)]))}
+               for name, part in zip(("train", "valid", "test"), correct.split([len(train), len(valid), len(test)]),
+                                     strict=True)}
         acc["nonfinite"] = int((pred < 0).sum())
         if on_epoch is not None:
             on_epoch(epoch, acc)
@@ -175,9 +176,9 @@ def link_gnn(cfg: Config, graph, features: torch.Tensor, kind: str, num_iters: i
 def pretrained_embeddings(cfg: Config, quiet: bool = True):
     """(graph, ``[N, H]`` embeddings of the LM without any fine-tuning)."""
     from fastleading.data import prepare
+    from fastleading.engine.precision import resolve_device, resolve_precision
     from fastleading.models.encode import encode_all
     from fastleading.models.lm import LMEncoder
-    from fastleading.engine.precision import resolve_device, resolve_precision
 
     graph, tokens = prepare(cfg)
     device = resolve_device(cfg.train.device)
@@ -192,8 +193,8 @@ def run_embeddings(run_dir: Path, quiet: bool = True, overrides: Sequence[str] =
     """(config, graph, ``[N, H]`` embeddings) of a finished run's best fine-tuned LM
     (``overrides``: see :func:`fastleading.run.folder.read_run_config`)."""
     from fastleading.data import prepare
-    from fastleading.models.encode import encode_all
     from fastleading.engine.precision import resolve_device, resolve_precision
+    from fastleading.models.encode import encode_all
     from fastleading.run.folder import read_run_config, require_best
     from fastleading.trainer.model import load_best
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from fastleading.errors import FastleadingError
 from fastleading.engine.graph import build_csr
+from fastleading.errors import FastleadingError
 
 
 @dataclass(frozen=True)

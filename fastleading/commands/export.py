@@ -32,11 +32,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastleading.run import checkpoint
 from fastleading.config import Config
 from fastleading.errors import FastleadingError
-from fastleading.run.io import umask
+from fastleading.run import checkpoint
 from fastleading.run.folder import best_digest, read_run_config, require_best
+from fastleading.run.io import umask
 
 INFO_FILE = "fastleading.json"
 

@@ -11,6 +11,7 @@ global state, no display. Without matplotlib every function raises one line nami
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastleading.errors import FastleadingError
@@ -92,7 +93,7 @@ def reference_scores(run_dir: Path) -> tuple[float, float] | None:
     return None
 
 
-def runs_figure(run_dirs: list[str | Path]):
+def runs_figure(run_dirs: Sequence[str | Path]):
     """The figure of :func:`plot_runs` (a ``matplotlib.figure.Figure``: loss axes, then accuracy axes).
 
     An LM run draws its loss by step and valid / test accuracy by evaluation epoch from
@@ -123,10 +124,10 @@ def runs_figure(run_dirs: list[str | Path]):
         labels = [str(run) for run in named]
     fig = _figure(figsize=(11, 4.2), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for i, (label, (_, losses, evals)) in enumerate(zip(labels, curves)):
+    for i, (label, (_, losses, evals)) in enumerate(zip(labels[:len(curves)], curves, strict=True)):
         color = f"C{i % 10}"
         if losses:
-            steps, values = zip(*losses)
+            steps, values = zip(*losses, strict=True)
             # markers too: a run of one or two logged steps is otherwise an invisible line
             ax_loss.plot(steps, values, color=color, lw=1.2, label=label, marker="o" if len(steps) < 3 else None,
                          ms=3)
@@ -135,7 +136,7 @@ def runs_figure(run_dirs: list[str | Path]):
             ax_acc.plot(epochs, [e["valid"] for e in evals], color=color, marker="o", ms=3, label=f"{label} valid")
             ax_acc.plot(epochs, [e["test"] for e in evals], color=color, ls="--", marker="x", ms=3,
                         label=f"{label} test")
-    for i, (label, (_, (valid, test))) in enumerate(zip(labels[len(curves):], references), len(curves)):
+    for i, (label, (_, (valid, test))) in enumerate(zip(labels[len(curves):], references, strict=True), len(curves)):
         color = f"C{i % 10}"
         ax_acc.axhline(valid, color=color, lw=1.2, label=f"{label} valid (fixed features)")
         ax_acc.axhline(test, color=color, lw=1.2, ls="--", label=f"{label} test (fixed features)")
@@ -170,6 +171,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path
         if runs and runs[0].is_dir():
             out = runs[0] / "curves.png"
     fig = runs_figure(runs)
+    assert out is not None  # runs_figure refused a lone path that is no run folder
     return _save(fig, png_path(out))
 
 
@@ -187,8 +189,9 @@ def plot_valid_curves(curves: dict[str, dict[int, dict]], no_history: list[str],
         n = max(by_epoch[e]["n"] for e in epochs)
         color = f"C{i % 10}"
         ax.plot(epochs, mean, color=color, marker="o", ms=3, label=f"{method} (n={n})")
-        ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=color, alpha=0.2, lw=0)
+        low = [m - s for m, s in zip(mean, std, strict=True)]
+        high = [m + s for m, s in zip(mean, std, strict=True)]
+        ax.fill_between(epochs, low, high, color=color, alpha=0.2, lw=0)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title or f"{ylabel} (mean ± std over runs)")
     _integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ class Predictions:
     logits: np.ndarray
     class_names: list[str]
 
-    def columns(self) -> dict[str, Sequence]:
+    def columns(self) -> dict[str, Sequence | np.ndarray]:
         names = np.asarray(self.class_names, dtype=object)
         cols = {"id": self.ids, "pred": self.pred, "pred_class": names[self.pred]}
         cols.update({f"prob_{name}": self.probs[:, c] for c, name in enumerate(self.class_names)})
@@ -155,7 +155,7 @@ class LinkScores:
     def prob(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.score))
 
-    def columns(self) -> dict[str, Sequence]:
+    def columns(self) -> dict[str, Sequence | np.ndarray]:
         return {"src": self.src, "dst": self.dst, "score": self.score, "prob": self.prob}
 
     def write(self, path: str | Path) -> Path:
@@ -163,7 +163,7 @@ class LinkScores:
         return write_table(self.columns(), path)
 
 
-def write_table(columns: dict[str, Sequence], path: str | Path) -> Path:
+def write_table(columns: Mapping[str, Sequence | np.ndarray], path: str | Path) -> Path:
     """``columns`` (name -> equal-length lists or 1-D arrays) as a CSV or Parquet file, written
     atomically; CSV rows are formatted :data:`WRITE_CHUNK` at a time (bounded memory)."""
     path = Path(path)
@@ -186,7 +186,7 @@ def write_table(columns: dict[str, Sequence], path: str | Path) -> Path:
         n = len(next(iter(columns.values())))
         for a in range(0, n, WRITE_CHUNK):
             chunk = [col[a:a + WRITE_CHUNK] for col in columns.values()]
-            out.writerows(zip(*(c.tolist() if isinstance(c, np.ndarray) else c for c in chunk)))
+            out.writerows(zip(*(c.tolist() if isinstance(c, np.ndarray) else c for c in chunk), strict=True))
         text.flush()
         text.detach()
 
@@ -206,8 +206,8 @@ class TrainedRun:
 
     def __init__(self, run_dir: str | Path, quiet: bool = True, overrides: Sequence[str] = ()):
         from fastleading.data import prepare
-        from fastleading.run.folder import read_run_config, require_best
         from fastleading.engine.precision import resolve_device, resolve_precision
+        from fastleading.run.folder import read_run_config, require_best
         from fastleading.trainer.model import load_best
 
         self.run_dir = Path(run_dir)
@@ -218,7 +218,9 @@ class TrainedRun:
                                    f"a GNN on fixed features in one go); prediction needs a run of "
                                    f"{', '.join(LM_METHODS)}")
         require_best(self.run_dir)  # before the dataset and the model are loaded
-        self.graph, self.tokens = prepare(cfg)
+        self.graph, tokens = prepare(cfg)
+        assert tokens is not None  # an LM method's graph has texts and a token cache
+        self.tokens = tokens
         self.propagation_graph = self.graph
         if cfg.train.task == "link":  # trained and evaluated on the training graph
             from fastleading.data import link_view
@@ -294,10 +296,10 @@ class TrainedRun:
     def write_cache(self, emb: torch.Tensor) -> None:
         import json
 
-        from fastleading.run.console import notice
         from fastleading.models.encode_backend import resolve_backend
-        from fastleading.run.io import atomic_write, atomic_write_text
+        from fastleading.run.console import notice
         from fastleading.run.folder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
+        from fastleading.run.io import atomic_write, atomic_write_text
 
         try:
             # the data first: a cache whose key is there is complete
@@ -390,14 +392,16 @@ class TrainedRun:
     def score_pairs(self, pairs: str | Path, new_nodes: str | Path | None = None,
                     new_edges: str | Path | None = None, embeddings: str | Path | None = None) -> LinkScores:
         """Scores of the node pairs of ``pairs`` (CSV ``src,dst``; ids of existing or new nodes)."""
-        from fastleading.link.decoder import score_pairs
+        from fastleading.link.decoder import LinkDecoder, score_pairs
 
         if not self.is_link:
             raise FastleadingError(f"{self.run_dir}: pairs are scored by link prediction runs (train.task=link); "
                                    "this run classifies nodes")
         z, index = self.outputs(new_nodes, new_edges, embeddings)
         src, dst = read_pairs(pairs, index)
-        scores = score_pairs(self.model.decoder, z, src, dst).cpu().numpy()
+        decoder = self.model.decoder
+        assert isinstance(decoder, LinkDecoder)  # a link run's model is a LinkPredictor
+        scores = score_pairs(decoder, z, src, dst).cpu().numpy()
         return LinkScores([index.name(i) for i in src.tolist()], [index.name(i) for i in dst.tolist()], scores)
 
     @staticmethod
@@ -432,7 +436,7 @@ def read_new_nodes(nodes_path: str | Path, edges_path: str | Path,
     if not edges_path.is_file():
         raise FastleadingError(f"{edges_path}: new edges file not found (header 'src,dst', one edge per line)")
     ids, texts, _, _, lines = read_nodes(nodes_path)
-    for name, line in zip(ids, lines):
+    for name, line in zip(ids, lines, strict=True):
         if index.get(name) is not None:
             raise FastleadingError(f"{nodes_path}: line {line}: node id '{name}' already exists in the dataset")
     for name in ids:
@@ -451,8 +455,8 @@ def extend_csr(rowptr: torch.Tensor, col: torch.Tensor, src: torch.Tensor, dst: 
     """The symmetric CSR ``rowptr/col`` (N nodes) with ``num_new`` more nodes and the edges
     ``src -> dst`` (int64, made undirected, duplicates and self loops dropped); int64 ``[N+M+1]``
     and the column dtype of :func:`fastleading.engine.graph.build_csr`. One pass over the old edges."""
-    from fastleading.link.split import csr_rows
     from fastleading.engine.graph import build_csr
+    from fastleading.link.split import csr_rows
 
     n = len(rowptr) - 1
     rows = torch.cat([csr_rows(rowptr), src.long()])

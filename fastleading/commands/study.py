@@ -35,15 +35,17 @@ is its validation curve) is ``--task`` or the config's ``train.task``:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
 import json
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
 from fastleading.bench.report import git_commit
 from fastleading.config import Config, apply_overrides
@@ -188,10 +190,7 @@ def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
     if not isinstance(text, str):
         return [int(s) for s in text]
     try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        else:
-            seeds = list(range(int(text)))
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else list(range(int(text)))
     except ValueError:
         raise FastleadingError(f"--seeds '{text}': expected a count (3 = seeds 0,1,2) or a list (0,2,5)") from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) < len(seeds):
@@ -269,10 +268,8 @@ def config_difference(saved: dict, cfg: Config, run_dir: Path, default_split: st
     from fastleading.config import from_dict
     from fastleading.run.folder import config_changes, stored_config
 
-    try:
+    with contextlib.suppress(FastleadingError):  # a config this version does not read: compared as it is (it differs)
         saved = stored_config(run_dir, from_dict(saved, source=str(run_dir / "config.json")), default_split).to_dict()
-    except FastleadingError:
-        pass  # a config this version does not read: compared as it is (it differs)
     changes = config_changes(_comparable(saved), _comparable(stored_config(run_dir, cfg, default_split).to_dict()))
     if not changes:
         return None
@@ -370,7 +367,8 @@ def groups(methods: list[str], patterns: list[str]) -> dict[str, tuple[str, str]
 
 def aggregate(task, runs: list[dict], rows: dict[str, tuple[str, str]], gnns: list[str]) -> tuple[dict, dict]:
     """(results per row of :func:`groups`, validation by epoch per row) from the run records."""
-    results, valid_by_epoch = {}, {}
+    results: dict[str, dict] = {}
+    valid_by_epoch: dict[str, Any] = {}
     for row, (method, pattern) in rows.items():
         mine = [r for r in runs if r["method"] == method and r["split_pattern"] == pattern]
         heads = [task.head(r["summary"]) for r in mine]

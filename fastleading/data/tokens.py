@@ -80,7 +80,7 @@ class TokenCache:
         return rows.contiguous(), mask.long()
 
     @classmethod
-    def load(cls, path: Path) -> "TokenCache":
+    def load(cls, path: Path) -> TokenCache:
         """Open a cache folder; a damaged file (or one of the wrong shape) is one line naming it."""
         meta = read_meta(path / "meta.json")
         try:
@@ -99,8 +99,8 @@ def load_tokenizer(model_name: str):
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from fastleading.models.lm import is_decoder
     from fastleading.models.hub import load_args
+    from fastleading.models.lm import is_decoder
 
     path, kwargs = load_args(model_name)
     try:

@@ -27,7 +27,6 @@ from fastleading.engine import transfer
 from fastleading.errors import FastleadingError
 
 
-
 def require_deepspeed() -> None:
     """Fail with one line when the optional ``deepspeed`` package cannot be imported."""
     try:
@@ -52,7 +51,7 @@ class DistEnv:
         return self.world_size > 1
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "DistEnv":
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> DistEnv:
         """Read RANK, WORLD_SIZE, LOCAL_RANK (default: RANK, i.e. one node), MASTER_ADDR and
         MASTER_PORT; a single process when RANK and WORLD_SIZE are both absent."""
         env = os.environ if environ is None else environ
@@ -110,18 +109,18 @@ def init_distributed(backend: str = "auto", *, force: bool = False) -> DistEnv:
     if not env.is_distributed and not force:
         return env
     if not env.is_distributed and (env.master_addr is None or env.master_port is None):
-        env = DistEnv(0, 1, 0, "127.0.0.1", free_port())
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR=env.master_addr,
-                          MASTER_PORT=str(env.master_port))
+        port = free_port()
+        env = DistEnv(0, 1, 0, "127.0.0.1", port)
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    kwargs = {}
+    device_id = None
     if backend == "nccl":
         # Pin the rank to its GPU before the first collective, else NCCL guesses cuda:0 for all.
         torch.cuda.set_device(env.local_rank)
-        kwargs["device_id"] = torch.device("cuda", env.local_rank)
+        device_id = torch.device("cuda", env.local_rank)
     dist.init_process_group(backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                            rank=env.rank, world_size=env.world_size, **kwargs)
+                            rank=env.rank, world_size=env.world_size, device_id=device_id)
     return env
 
 
@@ -261,8 +260,8 @@ def allgather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
     count = torch.tensor([ids.numel()], dtype=torch.int64)
     counts = [torch.empty_like(count) for _ in range(world)]
     dist.all_gather(counts, count, group=host_group())
-    counts = [int(c) for c in counts]
-    m = max(counts)
+    sizes = [int(c) for c in counts]
+    m = max(sizes)
     if m == 0:
         return ids, rows
     padded_ids = torch.zeros(m, dtype=torch.int64, device=rows.device)
@@ -273,8 +272,8 @@ def allgather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
     all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
     dist.all_gather(all_ids, padded_ids)
     dist.all_gather(all_rows, padded_rows.contiguous())
-    return (torch.cat([t[:c] for t, c in zip(all_ids, counts)]),
-            torch.cat([t[:c] for t, c in zip(all_rows, counts)]))
+    return (torch.cat([t[:c] for t, c in zip(all_ids, sizes, strict=True)]),
+            torch.cat([t[:c] for t, c in zip(all_rows, sizes, strict=True)]))
 
 
 def sync_bank_rows(bank, ids: torch.Tensor, rows: torch.Tensor, step: int) -> None:

@@ -31,7 +31,7 @@ import mmap
 import os
 import weakref
 from collections import OrderedDict
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -170,7 +170,7 @@ def _check_features(x: torch.Tensor, x_in: torch.Tensor, rowptr: torch.Tensor) -
 
 def _byte_span(t: torch.Tensor) -> tuple[int, int]:
     """``[first, last + 1)`` byte addresses a non-empty tensor ``t`` can touch (strides are >= 0)."""
-    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
     return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 

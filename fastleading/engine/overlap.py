@@ -32,7 +32,7 @@ class RefreshStream:
     def __init__(self, device: torch.device, enabled: bool):
         self.device = device
         self.stream = torch.cuda.Stream(device) if enabled and device.type == "cuda" else None
-        self._lookups_done = None
+        self._lookups_done: torch.cuda.Event | None = None
 
     def _main(self):
         """The run's device's current (main) stream."""
@@ -64,6 +64,7 @@ class RefreshStream:
         if self.stream is None:
             yield
             return
+        assert self._lookups_done is not None, "lookups_done() is called before scatter() (rule 3)"
         self.stream.wait_event(self._lookups_done)
         with torch.cuda.stream(self.stream):
             yield

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from fastleading import _native
-from fastleading.errors import FastleadingError
 from fastleading.engine.graph import build_csr_reference
+from fastleading.errors import FastleadingError
 
 BACKENDS = ("auto", "native", "torch")
 

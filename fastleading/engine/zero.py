@@ -41,9 +41,9 @@ from pathlib import Path
 
 import torch
 
-from fastleading.run import checkpoint
 from fastleading.engine.distributed import barrier, get_world_size, init_distributed, is_main, require_deepspeed
 from fastleading.errors import FastleadingError
+from fastleading.run import checkpoint
 from fastleading.run.io import atomic_torch_save, atomic_write_text
 
 # The zero_optimization section of each preset. Buckets and thresholds keep DeepSpeed's
@@ -162,8 +162,8 @@ def deepspeed_config(spec: str, *, micro_batch_size: int, grad_accum: int, grad_
         raise FastleadingError(f"--deepspeed {source}: enables {file_precision[0]} but train.precision is "
                                f"{precision}; set train.precision={file_precision[0]} or remove the section")
     for name in ("bf16", "fp16"):
-        section = cfg.get(name) if isinstance(cfg.get(name), dict) else {}
-        cfg[name] = {**section, "enabled": precision == name}
+        section = cfg.get(name)
+        cfg[name] = {**(section if isinstance(section, dict) else {}), "enabled": precision == name}
     cfg.setdefault("zero_optimization", {"stage": 0})
     _validate_zero_section(cfg["zero_optimization"], source)
     # DeepSpeed would print its own progress every 10 steps; the trainer logs metrics itself.

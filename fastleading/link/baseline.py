@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fastleading.link.split import LinkSplit, sample_negatives
 from fastleading.errors import FastleadingError
-from fastleading.models.gnn import GNN
 from fastleading.link.decoder import LinkDecoder, split_metrics
+from fastleading.link.split import LinkSplit, sample_negatives
+from fastleading.models.gnn import GNN
 from fastleading.run.selection import improves
 
 

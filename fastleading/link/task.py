@@ -16,11 +16,11 @@ exactly :func:`fastleading.trainer.steps.leading_step` (and ``coupled_step`` /
   targets' propagated representations; binary cross-entropy, ``mean over positives + mean over
   negatives`` (OGB's ogbl-citation2 example).
 
-Evaluation (:meth:`LinkTask.metrics`, :func:`fastleading.link.decoder.split_metrics`): every node encoded without gradient, the head and the
-propagation over the training graph (:func:`fastleading.trainer.evaluate.full_graph_logits`,
-LEADING at its fixed point), then every validation / test edge scored against its fixed
-negatives: AUC, MRR and Hits@K (:mod:`fastleading.link.metrics`). Nothing of size ``N x N``;
-the step allocates nothing ``[N]``-sized and reads nothing back from the device.
+Evaluation (:meth:`LinkTask.metrics`, :func:`fastleading.link.decoder.split_metrics`): every node encoded without
+gradient, the head and the propagation over the training graph
+(:func:`fastleading.trainer.evaluate.full_graph_logits`, LEADING at its fixed point), then every validation / test
+edge scored against its fixed negatives: AUC, MRR and Hits@K (:mod:`fastleading.link.metrics`). Nothing of size
+``N x N``; the step allocates nothing ``[N]``-sized and reads nothing back from the device.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastleading.engine import transfer
 from fastleading.config import Config
 from fastleading.data import link_view
-from fastleading.link.split import LinkSplit, drop_edges, sample_negatives
-from fastleading.data.tag import Split
+from fastleading.data.tag import Split, TextAttributedGraph
+from fastleading.engine import transfer
 from fastleading.errors import FastleadingError
 from fastleading.link.decoder import split_metrics
 from fastleading.link.metrics import summary_fields
-from fastleading.trainer.model import subgraph_norm
+from fastleading.link.split import LinkSplit, drop_edges, sample_negatives
+from fastleading.trainer.model import LinkPredictor, subgraph_norm
 from fastleading.trainer.steps import STEPS, Run, Subgraph
 
 
@@ -86,13 +86,14 @@ def edges_per_node(src: torch.Tensor, dst: torch.Tensor, n: int) -> torch.Tensor
 class LinkRun(Run):
     """A :class:`Run` whose targets are a batch's endpoints (see the module docstring)."""
 
-    link: "LinkTask | None" = None
+    model: LinkPredictor  # (Run's field: the node classifier plus the pair decoder)
+    link: LinkTask | None = None
     batch: LinkBatch | None = None
     # per target of the batch (CPU): its training edges in the batch, which its degree must not count
     batch_degree: torch.Tensor | None = None
 
     @classmethod
-    def from_run(cls, run: Run, task: "LinkTask") -> "LinkRun":
+    def from_run(cls, run: Run, task: LinkTask) -> LinkRun:
         fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(Run)}
         if fields["sampler"] is not None:
             fields["sampler"] = EdgeDroppingSampler(fields["sampler"])
@@ -101,6 +102,7 @@ class LinkRun(Run):
     def begin_batch(self, edge_ids: torch.Tensor) -> torch.Tensor:
         """Set up the step of training edges ``edge_ids`` (CPU); returns its targets (CPU):
         the distinct endpoints of the edges and of their seeded negatives."""
+        assert self.link is not None  # set by from_run
         train = self.link.split.train
         src, dst = train[0, edge_ids], train[1, edge_ids]
         k = self.cfg.train.link_negatives
@@ -129,6 +131,7 @@ class LinkRun(Run):
     def loss(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy of the batch's pairs, scored from the targets' rows ``z``."""
         b, decoder = self.batch, self.model.decoder
+        assert b is not None  # set by begin_batch
         z = z.float()
         zs = z[b.pos_src]
         pos = decoder(zs, z[b.pos_dst])
@@ -144,10 +147,11 @@ class LinkTask:
     split: LinkSplit
     num_nodes: int
 
-    def step(self, run: LinkRun, edge_ids: torch.Tensor, refresh_ids: torch.Tensor | None,
+    def step(self, run: Run, edge_ids: torch.Tensor, refresh_ids: torch.Tensor | None,
              steps: dict = STEPS) -> torch.Tensor:
         """The step of ``train.method`` (from ``steps``: :data:`~fastleading.trainer.steps.STEPS`,
         or ``HEAD_STEPS`` in the head warm-up) on the training edges ``edge_ids``."""
+        assert isinstance(run, LinkRun)  # the loop's run of a link task (LinkRun.from_run)
         return steps[self.cfg.train.method](run, run.begin_batch(edge_ids), refresh_ids)
 
     def metrics(self, model, z: torch.Tensor) -> dict[str, float]:
@@ -158,7 +162,7 @@ class LinkTask:
         return summary_fields(best, self.split.name, self.split.sizes())
 
 
-def link_task(cfg: Config, graph) -> tuple[object, Split, LinkTask]:
+def link_task(cfg: Config, graph: TextAttributedGraph) -> tuple[TextAttributedGraph, Split, LinkTask]:
     """(the graph with its CSR replaced by the training graph, the loop's items: training /
     validation / test EDGE ids, the task)."""
     if cfg.train.deepspeed:

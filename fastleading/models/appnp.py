@@ -114,7 +114,7 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
     Nothing but the graph is saved for backward: memory does not grow with L."""
 
     @staticmethod
-    def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: "ImplicitAPPNP", written: int):
+    def forward(ctx, x_in, rowptr, col, dinv, node_ids, layer: ImplicitAPPNP, written: int):
         stored = layer.x_history[node_ids]
         x0 = layer.initial_point(x_in.detach(), node_ids, stored, written)      # eq. 4
         x = _iterate(rowptr, col, dinv, x0, x_in, layer.alpha, layer.num_iters)  # eq. 5
@@ -132,10 +132,8 @@ class _ImplicitAPPNPFunction(torch.autograd.Function):
         # grad_out carries layer.grad_scale x dL/dX of the unscaled mean loss; the history is
         # kept in the unscaled units, so a changing loss scale never mis-scales the warm start.
         scale = layer.grad_scale
-        if layer.warm_backward:
-            g0 = layer.g_history[node_ids].to(grad_out.dtype) * scale        # eq. 6: G_L^k = G_0^{k-1}
-        else:
-            g0 = torch.zeros_like(grad_out)
+        # eq. 6: G_L^k = G_0^{k-1}
+        g0 = layer.g_history[node_ids].to(grad_out.dtype) * scale if layer.warm_backward else torch.zeros_like(grad_out)
         g = _iterate(rowptr, col, dinv, g0, grad_out, layer.alpha, layer.num_iters, transpose=True)  # eq. 7
         written = node_ids[:ctx.written]
         _write_finite_rows(layer.g_history, written, g.detach()[:ctx.written] / scale)
@@ -200,6 +198,11 @@ class ImplicitAPPNP(nn.Module):
     batch) sets :attr:`grad_scale` to the factor before backward. With several ranks the
     backward makes the rows it wrote identical on every rank (:meth:`sync_histories`).
     """
+
+    # the histories, [N, C] buffers of history_dtype (input_history [0, C] unless warm_start=delta)
+    x_history: torch.Tensor
+    g_history: torch.Tensor
+    input_history: torch.Tensor
 
     def __init__(self, alpha: float, num_iters: int, num_nodes: int, channels: int,
                  history_dtype: torch.dtype = torch.float32, warm_backward: bool = True,
@@ -379,22 +382,16 @@ def solve_appnp(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alp
         cols = slice(start, start + column_block)
         b = alpha * x_in[:, cols].to(acc)
         ap = torch.empty_like(b)  # the one matrix-product buffer, reused every iteration
-
-        def matvec(p: torch.Tensor) -> torch.Tensor:
-            # (I - (1-a)Â) p = (1+a) p - ((1-a)Âp + a p), the second term one fused APPNP step
-            ops.appnp_step(rowptr, col, p, p, alpha, dinv, out=ap)
-            return ap.mul_(-1.0).add_(p, alpha=1.0 + alpha)
-
         # a warm start that is not finite would never leave its NaN rows: start that block cold
         warm = x0 is not None and bool(torch.isfinite(x0[:, cols]).all())
-        x = x0[:, cols].to(acc).clone() if warm else torch.zeros_like(b)
-        r = b.sub_(matvec(x)) if warm else b.clone()
-        p = ops.empty_rows(*r.shape, r.dtype, r.device).copy_(r)  # the gathered operand: rows padded to 64 bytes
+        x = x0[:, cols].to(acc).clone() if x0 is not None and warm else torch.zeros_like(b)
+        r = b.sub_(_shifted_matvec(rowptr, col, x, alpha, dinv, ap)) if warm else b.clone()
+        p = ops.empty_rows(r.shape[0], r.shape[1], r.dtype, r.device).copy_(r)  # gathered: rows padded to 64 bytes
         rs = torch.linalg.vector_norm(r, dim=0).square_()
         bound = (tol * tol) * torch.linalg.vector_norm(alpha * x_in[:, cols].to(acc), dim=0).square_()
         iters = 0
         while iters < max_iters and not bool((rs <= bound).all()):
-            matvec(p)
+            _shifted_matvec(rowptr, col, p, alpha, dinv, ap)
             step = rs / torch.linalg.vecdot(p, ap, dim=0).clamp_min(tiny)
             x.addcmul_(p, step)
             r.addcmul_(ap, step, value=-1.0)
@@ -405,6 +402,13 @@ def solve_appnp(x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, alp
         out[:, cols] = x
         most = max(most, iters)
     return out, most
+
+
+def _shifted_matvec(rowptr: torch.Tensor, col: torch.Tensor, p: torch.Tensor, alpha: float, dinv: torch.Tensor,
+                    out: torch.Tensor) -> torch.Tensor:
+    """``(I - (1-a)Â) p`` into ``out``: ``(1+a) p - ((1-a)Âp + a p)``, the second term one fused APPNP step."""
+    ops.appnp_step(rowptr, col, p, p, alpha, dinv, out=out)
+    return out.mul_(-1.0).add_(p, alpha=1.0 + alpha)
 
 
 class Head(nn.Module):

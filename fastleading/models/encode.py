@@ -26,16 +26,15 @@ turns this off (the caller's order, one forward per ``max_rows`` nodes).
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-import numpy as np
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from fastleading.engine import transfer
 from fastleading.engine.distributed import allgather_rows, get_rank, get_world_size, shard
-from fastleading.models.encode_backend import fixed_weights
 from fastleading.engine.precision import Precision
+from fastleading.models.encode_backend import fixed_weights
 
 if TYPE_CHECKING:
     from fastleading.engine.bank import MemoryBank
@@ -140,6 +139,7 @@ def encode_eval(encoder, tokens, ids: torch.Tensor, device: torch.device, precis
         if len(ids) == 0 or (budget == 0 and (max_rows is None or len(ids) <= max_rows)):
             return encode_nodes(encoder, tokens, ids, device, precision)
         if budget == 0:
+            assert max_rows is not None  # else the whole set went in one forward above
             return torch.cat([encode_nodes(encoder, tokens, ids[a:a + max_rows], device, precision)
                               for a in range(0, len(ids), max_rows)])
         lengths = tokens.lengths[ids]
@@ -156,8 +156,8 @@ def encode_eval(encoder, tokens, ids: torch.Tensor, device: torch.device, precis
 
 def encode_all(encoder, tokens, num_nodes: int, device: torch.device, precision: Precision,
                batch_size: int, quiet: bool = True, desc: str = "encode",
-               counter: "EncodeCounter | None" = None, kind: str = "eval",
-               token_budget: int | None = None, into: "MemoryBank | None" = None, step: int = 0,
+               counter: EncodeCounter | None = None, kind: str = "eval",
+               token_budget: int | None = None, into: MemoryBank | None = None, step: int = 0,
                backend: str = "eager") -> torch.Tensor:
     """LM embeddings of every node, ``[N, H]`` in the bank dtype on ``device``; with ``into``
     (a :class:`fastleading.engine.bank.MemoryBank`) written straight into the bank as its rows

@@ -27,8 +27,9 @@ import tempfile
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +37,7 @@ from fastleading.errors import FastleadingError
 
 if TYPE_CHECKING:
     from fastleading.engine.precision import Precision
+    from fastleading.models.lm import LMEncoder
 
 BACKENDS = ("auto", "eager", "onnx", "openvino")
 ONNX_OPSET = 17
@@ -45,7 +47,7 @@ EXTRAS = {"onnx": "onnx", "openvino": "openvino"}
 _announced: set[str] = set()
 # encoder -> {engine: (fingerprint, FixedEncoder)}: a weak map, so that the sessions go with the
 # encoder and nothing unpicklable is put on the module itself (the trainer deep-copies models)
-_sessions: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_sessions: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def available(backend: str) -> bool:
@@ -70,7 +72,7 @@ def _announce(message: str) -> None:
 
 
 def resolve_backend(requested: str, device: torch.device, encoder: nn.Module | None = None,
-                    precision: "Precision | None" = None) -> str:
+                    precision: Precision | None = None) -> str:
     """``eager``, ``openvino`` or ``onnx`` for ``train.encode_backend=requested`` on ``device``.
 
     ``auto`` keeps eager under bf16 autocast (``precision``): the engines run fp32, and on a
@@ -163,12 +165,21 @@ class FixedEncoder(nn.Module):
     # train.encode_token_budget
     token_budget = 2048
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, engine: Any, hidden_size: int):
         super().__init__()
-        self.hidden_size, self.runs = hidden_size, 0
+        self.engine, self.hidden_size, self.runs = engine, hidden_size, 0
+
+    @staticmethod
+    def open(path: Path) -> Any:
+        """The engine's model of the ONNX file ``path``, ready to run."""
+        raise NotImplementedError
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """float32 ``[B, hidden]`` of int64 ``input_ids`` and ``attention_mask [B, L]``."""
+        raise NotImplementedError
 
     @classmethod
-    def export(cls, encoder: nn.Module) -> "FixedEncoder":
+    def export(cls, encoder: LMEncoder) -> FixedEncoder:
         """Export ``encoder`` and open it with as many threads as PyTorch uses."""
         with tempfile.TemporaryDirectory(prefix="fastleading-onnx-") as tmp:
             path = Path(tmp) / "encoder.onnx"
@@ -185,10 +196,6 @@ class OnnxEncoder(FixedEncoder):
 
     backend = "onnx"
 
-    def __init__(self, session, hidden_size: int):
-        super().__init__(hidden_size)
-        self.session = session
-
     @staticmethod
     def open(path: Path):
         import onnxruntime as ort
@@ -199,8 +206,8 @@ class OnnxEncoder(FixedEncoder):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def run(self, input_ids, attention_mask):
-        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.engine.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
 
 class OpenVinoEncoder(FixedEncoder):
@@ -209,9 +216,9 @@ class OpenVinoEncoder(FixedEncoder):
 
     backend = "openvino"
 
-    def __init__(self, compiled, hidden_size: int):
-        super().__init__(hidden_size)
-        self.compiled, self.request = compiled, compiled.create_infer_request()
+    def __init__(self, compiled: Any, hidden_size: int):
+        super().__init__(compiled, hidden_size)
+        self.request = compiled.create_infer_request()
 
     @staticmethod
     def open(path: Path):
@@ -222,7 +229,7 @@ class OpenVinoEncoder(FixedEncoder):
             "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY"})
 
-    def run(self, input_ids, attention_mask):
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         out = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
         return out[0].copy()  # the request reuses its output buffer
 
@@ -243,8 +250,8 @@ def _fingerprint(encoder: nn.Module) -> tuple:
     return torch.get_num_threads(), tuple(t.data_ptr() for t in encoder.parameters()), tuple(values)
 
 
-def fixed_weights(encoder: nn.Module, backend: str, device: torch.device,
-                  precision: "Precision | None" = None) -> nn.Module:
+def fixed_weights(encoder: LMEncoder, backend: str, device: torch.device,
+                  precision: Precision | None = None) -> nn.Module:
     """The module that runs ``encoder``'s no-gradient encodes under ``train.encode_backend=backend``:
     the encoder itself (eager) or its :class:`FixedEncoder`, exported again only when the
     weights (or the thread count) changed since that engine's last export."""
@@ -274,7 +281,7 @@ def fixed_weights(encoder: nn.Module, backend: str, device: torch.device,
     return fixed
 
 
-def cached_session(encoder: nn.Module, backend: str) -> "FixedEncoder | None":
+def cached_session(encoder: nn.Module, backend: str) -> FixedEncoder | None:
     """The :class:`FixedEncoder` of engine ``backend`` (onnx, openvino) last exported for
     ``encoder`` (None if none was)."""
     cached = _sessions.get(encoder, {}).get(backend)

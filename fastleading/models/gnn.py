@@ -75,10 +75,12 @@ def propagated_hops(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, ho
     store = torch.empty(n, hops + 1, dim, dtype=dtype, device=store_device)
     rowptr, col = rowptr.to(device), col.to(device)
     dinv = ops.gcn_dinv(rowptr, acc)
-    cur = x.to(device=device, dtype=acc, memory_format=torch.contiguous_format, copy=True)  # never x itself: the buffers are overwritten
+    # never x itself: the buffers are overwritten
+    cur = x.to(device=device, dtype=acc, memory_format=torch.contiguous_format, copy=True)
     nxt = torch.empty_like(cur) if hops > 0 else None
     for k in range(hops + 1):
         if k > 0:
+            assert nxt is not None  # allocated when hops > 0
             ops.appnp_step(rowptr, col, cur, cur, 0.0, dinv, out=nxt)  # (1-0) Â cur + 0 cur
             cur, nxt = nxt, cur
         if store.dtype == torch.float16 and float(cur.abs().amax()) > torch.finfo(torch.float16).max:
@@ -237,6 +239,7 @@ class GNN(nn.Module):
 
         self.kind, self.dropout, self.alpha, self.num_iters, self.hops = kind, dropout, alpha, num_iters, hops
         self.mini_batched = kind == "gamlp"
+        self.net: nn.Module  # revgat, gamlp
         if kind in ("appnp", "mlp"):
             self.head = Head(in_dim, num_classes, hidden, dropout, head)
         elif kind == "gcn":
@@ -270,6 +273,8 @@ class GNN(nn.Module):
     def forward(self, inputs: GraphInputs, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the nodes ``ids`` (every node when None; a mini-batched model needs ids)."""
         if self.mini_batched:
+            if ids is None or inputs.hops is None:
+                raise ValueError("a mini-batched GNN takes node ids, and the hop features of GNN.inputs")
             rows = inputs.hops[ids.to(inputs.hops.device)]
             return self.net(rows.to(device=inputs.device, dtype=torch.float32, non_blocking=True))
         out = self._full_graph(inputs.x, inputs.edge_index, inputs.rowptr, inputs.col)

@@ -64,7 +64,7 @@ def resolve_model_path(name: str) -> str:
     return check_hub_model(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def check_hub_model(name: str) -> str:
     """``name`` when the Hugging Face cache holds it or the Hub has it; else one line at once.
     (transformers would retry the Hub five times, 46 s and 22 lines of warnings offline, before

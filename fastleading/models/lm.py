@@ -73,7 +73,8 @@ class LMEncoder(nn.Module):
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as e:
-            raise FastleadingError(f"model.name '{cfg.name}': cannot load its config ({str(e).splitlines()[0]})") from None
+            raise FastleadingError(f"model.name '{cfg.name}': cannot load its config "
+                                   f"({str(e).splitlines()[0]})") from None
         self.hidden_size = hidden_size(config)
         self.is_decoder = is_decoder(config)
         if cfg.pooling != "auto":

@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 # libraries whose deprecation notices address fastleading's code, which a user cannot act on
 THIRD_PARTY = r"(transformers|torch|torch_geometric|peft|deepspeed|accelerate|huggingface_hub|sentence_transformers)\b"

@@ -17,8 +17,9 @@ is built):
   the changed ``config.json`` is written, and the old ``summary.json`` and the files made from
   the old best weights (:data:`STALE_ON_RESUME`) are removed; a resume that fails before
   leaves the run as it was. **overwrite** and a run that starts over also remove the tracker
-  folders of the old run (:data:`DERIVED_FILES`), whose events would mix with the new run's. A finished run whose checkpoint is gone (``train.keep=best``,
-  ``fastleading clean``) cannot be resumed; a run killed before its first checkpoint starts over.
+  folders of the old run (:data:`DERIVED_FILES`), whose events would mix with the new run's. A finished run whose
+  checkpoint is gone (``train.keep=best``, ``fastleading clean``) cannot be resumed; a run killed before its first
+  checkpoint starts over.
 
 Paths in ``config.json`` (:func:`start_run_folder`): ``data.root`` and ``data.cache_dir`` are
 stored resolved (absolute; the default data root included), ``data.root`` relative to the run
@@ -39,9 +40,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fastleading.run.checkpoint import BEST, CHECKPOINT
 from fastleading.config import Config, apply_overrides, from_dict
 from fastleading.errors import FastleadingError
+from fastleading.run.checkpoint import BEST, CHECKPOINT
 from fastleading.run.io import atomic_write_text
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint folder (fastleading.trainer.state.DEEPSPEED_DIR)

@@ -13,12 +13,14 @@ temporary file is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any
 
 from fastleading.errors import FastleadingError
 
@@ -34,7 +36,7 @@ def umask() -> int:
 
 def write_error(path: str | Path, error: OSError, action: str = "cannot write") -> FastleadingError:
     """The one line that says why writing ``path`` failed (disk full / file size limit spelled out)."""
-    code = errno.errorcode.get(error.errno, str(error.errno))
+    code = errno.errorcode.get(error.errno, str(error.errno)) if error.errno is not None else "?"
     reason = error.strerror or str(error)
     if error.errno in FULL:
         reason += ": the disk is full (or the quota or the file size limit is reached)"
@@ -59,7 +61,7 @@ class _RecordingFile:
     """A file object that remembers the first OS error of its writes: a writer such as
     ``torch.save`` reports it as its own ``RuntimeError`` ("unexpected pos ...")."""
 
-    def __init__(self, f: io.IOBase):
+    def __init__(self, f: IO[Any]):
         self._f = f
         self.error: OSError | None = None
 
@@ -76,7 +78,7 @@ class _RecordingFile:
 
 def _os_cause(exc: BaseException, recorded: OSError | None) -> OSError | None:
     """The OS error behind ``exc``: itself, one it was raised while handling, or ``recorded``."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, OSError):
             return seen
@@ -104,10 +106,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
         fsync_dir(path.parent)
     except BaseException as e:
         if tmp is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
         cause = _os_cause(e, recorder.error if recorder is not None else None)
         if cause is not None and not isinstance(e, FastleadingError) and isinstance(e, Exception):
             raise write_error(path, cause) from None

@@ -148,6 +148,7 @@ def open_tracker(cfg, out_dir: Path, counter, phases, num_nodes: int,
     require(backend)
     if backend == "none":
         return None
+    sink: Sink
     if backend == "tensorboard":
         sink = TensorBoardSink(out_dir / TENSORBOARD_DIR, None if resumed_from is None else resumed_from + 1)
     else:

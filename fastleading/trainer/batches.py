@@ -61,7 +61,8 @@ def epoch_order(train_ids: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
     return train_ids[torch.randperm(len(train_ids), generator=g)]
 
 
-def global_targets(order: torch.Tensor, batch: int, batch_size: int, rank: int, world: int) -> tuple[torch.Tensor, float]:
+def global_targets(order: torch.Tensor, batch: int, batch_size: int, rank: int,
+                   world: int) -> tuple[torch.Tensor, float]:
     """This rank's shard of global batch ``batch`` of ``order`` and its loss weight (its share
     of the global batch's mean loss, :func:`fastleading.engine.distributed.shard_weight`)."""
     size = batch_size * world

@@ -79,6 +79,7 @@ class StepDisplay:
             self.bar.close()
 
     def _postfix(self) -> None:
+        assert self.bar is not None  # called where a bar is drawn
         self.bar.set_postfix(loss=f"{self.loss:.3f}", valid=f"{self.valid:.3f}")
 
     def _line(self, step: int, evaluated: bool = False) -> None:

@@ -12,13 +12,12 @@ encode.
 
 from __future__ import annotations
 
-
 import torch
 
 from fastleading.config import Config
-from fastleading.models.encode import encode_all
-from fastleading.models.appnp import propagate, solve_appnp
 from fastleading.engine.precision import Precision
+from fastleading.models.appnp import propagate, solve_appnp
+from fastleading.models.encode import encode_all
 from fastleading.run.selection import nonfinite_rows, predict_classes
 from fastleading.trainer.model import NodeClassifier
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from fastleading.engine.distributed import all_reduce_sum, is_main
-from fastleading.models.encode import EncodeCounter
 from fastleading.errors import FastleadingError
+from fastleading.models.encode import EncodeCounter
 from fastleading.run.io import atomic_write_text, write_error
 
 
@@ -39,11 +39,12 @@ class MetricsLog:
             keep, seen = [], 0
             for record in read_records(path):
                 seen += "eval" in record
-                if ("eval" in record and seen <= evals) or ("eval" not in record and record.get("step", 0) <= resume_step):
+                if ("eval" in record and seen <= evals) or ("eval" not in record
+                                                            and record.get("step", 0) <= resume_step):
                     keep.append(json.dumps(record) + "\n")
             atomic_write_text(path, "".join(keep))
         try:
-            self._f = open(path, "ab" if resume_step is not None else "wb", buffering=0)
+            self._f = open(path, "ab" if resume_step is not None else "wb", buffering=0)  # noqa: SIM115 (the log's file: closed by close())
         except OSError as e:
             raise write_error(path, e, "cannot open") from None
 
@@ -96,7 +97,7 @@ def encode_rates(counter: EncodeCounter, num_train: int, num_nodes: int, epochs:
     the graph and also reports the bank fill, evaluation and ``nograd_total`` (pipeline 2 plus
     evaluation: every no-gradient encode of the training itself, the fill excepted)."""
     totals = all_reduce_sum(torch.tensor([counter.totals[k] for k in EncodeCounter.KINDS], dtype=torch.float64))
-    by_kind = dict(zip(EncodeCounter.KINDS, totals.tolist()))
+    by_kind = dict(zip(EncodeCounter.KINDS, totals.tolist(), strict=True))
     epochs = max(epochs, 1e-9)
     return {
         # the counts themselves: a run shorter than an epoch (train.max_steps) makes the
@@ -108,7 +109,8 @@ def encode_rates(counter: EncodeCounter, num_train: int, num_nodes: int, epochs:
                                              "nograd": by_kind["refresh"] / num_nodes / epochs,
                                              "fill": by_kind["fill"] / num_nodes / epochs,
                                              "eval": by_kind["eval"] / num_nodes / epochs,
-                                             "nograd_total": (by_kind["refresh"] + by_kind["eval"]) / num_nodes / epochs},
+                                             "nograd_total": (by_kind["refresh"] + by_kind["eval"])
+                                             / num_nodes / epochs},
     }
 
 

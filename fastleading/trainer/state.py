@@ -23,14 +23,15 @@ import os
 import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
-from fastleading.run import checkpoint
 from fastleading.engine import zero
 from fastleading.engine.distributed import barrier, get_rank, get_world_size, is_distributed, is_main
 from fastleading.errors import FastleadingError
+from fastleading.run import checkpoint
 from fastleading.run.io import fsync_dir
 from fastleading.run.selection import improves
 from fastleading.trainer.batches import RefreshOrder
@@ -101,7 +102,8 @@ class Progress:
 
 def rng_state() -> dict:
     """This process's RNG states as tensors and plain containers (no numpy objects)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # the legacy tuple (its default): name, keys, pos, has_gauss, cached_gaussian
+    name, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     return {"torch": torch.get_rng_state(),
             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
@@ -156,7 +158,7 @@ def save_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
     """Write the resumable state, then put a pending best in place (:func:`settle_best`).
     Collective: every rank calls it. Without DeepSpeed rank 0 writes ``checkpoint.pt`` with
     every rank's own state (RNG, counters) in ``ranks``."""
-    ranks = [None] * get_world_size()
+    ranks: list[dict | None] = [None] * get_world_size()
     if is_distributed():
         torch.distributed.all_gather_object(ranks, _rank_state(run))
     else:
@@ -191,11 +193,10 @@ def check_fits(expected, saved, path: Path, where: str = "") -> None:
                 raise FastleadingError(f"{path}: does not fit this run: no '{name}' (not a checkpoint written by "
                                        "this version of `fastleading train`?)")
             check_fits(value, saved[key], path, name)
-    elif isinstance(expected, torch.Tensor):
-        if not isinstance(saved, torch.Tensor) or saved.shape != expected.shape:
-            got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
-            raise FastleadingError(f"{path}: does not fit this run: '{where}' is {got}, this run's is "
-                                   f"{tuple(expected.shape)} (a checkpoint of another dataset or model?)")
+    elif isinstance(expected, torch.Tensor) and (not isinstance(saved, torch.Tensor) or saved.shape != expected.shape):
+        got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+        raise FastleadingError(f"{path}: does not fit this run: '{where}' is {got}, this run's is "
+                               f"{tuple(expected.shape)} (a checkpoint of another dataset or model?)")
 
 
 def _restore(path: Path, restore) -> None:
@@ -230,7 +231,8 @@ def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
         check_fits({"model": run.model.state_dict(), "optim": {}, "ranks": [], **expected}, state, path)
         ranks = state["ranks"]
         if not isinstance(ranks, list):
-            raise FastleadingError(f"{path}: does not fit this run: 'ranks' is a {type(ranks).__name__}, expected a list")
+            raise FastleadingError(f"{path}: does not fit this run: 'ranks' is a {type(ranks).__name__}, "
+                                   "expected a list")
         if len(ranks) != get_world_size():
             raise FastleadingError(f"{path}: written by {len(ranks)} rank(s) but this run has "
                                    f"WORLD_SIZE={get_world_size()}; resume with as many ranks")

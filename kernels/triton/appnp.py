@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+
 import triton
 import triton.language as tl
 
