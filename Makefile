@@ -1,4 +1,5 @@
-# The two commands of the README: `make train` (run again, it replaces runs/default) and `make test`.
+# The two commands of the README: `make train` (run again, it replaces runs/default) and `make test`
+# (the linter and the type checker, then the tests; `make lint` runs the first two alone).
 # Both create .venv when missing and install everything into it (once: the stamp file is
 # renewed only when the build inputs or the pinned versions change).
 
@@ -10,7 +11,7 @@ PIP := $(BIN)/python -m pip install -c constraints.txt
 EXTRAS := deepspeed,peft,gguf,minilm,openvino,onnx,test,plot,tensorboard,docs
 STAMP := $(VENV)/.fastleading-installed
 
-.PHONY: install train test
+.PHONY: install train test lint
 
 install: $(STAMP)
 
@@ -31,5 +32,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt CMakeLists.txt $(wildcard
 train: $(STAMP)
 	$(BIN)/fastleading train --out runs/default --overwrite data.split=high-0
 
-test: $(STAMP)
+# ruff (lint rules and import order) and mypy (the package), as configured in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP) lint
 	$(BIN)/pytest -q -rs --durations=20
