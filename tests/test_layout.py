@@ -225,3 +225,23 @@ def test_the_trainer_and_the_baselines_do_not_import_each_other():
         from_baselines = {m for m in imported if m.startswith(("fastleading.baselines", "fastleading.link.baseline"))}
         assert not from_baselines - allowed, name
         assert not {m for m in imported if m.startswith("fastleading.commands")}, name
+
+
+def test_architecture_page_names_every_module_and_only_real_paths():
+    # docs/architecture.md matches the code: every package and module of fastleading/ is named
+    # there, and every path it names exists (relative to fastleading/ or to the repository)
+    import re
+
+    root = PACKAGE.parent
+    page = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.name != "__init__.py":
+            assert rel.name in page, f"docs/architecture.md does not name {rel}"
+        if len(rel.parts) > 1:
+            assert f"`{rel.parts[0]}/`" in page, f"docs/architecture.md does not name the package {rel.parts[0]}/"
+    for named in set(re.findall(r"`([\w./]+\.py)", page)):
+        where = [PACKAGE / named, root / named]
+        if "/" not in named:  # a bare file name: a module of some package
+            where += list(PACKAGE.rglob(named))
+        assert any(p.is_file() for p in where), f"docs/architecture.md names {named}, which does not exist"
