@@ -32,6 +32,8 @@ from fastleading.errors import FastleadingError
 VARIANTS = {
     "base": [],
     "history": ["model.warm_start=history"],             # the paper's forward warm start (eq. 4)
+    "input": ["model.warm_start=input"],                 # plain APPNP from X_in: no forward history
+    "no-align": ["train.align_to_bank=false"],           # fresh rows not moved into the bank's frame
     "no-warmup": ["train.head_warmup_epochs=0"],         # no LP-FT
     "history-no-warmup": ["model.warm_start=history", "train.head_warmup_epochs=0"],  # the old defaults
     "lr1e-5": ["train.lr_lm=1e-5"],

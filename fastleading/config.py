@@ -128,6 +128,11 @@ class TrainConfig:
     fanouts: list = _f([10, 5], "Neighbours sampled per hop.")
     fill_bank: bool = _f(True, "Encode every node once (no gradient) before training; LEADING's head warm-up "
                          "trains on what it writes (false needs train.head_warmup_epochs=0).")
+    align_to_bank: bool = _f(True, "LEADING: shift each batch of fresh encodings (the targets, pipeline 2's rows) so "
+                             "that its mean is that of the bank rows it replaces: the stale neighbours and the "
+                             "fresh targets stay in one frame, and the LM gets no gradient to translate every "
+                             "embedding at once (a shift the bank does not follow, which the head then misreads at "
+                             "evaluation; docs/training.md).")
     lr_lm: float = _f(1e-5, "Learning rate of the LM.")
     lr_head: float = _f(1e-4, "Learning rate of the head while the LM is fine-tuned (after the head warm-up, which "
                         "trains it at train.head_warmup_lr); raise it (e.g. 1e-3) when there is no warm-up.")

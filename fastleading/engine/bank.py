@@ -49,6 +49,24 @@ class MemoryBank:
         """Rows ``ids`` as ``[M, dim]``, or written into ``out[out_offset:out_offset+M]``."""
         return ops.bank_gather(self.emb, transfer.to_device(ids, self.emb.device), out=out, out_offset=out_offset)
 
+    def in_frame(self, ids: torch.Tensor, rows: torch.Tensor, reduce=None) -> torch.Tensor:
+        """Fresh encodings ``rows [M, dim]`` of nodes ``ids`` moved into the bank's frame: shifted
+        so that their mean is the mean of the rows ``ids`` hold now (call it before they are
+        overwritten). Differentiable: the shift depends on ``rows`` through their mean, so the
+        gradient that reaches ``rows`` has zero mean over the batch (``train.align_to_bank``).
+        Only rows written before count (the shift is the written rows' mean move): a bank that
+        was never filled has no frame yet, and rows none of whose nodes were written are
+        returned as they are. ``reduce`` maps the three sums (fresh rows, their bank rows, how
+        many) to the global batch's (:func:`fastleading.engine.distributed.align_rows`)."""
+        ids = transfer.to_device(ids, self.emb.device)
+        # no host read (a step must not synchronise): the written rows as weights, not as an index
+        w = (self.stamp.index_select(0, ids) >= 0).to(rows.dtype).unsqueeze(1).to(rows.device)
+        old = self.lookup(ids).to(rows.dtype).to(rows.device)
+        fresh_sum, old_sum, count = (rows * w).sum(0), (old * w).sum(0), w.sum()
+        if reduce is not None:
+            fresh_sum, old_sum, count = reduce(fresh_sum, old_sum, count)
+        return rows + (old_sum - fresh_sum) / count.clamp_min(1.0)
+
     def staleness(self, ids: torch.Tensor, step: int) -> torch.Tensor:
         """Steps since each row was last written (``step + 1`` for never-written rows)."""
         return step - self.stamp[transfer.to_device(ids, self.stamp.device)]

@@ -276,6 +276,23 @@ def allgather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
             torch.cat([t[:c] for t, c in zip(all_rows, sizes, strict=True)]))
 
 
+def align_rows(bank, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """:meth:`fastleading.engine.bank.MemoryBank.in_frame` of this rank's fresh ``rows`` with the global
+    batch's shift: the sums are all-reduced over the ranks (the fresh rows' differentiably, so
+    each rank's gradient loses the global batch's mean, as one process's would)."""
+    if not is_distributed():
+        return bank.in_frame(ids, rows)
+
+    def reduce(fresh_sum, old_sum, count):
+        import torch.distributed.nn.functional as dist_nn
+
+        fixed = torch.cat([old_sum, count.reshape(1)])
+        dist.all_reduce(fixed)
+        return dist_nn.all_reduce(fresh_sum), fixed[:-1], fixed[-1]
+
+    return bank.in_frame(ids, rows, reduce)
+
+
 def sync_bank_rows(bank, ids: torch.Tensor, rows: torch.Tensor, step: int) -> None:
     """Refresh ``bank`` (a :class:`fastleading.engine.bank.MemoryBank`) with every rank's fresh rows.
 

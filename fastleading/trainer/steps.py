@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fastleading.config import Config
 from fastleading.engine import ops, transfer
 from fastleading.engine.bank import MemoryBank
-from fastleading.engine.distributed import sync_bank_rows
+from fastleading.engine.distributed import align_rows, sync_bank_rows
 from fastleading.engine.overlap import RefreshStream
 from fastleading.engine.precision import Precision
 from fastleading.engine.profiling import Phases
@@ -132,6 +132,8 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor | No
     num_targets = len(targets)
     with phase("encode-grad"):
         x_targets = run.encode(targets)                                          # line 7
+        if run.cfg.train.align_to_bank:  # in the frame of the stale neighbours they meet
+            x_targets = align_rows(bank, targets, x_targets)
     run.counter.add("grad", targets)
     with phase("bank-refresh"):
         sync_bank_rows(bank, targets, x_targets, run.step)                       # line 8 (every rank's rows)
@@ -149,6 +151,8 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor | No
         loss = run.backward(loss)  # the implicit layer's backward also syncs its histories across ranks
     if refresh_ids is not None and x_refresh is not None:
         with phase("bank-refresh"), run.overlap.scatter():
+            if run.cfg.train.align_to_bank:
+                x_refresh = align_rows(bank, refresh_ids, x_refresh)
             sync_bank_rows(bank, refresh_ids, x_refresh, run.step)               # line 6 (every rank's rows)
     return loss
 
