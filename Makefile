@@ -10,8 +10,13 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -c constraints.txt
 EXTRAS := deepspeed,peft,gguf,minilm,openvino,onnx,test,plot,tensorboard,docs
 STAMP := $(VENV)/.fastleading-installed
+# The docs build's environment: Material for MkDocs prints an end-of-life banner in ANSI colour
+# codes on stderr whether or not it is a terminal (NO_MKDOCS_2_WARNING turns it off), MkDocs
+# colours its own log lines on a terminal (NO_COLOR turns that off). tests/test_docs.py builds
+# with this same line and checks the output holds no escape character.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1 NO_COLOR=1
 
-.PHONY: install train test lint
+.PHONY: install train test lint docs
 
 install: $(STAMP)
 
@@ -39,3 +44,7 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q -rs --durations=20
+
+# The documentation site into site/, strict (a broken link, anchor or API reference fails it)
+docs: $(STAMP)
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict

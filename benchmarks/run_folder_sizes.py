@@ -1,10 +1,13 @@
-"""What a run folder holds on disk, and what `train.keep=best` / `fastleading clean` leave.
+"""What a run folder holds on disk once its run has finished, under each retention setting.
 
 Trains LEADING with the default model (all-MiniLM-L6-v2, full fine-tuning, AdamW) on the
-built-in synthetic graph, a few steps (the file sizes do not depend on how long a run trains:
-weights, optimizer state and the [N, H] memory bank and histories have fixed shapes), then
-measures every file of the folder, what each part of ``checkpoint.pt`` weighs, and the folder
-after ``fastleading clean`` and with ``train.keep=best``. Writes a JSON to ``benchmarks/results/``.
+built-in synthetic graph for one epoch (a few steps: the file sizes do not depend on how long
+a run trains: weights, optimizer state and the [N, H] memory bank and histories have fixed
+shapes), three times: with the defaults (the optimizer state leaves ``checkpoint.pt`` when the
+run finishes), with ``train.keep_optimizer_state=true`` (what every run kept before) and with
+``train.keep=best``; measures every file of each folder, what each part of the full
+``checkpoint.pt`` weighs, and the full folder after ``fastleading clean``. Writes a JSON to
+``benchmarks/results/``.
 
     python benchmarks/run_folder_sizes.py --nodes 200
 """
@@ -47,35 +50,37 @@ def tensor_bytes(obj) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=200)
-    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--override", action="append", default=[], metavar="section.key=value")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     cfg = apply_overrides(Config(), [f"data.synthetic_nodes={args.nodes}", "data.max_length=32", "train.epochs=1",
-                                     f"train.max_steps={args.steps}", "train.device=cpu", *args.override])
+                                     "train.device=cpu", *args.override])
+    folders = {}
     with tempfile.TemporaryDirectory() as tmp:
         cfg.data.cache_dir = str(Path(tmp) / "cache")
-        run = Path(tmp) / "run"
-        train_method(cfg, run, quiet=True)
-        files = folder_bytes(run)
-        state = checkpoint.load(run / "checkpoint.pt")
+        for name, overrides in (("default", []), ("keep_optimizer_state", ["train.keep_optimizer_state=true"]),
+                                ("keep_best", ["train.keep=best"])):
+            summary = train_method(apply_overrides(cfg, overrides), Path(tmp) / name, quiet=True)
+            assert summary["stopped"] == "epochs", summary["stopped"]  # finished: what the settings act on
+            folders[name] = folder_bytes(Path(tmp) / name)
+        full = Path(tmp) / "keep_optimizer_state"
+        state = checkpoint.load(full / "checkpoint.pt")
         parts = {key: tensor_bytes(value) for key, value in state.items()}
         optimizer_state = tensor_bytes(state["optim"]["optimizer"]["state"])
         params = sum(t.numel() for t in state["model"].values())
-        drop_checkpoint(run)  # what `fastleading clean RUN` does
-        cleaned = folder_bytes(run)
-        kept = Path(tmp) / "kept"
-        train_method(apply_overrides(cfg, ["train.keep=best"]), kept, quiet=True)
-        keep_best = folder_bytes(kept)
+        steps = int(state["step"])
+        drop_checkpoint(full)  # what `fastleading clean RUN` does
+        cleaned = folder_bytes(full)
     result = {
-        "what": "bytes of every file of a LEADING run folder, of each part of checkpoint.pt, and of the folder after "
-                "`fastleading clean` / with train.keep=best",
+        "what": "bytes of every file of a finished LEADING run folder with the defaults (optimizer state dropped "
+                "at the end), with train.keep_optimizer_state=true and with train.keep=best; each part of the full "
+                "checkpoint.pt; the full folder after `fastleading clean`",
         "model": cfg.model.name, "dataset": f"synthetic, {args.nodes} nodes", "max_length": cfg.data.max_length,
-        "steps": args.steps, "model_parameters": params,
-        "files_bytes": files, "total_bytes": sum(files.values()),
+        "epochs": cfg.train.epochs, "steps": steps, "model_parameters": params,
+        "files_bytes": {name: files for name, files in folders.items()},
+        "total_bytes": {name: sum(files.values()) for name, files in folders.items()},
         "checkpoint_parts_bytes": parts, "optimizer_state_bytes": optimizer_state,
         "after_clean_bytes": cleaned, "after_clean_total_bytes": sum(cleaned.values()),
-        "keep_best_bytes": keep_best, "keep_best_total_bytes": sum(keep_best.values()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip(),
@@ -85,8 +90,8 @@ def main() -> int:
     out = Path(args.out or f"benchmarks/results/run-folder-sizes-cpu-{result['date']}.json")
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     mb = 1e6
-    print(" ".join(f"{name} {size / mb:.1f} MB" for name, size in files.items())
-          + f"; after clean {result['after_clean_total_bytes'] / mb:.1f} MB; {out}")
+    print("; ".join(f"{name} {total / mb:.1f} MB" for name, total in result["total_bytes"].items())
+          + f"; full after clean {result['after_clean_total_bytes'] / mb:.1f} MB; {out}")
     return 0
 
 

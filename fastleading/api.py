@@ -170,6 +170,7 @@ class Run:
             for a graph given to :func:`train`): the files the run wrote.
         quiet: :meth:`predict`, :meth:`score_pairs` and :meth:`embeddings` print nothing but
             errors (no loading bars or library warnings; :func:`fastleading.run.console.output`).
+        device: the device they run on (``cpu``, ``cuda``...); None: the run's ``train.device``.
     """
 
     dir: Path
@@ -177,13 +178,17 @@ class Run:
     summary: dict
     paths: dict[str, Path]
     quiet: bool = True
+    device: str | None = None
     _trained: Any = field(default=None, repr=False)
+
+    def _overrides(self) -> list[str]:
+        return [] if self.device is None else [f"train.device={self.device}"]
 
     def _model(self):
         from fastleading.commands.predict import TrainedRun
 
         if self._trained is None:
-            self._trained = TrainedRun(self.dir, quiet=self.quiet)
+            self._trained = TrainedRun(self.dir, quiet=self.quiet, overrides=self._overrides())
         return self._trained
 
     def _call(self, fn):
@@ -212,11 +217,13 @@ class Run:
         (what ``fastleading export --out`` writes)."""
         from fastleading.baselines.downstream import run_embeddings
 
-        return self._call(lambda: run_embeddings(self.dir, self.quiet)[2].numpy())
+        return self._call(lambda: run_embeddings(self.dir, self.quiet, self._overrides())[2].numpy())
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """The run in ``run_dir`` (a folder written by ``fastleading train`` or :func:`train`)."""
+def load_run(run_dir: str | Path, device: str | None = None) -> Run:
+    """The run in ``run_dir`` (a folder written by ``fastleading train`` or :func:`train`);
+    ``device`` overrides the run's ``train.device`` for what its model computes (e.g. ``cpu``
+    for a run trained on a GPU)."""
     from fastleading.run.folder import read_run_config
 
     run_dir = Path(run_dir)
@@ -227,7 +234,8 @@ def load_run(run_dir: str | Path) -> Run:
                                f"`fastleading train --resume {run_dir}`")
     paths = {"config": run_dir / "config.json", "summary": summary_path, "metrics": run_dir / "metrics.jsonl",
              "best": run_dir / "best.pt", "checkpoint": run_dir / "checkpoint.pt", "graph": run_dir / GRAPH_DIR}
-    return Run(run_dir, cfg, json.loads(summary_path.read_text()), {k: p for k, p in paths.items() if p.exists()})
+    return Run(run_dir, cfg, json.loads(summary_path.read_text()), {k: p for k, p in paths.items() if p.exists()},
+               device=device)
 
 
 def train(config: Config | None = None, graph: TextAttributedGraph | None = None, out: str | Path = "runs/default",

@@ -199,6 +199,11 @@ class TrainConfig:
     keep: str = _f("all", "What stays in the run folder when the run finishes: all (checkpoint.pt too: the run can be "
                    "resumed and extended) or best (best.pt, metrics and summary; checkpoint.pt, about 3x best.pt "
                    "with its optimizer state, is removed).", ("all", "best"))
+    keep_optimizer_state: bool = _f(False, "Keep the optimizer state (AdamW's two moments per weight, about 2/3 of "
+                                    "checkpoint.pt) in checkpoint.pt once the run has finished (its epochs, or "
+                                    "patience; a run stopped by train.max_steps keeps it always). Without it a "
+                                    "resume that extends the run starts the moments afresh; every other part of "
+                                    "the state is kept.")
     max_bad_evals: int = _f(2, "Stop after this many consecutive evaluations with non-finite logits or link "
                             "scores (such an evaluation is never selected as best); 0 = never stop.")
 

@@ -48,7 +48,9 @@ HERE = Path(__file__).resolve().parent
 # (240 nodes, in chunks of at most 128).
 TINY = ("data.synthetic_nodes=240", "data.synthetic_classes=3", "data.synthetic_words=12", "data.max_length=16",
         "data.split=high-0", "train.batch_size=16", "train.epochs=2", "train.eval_batch_size=128",
-        "train.log_every=1", "train.checkpoint_every=2", "model.head_hidden=32")
+        "train.log_every=1", "train.checkpoint_every=2", "model.head_hidden=32",
+        # the finished runs' checkpoints keep the optimizer state, so that it is compared too
+        "train.keep_optimizer_state=true")
 KINDS = ("step", "checkpoint", "eval", "fill")
 SUMMARY_VOLATILE = ("wall_time_s", "phase_time_s", "peak_memory_bytes")
 

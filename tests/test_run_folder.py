@@ -131,6 +131,47 @@ def test_keep_best_removes_the_checkpoint_and_a_resume_says_why(setup, tmp_path,
     assert "cannot be resumed or extended" in one_error_line(capsys)
 
 
+def test_a_finished_run_drops_its_optimizer_state_unless_asked_and_still_predicts_exports_and_extends(
+        setup, tmp_path, capsys):
+    """A finished run kept AdamW's two moments per weight in checkpoint.pt (two thirds of it)
+    for good. Now they go once the run has finished (train.keep_optimizer_state=false), stay when
+    asked and in a run that train.max_steps stopped (its resume continues exactly); the run still
+    predicts and exports, and a resume that extends it says in one line that the moments start
+    afresh."""
+    from fastleading.run import checkpoint
+
+    def optimizer_state(run: Path) -> dict:
+        return checkpoint.load(run / "checkpoint.pt")["optim"]["optimizer"]["state"]
+
+    dropped, kept, stopped = tmp_path / "dropped", tmp_path / "kept", tmp_path / "stopped"
+    assert train(setup, dropped, "--epochs", "1") == 0
+    assert train(setup, kept, "--epochs", "1", "train.keep_optimizer_state=true") == 0
+    assert train(setup, stopped, "--epochs", "1", "train.max_steps=2") == 0
+    assert optimizer_state(dropped) == {}  # failed before: the moments of every weight
+    assert checkpoint.load(dropped / "checkpoint.pt")[checkpoint.OPTIMIZER_STATE_DROPPED] is True
+    moments = optimizer_state(kept)
+    assert moments and all(set(s) >= {"exp_avg", "exp_avg_sq"} for s in moments.values())
+    assert checkpoint.OPTIMIZER_STATE_DROPPED not in checkpoint.load(kept / "checkpoint.pt")
+    assert json.loads((stopped / "summary.json").read_text())["stopped"] == "max_steps" and optimizer_state(stopped)
+    moment_bytes = sum(t.numel() * t.element_size() for s in moments.values() for t in s.values()
+                       if isinstance(t, torch.Tensor))
+    saved = (kept / "checkpoint.pt").stat().st_size - (dropped / "checkpoint.pt").stat().st_size
+    assert saved >= moment_bytes
+    # the rest of the checkpoint is the kept one's: weights, bank, schedule
+    a, b = (checkpoint.load(r / "checkpoint.pt") for r in (dropped, kept))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert a["optim"]["scheduler"] == b["optim"]["scheduler"]
+
+    assert main(["predict", "--quiet", "--run", str(dropped)]) == 0
+    assert main(["export", "--quiet", "--run", str(dropped), "--out", str(tmp_path / "emb.npy")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(dropped), "--epochs", "2"]) == 0  # not --quiet: the notice shows
+    notices = [line for line in capsys.readouterr().err.splitlines() if "optimizer state" in line]
+    assert len(notices) == 1 and "dropped" in notices[0] and "afresh" in notices[0], notices
+    assert json.loads((dropped / "summary.json").read_text())["steps"] == 2 * STEPS_PER_EPOCH
+    assert optimizer_state(dropped) == {}  # finished again: dropped again
+
+
 def test_clean_removes_the_checkpoint_of_finished_runs_only(setup, tmp_path, capsys):
     run = tmp_path / "run"
     assert train(setup, run, "--epochs", "1") == 0
@@ -232,6 +273,36 @@ def test_a_run_folder_works_from_any_directory_after_a_move_and_takes_root(setup
     assert main(["predict", "--quiet", "--run", run, "--root", "../data-now", "--device", "cpu"]) == 0
     assert main(["export", "--quiet", "--run", run, "--root", "../data-now", "--out", "emb2.npy"]) == 0
     assert main(["train", "--quiet", "--resume", run, "--root", "../data-now", "--epochs", "3"]) == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without a GPU")
+def test_a_run_trained_on_cuda_predicts_and_exports_on_a_cpu_machine_with_device_cpu(setup, tmp_path, capsys):
+    """A run whose config.json says cuda could not be used on a machine without a GPU short of
+    editing config.json. A copied run folder, its device set to cuda: without an override,
+    predict, export and the Python API stop in one line saying how to choose the device (before
+    any dataset or model loads); with --device cpu (device='cpu') they work."""
+    import shutil
+
+    from fastleading import FastleadingError, load_run
+
+    made, run = tmp_path / "made", tmp_path / "gpu-run"
+    assert train(setup, made, "--epochs", "1") == 0
+    shutil.copytree(made, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    for argv in (["predict", "--quiet", "--run", str(run)],
+                 ["export", "--quiet", "--run", str(run), "--out", str(tmp_path / "emb.npy")]):
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert str(run) in line and "cuda" in line and "--device cpu" in line, line
+        assert main([*argv, "--device", "cpu"]) == 0
+    assert (run / "predictions.csv").is_file() and (tmp_path / "emb.npy").is_file()
+    with pytest.raises(FastleadingError, match="device='cpu'"):
+        load_run(run).predict()
+    probs = load_run(run, device="cpu").predict().probs
+    assert probs.shape[0] == 60 and torch.allclose(torch.as_tensor(probs).sum(1), torch.ones(60), atol=1e-5)
 
 
 def test_config_json_stores_the_split_the_run_used_so_a_resume_may_name_it(setup, tmp_path, capsys):

@@ -158,4 +158,56 @@ def test_a_study_shows_each_runs_progress_when_redirected(setup, tmp_path, capfd
                                                                    "[2/2] seed 0 given shallow"]
     err_lines = err.splitlines()
     assert START_LINE.match(err_lines[0]).group(1) == str(runs / "leading-given-seed0"), err_lines[0]
-    assert [PROGRESS_LINE.match(line).group(1) for line in err_lines[1:]] == ["1", "2"]
+    # the default head warm-up (train.downstream_epochs=5 epochs, full batch): its start and end lines
+    assert err_lines[1] == "leading: head warm-up, 5 epochs of the head on the frozen LM's embeddings (full batch)"
+    assert err_lines[2].startswith("leading: head warm-up done: 5 epochs in "), err_lines[2]
+    assert [PROGRESS_LINE.match(line).group(1) for line in err_lines[3:]] == ["1", "2"]
+
+
+WARMUP_EPOCH_LINE = re.compile(r"^leading: head warm-up epoch (\d)/3: valid [01]\.\d{4}, best [01]\.\d{4} "
+                               r"\(epoch \d\)$")
+WARMUP_DONE_LINE = re.compile(r"^leading: head warm-up done: 3 epochs in \d+ s; the kept head \(epoch 0 of the "
+                              r"run\): valid ([01]\.\d{4})$")
+
+
+def test_the_head_warmup_shows_its_progress_in_plain_lines_when_redirected(setup, tmp_path, capfd, monkeypatch):
+    """The head warm-up was silent (95-155 s on small data): no line between the start line and
+    the first step's. Redirected, it now says when it starts, how its epochs go (at most one line
+    a minute; every epoch here) and what it keeps, in plain lines."""
+    from fastleading.trainer import display
+
+    root, model, _ = setup
+    monkeypatch.setattr(display, "PLAIN_SECONDS", 0.0)  # a line at every chance, not one a minute
+    run = tmp_path / "run"
+    capfd.readouterr()
+    assert main(["train", "--out", str(run), *train_args(root / "data", tmp_path / "cache", model, "--epochs", "1",
+                                                         "train.head_warmup_epochs=3")]) == 0
+    out, err = capfd.readouterr()
+    assert_clean(out, err)
+    lines = err.splitlines()
+    assert START_LINE.match(lines[0]), lines[0]
+    assert lines[1] == "leading: head warm-up, 3 epochs of the head on the frozen LM's embeddings (full batch)"
+    assert [WARMUP_EPOCH_LINE.match(line).group(1) for line in lines[2:5]] == ["1", "2", "3"], lines
+    kept = json.loads((run / "summary.json").read_text())["history"][0]
+    assert WARMUP_DONE_LINE.match(lines[5]).group(1) == f"{kept['valid']:.4f}" and kept["epoch"] == 0
+    assert lines[6:] and all(line.startswith("leading: step ") for line in lines[6:]), lines[6:]
+
+
+def test_the_head_warmup_bar_shows_the_last_and_the_best_value_on_a_terminal(monkeypatch):
+    import io
+
+    from fastleading.trainer.display import WarmupDisplay
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    shown = WarmupDisplay("leading", 3, "full batch", quiet=False)
+    for epoch, valid in ((1, 0.5), (2, 0.7), (3, 0.6)):
+        shown.evaluated(epoch, {"valid": valid})
+    shown.close({"valid": 0.7})
+    text = terminal.getvalue()
+    assert "leading head warm-up" in text and "3/3" in text and "valid=0.600, best=0.700" in text, text
+    assert "epochs of the head" not in text  # a bar, no plain lines

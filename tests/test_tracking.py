@@ -9,8 +9,9 @@ import pytest
 from test_train import small_config
 
 from fastleading.commands.methods import train_method
+from fastleading.config import apply_overrides
 from fastleading.errors import FastleadingError
-from fastleading.run.tracking import HINTS, TENSORBOARD_DIR, flatten
+from fastleading.run.tracking import HINTS, TENSORBOARD_DIR, WARMUP_DIR, flatten
 
 
 def event_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -105,3 +106,51 @@ def test_wandb_gets_the_same_records_offline_and_a_resumed_run_keeps_its_id(tiny
     train_method(resumed, tmp_path / "run", resume=True, quiet=True)
     assert runs[1].kwargs["id"] == first.kwargs["id"] and runs[1].kwargs["resume"] == "allow"
     assert [step for step, _ in runs[1].logged][:2] == [4, 4]  # step 4 and the first evaluation
+
+
+def test_the_head_warmups_evaluations_are_on_an_axis_of_their_own(tiny_bert, tmp_path):
+    """Every warm-up evaluation was logged at step 0 (up to 200 points on one step, under
+    warmup_eval/...); they are now on the warm-up epoch's axis: TensorBoard's warmup/ run, and in
+    wandb one table and one chart against the warm-up epoch. The training axis keeps the
+    training's records only."""
+    import types
+
+    cfg = small_config(tiny_bert, tmp_path / "cache", "train.report_to=tensorboard", "train.head_warmup_epochs=4",
+                       "train.max_steps=2")
+    train_method(cfg, tmp_path / "run", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    warmup = [r for r in records if "warmup_epoch" in r]
+    assert [r["warmup_epoch"] for r in warmup] == [1, 2, 3, 4]
+
+    steps = event_scalars(tmp_path / "run" / TENSORBOARD_DIR)
+    assert not [tag for tag in steps if tag.startswith("warmup")], sorted(steps)  # failed before: warmup_eval/...
+    for tag, points in steps.items():  # no tag holds several points of one step (before: 5 at step 0)
+        assert len({s for s, _ in points}) == len(points), (tag, points)
+    by_epoch = event_scalars(tmp_path / "run" / TENSORBOARD_DIR / WARMUP_DIR)
+    for key in ("train", "valid", "test"):
+        assert [s for s, _ in by_epoch[f"warmup/{key}"]] == [1, 2, 3, 4], key
+        assert [v for _, v in by_epoch[f"warmup/{key}"]] == pytest.approx([r["warmup_eval"][key] for r in warmup],
+                                                                          rel=1e-6), key
+    assert [v for _, v in by_epoch["warmup/propagation_iters"]] == [r["propagation_iters"] for r in warmup]
+
+    # wandb (a stand-in module, as above): one table and one chart, with the first record after the warm-up
+    runs, charts = [], []
+    fake = types.SimpleNamespace(
+        init=lambda **kw: runs.append(FakeWandbRun(kw)) or runs[-1],
+        Table=lambda columns, data: {"columns": columns, "data": data},
+        plot=types.SimpleNamespace(line_series=lambda **kw: charts.append(kw) or "chart"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "wandb", fake)
+        train_method(apply_overrides(cfg, ["train.report_to=wandb"]), tmp_path / "wandb-run", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "wandb-run" / "metrics.jsonl").read_text().splitlines()]
+    (run,) = runs
+    assert [step for step, _ in run.logged] == [r["step"] for r in records if "warmup_epoch" not in r]
+    first = run.logged[0][1]
+    table = first["warmup/evaluations"]
+    assert table["columns"][0] == "epoch" and [row[0] for row in table["data"]] == [1, 2, 3, 4]
+    valid = table["columns"].index("valid")
+    assert [row[valid] for row in table["data"]] == [r["warmup_eval"]["valid"] for r in records if "warmup_epoch" in r]
+    (chart,) = charts
+    assert chart["xs"] == [1, 2, 3, 4] and "valid" in chart["keys"] and "propagation_iters" not in chart["keys"]
+    assert not [k for _, scalars in run.logged for k in scalars if k.startswith("warmup_eval")]
+    assert not [k for _, scalars in run.logged[1:] for k in scalars if k.startswith("warmup/")]

@@ -195,15 +195,16 @@ def run_embeddings(run_dir: Path, quiet: bool = True, overrides: Sequence[str] =
     from fastleading.data import prepare
     from fastleading.engine.precision import resolve_device, resolve_precision
     from fastleading.models.encode import encode_all
-    from fastleading.run.folder import read_run_config, require_best
+    from fastleading.run.folder import read_run_config, require_best, require_run_device
     from fastleading.trainer.model import load_best
 
     cfg = read_run_config(run_dir, overrides=overrides)
+    require_run_device(run_dir, cfg)  # before anything is loaded
+    device = resolve_device(cfg.train.device)
     if cfg.train.method in FIXED_FEATURE_METHODS:
         return cfg, *pretrained_or_shallow(cfg, quiet)
     require_best(run_dir)  # before the dataset and the model are loaded
     graph, tokens = prepare(cfg)
-    device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, device)
     model = load_best(run_dir, cfg, graph.num_nodes, graph.num_classes, precision.bank_dtype).to(device)
     emb = encode_all(model.encoder, tokens, graph.num_nodes, device, precision, cfg.train.eval_batch_size, quiet,

@@ -22,8 +22,9 @@ def train_method(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: 
     ``overwrite`` (its run files removed first) is given (:mod:`fastleading.run.folder`;
     ``caller``, ``cli`` or ``api``, picks how its messages name these two).
     ``quiet``: nothing but errors on the terminal, third-party output included
-    (:func:`fastleading.run.console.output`). ``train.keep=best`` removes the checkpoint once the
-    run has finished. The kernel backend (``train.kernels``, process state of
+    (:func:`fastleading.run.console.output`). Once the run has ended, ``train.keep=best`` removes the
+    checkpoint and ``train.keep_optimizer_state=false`` (the default) the optimizer moments in it
+    (:func:`fastleading.run.folder.apply_keep`). The kernel backend (``train.kernels``, process state of
     :mod:`fastleading.engine.ops`) is the run's own for the call and given back after it: a run never
     inherits another's."""
     from fastleading.baselines.downstream import FIXED_FEATURE_METHODS, train_fixed_features
@@ -41,5 +42,5 @@ def train_method(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: 
                 from fastleading.trainer.loop import train
 
                 summary = train(cfg, out_dir, resume=resume, quiet=quiet)
-        folder.apply_keep(Path(out_dir), cfg.train.keep)
+        folder.apply_keep(Path(out_dir), cfg.train.keep, cfg.train.keep_optimizer_state, summary.get("stopped", ""))
     return summary

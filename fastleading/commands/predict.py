@@ -207,7 +207,7 @@ class TrainedRun:
     def __init__(self, run_dir: str | Path, quiet: bool = True, overrides: Sequence[str] = ()):
         from fastleading.data import prepare
         from fastleading.engine.precision import resolve_device, resolve_precision
-        from fastleading.run.folder import read_run_config, require_best
+        from fastleading.run.folder import read_run_config, require_best, require_run_device
         from fastleading.trainer.model import load_best
 
         self.run_dir = Path(run_dir)
@@ -218,6 +218,8 @@ class TrainedRun:
                                    f"a GNN on fixed features in one go); prediction needs a run of "
                                    f"{', '.join(LM_METHODS)}")
         require_best(self.run_dir)  # before the dataset and the model are loaded
+        require_run_device(self.run_dir, cfg)
+        self.device = resolve_device(cfg.train.device)
         self.graph, tokens = prepare(cfg)
         assert tokens is not None  # an LM method's graph has texts and a token cache
         self.tokens = tokens
@@ -226,7 +228,6 @@ class TrainedRun:
             from fastleading.data import link_view
 
             self.propagation_graph, _ = link_view(cfg, self.graph)
-        self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.precision, cfg.train.bank_dtype, self.device)
         self.model = load_best(self.run_dir, cfg, self.graph.num_nodes, self.graph.num_classes,
                                self.precision.bank_dtype).to(self.device)

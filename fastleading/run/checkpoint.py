@@ -22,6 +22,8 @@ from fastleading.run.io import atomic_torch_save
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 BEST_PENDING = "best.pending.pt"  # a new best's weights until a checkpoint records them (trainer/state.py)
+# set in a finished run's checkpoint.pt whose optimizer moments were dropped (drop_optimizer_state)
+OPTIMIZER_STATE_DROPPED = "optimizer_state_dropped"
 
 
 def save(path: str | Path, state: dict) -> Path:
@@ -51,3 +53,22 @@ def refused(where: str | Path, e: pickle.UnpicklingError, what: str = "holds") -
     named = f"it names {found.group(1)}" if found else first
     return FastleadingError(f"{where}: refused: {what} objects other than tensors and plain containers, which "
                             f"could run code when loaded ({named})")
+
+
+def drop_optimizer_state(path: str | Path) -> int:
+    """Rewrite the checkpoint at ``path`` (atomically) without the optimizer's per-parameter
+    state (AdamW's two moments per weight) and mark it :data:`OPTIMIZER_STATE_DROPPED`; the
+    bytes freed (0 when already dropped). The optimizer's parameter groups, the schedule, the
+    scaler and everything else stay: a resume loads them and starts the moments afresh."""
+    path = Path(path)
+    state = load(path)
+    if state.get(OPTIMIZER_STATE_DROPPED):
+        return 0
+    optimizer = state.get("optim", {}).get("optimizer") if isinstance(state.get("optim"), dict) else None
+    if not isinstance(optimizer, dict) or "state" not in optimizer:
+        raise FastleadingError(f"{path}: no optimizer state where a checkpoint written by `fastleading train` has it")
+    before = path.stat().st_size
+    optimizer["state"] = {}
+    state[OPTIMIZER_STATE_DROPPED] = True
+    save(path, state)
+    return before - path.stat().st_size

@@ -27,9 +27,11 @@ folder when it lies inside it (the Python API's ``graph/``), so that a run folde
 any directory and after being moved or copied; :func:`read_run_config` resolves a relative
 ``data.root`` against the run folder.
 
-Keeping less on disk: :func:`drop_checkpoint` removes a finished run's ``checkpoint.pt`` (the
-weights, the optimizer state and the rest a resume needs; about three times ``best.pt`` with
-AdamW), by ``train.keep=best`` when the run finishes or ``fastleading clean RUN`` afterwards.
+Keeping less on disk (:func:`apply_keep`): once a run has finished, the optimizer's moments
+leave its ``checkpoint.pt`` (two thirds of it with AdamW) unless ``train.keep_optimizer_state``;
+a resume that extends the run starts them afresh. :func:`drop_checkpoint` removes a finished
+run's ``checkpoint.pt`` altogether, by ``train.keep=best`` when the run finishes or
+``fastleading clean RUN`` afterwards.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 
 from fastleading.config import Config, apply_overrides, from_dict
 from fastleading.errors import FastleadingError
-from fastleading.run.checkpoint import BEST, CHECKPOINT
+from fastleading.run.checkpoint import BEST, CHECKPOINT, drop_optimizer_state
 from fastleading.run.io import atomic_write_text
 
 DEEPSPEED_DIR = "deepspeed"  # the engine's checkpoint folder (fastleading.trainer.state.DEEPSPEED_DIR)
@@ -56,7 +58,7 @@ RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT, BEST, D
 # checkpoints, what it keeps, where the dataset and its cache live; nothing that changes a step
 RESUME_CHANGES = ("train.epochs", "train.max_steps", "train.patience", "train.eval_every", "train.log_every",
                   "train.checkpoint_every", "train.checkpoint_minutes", "train.profile", "train.keep",
-                  "train.report_to", "data.root", "data.cache_dir")
+                  "train.keep_optimizer_state", "train.report_to", "data.root", "data.cache_dir")
 # files made from a run's best weights or its metrics by other commands (predict, plot) or by its
 # trackers: stale once the run is replaced (--overwrite); the first three once it trains on (--resume)
 DERIVED_FILES = ("predictions.csv", "link-scores.csv", "curves.png", "tensorboard", "wandb", "wandb-run-id")
@@ -88,6 +90,19 @@ def read_run_config(run_dir: Path, what: str = "not a run folder", overrides: Se
     if root and not Path(root).expanduser().is_absolute() and (Path(run_dir) / root).exists():
         cfg.data.root = str((Path(run_dir) / root).resolve())  # a folder inside the run (moved with it)
     return apply_overrides(cfg, list(overrides)) if overrides else cfg
+
+
+def require_run_device(run_dir: Path, cfg: Config) -> None:
+    """Check that this machine has the device a command that reads the run uses,
+    ``cfg.train.device`` (the run's, or the ``--device`` given; the caller resolves it with
+    :func:`fastleading.engine.precision.resolve_device`). A GPU run on a machine without one is one
+    line saying how to choose another."""
+    import torch
+
+    name = cfg.train.device
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FastleadingError(f"{run_dir}: the run's train.device is {name} (its config.json) and this machine has "
+                               "no CUDA device; pass --device cpu (Python: fastleading.load_run(run, device='cpu'))")
 
 
 def stored_config(run_dir: Path, cfg: Config, default_split: str = "") -> Config:
@@ -336,7 +351,16 @@ def drop_checkpoint(run_dir: Path) -> int:
     return freed
 
 
-def apply_keep(run_dir: Path, keep: str) -> None:
-    """``train.keep`` at the end of a run: ``best`` drops the checkpoint (rank 0)."""
-    if keep == "best" and _is_rank0():
+def apply_keep(run_dir: Path, keep: str, keep_optimizer_state: bool = True, stopped: str = "") -> None:
+    """What a run keeps once it has ended (rank 0): ``train.keep=best`` drops the checkpoint;
+    otherwise, unless ``train.keep_optimizer_state``, the optimizer moments leave
+    ``checkpoint.pt`` (:func:`fastleading.run.checkpoint.drop_optimizer_state`) when the run has
+    finished (``stopped`` is ``epochs`` or ``patience``): a run that ``train.max_steps`` stopped
+    keeps them, so that its resume continues exactly. DeepSpeed's ``deepspeed/`` folder is kept
+    whole (its optimizer shards are the engine's)."""
+    if not _is_rank0():
+        return
+    if keep == "best":
         drop_checkpoint(run_dir)
+    elif not keep_optimizer_state and stopped in ("epochs", "patience") and (run_dir / CHECKPOINT).is_file():
+        drop_optimizer_state(run_dir / CHECKPOINT)

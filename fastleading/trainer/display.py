@@ -6,6 +6,10 @@ evaluation, refreshed as soon as either happens. Redirected to a file (stderr no
 plain lines instead, no carriage returns or cursor movements: one after every evaluation (its
 validation value, named: ``valid MRR`` for link prediction) and, at the logging points, one at
 most every :data:`PLAIN_SECONDS`. Quiet: nothing. See :mod:`fastleading.run.console`.
+
+The head warm-up before the steps (:class:`WarmupDisplay`) shows its epochs the same way: a bar
+with the last and the best validation value on a terminal; redirected, a line when it starts,
+one at most every :data:`PLAIN_SECONDS` and one when it ends.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import time
 
 from fastleading.run import console
+from fastleading.run.selection import improves
 
 PLAIN_SECONDS = 60.0
 
@@ -87,4 +92,46 @@ class StepDisplay:
         what = (f"epoch {self.epoch}/{self.epochs} evaluated: {self.metric} {self.valid:.4f}" if evaluated
                 else f"epoch {self.epoch + 1}/{self.epochs}: loss {self.loss:.4f}, {self.metric} {self.valid:.4f}")
         print(f"{self.desc}: step {step}/{self.total}, {what}", file=sys.stderr, flush=True)
+        self._last_line = time.monotonic()
+
+
+class WarmupDisplay:
+    """Progress of the head warm-up's ``epochs`` epochs (``how``: ``full batch`` or
+    ``mini-batches``), each evaluated; ``desc`` and ``metric`` as in :class:`StepDisplay`. The
+    best is the first best under :func:`fastleading.run.selection.improves`, the warm-up's own rule."""
+
+    def __init__(self, desc: str, epochs: int, how: str, quiet: bool, metric: str = "valid"):
+        self.desc, self.epochs, self.metric = desc, epochs, metric
+        self.best: dict | None = None
+        self.bar = console.bar(total=epochs, desc=f"{desc} head warm-up", unit="epoch") \
+            if console.bars_enabled(quiet) else None
+        self.plain = self.bar is None and not quiet and not console.is_quiet()
+        self._start = self._last_line = time.monotonic()
+        if self.plain:
+            self._print(f"head warm-up, {epochs} epochs of the head on the frozen LM's embeddings ({how})")
+
+    def evaluated(self, epoch: int, metrics: dict) -> None:
+        """Warm-up epoch ``epoch`` (counted from 1) evaluated: ``metrics["valid"]`` is its value."""
+        if improves(metrics, self.best["valid"] if self.best else math.nan, self.best is not None):
+            self.best = {"epoch": epoch, "valid": metrics["valid"]}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({"valid": f"{metrics['valid']:.3f}", "best": f"{self._best_valid():.3f}"})
+        elif self.plain and time.monotonic() - self._last_line >= PLAIN_SECONDS:
+            self._print(f"head warm-up epoch {epoch}/{self.epochs}: {self.metric} {metrics['valid']:.4f}, best "
+                        f"{self._best_valid():.4f} (epoch {self.best['epoch'] if self.best else '-'})")
+
+    def close(self, kept: dict) -> None:
+        """The warm-up ended; ``kept``: the evaluation of the head it keeps (the run's epoch 0)."""
+        if self.bar is not None:
+            self.bar.close()
+        elif self.plain:
+            self._print(f"head warm-up done: {self.epochs} epochs in {time.monotonic() - self._start:.0f} s; the "
+                        f"kept head (epoch 0 of the run): {self.metric} {kept['valid']:.4f}")
+
+    def _best_valid(self) -> float:
+        return self.best["valid"] if self.best else math.nan
+
+    def _print(self, what: str) -> None:
+        print(f"{self.desc}: {what}", file=sys.stderr, flush=True)
         self._last_line = time.monotonic()

@@ -3,7 +3,10 @@
 ``checkpoint.pt`` (or, with ``train.deepspeed``, the engine's folder ``deepspeed/``) holds
 everything a resumed run needs to continue exactly: model, optimizer, schedule, scaler,
 memory bank, implicit histories, pipeline 2's order, progress, phase timers, and each rank's
-own RNG states and encode counters. ``best.pt`` holds the best-valid model weights only.
+own RNG states and encode counters. A finished run's ``checkpoint.pt`` may lack the optimizer's
+moments (``train.keep_optimizer_state=false``, marked
+:data:`fastleading.run.checkpoint.OPTIMIZER_STATE_DROPPED`): a resume that extends it starts them
+afresh. ``best.pt`` holds the best-valid model weights only.
 Files hold tensors and plain containers only (see :mod:`fastleading.run.checkpoint`), and are
 read on the CPU: RNG states must be CPU byte tensors, and large tables are copied into the
 run's (device) tensors in place.
@@ -249,6 +252,12 @@ def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
             _load_rank_state(run, own)
 
     _restore(path, restore)
+    if state.get(checkpoint.OPTIMIZER_STATE_DROPPED) and is_main():
+        from fastleading.run import console
+
+        console.notice(f"{path}: the run's optimizer state was dropped when it finished "
+                       "(train.keep_optimizer_state=false): the steps it trains on start the optimizer's moments "
+                       "afresh (weights, schedule, bank and data order as saved)")
     run.optim.follow_schedule()  # the rates of this run's schedule (train.epochs may have grown)
     settle_best(out_dir, progress.best_epoch)
     return True

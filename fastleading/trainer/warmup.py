@@ -115,23 +115,31 @@ def head_warmup(tr, log, epochs: int) -> dict:
     batch as the frozen baseline (:func:`full_batch`) or in mini-batches, keep the best epoch's
     head, log each epoch's evaluation to ``log`` and hand over (:func:`hand_over`). Returns the
     evaluation of the model fine-tuning starts from (the run's epoch 0)."""
+    from fastleading.trainer.display import WarmupDisplay
+
     run = tr.run
     temporary_bank = run.bank is None
     if temporary_bank:  # supervised: the frozen embeddings of every node, for the warm-up only
         run.bank = MemoryBank(tr.graph.num_nodes, run.model.encoder.hidden_size, run.precision.bank_dtype, run.device)
         encode_graph(tr, "warm-up features", "fill")
+    full = full_batch(tr)
+    display = WarmupDisplay(tr.cfg.train.method, epochs, "full batch" if full else "mini-batches", tr.quiet,
+                            "valid" if tr.task is None else f"valid {tr.cfg.train.link_select.upper()}")
 
     def logged(epoch: int, metrics: dict, iters: int) -> None:
-        # not an "eval" record: the run's evaluations are its history's (epoch 0 is the best of these)
+        # not an "eval" record: the run's evaluations are its history's (epoch 0 is the best of
+        # these); trackers put these on an axis of their own, the warm-up epoch
         log.write({"step": run.step, "epoch": 0, "warmup_epoch": epoch, "warmup_eval": metrics,
                    "propagation_iters": iters})
+        display.evaluated(epoch, metrics)
 
     with run.phases("head-warmup"):
-        if full_batch(tr):
+        if full:
             full_batch_warmup(tr, epochs, logged)
         else:
             mini_batch_warmup(tr, epochs, logged)
         best = hand_over(tr)
+    display.close(best)
     if temporary_bank:
         run.bank = None
     return best
