@@ -62,10 +62,10 @@ class FakeCuda:
         return Event()
 
 
-def overlapped_run(tiny_bert, tmp_path, monkeypatch, device="cuda:1"):
+def overlapped_run(tiny_bert, tmp_path, monkeypatch, device="cuda:1", *overrides: str):
     """A real LEADING run whose overlap runs on the fake stream API of ``device`` (the
     computation itself stays on the CPU)."""
-    tr = build_trainer(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0"), tmp_path / "run")
+    tr = build_trainer(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0", *overrides), tmp_path / "run")
     fake = FakeCuda()
     monkeypatch.setattr(overlap_mod.torch, "cuda", fake)
     tr.run.overlap = overlap_mod.RefreshStream(torch.device(device), enabled=True)
@@ -165,7 +165,9 @@ def test_lookups_see_the_previous_steps_refresh_and_never_this_steps(tiny_bert, 
     """Two real LEADING steps through the overlapped path (fake streams): pipeline 2 refreshes
     every node in step 0; step 0's lookups must see none of those rows (stamp -1, the empty
     bank), step 1's must see exactly the embeddings pipeline 2 computed in step 0."""
-    tr, _ = overlapped_run(tiny_bert, tmp_path, monkeypatch)
+    # the bank then holds pipeline 2's rows as encoded (train.align_to_bank would shift them all
+    # by one vector, tests/test_bank_frame.py): what this test compares the lookups with
+    tr, _ = overlapped_run(tiny_bert, tmp_path, monkeypatch, "cuda:1", "train.align_to_bank=false")
     run, n = tr.run, tr.graph.num_nodes
     refreshed, seen = [], []
     encode_nograd, lookup = run.encode_nograd, run.bank.lookup
