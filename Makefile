@@ -1,4 +1,5 @@
-# The two commands of the README: `make train` (run again, it replaces runs/default) and `make test`.
+# The two commands of the README: `make train` (run again, it replaces runs/default) and `make test`
+# (the linter and the type checker, then the tests; `make lint` runs the first two alone).
 # Both create .venv when missing and install everything into it (once: the stamp file is
 # renewed only when the build inputs or the pinned versions change).
 
@@ -15,7 +16,7 @@ STAMP := $(VENV)/.fastleading-installed
 # with this same line and checks the output holds no escape character.
 DOCS_ENV := NO_MKDOCS_2_WARNING=1 NO_COLOR=1
 
-.PHONY: install train test docs
+.PHONY: install train test lint docs
 
 install: $(STAMP)
 
@@ -36,7 +37,12 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt CMakeLists.txt $(wildcard
 train: $(STAMP)
 	$(BIN)/fastleading train --out runs/default --overwrite data.split=high-0
 
-test: $(STAMP)
+# ruff (lint rules and import order) and mypy (the package), as configured in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP) lint
 	$(BIN)/pytest -q -rs --durations=20
 
 # The documentation site into site/, strict (a broken link, anchor or API reference fails it)

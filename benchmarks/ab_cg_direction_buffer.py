@@ -12,18 +12,19 @@ its result file):
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from fastleading import nn as fnn
-from fastleading import ops
 from fastleading.config import Config, apply_overrides
 from fastleading.data import load_dataset
+from fastleading.engine import ops
+from fastleading.models import appnp as fnn
 
 
 def main(scale_json: str) -> None:
     torch.set_num_threads(2)
-    overrides = json.load(open(scale_json))["config_overrides"]
+    overrides = json.loads(Path(scale_json).read_text())["config_overrides"]
     graph = load_dataset(apply_overrides(Config(), [o for o in overrides if o.startswith("data.")]).data)
     x_in = torch.randn(graph.num_nodes, 47, generator=torch.Generator().manual_seed(0))
     layouts = {"empty_rows": ops.empty_rows,

@@ -10,7 +10,7 @@ test number), so that the defaults chosen from this table are chosen on validati
         --out benchmarks/results/citeseer-ablation-cpu-<date>.json
 
 Resumable: a finished run is read back, a killed one resumes from its checkpoint (the
-study machinery, :func:`fastleading.study.run_one`). Run folders: ``--runs/<variant>/``.
+study machinery, :func:`fastleading.commands.study.run_one`). Run folders: ``--runs/<variant>/``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from fastleading.bench.report import git_commit, require_dataset
+from fastleading.commands.study import NODE_CLASSIFICATION, check_run_folders, plan, run_one
 from fastleading.config import Config, apply_overrides
 from fastleading.errors import FastleadingError
-from fastleading.study import NODE_CLASSIFICATION, check_run_folders, plan, run_one
 
 # name -> overrides on top of the base; "base" is the recipe itself
 VARIANTS = {

@@ -1,6 +1,6 @@
 """bf16 autocast against fp32 on this CPU: LM encodes without gradient and training steps.
 
-What ``train.precision=auto`` picks on a CPU with native bf16 (:func:`fastleading.precision.cpu_native_bf16`:
+What ``train.precision=auto`` picks on a CPU with native bf16 (:func:`fastleading.engine.precision.cpu_native_bf16`:
 AVX512-BF16, AMX-BF16 or Arm BF16), measured side by side in one process on real text
 (CiteSeer-TAG, all-MiniLM-L6-v2): the two precisions alternate round by round on the same
 nodes, so load from other jobs hits both alike; reported are the median seconds per round and
@@ -27,8 +27,8 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.bench.sampler import machine
 from fastleading.config import Config, apply_overrides
-from fastleading.encode import encode_eval, encode_nodes
-from fastleading.precision import NATIVE_BF16_CPU_FEATURES, Precision, cpu_native_bf16
+from fastleading.engine.precision import NATIVE_BF16_CPU_FEATURES, Precision, cpu_native_bf16
+from fastleading.models.encode import encode_eval, encode_nodes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
-    from fastleading import console
     from fastleading.data import prepare
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
+    from fastleading.run import console
 
     cfg = apply_overrides(Config(), ["data.dataset=citeseer-tag", f"data.max_length={args.max_length}",
                                      *args.override])

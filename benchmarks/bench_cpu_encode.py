@@ -7,7 +7,7 @@ The same real texts, the same model (all-MiniLM-L6-v2) and the same threads (eac
 real arXiv titles (``../shared/data/arxiv-2023/raw/titles.csv.gz``) at 32 tokens and
 CiteSeer-TAG texts (``../shared/data/citeseer-tag/citeseer_texts.txt.gz``) at 64 and 128
 tokens, a fixed random subset of ``--texts`` of each (seeded), tokenized as the token cache
-does. Each path runs :func:`fastleading.encode.encode_all` (what the bank fill, evaluation,
+does. Each path runs :func:`fastleading.models.encode.encode_all` (what the bank fill, evaluation,
 ``predict``, ``export`` and ``downstream`` run) over the texts; the paths alternate round by
 round so load from other jobs hits them alike, and the median round is reported:
 
@@ -43,9 +43,9 @@ from fastleading.bench.report import git_commit, write_result
 from fastleading.config import TrainConfig
 from fastleading.data.citeseer_tag import read_papers
 from fastleading.data.tokens import TokenCache, load_tokenizer, tokenize_rows
-from fastleading.encode import encode_all
-from fastleading.encode_backend import cached_session, fixed_weights, openvino_available
-from fastleading.precision import cpu_native_bf16, resolve_precision
+from fastleading.engine.precision import cpu_native_bf16, resolve_precision
+from fastleading.models.encode import encode_all
+from fastleading.models.encode_backend import cached_session, fixed_weights, openvino_available
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_cpu_encode: error: {folder} not found under {root}", file=sys.stderr)
             return 2
     from fastleading.config import ModelConfig
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     encoder = LMEncoder(ModelConfig(name=args.model)).eval()
     tok, _ = load_tokenizer(args.model)
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "cpu-encode", "date": datetime.date.today().isoformat(), "commit": git_commit(),
               "cpu": cpu_info(), "cores": os.cpu_count(), "threads": [int(t) for t in args.threads.split(",")],
               "model": args.model, "torch": torch.__version__, **versions,
-              "rounds": args.rounds, "eval_batch_size": batch, "export_s": {f"{engine}, {threads} threads": v for (threads, engine), v in export_s.items()},
+              "rounds": args.rounds, "eval_batch_size": batch,
+              "export_s": {f"{engine}, {threads} threads": v for (threads, engine), v in export_s.items()},
               "note": "eager fp32 is the path of a CPU without native bf16 (train.precision=fp32 forced here); "
                       "each path encodes the same texts with encode_all, alternating round by round; median round",
               "results": rows}

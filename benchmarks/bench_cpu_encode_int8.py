@@ -3,7 +3,7 @@ with the outlier-prone layers kept in fp32, against eager fp32 and ONNX Runtime 
 
     python benchmarks/bench_cpu_encode_int8.py --json benchmarks/results/cpu-encode-int8-<date>.json
 
-The project's ONNX export of all-MiniLM-L6-v2 (:func:`fastleading.encode_backend.export_onnx`)
+The project's ONNX export of all-MiniLM-L6-v2 (:func:`fastleading.models.encode_backend.export_onnx`)
 quantised by ``onnxruntime.quantization.quantize_dynamic`` (int8 weights per output channel,
 activations quantised per tensor at run time), in variants that keep more of the MatMuls in
 fp32 (the attention score/context products are always kept: both of their inputs are
@@ -37,9 +37,9 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.config import ModelConfig, TrainConfig
 from fastleading.data.tokens import load_tokenizer
-from fastleading.encode import encode_all
-from fastleading.encode_backend import OnnxEncoder, export_onnx
-from fastleading.precision import resolve_precision
+from fastleading.engine.precision import resolve_precision
+from fastleading.models.encode import encode_all
+from fastleading.models.encode_backend import OnnxEncoder, export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu_encode import DATA, MINILM, arxiv_titles, citeseer_texts, cpu_info, min_cosine, token_cache  # noqa: E402
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     encoder = LMEncoder(ModelConfig(name=MINILM)).eval()
     hidden = encoder.hidden_size

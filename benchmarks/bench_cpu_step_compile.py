@@ -27,8 +27,8 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.bench.sampler import machine
 from fastleading.config import Config, apply_overrides
-from fastleading.encode import encode_nodes
-from fastleading.precision import resolve_precision
+from fastleading.engine.precision import resolve_precision
+from fastleading.models.encode import encode_nodes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from fastleading import console
     from fastleading.data import prepare
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
+    from fastleading.run import console
 
     cfg = apply_overrides(Config(), ["data.dataset=citeseer-tag", f"data.max_length={args.max_length}"])
     with console.output(quiet=True):
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 times[name].append(seconds)
     e, c = statistics.median(times["eager"]), statistics.median(times["compile"])
-    diff = max(abs(a - b) for a, b in zip(losses["eager"], losses["compile"]))
+    diff = max(abs(a - b) for a, b in zip(losses["eager"], losses["compile"], strict=True))
     result = {
         "benchmark": "cpu-step-compile", "date": datetime.date.today().isoformat(), "commit": git_commit(),
         "machine": machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -36,8 +36,8 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.bench.sampler import machine
 from fastleading.config import Config, TrainConfig, apply_overrides
-from fastleading.encode import DEFAULT_TOKEN_BUDGET, budget_chunks, encode_eval, length_order, padding_ratio
-from fastleading.precision import resolve_precision
+from fastleading.engine.precision import resolve_precision
+from fastleading.models.encode import DEFAULT_TOKEN_BUDGET, budget_chunks, encode_eval, length_order, padding_ratio
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fastleading.cli import quiet_transformers
     from fastleading.data import prepare
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     quiet_transformers()
     started = datetime.datetime.now()

@@ -10,12 +10,12 @@ nodes) are predicted, side by side in one process, alternating round by round (m
 ``--rounds``):
 
 - ``before``: every node encoded again, then the new texts, then the propagation (the path
-  before the cache; :class:`fastleading.predict.TrainedRun` with its cache turned off);
+  before the cache; :class:`fastleading.commands.predict.TrainedRun` with its cache turned off);
 - ``after``: the existing nodes' embeddings read from ``best-embeddings.npy`` (written by the
   first prediction), the new texts encoded, the propagation.
 
 Reported: seconds per prediction, the ratio, and the LM's encodes of each (the run's
-:class:`fastleading.encode.EncodeCounter`). A benchmark, not a test: it times things.
+:class:`fastleading.models.encode.EncodeCounter`). A benchmark, not a test: it times things.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import torch
 from fastleading.bench.report import git_commit, write_result
 from fastleading.bench.sampler import machine
 from fastleading.bench.scale import stand_in_model
+from fastleading.commands.methods import train_method
+from fastleading.commands.predict import TrainedRun
 from fastleading.config import Config, apply_overrides
-from fastleading.methods import train_method
-from fastleading.predict import TrainedRun
 
 
 class ReEncoding(TrainedRun):

@@ -50,8 +50,8 @@ def drift(fresh: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
 
 def diagnose(cfg: Config, run_dir: Path) -> list[dict]:
     """Train ``cfg`` into ``run_dir`` and return one record per evaluation."""
-    from fastleading.downstream import pretrained_embeddings
-    from fastleading.methods import train_method
+    from fastleading.baselines.downstream import pretrained_embeddings
+    from fastleading.commands.methods import train_method
     from fastleading.trainer import evaluate as evaluate_module
 
     graph, frozen = pretrained_embeddings(cfg)  # the LM before fine-tuning, every node

@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastleading import checkpoint
 from fastleading.data import prepare
-from fastleading.encode import encode_all
-from fastleading.lm import LMEncoder
-from fastleading.nn import solve_appnp
-from fastleading.precision import resolve_device, resolve_precision
-from fastleading.runfolder import read_run_config
+from fastleading.engine.precision import resolve_device, resolve_precision
+from fastleading.models.appnp import solve_appnp
+from fastleading.models.encode import encode_all
+from fastleading.models.lm import LMEncoder
+from fastleading.run import checkpoint
+from fastleading.run.folder import read_run_config
 from fastleading.trainer.evaluate import full_graph_logits
 from fastleading.trainer.model import build_model
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from fastleading.config import Config, apply_overrides
-from fastleading.io import atomic_write_text
+from fastleading.run.io import atomic_write_text
 from fastleading.trainer import loop
 from fastleading.trainer.evaluate import accuracies, full_graph_logits
 
@@ -80,7 +80,8 @@ def main() -> int:
         "summary_encodes_per_graph_node_per_epoch": summary["encodes_per_graph_node_per_epoch"],
         "wall_time_s": round(time.time() - start, 1),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.date.today().isoformat(),
     }

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import torch  # noqa: E402
-
 from fault_harness import run_faults  # noqa: E402
+
 from fastleading.bench.kernels import environment  # noqa: E402
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastleading import checkpoint
 from fastleading.config import apply_overrides
-from fastleading.runfolder import read_run_config
+from fastleading.run import checkpoint
+from fastleading.run.folder import read_run_config
 from fastleading.trainer import loop
 from fastleading.trainer.warmup import hand_over
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -42,10 +43,16 @@ class Curve:
             self.valid.append(record["warmup_eval"]["valid"])
 
 
+def mean_std(runs: list[dict], key: str) -> str:
+    """``mean ± std`` of ``100 * run[key]`` over the runs."""
+    xs = [100 * r[key] for r in runs]
+    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.1f}"
+
+
 def oscillation(values: list[float]) -> float:
     """Mean |change| between consecutive values over the second half."""
     half = values[len(values) // 2:]
-    return statistics.mean(abs(b - a) for a, b in zip(half, half[1:]))
+    return statistics.mean(abs(b - a) for a, b in itertools.pairwise(half))
 
 
 def main() -> int:
@@ -60,7 +67,7 @@ def main() -> int:
     args = p.parse_args()
     if not require_dataset(args.root, "citeseer-tag", "head_dynamics"):
         return 2
-    from fastleading.downstream import pretrained_embeddings, train_gnn
+    from fastleading.baselines.downstream import pretrained_embeddings, train_gnn
     from fastleading.trainer.loop import build_trainer
     from fastleading.trainer.warmup import head_warmup
 
@@ -94,11 +101,9 @@ def main() -> int:
         write_result(args.out, result)
     print("\n| warm start | peak valid | end valid | peak - end | oscillation |\n| --- | --- | --- | --- | --- |")
     for name, runs in result["variants"].items():
-        def ms(key):
-            xs = [100 * r[key] for r in runs]
-            return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.1f}"
         drop = [100 * (r["peak"] - r["end"]) for r in runs]
-        print(f"| {name} | {ms('peak')} | {ms('end')} | {statistics.mean(drop):.1f} | {ms('oscillation')} |")
+        print(f"| {name} | {mean_std(runs, 'peak')} | {mean_std(runs, 'end')} | {statistics.mean(drop):.1f} | "
+              f"{mean_std(runs, 'oscillation')} |")
     return 0
 
 

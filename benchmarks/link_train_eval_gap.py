@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,11 +28,16 @@ from fastleading.bench.report import git_commit, require_dataset, write_result
 from fastleading.config import Config, apply_overrides
 
 
+def keep_trainer(build, kept: dict, *args, **kwargs):
+    """``build(*args, **kwargs)``, the trainer it builds kept in ``kept["tr"]``."""
+    return kept.setdefault("tr", build(*args, **kwargs))
+
+
 @torch.no_grad()
 def training_view_auc(tr, batch_size: int) -> float:
     """AUC of every training edge against its step's negative, each scored as a training step
     scores it (forward only; the implicit layer's histories are written as in training)."""
-    from fastleading.linkmetrics import link_metrics
+    from fastleading.link.metrics import link_metrics
 
     run, split = tr.run, tr.task.split
     model = run.model
@@ -44,7 +50,8 @@ def training_view_auc(tr, batch_size: int) -> float:
             x_in = run.bank.lookup(sub.node_ids).float()
             x_in[:len(targets)] = run.encode_nograd(targets)
             z = model.classify(x_in, sub.rowptr, sub.col, sub.node_ids, implicit=True,
-                               num_iters=tr.cfg.model.num_iters, dinv=sub.dinv, num_targets=len(targets))[:len(targets)].float()
+                               num_iters=tr.cfg.model.num_iters, dinv=sub.dinv,
+                               num_targets=len(targets))[:len(targets)].float()
             b = run.batch
             pos_all.append(model.decoder(z[b.pos_src], z[b.pos_dst]))
             neg_all.append(model.decoder(z[b.pos_src][:, None, :], z[b.neg_dst]))
@@ -80,7 +87,7 @@ def main() -> int:
         cfg.model.warm_start = warm_start  # past validation: 'history' is refused for link runs (the leak)
         kept = {}
         build = loop.build_trainer
-        loop.build_trainer = lambda *a, **k: kept.setdefault("tr", build(*a, **k))
+        loop.build_trainer = partial(keep_trainer, build, kept)
         try:
             run_dir = Path(args.runs) / warm_start
             summary = loop.train(cfg, run_dir, quiet=True)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from fastleading.bench.report import git_commit
 from fastleading.config import Config, apply_overrides
-from fastleading.io import atomic_write_text
+from fastleading.run.io import atomic_write_text
 from fastleading.trainer.batches import epoch_order, global_targets
 from fastleading.trainer.evaluate import encode_graph, full_graph_logits
 from fastleading.trainer.loop import build_trainer

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from fastleading import checkpoint
+from fastleading.commands.methods import train_method
 from fastleading.config import Config, apply_overrides
-from fastleading.io import atomic_write_text
-from fastleading.methods import train_method
-from fastleading.runfolder import drop_checkpoint
+from fastleading.run import checkpoint
+from fastleading.run.folder import drop_checkpoint
+from fastleading.run.io import atomic_write_text
 
 
 def folder_bytes(run: Path) -> dict[str, int]:

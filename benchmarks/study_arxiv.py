@@ -1,6 +1,6 @@
 """Real-data study: arXiv-2023 (33,868 CS papers, titles, 39 classes), upstream split, all-MiniLM-L6-v2.
 
-A preset of ``fastleading study`` (:func:`fastleading.study.run_study`): for each seed and
+A preset of ``fastleading study`` (:func:`fastleading.commands.study.run_study`): for each seed and
 method (leading, supervised, pretrained, shallow) it trains with the built-in head on the
 upstream split (19,461 train / 4,682 valid / 668 test: the papers of 2023), then follows the
 paper's protocol: export the node embeddings of the (fine-tuned) LM and train a downstream GCN on
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import sys
 
+from fastleading.commands.study import preset_overrides, preset_parser, run_preset
 from fastleading.config import Config, apply_overrides
-from fastleading.study import preset_overrides, preset_parser, run_preset
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 

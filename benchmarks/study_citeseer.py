@@ -1,6 +1,6 @@
 """Real-data study: CiteSeer-TAG, low-label split (20 per class / 500 / 1000), all-MiniLM-L6-v2.
 
-A preset of ``fastleading study`` (:func:`fastleading.study.run_study`): for each seed and
+A preset of ``fastleading study`` (:func:`fastleading.commands.study.run_study`): for each seed and
 method (leading, supervised, pretrained, shallow) it trains with the built-in head on split
 ``low-<seed>``, then follows the paper's protocol: export the node embeddings of the
 (fine-tuned) LM and train a downstream GCN on them. The study folder (``--runs``) gets
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import sys
 
+from fastleading.commands.study import preset_overrides, preset_parser, run_preset
 from fastleading.config import Config, apply_overrides
-from fastleading.study import preset_overrides, preset_parser, run_preset
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 

@@ -1,6 +1,6 @@
 """Real-data link prediction study: CiteSeer-TAG edge splits 10/30/60 and 85/5/10, all-MiniLM-L6-v2.
 
-A preset of ``fastleading study --task link`` (:func:`fastleading.study.run_study`): for each
+A preset of ``fastleading study --task link`` (:func:`fastleading.commands.study.run_study`): for each
 seed, edge split (``data.link_split``; the seed sets ``data.link_seed``, so each seed draws its
 own split and evaluation negatives) and method (leading, supervised, pretrained, shallow) it
 trains with the built-in head and decoder, then exports the node embeddings of the (fine-tuned)
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import sys
 
+from fastleading.commands.study import preset_overrides, preset_parser, run_preset
 from fastleading.config import Config, apply_overrides
-from fastleading.study import preset_overrides, preset_parser, run_preset
 
 METHODS = ("leading", "supervised", "pretrained", "shallow")
 SPLITS = ("10/30/60", "85/5/10")

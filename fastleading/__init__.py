@@ -24,7 +24,7 @@ _LAZY = {
     "load_run": "fastleading.api", "Run": "fastleading.api",
     "Config": "fastleading.config", "apply_overrides": "fastleading.config", "load_config": "fastleading.config",
     "TextAttributedGraph": "fastleading.data.tag",
-    "Predictions": "fastleading.predict", "LinkScores": "fastleading.predict",
+    "Predictions": "fastleading.commands.predict", "LinkScores": "fastleading.commands.predict",
 }
 
 __all__ = ["FastleadingError", "__version__", *_LAZY]

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def _splits(splits: Mapping | None, labels: np.ndarray) -> dict[str, Split]:
         if not isinstance(parts, Mapping) or set(parts) != set(SPLIT_KEYS):
             raise FastleadingError(f"splits['{name}']: expected a mapping with the keys train, valid, test")
         out[str(name)] = Split(*(_as_index(parts[k], len(labels), f"splits['{name}']['{k}']") for k in SPLIT_KEYS))
-        for k, ids in zip(SPLIT_KEYS, (out[str(name)].train, out[str(name)].valid, out[str(name)].test)):
+        for k, ids in zip(SPLIT_KEYS, (out[str(name)].train, out[str(name)].valid, out[str(name)].test), strict=True):
             if len(ids) and (labels[ids.numpy()] < 0).any():
                 raise FastleadingError(f"splits['{name}']['{k}']: holds nodes without a label (-1)")
     return out
@@ -87,7 +88,7 @@ def graph_from_arrays(edge_index: Any, texts: Sequence[str], labels: Any = None,
         name: the dataset's name in summaries.
     """
     from fastleading.data.features import tfidf_features
-    from fastleading.graph import build_csr
+    from fastleading.engine.graph import build_csr
 
     texts = [str(t) for t in texts]
     n = len(texts)
@@ -138,19 +139,19 @@ def graph_from_pyg(data: Any, texts: Sequence[str], **kwargs: Any) -> TextAttrib
     ``data.train_mask`` / ``val_mask`` / ``test_mask`` as the split ``given`` (masks of shape
     ``[N, k]``: splits ``given-0 .. given-{k-1}``) and ``data.x`` as the shallow features;
     ``kwargs`` go to :func:`graph_from_arrays` (``class_names``, ``node_ids``, ``name``...)."""
-    get = (lambda key: data[key] if key in data else None) if hasattr(data, "keys") else \
-        (lambda key: getattr(data, key, None))
+    get = data.get if hasattr(data, "keys") else (lambda key: getattr(data, key, None))  # a mapping, or PyG's Data
     labels = get("y")
     if labels is not None and labels.dim() != 1:
         raise FastleadingError(f"graph_from_pyg: data.y: expected one class per node (shape [N]), got "
                                f"{list(labels.shape)}")
-    masks = [get(k) for k in ("train_mask", "val_mask", "test_mask")]
+    masks = [m for m in (get(k) for k in ("train_mask", "val_mask", "test_mask")) if m is not None]
     splits = kwargs.pop("splits", None)
-    if splits is None and all(m is not None for m in masks):
+    if splits is None and len(masks) == 3:
         if masks[0].dim() == 1:
-            splits = {"given": dict(zip(SPLIT_KEYS, masks))}
+            splits = {"given": dict(zip(SPLIT_KEYS, masks, strict=True))}
         else:
-            splits = {f"given-{j}": dict(zip(SPLIT_KEYS, (m[:, j] for m in masks))) for j in range(masks[0].shape[1])}
+            splits = {f"given-{j}": dict(zip(SPLIT_KEYS, (m[:, j] for m in masks), strict=True))
+                      for j in range(masks[0].shape[1])}
     x = get("x")
     if "features" not in kwargs and x is not None and x.dim() == 2:
         kwargs["features"] = x.float()
@@ -168,7 +169,7 @@ class Run:
         paths: ``config``, ``summary``, ``metrics``, ``best``, ``checkpoint`` (and ``graph``
             for a graph given to :func:`train`): the files the run wrote.
         quiet: :meth:`predict`, :meth:`score_pairs` and :meth:`embeddings` print nothing but
-            errors (no loading bars or library warnings; :func:`fastleading.console.output`).
+            errors (no loading bars or library warnings; :func:`fastleading.run.console.output`).
         device: the device they run on (``cpu``, ``cuda``...); None: the run's ``train.device``.
     """
 
@@ -184,14 +185,14 @@ class Run:
         return [] if self.device is None else [f"train.device={self.device}"]
 
     def _model(self):
-        from fastleading.predict import TrainedRun
+        from fastleading.commands.predict import TrainedRun
 
         if self._trained is None:
             self._trained = TrainedRun(self.dir, quiet=self.quiet, overrides=self._overrides())
         return self._trained
 
     def _call(self, fn):
-        from fastleading import console
+        from fastleading.run import console
 
         with console.output(self.quiet):
             return fn()
@@ -199,22 +200,22 @@ class Run:
     def predict(self, nodes: Sequence[str] | None = None, new_nodes: str | Path | None = None,
                 new_edges: str | Path | None = None, embeddings: str | Path | None = None):
         """Class probabilities and predicted classes
-        (:meth:`fastleading.predict.TrainedRun.predict`): every node, the ``nodes`` named, or
+        (:meth:`fastleading.commands.predict.TrainedRun.predict`): every node, the ``nodes`` named, or
         new nodes from ``new_nodes`` (``id,text``) and ``new_edges`` (``src,dst``) files.
-        Returns :class:`fastleading.predict.Predictions` (``ids``, ``probs``, ``pred``, ``write``)."""
+        Returns :class:`fastleading.commands.predict.Predictions` (``ids``, ``probs``, ``pred``, ``write``)."""
         return self._call(lambda: self._model().predict(None if nodes is None else [str(n) for n in nodes],
                                                         new_nodes, new_edges, embeddings))
 
     def score_pairs(self, pairs: str | Path, new_nodes: str | Path | None = None,
                     new_edges: str | Path | None = None, embeddings: str | Path | None = None):
         """Link runs: scores of the node pairs of the CSV ``pairs`` (``src,dst``)
-        (:class:`fastleading.predict.LinkScores`)."""
+        (:class:`fastleading.commands.predict.LinkScores`)."""
         return self._call(lambda: self._model().score_pairs(pairs, new_nodes, new_edges, embeddings))
 
     def embeddings(self) -> np.ndarray:
         """Every node's embedding from the run's best fine-tuned LM: float32 ``[N, H]``
         (what ``fastleading export --out`` writes)."""
-        from fastleading.downstream import run_embeddings
+        from fastleading.baselines.downstream import run_embeddings
 
         return self._call(lambda: run_embeddings(self.dir, self.quiet, self._overrides())[2].numpy())
 
@@ -223,7 +224,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> Run:
     """The run in ``run_dir`` (a folder written by ``fastleading train`` or :func:`train`);
     ``device`` overrides the run's ``train.device`` for what its model computes (e.g. ``cpu``
     for a run trained on a GPU)."""
-    from fastleading.runfolder import read_run_config
+    from fastleading.run.folder import read_run_config
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -247,8 +248,8 @@ def train(config: Config | None = None, graph: TextAttributedGraph | None = None
     relative to the run folder: the folder can be moved or copied). A folder that already holds
     a run is refused (before anything in it changes) unless ``resume`` continues that run from
     its checkpoint (the graph already saved is used) or ``overwrite`` replaces it."""
-    from fastleading.methods import train_method
-    from fastleading.runfolder import refuse_held
+    from fastleading.commands.methods import train_method
+    from fastleading.run.folder import refuse_held
 
     cfg = dataclasses.replace(config) if config is not None else Config()
     cfg.data = dataclasses.replace(cfg.data)

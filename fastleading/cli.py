@@ -23,9 +23,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastleading.config import Config, apply_overrides, load_config
 from fastleading.errors import FastleadingError
+
+if TYPE_CHECKING:
+    from fastleading.commands.predict import LinkScores, Predictions
 
 # short flag -> config key
 ALIASES = {
@@ -80,11 +84,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from fastleading.commands.methods import train_method
     from fastleading.data import dataset_entry
-    from fastleading.methods import train_method
 
     if args.resume:
-        from fastleading.runfolder import read_run_config
+        from fastleading.run.folder import read_run_config
 
         if args.config or args.out:
             raise FastleadingError("train --resume DIR continues the run in DIR with its own config.json: give changes "
@@ -98,7 +102,7 @@ def cmd_train(args) -> int:
     if args.profile:
         cfg.train.profile = True
     if cfg.train.deepspeed:
-        from fastleading.distributed import require_deepspeed
+        from fastleading.engine.distributed import require_deepspeed
 
         require_deepspeed()
     summary = train_method(cfg, out, resume=bool(args.resume), quiet=args.quiet, overwrite=args.overwrite)
@@ -139,16 +143,16 @@ def cmd_export(args) -> int:
         raise FastleadingError("export: give --out FILE.npy (node embeddings), --lm DIR (the fine-tuned LM) or both")
     if args.lora_adapter and args.lm is None:
         raise FastleadingError("export: --lora-adapter applies to --lm DIR")
-    from fastleading.export import check_export
+    from fastleading.commands.export import check_export
 
     check_export(Path(args.run), args.out and Path(args.out), args.lm and Path(args.lm), args.lora_adapter)
     if args.out is not None:
-        from fastleading.downstream import export_embeddings
+        from fastleading.baselines.downstream import export_embeddings
 
         path = export_embeddings(args.run, args.out, quiet=args.quiet, overrides=run_overrides(args))
         print(f"embeddings: {path}")
     if args.lm is not None:
-        from fastleading.export import export_lm
+        from fastleading.commands.export import export_lm
 
         path = export_lm(args.run, args.lm, lora_adapter=args.lora_adapter, quiet=args.quiet)
         print(f"lm: {path}")
@@ -156,10 +160,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from fastleading.predict import TrainedRun, read_id_list
+    from fastleading.commands.predict import TrainedRun, read_id_list
 
     run = TrainedRun(args.run, quiet=args.quiet, overrides=run_overrides(args))
     new = {"new_nodes": args.new_nodes, "new_edges": args.new_edges, "embeddings": args.embeddings}
+    result: LinkScores | Predictions
     if args.pairs is not None:
         result = run.score_pairs(args.pairs, **new)
     else:
@@ -170,8 +175,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_downstream(args) -> int:
-    from fastleading.downstream import downstream
-    from fastleading.runfolder import settings_for_embeddings
+    from fastleading.baselines.downstream import downstream
+    from fastleading.run.folder import settings_for_embeddings
 
     # the run's settings (dataset, root, split, max_length...) unless a config file is given
     cfg = _config(args, None if args.config else settings_for_embeddings(args.run, args.embeddings))
@@ -193,7 +198,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from fastleading.study import run_study
+    from fastleading.commands.study import run_study
 
     base = load_config(args.config) if args.config else Config()
     shortcuts = [f"{ALIASES[flag]}={getattr(args, flag)}" for flag in STUDY_FLAGS if getattr(args, flag) is not None]
@@ -213,7 +218,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from fastleading.runfolder import drop_checkpoint
+    from fastleading.run.folder import drop_checkpoint
 
     for run in args.runs:
         freed = drop_checkpoint(Path(run))
@@ -223,7 +228,7 @@ def cmd_clean(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from fastleading.plot import plot_runs
+    from fastleading.commands.plot import plot_runs
 
     print(f"curves: {plot_runs(args.runs, args.out)}")
     return 0
@@ -355,7 +360,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastleading import console
+    from fastleading.run import console
 
     parser = build_parser()
     args = parse_args(parser, argv)

@@ -12,24 +12,26 @@ values of the wrong type are rejected with one line naming the key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fastleading.errors import FastleadingError
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):
     """A dataclass field with a help string (and optional allowed values)."""
-    meta = {"help": help}
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = choices
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return field(default_factory=functools.partial(type(default), default), metadata=meta)  # a copy per instance
     return field(default=default, metadata=meta)
 
 
@@ -45,7 +47,7 @@ def default_data_root() -> str:
 @dataclass
 class DataConfig:
     dataset: str = _f("synthetic", "Dataset name (see `fastleading info --list`).")
-    root: Optional[str] = _f(None, "Folder with the raw dataset; default $FASTLEADING_DATA or ../shared/data.")
+    root: str | None = _f(None, "Folder with the raw dataset; default $FASTLEADING_DATA or ../shared/data.")
     cache_dir: str = _f(default_cache_dir(), "Where prepared graphs and token caches are stored.")
     split: str = _f("", "Named split to train on; '' = the dataset's default split.")
     max_length: int = _f(64, "Tokens per node text (truncate/pad).")
@@ -68,8 +70,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = _f("sentence-transformers/all-MiniLM-L6-v2", "Hugging Face model id or local path.")
-    pooling: str = _f("auto", "Text pooling: auto (mean for sentence-transformers, cls for encoders, last for decoders).",
-                      ("auto", "cls", "mean", "last"))
+    pooling: str = _f("auto", "Text pooling: auto (mean for sentence-transformers, cls for encoders, last for "
+                      "decoders).", ("auto", "cls", "mean", "last"))
     attn_implementation: str = _f("auto", "auto: flash_attention_2 if flash-attn imports, else sdpa.",
                                   ("auto", "sdpa", "eager", "flash_attention_2"))
     random_init: bool = _f(False, "Build the model from its config with random weights (benchmarks).")
@@ -96,11 +98,12 @@ class ModelConfig:
                          "conjugate-gradient iterations towards model.eval_tol).")
     eval_tol: float = _f(1e-4, "Full-graph evaluation of LEADING: solve the fixed point by conjugate gradient "
                          "until each column's relative residual is below this (warm-started from the last evaluation).")
-    subgraph_norm: str = _f("auto", "Normalisation of Â on a sampled subgraph: 'weighted' (the full graph's degrees and "
-                            "each drawn message weighted by degree / draws: an unbiased estimate of the full-graph row; "
-                            "non-symmetric, the backward applies the transpose), 'full-graph' (the full graph's degrees: "
-                            "a row keeps only its sampled share of neighbours) or the subgraph's own degrees; auto: "
-                            "weighted, full-graph for train.task=link (which does not support weighted).",
+    subgraph_norm: str = _f("auto", "Normalisation of Â on a sampled subgraph: 'weighted' (the full graph's "
+                            "degrees and each drawn message weighted by degree / draws: an unbiased estimate of the "
+                            "full-graph row; non-symmetric, the backward applies the transpose), 'full-graph' (the "
+                            "full graph's degrees: a row keeps only its sampled share of neighbours) or the subgraph's "
+                            "own degrees; auto: weighted, full-graph for train.task=link (which does not support "
+                            "weighted).",
                             ("auto", "full-graph", "weighted", "subgraph"))
     gnn: str = _f("gcn", "Downstream / shallow GNN (revgat, gamlp: the paper's ogbn-arxiv / ogbn-products models).",
                   ("gcn", "gat", "sage", "appnp", "mlp", "revgat", "gamlp"))
@@ -139,9 +142,9 @@ class TrainConfig:
     head_warmup_epochs: int = _f(-1, "Before the LM is fine-tuned, train the head (and the implicit layer's "
                                  "histories) this many epochs on the frozen LM's embeddings (LP-FT; leading and "
                                  "supervised; pretrained and shallow ignore it), evaluating every epoch without an "
-                                 "encode, and start from the best epoch's head. -1 = auto: as the frozen baseline's head is trained, 200 epochs, fewer "
-                                 "where that is more than about 2,000 head steps (at least one; 0 for coupled and "
-                                 "under DeepSpeed); 0 = none.")
+                                 "encode, and start from the best epoch's head. -1 = auto: as the frozen baseline's "
+                                 "head is trained, 200 epochs, fewer where that is more than about 2,000 head steps "
+                                 "(at least one; 0 for coupled and under DeepSpeed); 0 = none.")
     head_warmup_lr: float = _f(1e-3, "Learning rate of the head in the warm-up (0 = train.lr_head); train.lr_head is "
                                "then the head's rate while the LM is fine-tuned.")
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")
@@ -184,7 +187,8 @@ class TrainConfig:
     profile: bool = _f(False, "Write a torch.profiler trace and a per-phase time table.")
     report_to: str = _f("none", "Experiment tracking besides metrics.jsonl: none, tensorboard (event files in "
                         "OUT/tensorboard), wandb (offline unless WANDB_MODE is set).", ("none", "tensorboard", "wandb"))
-    deepspeed: Optional[str] = _f(None, "DeepSpeed preset (zero1, zero2, zero3, zero2-offload, zero3-offload) or JSON file.")
+    deepspeed: str | None = _f(None, "DeepSpeed preset (zero1, zero2, zero3, zero2-offload, zero3-offload) or JSON "
+                               "file.")
     downstream_epochs: int = _f(200, "Epochs of the downstream / shallow GNN.")
     max_steps: int = _f(0, "Stop after this many steps (0 = no limit).")
     link_negatives: int = _f(1, "train.task=link: random negative pairs per training edge in a step.")
@@ -322,7 +326,10 @@ def load_config(path: str | Path) -> Config:
     text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not content
     try:
         if path.suffix == ".toml":
-            import tomllib
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # Python 3.10: the same parser, as the package it came from
+                import tomli as tomllib
 
             d = tomllib.loads(text)
         elif path.suffix == ".json":
@@ -396,7 +403,8 @@ def validate(cfg: Config) -> None:
     if not 0.0 < m.alpha <= 1.0:
         raise FastleadingError(f"config key 'model.alpha': expected 0 < alpha <= 1, got {m.alpha}")
     if not t.fanouts or any(f < 1 for f in t.fanouts):
-        raise FastleadingError(f"config key 'train.fanouts': expected a non-empty list of positive integers, got {t.fanouts}")
+        raise FastleadingError(f"config key 'train.fanouts': expected a non-empty list of positive integers, "
+                               f"got {t.fanouts}")
     if t.checkpoint_minutes < 0 or t.checkpoint_every < 0:
         raise FastleadingError("config keys 'train.checkpoint_every' / 'train.checkpoint_minutes': expected >= 0, got "
                                f"{t.checkpoint_every} / {t.checkpoint_minutes}")

@@ -9,7 +9,7 @@ import torch
 def reference_pairs(src, dst) -> set[tuple[int, int]]:
     """Directed (row, col) pairs of the symmetric, deduplicated, loop-free graph."""
     pairs = set()
-    for a, b in zip(np.asarray(src).tolist(), np.asarray(dst).tolist()):
+    for a, b in zip(np.asarray(src).tolist(), np.asarray(dst).tolist(), strict=True):
         if a != b:
             pairs.add((a, b))
             pairs.add((b, a))
@@ -20,7 +20,7 @@ def csr_pairs(graph) -> list[tuple[int, int]]:
     """The (row, col) pairs a graph's CSR stores, in storage order."""
     rowptr, col = graph.rowptr.numpy(), graph.col.numpy()
     rows = np.repeat(np.arange(len(rowptr) - 1), np.diff(rowptr))
-    return list(zip(rows.tolist(), col.tolist()))
+    return list(zip(rows.tolist(), col.tolist(), strict=True))
 
 
 def assert_csr_matches(graph, src, dst) -> None:

@@ -84,15 +84,16 @@ def _limit_file_size(limit: int) -> None:
 
 
 def _kind_of(args: tuple, kwargs: dict):
-    """The ``kind`` argument of a :func:`fastleading.encode.encode_all` call (its 10th)."""
+    """The ``kind`` argument of a :func:`fastleading.models.encode.encode_all` call (its 10th)."""
     return kwargs.get("kind", args[9] if len(args) > 9 else None)
 
 
 def _install_kill(where: str, nth: int) -> None:
     """SIGKILL this process at the ``nth`` event of kind ``where`` (see the module docstring)."""
-    from fastleading import bank, checkpoint
-    from fastleading.io import atomic_write
-    from fastleading.trainer import evaluate, loop, optim
+    from fastleading.engine import bank
+    from fastleading.run import checkpoint
+    from fastleading.run.io import atomic_write
+    from fastleading.trainer import evaluate, optim
 
     count = itertools.count(1)
     if where == "step":
@@ -149,7 +150,7 @@ def _install_kill(where: str, nth: int) -> None:
 
 def _install_full_disk(file: str, nth: int) -> None:
     """Let no file grow past its size (or 64 KiB) from the ``nth`` write of ``file`` on."""
-    from fastleading import checkpoint
+    from fastleading.run import checkpoint
     from fastleading.trainer import metrics
 
     count = itertools.count(1)
@@ -196,7 +197,7 @@ def differences(a, b, where: str = "") -> list[str]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{where}: length {len(a)} != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
         return [] if same else [f"{where}: tensors differ"]
@@ -205,7 +206,7 @@ def differences(a, b, where: str = "") -> list[str]:
 
 def run_differences(reference: Path, run: Path) -> list[str]:
     """What ``run`` (finished after faults) holds that the uninterrupted ``reference`` does not."""
-    from fastleading import checkpoint
+    from fastleading.run import checkpoint
 
     found = []
     for name in (checkpoint.CHECKPOINT, checkpoint.BEST):
@@ -267,7 +268,7 @@ class Harness:
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             rc = cli.main(argv)
-        return rc, "\n".join(l for l in err.getvalue().splitlines() if l.startswith("fastleading: error:"))
+        return rc, "\n".join(text for text in err.getvalue().splitlines() if text.startswith("fastleading: error:"))
 
     def children(self, jobs: list[dict], at_once: int = 8) -> list[subprocess.CompletedProcess]:
         """Run the child processes ``jobs`` (``{"argv", "kill", "disk"}`` each), ``at_once`` side by
@@ -323,7 +324,7 @@ class Harness:
 
     # -- a full disk
     def _expect_one_line(self, proc: subprocess.CompletedProcess, path: Path, what: str) -> bool:
-        lines = [l for l in proc.stderr.splitlines() if l.startswith("fastleading: error:")]
+        lines = [text for text in proc.stderr.splitlines() if text.startswith("fastleading: error:")]
         ok = (proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"fastleading: error: {path}: ")
               and "File too large" in lines[0])
         if not ok:
@@ -334,7 +335,7 @@ class Harness:
     def full_disk_in_training(self, file: str, nth: int):
         """The ``nth`` checkpoint write or metrics line fails: one line, the previous checkpoint
         whole, no temp file; then ``--resume`` with space back. Returns ``(job, check)``."""
-        from fastleading import checkpoint
+        from fastleading.run import checkpoint
 
         t = self.tally
         t.disk_faults_injected += 1
@@ -417,9 +418,9 @@ class Harness:
             target.write_bytes(backup)
 
     def bad_inputs(self) -> None:
-        from fastleading import checkpoint
-        from fastleading.config import apply_overrides, Config
+        from fastleading.config import Config, apply_overrides
         from fastleading.data import graph_dir
+        from fastleading.run import checkpoint
 
         run = self.root / "bad-run"  # a run stopped after 3 steps, with its checkpoint
         rc, err = self.cli(self.train_argv(run) + ["train.max_steps=3"])
@@ -507,7 +508,8 @@ class Harness:
                              ("link split: valid.pt without targets", keep_only_sources),
                              ("link split: valid.pt carries code",
                               lambda p: torch.save({"source_node": _SideEffect(marker)}, p))):
-            self.bad_input(name, split_dir / "valid.pt", damage, lambda: link_view(cfg, graph), self.root / "ogbl-cache")
+            self.bad_input(name, split_dir / "valid.pt", damage, lambda: link_view(cfg, graph),
+                           self.root / "ogbl-cache")
         if marker.exists():
             self.tally.failures.append("a link split file that carries code ran it")
 
@@ -533,7 +535,7 @@ def _save_npy(path: Path, values) -> None:
 def count_events():
     """Count, in this process, the events the kills and full disks are placed at: steps (each
     backward), checkpoint writes (and their steps), evaluations, bank-fill chunks, metrics lines."""
-    from fastleading import bank
+    from fastleading.engine import bank
     from fastleading.trainer import evaluate, loop, metrics, optim
 
     events = {"step": 0, "checkpoint": 0, "eval": 0, "fill": 0, "metrics": 0, "checkpoint_steps": []}
@@ -602,7 +604,7 @@ def _run_faults(root: Path, kills: int, seed: int, disk_checkpoints: int, disk_m
     trials += [harness.full_disk_in_training("metrics", rng.randint(2, harness.events["metrics"]))
                for _ in range(disk_metrics)]
     trials.append(harness.full_disk_in_export())
-    for (_, check), result in zip(trials, harness.children([job for job, _ in trials])):
+    for (_, check), result in zip(trials, harness.children([job for job, _ in trials]), strict=True):
         check(result)
     harness.bad_inputs()
     return harness.tally

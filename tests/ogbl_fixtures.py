@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from ogb_fixtures import _rows, write_gz, write_titleabs_tar_gz
 
 

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
 import fastleading as fl
 from fastleading.errors import FastleadingError
-
-from tiny_models import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_LINE = 'MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # any Hugging Face model id or local folder'

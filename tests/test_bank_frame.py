@@ -12,13 +12,12 @@ shared shift.
 
 import pytest
 import torch
+from test_train import small_config
 
-from fastleading.bank import MemoryBank
+from fastleading.engine.bank import MemoryBank
 from fastleading.trainer.evaluate import encode_graph
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import leading_step
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 def test_in_frame_keeps_the_replaced_rows_mean_and_projects_the_shared_gradient_out():

@@ -8,14 +8,13 @@ import pickle
 
 import pytest
 import torch
+from test_train import small_config
 
-from fastleading import checkpoint
 from fastleading.errors import FastleadingError
+from fastleading.run import checkpoint
 from fastleading.trainer import state as state_mod
 from fastleading.trainer.loop import build_trainer, train
 from fastleading.trainer.state import Progress, load_checkpoint, save_checkpoint
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 def test_resume_loads_rng_states_on_the_cpu_whatever_the_run_device(tiny_bert, tmp_path, monkeypatch):
@@ -100,7 +99,8 @@ def test_a_run_stopped_by_max_steps_ends_with_a_checkpoint_and_best_holds_weight
     best = checkpoint.load(tmp_path / "run" / checkpoint.BEST)["model"]
     assert best and not [k for k in best if "history" in k], [k for k in best if "history" in k]
     assert any(k.startswith("encoder.") for k in best) and any(k.startswith("head.") for k in best)
-    assert os.path.getsize(tmp_path / "run" / checkpoint.BEST) < os.path.getsize(tmp_path / "run" / checkpoint.CHECKPOINT)
+    run = tmp_path / "run"
+    assert os.path.getsize(run / checkpoint.BEST) < os.path.getsize(run / checkpoint.CHECKPOINT)
 
 
 def test_resume_of_a_max_steps_run_continues_to_the_end(tiny_bert, tmp_path):
@@ -171,7 +171,7 @@ def test_resume_drops_a_torn_last_metrics_line_and_says_so(tiny_bert, tmp_path, 
         f.write('{"step": 8, "epoch": 0, "lo')
     capsys.readouterr()
     resumed = train(small_config(tiny_bert, tmp_path / "cache", *common), tmp_path / "b", resume=True, quiet=True)
-    (line,) = [l for l in capsys.readouterr().err.splitlines() if str(metrics) in l]
+    (line,) = [text for text in capsys.readouterr().err.splitlines() if str(metrics) in text]
     assert line.startswith("fastleading: ") and "dropped its torn last line 9" in line
     assert resumed["history"][-1] == pytest.approx(straight["history"][-1])
     # the max_steps run's closing evaluation (logged after its last checkpoint) is not kept either

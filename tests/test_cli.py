@@ -5,10 +5,9 @@ notice when a left-out --max-length tokenizes at another length than the one pre
 from __future__ import annotations
 
 import pytest
+from custom_graph import custom_graph_and_model, data_args
 
 from fastleading.cli import main
-
-from custom_graph import custom_graph_and_model, data_args
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +52,11 @@ def test_export_checks_its_arguments_before_loading_anything(setup, tmp_path, mo
         raise AssertionError("a dataset or a model was loaded before the arguments were checked")
 
     import fastleading.data
-    import fastleading.lm
+    import fastleading.models.lm
 
     monkeypatch.setattr(fastleading.data, "prepare", loads)
     monkeypatch.setattr(fastleading.data, "load_dataset", loads)
-    monkeypatch.setattr(fastleading.lm, "LMEncoder", loads)
+    monkeypatch.setattr(fastleading.models.lm, "LMEncoder", loads)
     run = tmp_path / "run"
     fake_run(run, model, "checkpoint.pt")
     for args, fragments in (

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from data_helpers import assert_csr_matches
+
 from fastleading.config import Config, DataConfig
 from fastleading.data import load_dataset, prepare
 from fastleading.errors import FastleadingError
@@ -29,7 +29,8 @@ def citeseer(tmp_path_factory):
 
 @needs_shared
 def test_citeseer_nodes_labels_texts(citeseer):
-    lines = gzip.open(SHARED / "citeseer-tag" / "citeseer_texts.txt.gz", "rt").read().split("\n")
+    with gzip.open(SHARED / "citeseer-tag" / "citeseer_texts.txt.gz", "rt") as f:
+        lines = f.read().split("\n")
     ids, texts, labels = lines[0::3][:3186], lines[1::3][:3186], lines[2::3][:3186]
     assert citeseer.num_nodes == 3186 and citeseer.num_classes == 6
     assert citeseer.class_names == ["Agents", "AI", "DB", "IR", "ML", "HCI"]
@@ -42,11 +43,12 @@ def test_citeseer_nodes_labels_texts(citeseer):
 def test_citeseer_edges_are_the_citations_between_papers_with_text(citeseer):
     index = {pid: i for i, pid in enumerate(citeseer.metadata["paper_ids"])}
     src, dst = [], []
-    for line in gzip.open(SHARED / "citeseer-tag" / "citeseer.cites.gz", "rt"):
-        a, b = line.rstrip("\n").split("\t")
-        if a in index and b in index:
-            src.append(index[a])
-            dst.append(index[b])
+    with gzip.open(SHARED / "citeseer-tag" / "citeseer.cites.gz", "rt") as f:
+        for line in f:
+            a, b = line.rstrip("\n").split("\t")
+            if a in index and b in index:
+                src.append(index[a])
+                dst.append(index[b])
     assert_csr_matches(citeseer, src, dst)
     assert citeseer.num_edges == 2 * 4225
 
@@ -89,7 +91,7 @@ def test_planetoid(tmp_path, name, folder, prefix, nodes, train, classes, unlabe
     assert graph.num_nodes == nodes and graph.num_classes == classes
     assert int((graph.labels < 0).sum()) == unlabelled
     src, dst = _planetoid_reference(folder, prefix)
-    keep = [(a, b) for a, b in zip(src, dst) if a < nodes and b < nodes]
+    keep = [(a, b) for a, b in zip(src, dst, strict=True) if a < nodes and b < nodes]
     assert_csr_matches(graph, [a for a, _ in keep], [b for _, b in keep])
     public = graph.split()
     assert graph.default_split == "public"

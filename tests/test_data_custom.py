@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from data_helpers import assert_csr_matches
+
 from fastleading.config import DataConfig
 from fastleading.data import load_dataset
 from fastleading.errors import FastleadingError
@@ -59,7 +59,7 @@ def test_custom_folder_loads(tmp_path, fmt):
 
 
 def test_classes_file_and_integer_labels(tmp_path):
-    nodes = [dict(n, label=lab) for n, lab in zip(NODES, ["2", "0", "", "1", "dog"])]
+    nodes = [dict(n, label=lab) for n, lab in zip(NODES, ["2", "0", "", "1", "dog"], strict=True)]
     graph = load_dataset(_write(tmp_path / "g", nodes=nodes, classes=["cat", "bird", "dog"],
                                 columns=("id", "text", "label")))
     assert graph.class_names == ["cat", "bird", "dog"]
@@ -68,7 +68,7 @@ def test_classes_file_and_integer_labels(tmp_path):
 
 
 def test_integer_labels_without_classes_file(tmp_path):
-    nodes = [dict(n, label=lab) for n, lab in zip(NODES, ["3", "0", "", "1", "3"])]
+    nodes = [dict(n, label=lab) for n, lab in zip(NODES, ["3", "0", "", "1", "3"], strict=True)]
     graph = load_dataset(_write(tmp_path / "g", nodes=nodes, columns=("id", "text", "label")))
     assert graph.class_names == ["0", "1", "2", "3"] and graph.labels.tolist() == [3, 0, -1, 1, 3]
 
@@ -93,7 +93,8 @@ def _replace(nodes, i, **changes):
     (_replace(NODES, 0, label=""), EDGES, None, r"line 2: node 'a' is in split 'train' but has no label"),
     (NODES, EDGES + [("a", "zz")], None, r"edges.csv: line 7: unknown node id 'zz'"),
     (NODES, EDGES + [("7", "a")], None, r"edges.csv: line 7: unknown node id '7'"),
-    (_replace(NODES, 4, label="fish"), EDGES, ["cat", "dog"], r"line 7: unknown class 'fish' \(expected one of cat, dog\)"),
+    (_replace(NODES, 4, label="fish"), EDGES, ["cat", "dog"],
+     r"line 7: unknown class 'fish' \(expected one of cat, dog\)"),
     (_replace(NODES, 4, label="2"), EDGES, ["cat", "dog"], r"line 7: label 2 outside the class range 0..1"),
     (_replace(NODES, 4, label="-1"), EDGES, ["cat", "dog"], r"line 7: label -1 outside the class range"),
 ])

@@ -6,14 +6,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from ogbl_fixtures import write_ogbl_citation2
+from test_link_train import edge_set
 
 from fastleading.config import Config, apply_overrides
-from fastleading.data import load_dataset
-from fastleading.data import link_view
+from fastleading.data import link_view, load_dataset
 from fastleading.errors import FastleadingError
-
-from ogbl_fixtures import write_ogbl_citation2
-from test_link_train import edge_set, tiny_bert  # noqa: F401  (fixture)
 
 
 def cfg_for(root, cache, *extra):
@@ -108,7 +106,7 @@ def test_missing_files_and_node_task(tmp_path):
 
 
 def test_leading_and_shallow_link_runs_on_the_fixture(tiny_bert, tmp_path):
-    from fastleading.methods import train_method
+    from fastleading.commands.methods import train_method
 
     write_ogbl_citation2(tmp_path / "data", num_neg=20)
     common = ["train.epochs=1", "train.batch_size=32", "data.max_length=12", "model.head_hidden=16",

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from data_helpers import assert_csr_matches
+from ogb_fixtures import EXTRA_FIRST_PAPER, write_gz, write_ogbn_arxiv, write_ogbn_products
+
 from fastleading.config import DataConfig
 from fastleading.data import format_info, info, load_dataset
 from fastleading.errors import FastleadingError
-from ogb_fixtures import EXTRA_FIRST_PAPER, write_gz, write_ogbn_arxiv, write_ogbn_products
 
 
 def _cfg(tmp_path, name: str) -> DataConfig:

@@ -60,6 +60,6 @@ def test_seeded_splits_are_deterministic_and_differ_by_seed():
     a, b = seeded_splits(labels, 3), seeded_splits(labels, 3)
     assert list(a) == ["low-0", "low-1", "low-2", "high-0", "high-1", "high-2"]
     for name in a:
-        assert all(np.array_equal(x, y) for x, y in zip(_parts(a[name]), _parts(b[name])))
+        assert all(np.array_equal(x, y) for x, y in zip(_parts(a[name]), _parts(b[name]), strict=True))
     assert not np.array_equal(a["low-0"].train.numpy(), a["low-1"].train.numpy())
     assert not np.array_equal(a["high-0"].test.numpy(), a["high-1"].test.numpy())

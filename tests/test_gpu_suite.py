@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastleading import ops
 from fastleading.config import Config, apply_overrides
-from fastleading.nn import ImplicitAPPNP
+from fastleading.engine import ops
+from fastleading.models.appnp import ImplicitAPPNP
 from fastleading.trainer.batches import refresh_batch
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import leading_step
@@ -141,7 +141,7 @@ def test_implicit_layer_on_device_tracks_the_float64_layer(dtype, tol):
     """ImplicitAPPNP with its histories on the device (fp32 or bf16, Triton kernels) through four
     warm-started visits: outputs, input gradients and both histories against float64 on CPU
     (tests/test_implicit_appnp.py runs the same check with CPU tensors only)."""
-    from fastleading.graph import build_csr
+    from fastleading.engine.graph import build_csr
 
     kernels = _kernels_under_test()
     gen = torch.Generator().manual_seed(7)

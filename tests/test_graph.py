@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from fastleading.engine.graph import build_csr, build_csr_reference, degree_percentiles, degrees
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr, build_csr_reference, degree_percentiles, degrees
 
 
 def random_edges(num_nodes: int, num_edges: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +22,7 @@ def random_edges(num_nodes: int, num_edges: int, seed: int) -> tuple[torch.Tenso
 def brute_force_rows(src, dst, num_nodes: int) -> list[list[int]]:
     """Sorted neighbour list of every node, from Python sets."""
     rows = [set() for _ in range(num_nodes)]
-    for u, v in zip(src.tolist(), dst.tolist()):
+    for u, v in zip(src.tolist(), dst.tolist(), strict=True):
         if u != v:
             rows[u].add(v)
             rows[v].add(u)
@@ -112,7 +112,7 @@ def test_degrees_and_percentiles():
 
 @pytest.mark.parametrize("hops", [0, 1, 2, 3])
 def test_k_hop_nodes_matches_breadth_first_search(hops):
-    from fastleading.graph import k_hop_nodes
+    from fastleading.engine.graph import k_hop_nodes
 
     src, dst = random_edges(300, 500, seed=hops)
     rowptr, col = build_csr(src, dst, 300)
@@ -128,8 +128,8 @@ def test_k_hop_nodes_matches_breadth_first_search(hops):
 
 
 def test_every_sampled_subgraph_lies_within_the_k_hop_nodes():
-    from fastleading.graph import k_hop_nodes
-    from fastleading.sampler import NeighborSampler
+    from fastleading.engine.graph import k_hop_nodes
+    from fastleading.engine.sampler import NeighborSampler
 
     src, dst = random_edges(400, 900, seed=5)
     rowptr, col = build_csr(src, dst, 400)

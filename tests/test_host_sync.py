@@ -5,7 +5,7 @@ On a GPU any read of a device value on the host (``.item()``, ``int()``, ``float
 next step cannot be enqueued while this one runs. This test runs real LEADING steps (sampling,
 both pipelines, the Triton kernels through the interpreter, backward, optimizer step) on the
 CPU with every tensor that would live on the GPU marked as a device tensor: the model, the
-bank, the histories, the labels, every tensor that crosses :func:`fastleading.transfer.to_device`,
+bank, the histories, the labels, every tensor that crosses :func:`fastleading.engine.transfer.to_device`,
 and everything computed from them (propagated through a dispatch mode). Any host read of a
 marked tensor fails the test. The Triton interpreter's own reads stand for device-side work
 and are allowed; the loop's logging points are outside the step.
@@ -15,88 +15,11 @@ import sys
 
 import pytest
 import torch
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.weak import WeakTensorKeyDictionary
+from test_train import small_config
 
-from fastleading import ops, transfer
+from fastleading.engine import ops, transfer
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import leading_step
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
-
-aten = torch.ops.aten
-READS = {aten._local_scalar_dense.default, aten.equal.default, aten.is_nonzero.default}
-HOST_METHODS = ("tolist", "numpy", "cpu", "__array__")
-
-
-def _from_triton_interpreter() -> bool:
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith("triton"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-class DeviceReads(TorchDispatchMode):
-    """Marks device tensors (and whatever is computed from them) and records host reads of them."""
-
-    def __init__(self):
-        super().__init__()
-        self.device = WeakTensorKeyDictionary()
-        self.reads: list[str] = []
-
-    def mark(self, t: torch.Tensor) -> torch.Tensor:
-        self.device[t] = True
-        return t
-
-    def is_device(self, t) -> bool:
-        return isinstance(t, torch.Tensor) and t in self.device
-
-    def read(self, what: str) -> None:
-        if not _from_triton_interpreter():
-            import traceback
-
-            where = [f"{f.filename.split('/')[-1]}:{f.lineno} {f.name}" for f in traceback.extract_stack()[-8:-2]]
-            self.reads.append(f"{what} at {' <- '.join(reversed(where))}")
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        flat = pytree.tree_leaves((args, kwargs))
-        on_device = any(self.is_device(a) for a in flat)
-        if on_device and func in READS:
-            self.read(str(func))
-        out = func(*args, **kwargs)
-        if on_device:
-            for t in pytree.tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    self.mark(t)
-            for arg, schema in zip(args, func._schema.arguments):  # written in place (copy_, index_put_...)
-                if isinstance(arg, torch.Tensor) and schema.alias_info is not None and schema.alias_info.is_write:
-                    self.mark(arg)
-                    if arg._base is not None:
-                        self.mark(arg._base)
-        return out
-
-
-@pytest.fixture
-def guard(monkeypatch):
-    mode = DeviceReads()
-    real_to_device = transfer.to_device
-    # what crosses to the device is a device tensor (a copy: on the CPU `to` would return itself)
-    monkeypatch.setattr(transfer, "to_device", lambda t, device: mode.mark(real_to_device(t, device).clone()))
-    # on a GPU the ops trust index values instead of reading them back
-    monkeypatch.setattr(ops, "_checks_index_values", lambda t: not mode.is_device(t))
-    for name in HOST_METHODS:
-        real = getattr(torch.Tensor, name)
-
-        def wrapper(self, *args, _real=real, _name=name, **kwargs):
-            if mode.is_device(self):
-                mode.read(f"Tensor.{_name}")
-            return _real(self, *args, **kwargs)
-        monkeypatch.setattr(torch.Tensor, name, wrapper)
-    return mode
 
 
 def device_run(tiny_bert, tmp_path, mode, *overrides):

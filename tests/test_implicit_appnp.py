@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from fastleading.graph import build_csr
-from fastleading.nn import ImplicitAPPNP, propagate
+from fastleading.engine.graph import build_csr
+from fastleading.models.appnp import ImplicitAPPNP, propagate
 
 
 def random_graph(n: int, m: int, gen: torch.Generator):
@@ -17,7 +17,7 @@ def random_graph(n: int, m: int, gen: torch.Generator):
 
 
 def dense_a_hat(rowptr, col, n):
-    """Â = D̃^{-1/2}(A+I)D̃^{-1/2}, built densely and independently of fastleading.ops."""
+    """Â = D̃^{-1/2}(A+I)D̃^{-1/2}, built densely and independently of fastleading.engine.ops."""
     a = torch.zeros(n, n, dtype=torch.float64)
     row = torch.repeat_interleave(torch.arange(n), rowptr[1:] - rowptr[:-1])
     a[row, col.long()] = 1.0
@@ -166,7 +166,7 @@ def test_backward_start_follows_warm_backward(warm_backward):
         x_in = torch.randn(n, channels, dtype=torch.float64, generator=gen, requires_grad=True)
         w = torch.randn(n, channels, dtype=torch.float64, generator=gen)
         (layer(x_in, rowptr, col, torch.arange(n)) * w).sum().backward()
-        truncated = alpha * sum(torch.linalg.matrix_power(m, l) @ w for l in range(iters))
+        truncated = alpha * sum(torch.linalg.matrix_power(m, power) @ w for power in range(iters))
         start = torch.linalg.matrix_power(m, iters) @ grads[-1] if grads and warm_backward else 0
         assert rel_err(x_in.grad, truncated + start) < 1e-6
         grads.append(x_in.grad)
@@ -176,11 +176,11 @@ def test_backward_start_follows_warm_backward(warm_backward):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_low_precision_histories_through_the_ops_dispatch_track_the_float64_layer(backend, dtype, tol):
     """The layer as training runs it (fp32 inputs, fp32 or bf16 histories, the Triton kernels
-    or the PyTorch path of fastleading.ops) against the float64 layer on the same visits:
+    or the PyTorch path of fastleading.engine.ops) against the float64 layer on the same visits:
     outputs, input gradients and both histories after several warm-started visits."""
     import os
 
-    from fastleading import ops
+    from fastleading.engine import ops
 
     if backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton kernels on CPU tensors need TRITON_INTERPRET=1 (set by tests/conftest.py)")
@@ -200,7 +200,7 @@ def test_low_precision_histories_through_the_ops_dispatch_track_the_float64_laye
                 out = layer(x, rowptr, col, node_ids)
                 (out * w.to(x_dtype)).sum().backward()
             outs.append((out.detach().double(), x.grad.double()))
-        for got, want in zip(outs[1], outs[0]):
+        for got, want in zip(outs[1], outs[0], strict=True):
             assert rel_err(got, want) < tol, (visit, rel_err(got, want))
         for name in ("x_history", "g_history", "input_history"):
             assert rel_err(getattr(low, name).double(), getattr(ref, name)) < tol, (visit, name)
@@ -208,7 +208,7 @@ def test_low_precision_histories_through_the_ops_dispatch_track_the_float64_laye
 
 @pytest.mark.parametrize("alpha", [0.1, 0.3])
 def test_conjugate_gradient_solves_the_fixed_point_and_a_warm_start_agrees(alpha):
-    from fastleading.nn import solve_appnp
+    from fastleading.models.appnp import solve_appnp
 
     gen = torch.Generator().manual_seed(11)
     n = 120

@@ -27,7 +27,7 @@ def test_native_module_imports_and_computes():
     src, dst = np.array([0, 1, 2, 2, 3], dtype=np.int64), np.array([1, 0, 2, 3, 1], dtype=np.int64)
     rowptr, col = native.build_csr(src, dst, 4, 1)
     assert rowptr.tolist() == [0, 1, 3, 4, 6] and col.tolist() == [1, 0, 3, 3, 1, 2]
-    from fastleading import ops
+    from fastleading.engine import ops
 
     rowptr, col = torch.from_numpy(rowptr), torch.from_numpy(col)
     x, x_in = torch.randn(4, 16), torch.randn(4, 16)

@@ -1,4 +1,4 @@
-"""Atomic writes (fastleading/io.py): the usual permissions, durable renames, and a full disk
+"""Atomic writes (fastleading/run/io.py): the usual permissions, durable renames, and a full disk
 reported in one line with the previous file intact (the disk is filled with RLIMIT_FSIZE in a
 child process: no privileges needed)."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastleading import io as io_mod
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_numpy_save, atomic_torch_save, atomic_write_text
+from fastleading.run import io as io_mod
+from fastleading.run.io import atomic_numpy_save, atomic_torch_save, atomic_write_text
 
 WRITERS = {"text": lambda p: atomic_write_text(p, "hello\n"),
            "torch": lambda p: atomic_torch_save({"w": torch.arange(4)}, p),
@@ -76,7 +76,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_previous_file_stays(tmp
         import sys
         import numpy as np, torch
         from fastleading.errors import FastleadingError
-        from fastleading.io import atomic_numpy_save, atomic_torch_save, atomic_write_text
+        from fastleading.run.io import atomic_numpy_save, atomic_torch_save, atomic_write_text
         path = {str(target)!r}
         try:
             {payload}

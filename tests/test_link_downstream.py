@@ -5,21 +5,20 @@ import json
 
 import pytest
 import torch
+from test_link_train import edge_set, link_config
 
-from fastleading import gnn as gnn_module
 from fastleading.cli import main
+from fastleading.commands.methods import train_method
 from fastleading.config import Config, apply_overrides
 from fastleading.data import load_dataset
-from fastleading.methods import train_method
-
-from test_link_train import edge_set, link_config, tiny_bert  # noqa: F401  (fixture)
+from fastleading.models import gnn as gnn_module
 
 
 def held_out_edges(cfg):
     from fastleading.data import load_link_split
 
     split = load_link_split(cfg, load_dataset(cfg.data))
-    pairs = {(u, v) for u, v in zip(*torch.cat([split.valid, split.test], 1).tolist())}
+    pairs = {(u, v) for u, v in zip(*torch.cat([split.valid, split.test], 1).tolist(), strict=True)}
     return pairs | {(v, u) for u, v in pairs}
 
 
@@ -79,8 +78,8 @@ def test_pretrained_link_and_downstream_on_exported_link_embeddings(tiny_bert, t
 
 def test_gamlp_and_empty_features_are_refused_for_links(tmp_path):
     from fastleading.data import link_view
-    from fastleading.downstream_link import train_link_gnn
     from fastleading.errors import FastleadingError
+    from fastleading.link.baseline import train_link_gnn
 
     cfg = apply_overrides(Config(), [f"data.cache_dir={tmp_path / 'c'}", "data.synthetic_nodes=100", "train.task=link"])
     graph = load_dataset(cfg.data)

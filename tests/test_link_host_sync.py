@@ -2,9 +2,7 @@
 tensor that would live on the GPU is marked, and any host read of one fails)."""
 
 import torch
-
-from test_host_sync import device_run, guard  # noqa: F401  (fixture)
-from test_train import tiny_bert  # noqa: F401  (fixture)
+from test_host_sync import device_run
 
 
 def test_link_steps_read_nothing_back_from_the_device(tiny_bert, tmp_path, guard):

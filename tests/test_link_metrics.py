@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastleading.errors import FastleadingError
-from fastleading.linkmetrics import auc, link_metrics, ogb_ranks
+from fastleading.link.metrics import auc, link_metrics, ogb_ranks
 
 
 def brute_auc(pos, neg):
@@ -41,7 +41,7 @@ def test_random_scores_with_ties_match_brute_force(seed):
     neg = torch.randint(0, 6, (13, 7), generator=g).float()
     assert auc(pos, neg) == pytest.approx(brute_auc(pos, neg), abs=1e-12)
     ranks = ogb_ranks(pos, neg)
-    ref = [brute_rank(p, n) for p, n in zip(pos.tolist(), neg.tolist())]
+    ref = [brute_rank(p, n) for p, n in zip(pos.tolist(), neg.tolist(), strict=True)]
     assert ranks.tolist() == ref
     m = link_metrics(pos, neg, hits=(1, 3, 5))
     assert m["mrr"] == pytest.approx(sum(1 / r for r in ref) / len(ref))
@@ -79,7 +79,7 @@ def test_non_finite_scores_rank_worst(seed):
     neg[torch.rand(30, 6, generator=g) < 0.2] = float("nan")
     pos[0], neg[1, 2], neg[2, 0] = float("inf"), float("-inf"), float("inf")
     ref_pos, ref_neg = worst_case_reference(pos, neg)
-    ref = [brute_rank(p, n) for p, n in zip(ref_pos.tolist(), ref_neg.tolist())]
+    ref = [brute_rank(p, n) for p, n in zip(ref_pos.tolist(), ref_neg.tolist(), strict=True)]
     assert ogb_ranks(pos, neg).tolist() == ref
     assert auc(pos, neg) == pytest.approx(brute_auc(ref_pos, ref_neg), abs=1e-12)
     m = link_metrics(pos, neg, hits=(1, 3))

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import small_config
 
 from fastleading.config import Config, apply_overrides
 from fastleading.data import load_dataset
-from fastleading.data.link_split import drop_edges, random_link_split, training_graph
 from fastleading.errors import FastleadingError
-from fastleading.linkdecoder import LinkDecoder, score_pairs, split_metrics
+from fastleading.link.decoder import LinkDecoder, score_pairs, split_metrics
+from fastleading.link.split import drop_edges, random_link_split, training_graph
 from fastleading.trainer import evaluate as evaluate_module
 from fastleading.trainer.loop import build_trainer, train
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 def link_config(model: str, cache: Path, *overrides: str) -> Config:
@@ -28,11 +27,11 @@ def link_config(model: str, cache: Path, *overrides: str) -> Config:
 
 def edge_set(rowptr, col):
     rows = torch.repeat_interleave(torch.arange(len(rowptr) - 1), rowptr[1:] - rowptr[:-1])
-    return set(zip(rows.tolist(), col.long().tolist()))
+    return set(zip(rows.tolist(), col.long().tolist(), strict=True))
 
 
 def toy_graph(seed=0, n=60, m=200):
-    from fastleading.graph import build_csr
+    from fastleading.engine.graph import build_csr
 
     g = torch.Generator().manual_seed(seed)
     return build_csr(torch.randint(0, n, (m,), generator=g), torch.randint(0, n, (m,), generator=g), n)
@@ -44,14 +43,14 @@ def test_random_split_partitions_the_edges_and_draws_fixed_non_edge_negatives(ra
     rowptr, col = toy_graph()
     edges = {(u, v) for u, v in edge_set(rowptr, col) if u < v}
     split = random_link_split(rowptr, col, ratios, seed=3, num_negatives=7)
-    parts = [set(zip(*e.tolist())) for e in (split.train, split.valid, split.test)]
+    parts = [set(zip(*e.tolist(), strict=True)) for e in (split.train, split.valid, split.test)]
     assert sum(len(p) for p in parts) == len(edges) and set().union(*parts) == edges  # a partition
     fr = [float(r) / 100 for r in ratios.split("/")]
     assert abs(len(parts[0]) - fr[0] * len(edges)) <= 1 and abs(len(parts[1]) - fr[1] * len(edges)) <= 1
     both = edges | {(v, u) for u, v in edges}
     for pos, neg in ((split.valid, split.valid_neg), (split.test, split.test_neg)):
         assert neg.shape == (pos.shape[1], 7)
-        for s, row in zip(pos[0].tolist(), neg.tolist()):
+        for s, row in zip(pos[0].tolist(), neg.tolist(), strict=True):
             assert all(t != s and (s, t) not in both for t in row)
     again = random_link_split(rowptr, col, ratios, seed=3, num_negatives=7)
     assert all(torch.equal(getattr(split, k), getattr(again, k)) for k in ("train", "valid", "test", "test_neg"))
@@ -63,7 +62,7 @@ def test_training_graph_is_the_training_edges_both_ways():
     rowptr, col = toy_graph(1)
     split = random_link_split(rowptr, col, "10/30/60", seed=0, num_negatives=3)
     t_rowptr, t_col = training_graph(rowptr, col, split)
-    expect = {(u, v) for u, v in zip(*split.train.tolist())}
+    expect = {(u, v) for u, v in zip(*split.train.tolist(), strict=True)}
     expect |= {(v, u) for u, v in expect}
     assert edge_set(t_rowptr, t_col) == expect
     assert t_col.dtype == col.dtype
@@ -73,7 +72,8 @@ def test_drop_edges_matches_a_set_reference():
     rowptr, col = toy_graph(2)
     pairs = torch.tensor([[0, 5, 7, 59], [1, 9, 7, 3]])
     new_rowptr, new_col, keep = drop_edges(rowptr, col, pairs[0], pairs[1])
-    drop = {(u, v) for u, v in zip(*pairs.tolist())} | {(v, u) for u, v in zip(*pairs.tolist())}
+    drop = {(u, v) for u, v in zip(*pairs.tolist(), strict=True)}
+    drop |= {(v, u) for u, v in drop}
     assert edge_set(new_rowptr, new_col) == edge_set(rowptr, col) - drop
     assert int(keep.sum()) == len(new_col)
 
@@ -113,7 +113,7 @@ def test_a_step_never_sees_its_own_training_edges(tiny_bert, tmp_path, monkeypat
     run, task = tr.run, tr.task
     edge_ids = torch.arange(10)
     targets = run.begin_batch(edge_ids)
-    batch = {(int(u), int(v)) for u, v in zip(*task.split.train[:, edge_ids].tolist())}
+    batch = {(int(u), int(v)) for u, v in zip(*task.split.train[:, edge_ids].tolist(), strict=True)}
     undropped = run.sampler.inner.sample(targets, seed=cfg.train.seed * 1_000_003 + run.step)
     before = global_edges(undropped.node_ids, undropped.rowptr, undropped.col)
     assert all((u, v) in before and (v, u) in before for u, v in batch)  # the test can fail
@@ -177,9 +177,9 @@ def test_a_pairs_training_score_does_not_depend_on_its_edge_in_earlier_steps(tin
     No weights move (no optimizer step, no dropout), so only what the earlier steps left behind
     can differ: with the paper's forward history (warm_start=history) the edge leaks through the
     implicit layer's warm start; the default keeps no forward history for link prediction."""
-    from fastleading import ops
-    from fastleading.data.link_split import drop_edges
-    from fastleading.sampler import NeighborSampler
+    from fastleading.engine import ops
+    from fastleading.engine.sampler import NeighborSampler
+    from fastleading.link.split import drop_edges
 
     cfg = link_config(tiny_bert, tmp_path / "c", "train.fanouts=1000", "model.head_dropout=0",
                       "train.link_negatives=1", "model.num_iters=2")
@@ -206,7 +206,7 @@ def test_a_pairs_training_score_does_not_depend_on_its_edge_in_earlier_steps(tin
         captured = []
         real = type(run.model.decoder).forward
 
-        def spy(self, a, b):
+        def spy(self, a, b, real=real, captured=captured):
             out = real(self, a, b)
             captured.append(out.detach())
             return out
@@ -224,7 +224,7 @@ def test_validation_and_test_edges_are_never_in_the_training_graph(tiny_bert, tm
     cfg = link_config(tiny_bert, tmp_path / "c", "train.fanouts=1000")
     tr = build_trainer(cfg, tmp_path / "run")
     split = tr.task.split
-    held_out = {(u, v) for u, v in zip(*torch.cat([split.valid, split.test], 1).tolist())}
+    held_out = {(u, v) for u, v in zip(*torch.cat([split.valid, split.test], 1).tolist(), strict=True)}
     held_out |= {(v, u) for u, v in held_out}
     full = load_dataset(cfg.data)
     assert held_out <= edge_set(full.rowptr, full.col)  # they are edges of the dataset
@@ -250,7 +250,7 @@ def test_validation_and_test_edges_are_never_in_the_training_graph(tiny_bert, tm
 # ----------------------------------------------------------------------------- evaluation
 @pytest.mark.parametrize("kind", ["dot", "mlp"])
 def test_split_metrics_match_a_brute_force_reference(kind, monkeypatch):
-    import fastleading.linkdecoder as linkdecoder
+    import fastleading.link.decoder as linkdecoder
 
     monkeypatch.setattr(linkdecoder, "SCORE_CHUNK", 7)  # several chunks
     torch.manual_seed(0)
@@ -263,9 +263,10 @@ def test_split_metrics_match_a_brute_force_reference(kind, monkeypatch):
     model.eval()
     for name, pos, neg in (("valid", split.valid, split.valid_neg), ("test", split.test, split.test_neg)):
         with torch.no_grad():
-            p = [float(model.decoder(z[s], z[t])) for s, t in zip(*pos.tolist())]
-            n = [[float(model.decoder(z[s], z[t])) for t in row] for s, row in zip(pos[0].tolist(), neg.tolist())]
-        ranks = [1 + 0.5 * (sum(x > a for x in row) + sum(x >= a for x in row)) for a, row in zip(p, n)]
+            p = [float(model.decoder(z[s], z[t])) for s, t in zip(*pos.tolist(), strict=True)]
+            n = [[float(model.decoder(z[s], z[t])) for t in row]
+                 for s, row in zip(pos[0].tolist(), neg.tolist(), strict=True)]
+        ranks = [1 + 0.5 * (sum(x > a for x in row) + sum(x >= a for x in row)) for a, row in zip(p, n, strict=True)]
         flat = [x for row in n for x in row]
         auc = sum(1.0 if a > x else 0.5 if a == x else 0.0 for a in p for x in flat) / (len(p) * len(flat))
         assert got[f"{name}_auc"] == pytest.approx(auc, abs=1e-6)
@@ -285,7 +286,7 @@ def test_link_runs_report_the_metrics_of_their_best_pt(tiny_bert, tmp_path, meth
     it (every node encoded, the propagation solved cold to a tight tolerance, the test pairs
     scored) and counted by brute force, with every score finite. A NaN-scoring model (which the
     old ranking counted as perfect) or a best.pt of another epoch fails here."""
-    from fastleading import checkpoint
+    from fastleading.run import checkpoint
     from fastleading.trainer.evaluate import full_graph_logits
     from fastleading.trainer.loop import encode_graph
 
@@ -295,8 +296,8 @@ def test_link_runs_report_the_metrics_of_their_best_pt(tiny_bert, tmp_path, meth
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["task"] == "link" and on_disk["split"] == "10/30/60-seed0"
     assert summary["best_valid"] == summary["best_valid_mrr"]
-    evals = [json.loads(l)["eval"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in l]
+    evals = [json.loads(text)["eval"] for text in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in text]
     assert len(evals) == 2 and all(e["nonfinite"] == 0 for e in evals)
     best_pt = checkpoint.load(tmp_path / "run" / checkpoint.BEST)
     assert best_pt["epoch"] == summary["best_epoch"]
@@ -308,7 +309,7 @@ def test_link_runs_report_the_metrics_of_their_best_pt(tiny_bert, tmp_path, meth
     pos = score_pairs(tr.run.model.decoder, z, test[0], test[1]).tolist()
     neg = score_pairs(tr.run.model.decoder, z, test[0], test_neg).tolist()
     assert all(map(math.isfinite, pos)) and all(math.isfinite(x) for row in neg for x in row)
-    ranks = [1 + 0.5 * (sum(x > p for x in row) + sum(x >= p for x in row)) for p, row in zip(pos, neg)]
+    ranks = [1 + 0.5 * (sum(x > p for x in row) + sum(x >= p for x in row)) for p, row in zip(pos, neg, strict=True)]
     pooled = [x for row in neg for x in row]
     auc = sum(1.0 if p > x else 0.5 if p == x else 0.0 for p in pos for x in pooled) / (len(pos) * len(pooled))
     # equal (measured: to 1e-12); the tolerances allow one pair to swap places in a near tie
@@ -360,7 +361,7 @@ def test_link_prediction_on_a_custom_dataset_without_labels(tiny_bert, tmp_path)
     edges far above chance; a wrong split, a lost edge or a broken text path fails one of these."""
     import csv
 
-    from fastleading.methods import train_method
+    from fastleading.commands.methods import train_method
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -376,9 +377,9 @@ def test_link_prediction_on_a_custom_dataset_without_labels(tiny_bert, tmp_path)
     with open(folder / "edges.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["src", "dst"])
-        for u, v in zip(src.tolist(), dst.tolist()):
+        for u, v in zip(src.tolist(), dst.tolist(), strict=True):
             w.writerow([f"n{u}", f"n{v}"])
-    m = len({(min(u, v), max(u, v)) for u, v in zip(src.tolist(), dst.tolist()) if u != v})
+    m = len({(min(u, v), max(u, v)) for u, v in zip(src.tolist(), dst.tolist(), strict=True) if u != v})
     n_train = round(0.1 * m)
     n_valid = round(0.3 * m)
     for method in ("leading", "shallow"):
@@ -389,8 +390,8 @@ def test_link_prediction_on_a_custom_dataset_without_labels(tiny_bert, tmp_path)
         sizes = summary["link_split"]
         assert (sizes["train"], sizes["valid"], sizes["test"]) == (n_train, n_valid, m - n_train - n_valid)
         if method == "leading":
-            evals = [json.loads(l) for l in (tmp_path / method / "metrics.jsonl").read_text().splitlines()
-                     if '"eval"' in l]
+            evals = [json.loads(text) for text in (tmp_path / method / "metrics.jsonl").read_text().splitlines()
+                     if '"eval"' in text]
             best = next(e["eval"] for e in evals if e["epoch"] == summary["best_epoch"])
             assert (summary["test_auc"], summary["test_mrr"]) == (best["test_auc"], best["test_mrr"])
             assert best["nonfinite"] == 0
@@ -402,8 +403,8 @@ def test_link_prediction_on_a_custom_dataset_without_labels(tiny_bert, tmp_path)
 def test_dropping_edges_keeps_every_node_when_a_subgraph_has_as_many_edges_as_nodes():
     """A sampled subgraph of 4 nodes and 4 (directed) edges: the edge drop must filter the edges
     only (it took any array as long as the edges for a per-edge one, node ids included)."""
-    from fastleading.sampler import SampledSubgraph
-    from fastleading.trainer.link import EdgeDroppingSampler
+    from fastleading.engine.sampler import SampledSubgraph
+    from fastleading.link.task import EdgeDroppingSampler
 
     # the path 0-1-2 plus an isolated node 3: directed edges 0-1, 1-0, 1-2, 2-1
     sub = SampledSubgraph(node_ids=torch.tensor([10, 11, 12, 13]), rowptr=torch.tensor([0, 1, 3, 4, 4]),
@@ -421,7 +422,7 @@ def test_dropping_edges_keeps_every_node_when_a_subgraph_has_as_many_edges_as_no
 
 
 def test_edges_per_node_counts_each_undirected_edge_once_and_no_self_loop():
-    from fastleading.trainer.link import edges_per_node
+    from fastleading.link.task import edges_per_node
 
     # (0, 1) twice (once each way), a self loop on 2, (3, 0)
     counts = edges_per_node(torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 2, 0]), 5)

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
 from fastleading.config import ModelConfig
 from fastleading.errors import FastleadingError
-from fastleading.lm import LMEncoder, hidden_size, pool
-
-from tiny_models import save_tiny_model
+from fastleading.models.lm import LMEncoder, hidden_size, pool
 
 
 def test_pool_last_takes_last_real_token_for_either_padding_side():
@@ -17,10 +16,10 @@ def test_pool_last_takes_last_real_token_for_either_padding_side():
     right = (torch.arange(6)[None, :] < lengths[:, None]).long()
     left = right.flip(1)
     r = pool(hidden, right, "last")
-    l = pool(hidden, left, "last")
+    left_pooled = pool(hidden, left, "last")
     for i, n in enumerate(lengths.tolist()):
         assert torch.equal(r[i], hidden[i, n - 1])
-        assert torch.equal(l[i], hidden[i, 5])
+        assert torch.equal(left_pooled[i], hidden[i, 5])
     m = pool(hidden, right, "mean")
     for i, n in enumerate(lengths.tolist()):
         assert torch.allclose(m[i], hidden[i, :n].mean(0))

@@ -9,15 +9,14 @@ import types
 
 import pytest
 import torch
+from test_train import small_config
 
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
-from fastleading.nn import ImplicitAPPNP
+from fastleading.models.appnp import ImplicitAPPNP
 from fastleading.trainer import evaluate as evaluate_module
 from fastleading.trainer import loop, steps
 from fastleading.trainer.loop import train
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 def ring(n: int):
@@ -98,8 +97,8 @@ def test_a_non_finite_step_is_skipped_and_poisons_nothing(tiny_bert, tmp_path, m
     run = built[-1].run
     assert summary["steps"] == 8
     # step 2 (0-based) was skipped: the weights after it equal those after step 1; the others moved
-    assert all(torch.equal(a, b) for a, b in zip(weights[1], weights[2]))
-    assert not all(torch.equal(a, b) for a, b in zip(weights[2], weights[3]))
+    assert all(torch.equal(a, b) for a, b in zip(weights[1], weights[2], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
     # five steps after the bad one, nothing non-finite is left anywhere the warm starts read
     assert torch.isfinite(run.model.appnp.x_history).all() and torch.isfinite(run.model.appnp.g_history).all()
@@ -140,7 +139,7 @@ def test_a_node_with_non_finite_logits_counts_as_wrong():
 
 
 def test_link_evaluation_counts_its_non_finite_scores():
-    from fastleading.linkdecoder import LinkDecoder, split_metrics
+    from fastleading.link.decoder import LinkDecoder, split_metrics
 
     g = torch.Generator().manual_seed(1)
     z = torch.randn(40, 8, generator=g)
@@ -152,15 +151,15 @@ def test_link_evaluation_counts_its_non_finite_scores():
     out = split_metrics(LinkDecoder("dot", 8), z, split, (1, 3), "mrr")
     expected = 0
     for pos, neg in ((split.valid, split.valid_neg), (split.test, split.test_neg)):
-        for s, t, negs in zip(pos[0].tolist(), pos[1].tolist(), neg.tolist()):
+        for s, t, negs in zip(pos[0].tolist(), pos[1].tolist(), neg.tolist(), strict=True):
             expected += sum(not torch.isfinite((z[s] * z[u]).sum()) for u in [t, *negs])
     assert out["nonfinite"] == expected > 0
 
 
 def link_toy():
-    from fastleading.data.link_split import random_link_split, training_graph
-
     from test_gnn import toy_graph
+
+    from fastleading.link.split import random_link_split, training_graph
 
     graph, x, _ = toy_graph()
     split = random_link_split(graph.rowptr, graph.col, "85/5/10", 0, 20)
@@ -171,7 +170,7 @@ def link_toy():
 def test_a_diverged_link_gnn_is_never_selected_as_best():
     """lr 1e12: every evaluation's scores are NaN. Compared as numbers they ranked every positive
     first (MRR 1.0) and the epoch was kept as the best; now no epoch can be, and it says so."""
-    from fastleading.downstream_link import train_link_gnn
+    from fastleading.link.baseline import train_link_gnn
 
     view, x, split = link_toy()
     sane = train_link_gnn(view, x, split, "gcn", 2, hidden=32, dim=16)
@@ -184,10 +183,10 @@ def test_a_diverged_link_gnn_is_never_selected_as_best():
 def test_a_fixed_feature_gnn_never_selects_an_epoch_with_non_finite_logits(monkeypatch):
     """Logits poisoned at epoch 2 with NaN placed on each node's label (a plain argmax would score
     it 100%): the best epoch is another one; poisoned at every epoch, the run says so."""
-    from fastleading import downstream
-    from fastleading.gnn import GNN
-
     from test_gnn import toy_graph
+
+    from fastleading.baselines import downstream
+    from fastleading.models.gnn import GNN
 
     graph, x, split = toy_graph()
     calls = {"eval": 0}
@@ -235,8 +234,8 @@ def poison_evaluations(monkeypatch, which: set[int], node_labels=None):
 
 
 def test_a_node_evaluation_with_non_finite_logits_is_never_the_best(tiny_bert, tmp_path, monkeypatch):
-    from fastleading import checkpoint
     from fastleading.data import load_dataset
+    from fastleading.run import checkpoint
 
     cfg = small_config(tiny_bert, tmp_path / "cache", "data.split=high-0", "train.epochs=2")
     labels = load_dataset(cfg.data).labels
@@ -274,7 +273,7 @@ def test_consecutive_non_finite_evaluations_stop_the_run_with_one_line(tiny_bert
 def test_a_non_finite_warm_start_is_dropped_for_a_cold_start():
     """One NaN evaluation left 200 of 1,000 rows of the warm start NaN, and 50 iterations from it
     on finite inputs still had 200 NaN rows: the solve must start cold from such an x0."""
-    from fastleading.nn import solve_appnp
+    from fastleading.models.appnp import solve_appnp
 
     n = 1000
     rowptr, col = ring(n)

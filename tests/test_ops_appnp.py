@@ -1,4 +1,4 @@
-"""fastleading.ops APPNP step/iterate (Triton and PyTorch backends) against a dense float64 Â.
+"""fastleading.engine.ops APPNP step/iterate (Triton and PyTorch backends) against a dense float64 Â.
 
 Graphs have isolated nodes, degree-0 rows and one hub touching about half the nodes, so
 the Triton path runs both its light-row tiles and its split heavy-row chunks. Under
@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from fastleading import ops
+from fastleading.engine import ops
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -255,16 +255,19 @@ for width, dtype, col, rows, block_c in [(47, "fp32", "i32", 16, 64), (64, "fp16
                                          (768, "bf16", "i64", 16, 128)]:
     f = {k: ("i32", width) for k in ("n_cols", "stride_x", "stride_xin", "stride_out")}
     ptrs = {"x_ptr": (f"*{dtype}", 0), "xin_ptr": (f"*{dtype}", 0), "out_ptr": (f"*{dtype}", 0)}
-    compile_(appnp._appnp_light_kernel, {"rowptr_ptr": ("*i64", 0), "col_ptr": (f"*{col}", 0), "dinv_ptr": ("*fp32", 0),
-             "order_ptr": ("*i32", 0), **ptrs, "n_rows": ("i32", 1000), "n_cols": f["n_cols"], "stride_x": f["stride_x"],
-             "stride_xin": f["stride_xin"], "stride_out": f["stride_out"], "alpha": ("fp32", 0.1)},
+    compile_(appnp._appnp_light_kernel, {"rowptr_ptr": ("*i64", 0), "col_ptr": (f"*{col}", 0),
+             "dinv_ptr": ("*fp32", 0), "order_ptr": ("*i32", 0), **ptrs, "n_rows": ("i32", 1000),
+             "n_cols": f["n_cols"], "stride_x": f["stride_x"], "stride_xin": f["stride_xin"],
+             "stride_out": f["stride_out"], "alpha": ("fp32", 0.1)},
              {"ROWS": rows, "BLOCK_C": block_c})
-    compile_(appnp._appnp_heavy_partial_kernel, {"col_ptr": (f"*{col}", 0), "dinv_ptr": ("*fp32", 0), "x_ptr": ptrs["x_ptr"],
-             "chunk_start_ptr": ("*i64", 0), "chunk_end_ptr": ("*i64", 0), "partial_ptr": ("*fp32", 0),
-             "n_cols": f["n_cols"], "stride_x": f["stride_x"]}, {"BLOCK_E": 32, "BLOCK_C": block_c})
+    compile_(appnp._appnp_heavy_partial_kernel, {"col_ptr": (f"*{col}", 0), "dinv_ptr": ("*fp32", 0),
+             "x_ptr": ptrs["x_ptr"], "chunk_start_ptr": ("*i64", 0), "chunk_end_ptr": ("*i64", 0),
+             "partial_ptr": ("*fp32", 0), "n_cols": f["n_cols"], "stride_x": f["stride_x"]},
+             {"BLOCK_E": 32, "BLOCK_C": block_c})
     compile_(appnp._appnp_heavy_finish_kernel, {"heavy_rows_ptr": ("*i64", 0), "chunk_ptr_ptr": ("*i64", 0),
-             "partial_ptr": ("*fp32", 0), "dinv_ptr": ("*fp32", 0), **ptrs, "n_cols": f["n_cols"], "stride_x": f["stride_x"],
-             "stride_xin": f["stride_xin"], "stride_out": f["stride_out"], "alpha": ("fp32", 0.1)}, {"BLOCK_C": block_c})
+             "partial_ptr": ("*fp32", 0), "dinv_ptr": ("*fp32", 0), **ptrs, "n_cols": f["n_cols"],
+             "stride_x": f["stride_x"], "stride_xin": f["stride_xin"], "stride_out": f["stride_out"],
+             "alpha": ("fp32", 0.1)}, {"BLOCK_C": block_c})
 print("compiled")
 """
 
@@ -274,7 +277,8 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     (Triton's bundled ptxas, no GPU needed) for the launch configurations of three widths."""
     pytest.importorskip("triton.backends.nvidia", reason="this Triton build has no NVIDIA backend")
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
 
 

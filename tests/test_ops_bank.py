@@ -1,4 +1,4 @@
-"""fastleading.ops bank_gather / bank_scatter (Triton and PyTorch backends) against Python loops.
+"""fastleading.engine.ops bank_gather / bank_scatter (Triton and PyTorch backends) against Python loops.
 
 Copies are exact (a cast at most), so results are compared bit for bit. Ids repeat, and
 rows the ops must not touch are checked to be unchanged (NaN-poisoned for the gather).
@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fastleading import ops
+from fastleading.engine import ops
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
@@ -147,7 +147,8 @@ def compile_(fn, args, consts):
     sig = {k: t for k, (t, _) in args.items()} | {k: "constexpr" for k in consts}
     attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, (t, v) in args.items()
              if t.startswith("*") or (isinstance(v, int) and v % 16 == 0)}
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32))
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32))
 
 for width, bank_t, rows_t in [(384, "bf16", "bf16"), (47, "bf16", "fp32")]:
     rows, block_d = bank._tiles(width, aligned=width % 16 == 0)
@@ -156,8 +157,9 @@ for width, bank_t, rows_t in [(384, "bf16", "bf16"), (47, "bf16", "fp32")]:
                       "stride_bank": ("i32", width), "stride_out": ("i32", width)}, {"ROWS": rows, "BLOCK_D": block_d})
     scatter = compile_(bank._bank_scatter_kernel, {"bank_ptr": (f"*{bank_t}", 0), "ids_ptr": ("*i64", 0),
                        "last_ptr": ("*i1", 0), "rows_ptr": (f"*{rows_t}", 0), "stamps_ptr": ("*i64", 0),
-                       "step": ("i32", 3), "n_ids": ("i32", 1000), "n_cols": ("i32", width), "stride_bank": ("i32", width),
-                       "stride_rows": ("i32", width)}, {"HAS_STAMPS": True, "ROWS": rows, "BLOCK_D": block_d})
+                       "step": ("i32", 3), "n_ids": ("i32", 1000), "n_cols": ("i32", width),
+                       "stride_bank": ("i32", width), "stride_rows": ("i32", width)},
+                       {"HAS_STAMPS": True, "ROWS": rows, "BLOCK_D": block_d})
     if width % 16 == 0:  # aligned rows: every feature access is a 16-byte vector
         for kernel in (gather, scatter):
             ptx = kernel.asm["ptx"]
@@ -171,5 +173,6 @@ def test_kernels_compile_for_hopper_with_16_byte_accesses():
     ptxas, no GPU needed) and check that aligned bf16 rows move as 16-byte vectors."""
     pytest.importorskip("triton.backends.nvidia", reason="this Triton build has no NVIDIA backend")
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

@@ -8,11 +8,12 @@ order, so besides matching the dense float64 ``Â`` it is bitwise equal to
 
 import pytest
 import torch
-
-from fastleading import _native, ops
-from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 from test_ops_appnp import DTYPES, assert_close, expected_step, make_case, skewed_edges
+
+from fastleading import _native
+from fastleading.engine import ops
+from fastleading.engine.graph import build_csr
+from fastleading.errors import FastleadingError
 
 ISAS = _native.appnp_isas()
 
@@ -179,7 +180,9 @@ def test_empty_rows_pads_cpu_rows_to_whole_vectors():
 def vm_flags_of(address: int) -> list[str] | None:
     """The VmFlags of this process's mapping that holds ``address`` (None when none does)."""
     inside = False
-    for line in open("/proc/self/smaps"):
+    with open("/proc/self/smaps") as f:
+        lines = f.readlines()
+    for line in lines:
         head = line.split()[0]
         if "-" in head and not head.endswith(":"):
             lo, hi = (int(v, 16) for v in head.split("-"))

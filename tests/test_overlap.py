@@ -1,4 +1,4 @@
-"""The ordering guarantee of the overlapped pipelines (fastleading/overlap.py), checked on CPU
+"""The ordering guarantee of the overlapped pipelines (fastleading/engine/overlap.py), checked on CPU
 by running a real LEADING step with a fake CUDA stream API that records, for every bank and
 encoder operation, which stream it was enqueued on and which waits came before it."""
 
@@ -6,12 +6,11 @@ import contextlib
 
 import pytest
 import torch
+from test_train import small_config
 
-from fastleading import overlap as overlap_mod
+from fastleading.engine import overlap as overlap_mod
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import leading_step
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 class FakeStream:
@@ -63,10 +62,10 @@ class FakeCuda:
         return Event()
 
 
-def overlapped_run(tiny_bert, tmp_path, monkeypatch, device="cuda:1"):
+def overlapped_run(tiny_bert, tmp_path, monkeypatch, device="cuda:1", *overrides: str):
     """A real LEADING run whose overlap runs on the fake stream API of ``device`` (the
     computation itself stays on the CPU)."""
-    tr = build_trainer(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0"), tmp_path / "run")
+    tr = build_trainer(small_config(tiny_bert, tmp_path / "cache", "data.split=high-0", *overrides), tmp_path / "run")
     fake = FakeCuda()
     monkeypatch.setattr(overlap_mod.torch, "cuda", fake)
     tr.run.overlap = overlap_mod.RefreshStream(torch.device(device), enabled=True)
@@ -151,7 +150,7 @@ def test_overlap_disabled_or_cpu_runs_everything_on_one_stream_and_computes_the_
     for key in ("loss", "bank", "stamps", "x_history", "g_history"):
         assert torch.equal(single[key], overlapped[key]), key
     assert len(single["grads"]) == len(overlapped["grads"]) > 0
-    assert all(torch.equal(a, b) for a, b in zip(single["grads"], overlapped["grads"]))
+    assert all(torch.equal(a, b) for a, b in zip(single["grads"], overlapped["grads"], strict=True))
 
 
 def test_every_stream_and_event_is_the_runs_device(tiny_bert, tmp_path, monkeypatch):
@@ -166,7 +165,9 @@ def test_lookups_see_the_previous_steps_refresh_and_never_this_steps(tiny_bert, 
     """Two real LEADING steps through the overlapped path (fake streams): pipeline 2 refreshes
     every node in step 0; step 0's lookups must see none of those rows (stamp -1, the empty
     bank), step 1's must see exactly the embeddings pipeline 2 computed in step 0."""
-    tr, _ = overlapped_run(tiny_bert, tmp_path, monkeypatch)
+    # the bank then holds pipeline 2's rows as encoded (train.align_to_bank would shift them all
+    # by one vector, tests/test_bank_frame.py): what this test compares the lookups with
+    tr, _ = overlapped_run(tiny_bert, tmp_path, monkeypatch, "cuda:1", "train.align_to_bank=false")
     run, n = tr.run, tr.graph.num_nodes
     refreshed, seen = [], []
     encode_nograd, lookup = run.encode_nograd, run.bank.lookup
@@ -187,12 +188,12 @@ def test_lookups_see_the_previous_steps_refresh_and_never_this_steps(tiny_bert, 
         leading_step(run, targets[step], torch.arange(n) if step == 0 else torch.arange(1))
         run.overlap.join()
     step0_ids, step0_emb = refreshed[0]
-    by_node = dict(zip(step0_ids.tolist(), step0_emb))
+    by_node = dict(zip(step0_ids.tolist(), step0_emb, strict=True))
     ids0, stamps0, _ = seen[0]
     others0 = ~torch.isin(ids0, targets[0])
     assert others0.any() and (stamps0[others0] == -1).all()  # step 0's refresh not visible in step 0
     ids1, stamps1, rows1 = seen[1]
     others1 = ~torch.isin(ids1, torch.cat(targets))
     assert others1.any() and (stamps1[others1] == 0).all()   # step 0's refresh visible in step 1
-    for node, row in zip(ids1[others1].tolist(), rows1[others1]):
+    for node, row in zip(ids1[others1].tolist(), rows1[others1], strict=True):
         torch.testing.assert_close(row, by_node[node].to(row.dtype), rtol=0, atol=0)

@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from fastleading import plot  # noqa: E402
-from fastleading.cli import main  # noqa: E402
-
 from custom_graph import train_args, write_custom_graph  # noqa: E402
 from tiny_models import save_tiny_model  # noqa: E402
+
+from fastleading.cli import main  # noqa: E402
+from fastleading.commands import plot  # noqa: E402
 
 
 def drawn(monkeypatch, call):
@@ -42,7 +42,7 @@ def test_the_test_score_legend_covers_neither_the_title_nor_the_bars(monkeypatch
     assert len(titles) == 1
     box = titles[0].get_window_extent(renderer)
     assert not legend.overlaps(box)  # failed before: the legend sat on the title's right end
-    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1  # the title is inside the picture (it was cut off on the left)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1  # the title is inside the picture (it was cut off on the left)
     assert not legend.overlaps(fig.axes[0].get_window_extent(renderer))
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from fastleading.engine.precision import resolve_device, resolve_precision
 from fastleading.errors import FastleadingError
-from fastleading.precision import resolve_device, resolve_precision
 
 
 def fake_cpu(monkeypatch, **features):
@@ -31,7 +31,7 @@ def test_auto_on_a_cpu_with_native_bf16_autocasts_to_bf16(monkeypatch, feature):
 
 
 def test_native_bf16_is_read_from_this_cpu():
-    from fastleading.precision import cpu_native_bf16
+    from fastleading.engine.precision import cpu_native_bf16
 
     flags = set()
     try:

@@ -1,4 +1,4 @@
-"""`fastleading predict` and :class:`fastleading.predict.TrainedRun`: existing nodes get the
+"""`fastleading predict` and :class:`fastleading.commands.predict.TrainedRun`: existing nodes get the
 evaluation's outputs of best.pt, a new node that copies an existing one gets that node's
 prediction, link runs score pairs as their evaluation does, and bad files get one line."""
 
@@ -8,17 +8,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_train import small_config
 
+from fastleading.baselines.downstream import export_embeddings
 from fastleading.cli import main
+from fastleading.commands.methods import train_method
+from fastleading.commands.predict import TrainedRun
 from fastleading.data import load_dataset
-from fastleading.downstream import export_embeddings
 from fastleading.errors import FastleadingError
-from fastleading.linkmetrics import link_metrics
-from fastleading.methods import train_method
-from fastleading.predict import TrainedRun
+from fastleading.link.metrics import link_metrics
 from fastleading.trainer import evaluate as evaluate_module
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 N = 240
 # a tight CG tolerance: the run's evaluations warm-start the solve, predict starts cold; both
@@ -195,8 +194,8 @@ def test_link_run_scores_pairs_as_its_evaluation_does(tiny_bert, tmp_path):
     summary = train_method(cfg, tmp_path / "run", quiet=True)
     split = load_link_split(cfg, load_dataset(cfg.data))
     pos, neg = split.test, split.test_neg
-    rows = [("src", "dst")] + list(zip(pos[0].tolist(), pos[1].tolist()))
-    rows += [(s, t) for s, ts in zip(pos[0].tolist(), neg.tolist()) for t in ts]
+    rows = [("src", "dst")] + list(zip(pos[0].tolist(), pos[1].tolist(), strict=True))
+    rows += [(s, t) for s, ts in zip(pos[0].tolist(), neg.tolist(), strict=True) for t in ts]
     with open(tmp_path / "pairs.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     assert main(["predict", "--run", str(tmp_path / "run"), "--pairs", str(tmp_path / "pairs.csv"), "--quiet"]) == 0
@@ -219,8 +218,8 @@ def test_new_nodes_encode_only_their_texts_once_best_pt_is_cached(node_run, tmp_
     the outputs of a full re-encode; a changed best.pt is encoded afresh."""
     import shutil
 
-    from fastleading.checkpoint import BEST
-    from fastleading.runfolder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
+    from fastleading.run.checkpoint import BEST
+    from fastleading.run.folder import BEST_EMBEDDINGS, BEST_EMBEDDINGS_META
 
     root, cfg, _, eval_logits = node_run
     run_dir = tmp_path / "run"
@@ -269,7 +268,7 @@ def test_predict_takes_only_embeddings_made_from_this_runs_best_pt(node_run, tmp
     import subprocess
     import sys
 
-    code = (f"from fastleading.predict import TrainedRun; "
+    code = (f"from fastleading.commands.predict import TrainedRun; "
             f"assert TrainedRun({str(run)!r}).load_embeddings({str(emb)!r}).shape[0] == {N}")
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True,
                           timeout=300)

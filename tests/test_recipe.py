@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from test_train import small_config
 
 from fastleading.trainer.evaluate import encode_graph
 from fastleading.trainer.loop import build_trainer, train
 from fastleading.trainer.optim import lm_depths, param_groups
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 
 def metrics_lines(run_dir):
@@ -56,20 +55,20 @@ def test_head_warmup_trains_the_head_on_the_frozen_lm_and_starts_from_its_best_e
     # the LM did not move and was not run with gradient; the head did move
     assert all(torch.equal(seen["lm"][k], seen["lm_after"][k]) for k in seen["lm"])
     assert seen["grad_encodes_after"] == seen["grad_encodes"] == 0
-    assert any(not torch.equal(a, b) for a, b in zip(seen["head"], seen["head_after"]))
+    assert any(not torch.equal(a, b) for a, b in zip(seen["head"], seen["head_after"], strict=True))
     lines = metrics_lines(tmp_path / "run")
-    warm = [{**l, "eval": l["warmup_eval"]} for l in lines if "warmup_epoch" in l]
-    assert [l["warmup_epoch"] for l in warm] == list(range(1, epochs + 1))
-    epoch0 = next(l for l in lines if l.get("epoch") == 0 and "eval" in l)
+    warm = [{**rec, "eval": rec["warmup_eval"]} for rec in lines if "warmup_epoch" in rec]
+    assert [rec["warmup_epoch"] for rec in warm] == list(range(1, epochs + 1))
+    epoch0 = next(rec for rec in lines if rec.get("epoch") == 0 and "eval" in rec)
     # fine-tuning starts from the best warm-up epoch's head, and that evaluation on the bank is
     # the fresh evaluation of the frozen LM (full batch: the warm-up scored it with the baseline's
     # model.eval_iters unrolled steps, the run at the fixed point: a node of the 48 may differ)
-    assert epoch0["eval"]["valid"] == pytest.approx(max(l["eval"]["valid"] for l in warm),
+    assert epoch0["eval"]["valid"] == pytest.approx(max(rec["eval"]["valid"] for rec in warm),
                                                     abs=0 if batches == "mini" or method == "supervised" else 1.01 / 48)
     assert seen["fresh"] == pytest.approx(epoch0["eval"], abs=1e-6)
     # the warm-up learned: its best head is far better than the random one (3 classes)
     untrained = seen.get("untrained", {"valid": 1 / 3})["valid"]
-    assert epoch0["eval"]["valid"] >= untrained + 0.15, (untrained, [l["eval"]["valid"] for l in warm])
+    assert epoch0["eval"]["valid"] >= untrained + 0.15, (untrained, [rec["eval"]["valid"] for rec in warm])
     assert summary["history"][0]["epoch"] == 0 and summary["head_warmup_epochs"] == epochs
 
 
@@ -147,7 +146,7 @@ def test_auto_evaluation_waits_until_training_spent_one_evaluation_of_encodes(ti
         if spent >= 240 or epoch == 9:
             expect.append(epoch)
             spent, fresh = 0, True
-    assert evaluated == expect, (evaluated, expect, [l for l in lines if "eval" in l])
+    assert evaluated == expect, (evaluated, expect, [rec for rec in lines if "eval" in rec])
 
 
 @pytest.mark.parametrize("overrides, reason", [
@@ -267,7 +266,7 @@ def test_the_auto_warm_up_keeps_the_best_of_its_200_epochs(tiny_bert, tmp_path, 
                        "data.split=low-0", "train.eval_every=1")
     summary = train(cfg, tmp_path / "run", quiet=True)
     lines = metrics_lines(tmp_path / "run")
-    assert [l["warmup_epoch"] for l in lines if "warmup_epoch" in l] == list(range(1, 201))
+    assert [rec["warmup_epoch"] for rec in lines if "warmup_epoch" in rec] == list(range(1, 201))
     assert summary["head_warmup_epochs"] == 200
     # the hand-over evaluates the kept head once more: epoch 150's, not the last epoch's
     assert len(calls) == 201

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from custom_graph import custom_graph_and_model, train_args
 
-from fastleading import runfolder
 from fastleading.cli import main
 from fastleading.config import Config, apply_overrides
+from fastleading.run import folder as runfolder
 from fastleading.trainer.optim import build_optimization, lr_lambda
-
-from custom_graph import custom_graph_and_model, train_args
 
 STEPS_PER_EPOCH = 3  # 36 training nodes of write_custom_graph(60) in batches of 16
 
@@ -118,7 +117,7 @@ def test_the_schedule_follows_the_new_length_from_the_first_step_after_a_resume(
 
 
 def _fp32():
-    from fastleading.precision import resolve_precision
+    from fastleading.engine.precision import resolve_precision
 
     return resolve_precision("fp32", "fp32", torch.device("cpu"))
 
@@ -139,7 +138,7 @@ def test_a_finished_run_drops_its_optimizer_state_unless_asked_and_still_predict
     asked and in a run that train.max_steps stopped (its resume continues exactly); the run still
     predicts and exports, and a resume that extends it says in one line that the moments start
     afresh."""
-    from fastleading import checkpoint
+    from fastleading.run import checkpoint
 
     def optimizer_state(run: Path) -> dict:
         return checkpoint.load(run / "checkpoint.pt")["optim"]["optimizer"]["state"]

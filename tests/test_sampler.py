@@ -7,9 +7,9 @@ from itertools import combinations
 import pytest
 import torch
 
+from fastleading.engine.graph import build_csr, build_csr_reference
+from fastleading.engine.sampler import NeighborSampler, SampledSubgraph
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr, build_csr_reference
-from fastleading.sampler import NeighborSampler, SampledSubgraph
 
 BACKENDS = ["native", "torch"]
 
@@ -58,7 +58,8 @@ def layered_dag(degrees_per_layer: list[list[int]], seed: int) -> tuple[torch.Te
             src += [starts[h] + i] * d
             dst += children.tolist()
     num_nodes = sum(sizes)
-    rowptr, col = build_csr_directed(torch.tensor(src, dtype=torch.int64), torch.tensor(dst, dtype=torch.int64), num_nodes)
+    rowptr, col = build_csr_directed(torch.tensor(src, dtype=torch.int64), torch.tensor(dst, dtype=torch.int64),
+                                     num_nodes)
     return rowptr, col, [range(starts[h], starts[h] + sizes[h]) for h in range(len(sizes))]
 
 
@@ -72,7 +73,7 @@ def sub_edges(sub: SampledSubgraph) -> set[tuple[int, int]]:
     """The subgraph's edges as (global, global) pairs."""
     rows = csr_src(sub.rowptr)
     ids = sub.node_ids
-    return set(zip(ids[rows].tolist(), ids[sub.col].tolist()))
+    return set(zip(ids[rows].tolist(), ids[sub.col].tolist(), strict=True))
 
 
 def check_contract(sub: SampledSubgraph, adj: list[set[int]], targets: torch.Tensor, num_hops: int) -> None:
@@ -91,7 +92,8 @@ def check_contract(sub: SampledSubgraph, adj: list[set[int]], targets: torch.Ten
     key = rows * n + sub.col
     assert bool((key[1:] > key[:-1]).all())  # sorted within rows, no duplicates
     assert not bool((rows == sub.col).any())
-    assert set(zip(rows.tolist(), sub.col.tolist())) == set(zip(sub.col.tolist(), rows.tolist()))
+    edges = set(zip(rows.tolist(), sub.col.tolist(), strict=True))
+    assert edges == {(v, u) for u, v in edges}
     # Every sampled edge is an edge of the graph (in one direction: the graph may be directed).
     for a, b in sub_edges(sub):
         assert b in adj[a] or a in adj[b]
@@ -103,7 +105,8 @@ def check_contract(sub: SampledSubgraph, adj: list[set[int]], targets: torch.Ten
     assert not bool(((hop_of[rows] == num_hops) & (hop_of[sub.col] == num_hops)).any())
 
 
-def bfs_reference(adj: list[set[int]], targets: list[int], num_hops: int) -> tuple[list[set[int]], set[tuple[int, int]]]:
+def bfs_reference(adj: list[set[int]], targets: list[int],
+                  num_hops: int) -> tuple[list[set[int]], set[tuple[int, int]]]:
     """Brute force for unlimited fanouts: the nodes first reached at each hop, and every edge
     between an expanded node and its neighbours (both directions, no self loops)."""
     hops = [set(targets)]

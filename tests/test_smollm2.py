@@ -8,7 +8,7 @@ import torch
 
 from fastleading.config import ModelConfig
 from fastleading.data.tokens import load_tokenizer
-from fastleading.lm import LMEncoder
+from fastleading.models.lm import LMEncoder
 
 NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

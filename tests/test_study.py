@@ -9,15 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from fastleading.cli import main
-from fastleading.plot import PLOT_HINT
-from fastleading import study as study_module
-from fastleading.study import StudyOutput
-
 from tiny_models import save_tiny_model
 
+from fastleading.cli import main
+from fastleading.commands import study as study_module
+from fastleading.commands.plot import PLOT_HINT
+from fastleading.commands.study import StudyOutput
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# tiny tensors: one intra-op thread for the whole module (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RUNS = ["leading-low-0-seed0", "shallow-low-0-seed0", "leading-low-0-seed1", "shallow-low-0-seed1"]
 
 
@@ -31,17 +33,6 @@ def study_args(root: Path, model: str, *extra: str) -> list[str]:
             "train.eval_batch_size=240", "train.log_every=1", "model.head_hidden=16", "model.eval_iters=5",
             # the bank fill stays on: LEADING's head warm-up (auto) trains on it
             "train.downstream_epochs=5", *extra]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: on 2 shared cores, intra-op threads spin against other jobs (3x slower)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +163,7 @@ def test_plot_draws_run_curves(study, tmp_path, monkeypatch, capsys):
 def test_plot_draws_a_leading_run_and_a_pretrained_run_together(study, tmp_path, capsys):
     """A fixed-feature run writes no per-step metrics: its summary's valid / test accuracy are
     drawn as reference lines beside the LEADING run's curves; ``--out plot`` writes plot.png."""
-    from fastleading.plot import read_metrics, runs_figure
+    from fastleading.commands.plot import read_metrics, runs_figure
 
     root, model = study
     leading = root / "out" / "runs" / RUNS[0]
@@ -246,7 +237,7 @@ def test_citeseer_preset_is_a_call_of_the_study(tmp_path, monkeypatch, capsys):
 
 
 def test_one_run_shows_its_value_without_a_spread():
-    from fastleading.study import markdown_table, mean_std
+    from fastleading.commands.study import markdown_table, mean_std
 
     def entry(values):
         return {"runs": len(values), "head": mean_std(values), "head_valid": mean_std(values),

@@ -7,11 +7,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+from test_study import assert_png, pct, run_preset, study_args
+from tiny_models import save_tiny_model
 
 from fastleading.cli import main
 
-from test_study import assert_png, one_thread, pct, run_preset, study_args  # noqa: F401  (fixture)
-from tiny_models import save_tiny_model
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 SPLITS = ["10-30-60", "85-5-10"]
 RUNS = [f"{m}-{s}-seed{seed}" for seed in (0, 1) for s in SPLITS for m in ("leading", "shallow")]
@@ -144,8 +145,8 @@ def test_citeseer_link_preset_is_a_call_of_the_study(tmp_path, monkeypatch, caps
 
 
 def test_the_validation_curve_is_the_metric_that_selects_the_epoch():
+    from fastleading.commands.study import aggregate, groups, resolve_task
     from fastleading.config import Config, apply_overrides
-    from fastleading.study import aggregate, groups, resolve_task
 
     history = [{"epoch": 1, "valid_auc": 0.9, "valid_mrr": 0.3}]
     run = {"method": "leading", "split_pattern": "10/30/60", "downstream": {},

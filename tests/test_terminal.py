@@ -17,13 +17,12 @@ import termios
 from pathlib import Path
 
 import pytest
-
-from fastleading.cli import main
-from fastleading.config import Config, apply_overrides
-from fastleading.methods import train_method
-
 from custom_graph import train_args, write_custom_graph
 from tiny_models import save_tiny_model
+
+from fastleading.cli import main
+from fastleading.commands.methods import train_method
+from fastleading.config import Config, apply_overrides
 
 # progress-bar control codes and what the libraries print on their own
 NOISE = ("\r", "\x1b[", "[WARNING]", "Setting accelerator", "Loading weights", "Writing model shards", "it/s",
@@ -99,7 +98,7 @@ def test_train_method_quiet_prints_nothing(setup, tmp_path, capfd):
     from transformers.utils import logging as hf_logging
 
     root, model, _ = setup
-    cfg = apply_overrides(Config(), [f"data.dataset=custom", f"data.root={root / 'data'}", f"model.name={model}",
+    cfg = apply_overrides(Config(), ["data.dataset=custom", f"data.root={root / 'data'}", f"model.name={model}",
                                      f"data.cache_dir={tmp_path / 'cache'}", "data.max_length=16", "train.epochs=1",
                                      "train.device=cpu", "train.batch_size=16", "model.head_hidden=16"])
     had_bars = hf_logging.is_progress_bar_enabled()

@@ -140,7 +140,7 @@ def test_slow_tokenizers_are_refused(monkeypatch):
         is_fast = False
 
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: Slow())
-    monkeypatch.setattr("fastleading.models.check_hub_model", lambda name: name)  # a Hub name, taken as found
+    monkeypatch.setattr("fastleading.models.hub.check_hub_model", lambda name: name)  # a Hub name, taken as found
     with pytest.raises(FastleadingError, match="model 'some/model': its tokenizer is not a fast"):
         load_tokenizer("some/model")
 

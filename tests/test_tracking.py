@@ -6,13 +6,12 @@ import json
 import sys
 
 import pytest
+from test_train import small_config
 
-from fastleading.errors import FastleadingError
-from fastleading.methods import train_method
+from fastleading.commands.methods import train_method
 from fastleading.config import apply_overrides
-from fastleading.tracking import HINTS, TENSORBOARD_DIR, WARMUP_DIR, flatten
-
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
+from fastleading.errors import FastleadingError
+from fastleading.run.tracking import HINTS, TENSORBOARD_DIR, WARMUP_DIR, flatten
 
 
 def event_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -84,7 +83,7 @@ class FakeWandbRun:
 
 def test_wandb_gets_the_same_records_offline_and_a_resumed_run_keeps_its_id(tiny_bert, tmp_path, monkeypatch):
     """wandb itself is not installed by `make` (an optional extra); a stand-in module records the
-    calls of the wandb API that fastleading.tracking makes (init, log with step, finish)."""
+    calls of the wandb API that fastleading.run.tracking makes (init, log with step, finish)."""
     import types
 
     runs = []
@@ -99,7 +98,7 @@ def test_wandb_gets_the_same_records_offline_and_a_resumed_run_keeps_its_id(tiny
     assert first.kwargs["mode"] == "offline" and first.kwargs["dir"] == str(tmp_path / "run")
     assert first.kwargs["config"] == cfg.to_dict() and first.finished
     assert [step for step, _ in first.logged] == [r["step"] for r in records]
-    for (_, scalars), record in zip(first.logged, records):
+    for (_, scalars), record in zip(first.logged, records, strict=True):
         assert flatten(record).items() <= scalars.items()
         assert {"encodes_per_node/grad", "phase_time_s/sample"} <= set(scalars)
 

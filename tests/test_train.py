@@ -11,20 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from fastleading import checkpoint, ops
-from fastleading.config import Config, apply_overrides
-from fastleading.errors import FastleadingError
-from fastleading.methods import train_method
-from fastleading.trainer.loop import build_trainer, train
-from fastleading.trainer.steps import STEPS
-
 from tiny_models import save_tiny_model
 
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "bert", "bert", hidden=32)
+from fastleading.commands.methods import train_method
+from fastleading.config import Config, apply_overrides
+from fastleading.engine import ops
+from fastleading.errors import FastleadingError
+from fastleading.run import checkpoint
+from fastleading.trainer.loop import build_trainer, train
+from fastleading.trainer.steps import STEPS
 
 
 def small_config(model: str, cache: Path, *overrides: str) -> Config:
@@ -57,10 +52,10 @@ def test_leading_run_writes_every_output(tiny_bert, tmp_path):
         assert summary["phase_time_s"][phase] > 0, phase
     assert summary["epochs"] == 2
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if "loss" in l] == list(range(1, summary["steps"] + 1))
-    evals = [l for l in lines if "eval" in l]
+    assert [rec["step"] for rec in lines if "loss" in rec] == list(range(1, summary["steps"] + 1))
+    evals = [rec for rec in lines if "eval" in rec]
     assert len(evals) == 2
-    best = max(evals, key=lambda l: l["eval"]["valid"])  # the summary reports the best-valid evaluation
+    best = max(evals, key=lambda rec: rec["eval"]["valid"])  # the summary reports the best-valid evaluation
     assert (summary["best_valid_acc"], summary["test_acc"], summary["best_epoch"]) == \
         (best["eval"]["valid"], best["eval"]["test"], best["epoch"])
     # no temporary files left behind by the atomic writes
@@ -146,7 +141,7 @@ def test_pipeline_2_reencodes_only_the_nodes_a_training_subgraph_can_look_up(tin
     """train.refresh_scope=reachable (the default): pipeline 2 re-encodes each node within
     len(fanouts) hops of a training target once an epoch, and no other node; every row a
     training step looks up is one of them, so training sees the same bank as with 'all'."""
-    from fastleading.graph import k_hop_nodes
+    from fastleading.engine.graph import k_hop_nodes
     from fastleading.trainer import steps
 
     looked_up = set()
@@ -284,7 +279,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_bert, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline:
         metrics = killed / "metrics.jsonl"
-        steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()] if metrics.exists() else []
+        steps = [json.loads(text)["step"] for text in metrics.read_text().splitlines()] if metrics.exists() else []
         if (killed / "checkpoint.pt").exists() and steps and max(steps) >= 7:
             break
         time.sleep(0.05)
@@ -296,10 +291,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_bert, tmp_path):
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "Loading weights" not in resumed.stderr and "it/s" not in resumed.stderr  # --quiet: no bars at all
-    a = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
+    a = [json.loads(text) for text in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(text) for text in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in a] == [x["step"] for x in b]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if "loss" in x:
             assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6), (x, y)
     sa = json.loads((tmp_path / "straight" / "summary.json").read_text())
@@ -357,7 +352,7 @@ def test_g_history_is_kept_in_units_of_the_unscaled_mean_loss(tiny_bert, tmp_pat
     other = {"grad_accum": lambda: two_steps("train.grad_accum=4"),
              "grad_scaler": lambda: two_steps(scaler=torch.amp.GradScaler("cpu", init_scale=1024.0)),
              "loss_weight": lambda: two_steps(weight=0.25)}[variant]()
-    for a, b in zip(plain, other):
+    for a, b in zip(plain, other, strict=True):
         assert a.abs().sum() > 0
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-9)
 
@@ -418,7 +413,7 @@ def test_each_run_selects_its_own_kernel_backend_and_gives_the_previous_one_back
     """The kernel backend is process state. A run with train.kernels=triton used to leave it set,
     and the fixed-feature run after it in the same process (a study; the test suite) ran its
     propagation through Triton's CPU interpreter: 45 min instead of 8 s for one test."""
-    from fastleading import downstream
+    from fastleading.baselines import downstream
 
     seen = []
     real = downstream.fit_gnn

@@ -23,17 +23,17 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from fastleading import checkpoint
-from fastleading.config import Config
-
 from test_train import small_config
 from tiny_models import save_tiny_model
+
+from fastleading.config import Config
+from fastleading.run import checkpoint
 
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                      reason="the deepspeed extra is not installed")
@@ -72,6 +72,12 @@ def ds_config(model: str, cache: Path, *overrides: str) -> Config:
                         "data.split=high-0", *overrides)
 
 
+
+def ds_steps_config(model: str, cache: Path, spec: str, steps: int) -> Config:
+    """:func:`ds_config` under the DeepSpeed config ``spec`` for ``steps`` steps."""
+    return ds_config(model, cache, f"train.deepspeed={spec}", f"train.max_steps={steps}")
+
+
 def _ds_worker(model: str, out: Path) -> None:
     """Plain run, then per case: a straight DeepSpeed run and one stopped at DS_SAVE_AT and resumed."""
     from fastleading.trainer import loop as T
@@ -90,7 +96,7 @@ def _ds_worker(model: str, out: Path) -> None:
     (out / "stage3.json").write_text(json.dumps(STAGE3_JSON))
     for case in DS_CASES:
         spec = str(out / "stage3.json") if case == "zero3-json" else case
-        cfg = lambda steps: ds_config(model, cache, f"train.deepspeed={spec}", f"train.max_steps={steps}")  # noqa: E731
+        cfg = partial(ds_steps_config, model, cache, spec)
         T.train(cfg(DS_STEPS), out / case / "straight", quiet=True)
         T.train(cfg(DS_SAVE_AT), out / case / "resumed", quiet=True)
         T.train(cfg(DS_STEPS), out / case / "resumed", resume=True, quiet=True)
@@ -105,7 +111,7 @@ NONFINITE_CASES = ("zero0", "zero1", "zero2", "zero3")
 def _ds_nonfinite_worker(model: str, out: Path) -> None:
     """The plain trainer and each stage with a non-finite LM embedding at BAD_MICRO_STEPS: the
     weights after every optimizer step and the trainer's streaks of bad steps."""
-    from fastleading import zero
+    from fastleading.engine import zero
     from fastleading.trainer import loop as T
     from fastleading.trainer import steps
 
@@ -186,7 +192,7 @@ def test_deepspeed_skips_a_non_finite_step_like_the_plain_trainer(nonfinite_runs
         assert torch.isfinite(got["weights"][-1][k]).all(), k
     assert any(not torch.equal(got["weights"][3][k], v) for k, v in got["weights"][0].items())  # step 3 applied
     assert got["worst_streak"] == plain["worst_streak"] == 2 and got["bad_streak"] == plain["bad_streak"] == 0
-    for w, want in zip(got["weights"], plain["weights"]):
+    for w, want in zip(got["weights"], plain["weights"], strict=True):
         for k in want:
             torch.testing.assert_close(w[k], want[k], rtol=1e-4, atol=1e-5, msg=k)
 
@@ -275,7 +281,7 @@ def _rank_worker(rank: int, port: int, model: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     from fastleading.data import prepare
-    from fastleading.distributed import free_port
+    from fastleading.engine.distributed import free_port
     from fastleading.trainer.loop import train
 
     out = tmp_path_factory.mktemp("dp")

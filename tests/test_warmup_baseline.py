@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fastleading.commands.methods import train_method
 from fastleading.config import Config, apply_overrides
-from fastleading.methods import train_method
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = [pytest.mark.skipif(not (SHARED / "citeseer-tag").is_dir(), reason=f"real data folder {SHARED} is absent"),

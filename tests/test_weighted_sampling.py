@@ -7,16 +7,15 @@ passes apply Ãᵀ)."""
 
 import pytest
 import torch
+from test_host_sync import device_run, run_steps
+from test_train import small_config
 
-from fastleading import ops
-from fastleading.graph import build_csr
-from fastleading.nn import ImplicitAPPNP, ImportanceNorm, propagate, weighted_iterate
-from fastleading.sampler import NeighborSampler
+from fastleading.engine import ops
+from fastleading.engine.graph import build_csr
+from fastleading.engine.sampler import NeighborSampler
+from fastleading.models.appnp import ImplicitAPPNP, ImportanceNorm, propagate, weighted_iterate
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import coupled_step
-
-from test_host_sync import device_run, guard, run_steps  # noqa: F401  (fixture)
-from test_train import small_config, tiny_bert  # noqa: F401  (fixture)
 
 BACKENDS = ["native", "torch"]
 

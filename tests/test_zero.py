@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO (fastleading.zero) on CPU: configs and their one-line errors, and training.
+"""DeepSpeed ZeRO (fastleading.engine.zero) on CPU: configs and their one-line errors, and training.
 
 The training check runs in ONE subprocess (DeepSpeed's process group and accelerator stay out
 of the test process) that loops over the presets: a tiny BERT encoder + linear head trains a
@@ -21,8 +21,8 @@ import torch
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
 
+from fastleading.engine.zero import PRESETS, deepspeed_config, offloads_optimizer, zero_stage  # noqa: E402
 from fastleading.errors import FastleadingError  # noqa: E402
-from fastleading.zero import PRESETS, deepspeed_config, offloads_optimizer, zero_stage  # noqa: E402
 
 KW = dict(micro_batch_size=4, grad_accum=2, grad_clip=1.0)
 # (name, preset, precision). stage3_param_persistence_threshold=0 is set for stage 3 in the
@@ -88,7 +88,7 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path):
 
 
 def test_missing_deepspeed_is_one_clear_line(monkeypatch):
-    from fastleading.distributed import require_deepspeed
+    from fastleading.engine.distributed import require_deepspeed
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # makes `import deepspeed` raise ImportError
     with pytest.raises(FastleadingError, match=r"--deepspeed needs the deepspeed package: "
@@ -178,7 +178,7 @@ def run_worker(worker: str, out: Path) -> dict:
     code = worker.format(tests=str(Path(__file__).parent), out=str(out))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    (line,) = [text for text in proc.stdout.splitlines() if text.startswith("RESULT ")]
     return json.loads(line[len("RESULT "):])
 
 
@@ -202,7 +202,7 @@ import torch
 sys.path.insert(0, {tests!r})
 from test_checkpoint import SideEffect
 from test_train_distributed import ds_config, tiny_model_without_dropout
-from fastleading import zero
+from fastleading.engine import zero
 from fastleading.errors import FastleadingError
 from fastleading.trainer.loop import train
 
@@ -268,7 +268,7 @@ def test_verify_engine_files_takes_what_deepspeed_stores_and_refuses_a_foreign_t
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    from fastleading.zero import load_engine_checkpoint, verify_engine_files
+    from fastleading.engine.zero import load_engine_checkpoint, verify_engine_files
 
     tag = tmp_path / "deepspeed" / "step3"
     tag.mkdir(parents=True)
@@ -293,7 +293,7 @@ def _tiny_encoder(seed: int):
 
 def _model(seed: int):
     """What the engine holds in the trainer: the encoder and the head (no bank, no histories)."""
-    from fastleading.zero import EncoderHead
+    from fastleading.engine.zero import EncoderHead
 
     encoder = _tiny_encoder(seed)
     torch.manual_seed(seed + 1)
@@ -303,7 +303,7 @@ def _model(seed: int):
 def _optim(model, ds_config: dict | None = None):
     """AdamW with the LM and head learning rates (the trainer's groups) and a decaying schedule;
     through build_optimizer when a DeepSpeed config is given (torch's AdamW on CPU)."""
-    from fastleading.zero import build_optimizer
+    from fastleading.engine.zero import build_optimizer
 
     groups = [{"params": list(model.encoder.parameters()), "lr": 3e-3},
               {"params": list(model.head.parameters()), "lr": 3e-2}]
@@ -350,7 +350,7 @@ def _reference(data) -> dict:
 
 
 def _train(engine, model, data, start: int, ckpt: Path | None) -> dict:
-    from fastleading.zero import engine_backward, engine_step, learning_rates, save_engine_checkpoint
+    from fastleading.engine.zero import engine_backward, engine_step, learning_rates, save_engine_checkpoint
 
     losses, norms, lrs, refresh = [], [], [], []
     for i in range(start, len(data)):
@@ -376,7 +376,7 @@ def _train(engine, model, data, start: int, ckpt: Path | None) -> dict:
 
 
 def _worker(out: Path) -> None:
-    from fastleading.zero import full_state_dict, initialize_engine, load_engine_checkpoint
+    from fastleading.engine.zero import full_state_dict, initialize_engine, load_engine_checkpoint
 
     data = _data()
     reference = _reference(data)

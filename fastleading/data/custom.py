@@ -40,8 +40,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -50,8 +51,8 @@ from fastleading.data.features import tfidf_features
 from fastleading.data.rawio import fingerprint
 from fastleading.data.splits import seeded_splits
 from fastleading.data.tag import NodeTexts, Split, TextAttributedGraph
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig
@@ -61,7 +62,7 @@ ENCODING = "utf-8-sig"  # UTF-8 with or without a byte-order mark
 NUM_SEEDS = 5
 
 
-def _folder(cfg: "DataConfig") -> Path:
+def _folder(cfg: DataConfig) -> Path:
     if not cfg.root:
         raise FastleadingError("dataset 'custom': set data.root to the folder with nodes.csv (or nodes.jsonl) "
                                "and edges.csv")
@@ -85,7 +86,7 @@ def _files(folder: Path) -> tuple[Path, Path, Path | None]:
     return found[0], edges, classes if classes.is_file() else None
 
 
-def options(cfg: "DataConfig") -> dict:
+def options(cfg: DataConfig) -> dict:
     nodes, edges, classes = _files(_folder(cfg))
     return {"files": fingerprint([p for p in (nodes, edges, classes) if p is not None])}
 
@@ -151,7 +152,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError as e:
+            except json.JSONDecodeError as e:
                 raise FastleadingError(f"{path}: line {line_no}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise FastleadingError(f"{path}: line {line_no}: expected a JSON object with id and text")
@@ -161,7 +162,12 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
 def read_nodes(path: Path) -> tuple[list[str], list[str], list[object], list[str], list[int]]:
     """Ids, texts, raw labels (str/int/None), split names and line numbers of every node."""
     rows = _csv_rows(path) if path.suffix == ".csv" else _jsonl_rows(path)
-    ids, texts, labels, splits, lines, seen = [], [], [], [], [], {}
+    ids: list[str] = []
+    texts: list[str] = []
+    labels: list[object] = []
+    splits: list[str] = []
+    lines: list[int] = []
+    seen: dict[str, int] = {}  # id -> its line
     for line_no, row in rows:
         where = f"{path}: line {line_no}"
         if row.get("id") is None or str(row["id"]).strip() == "":
@@ -223,7 +229,7 @@ def class_indices(raw: list[object], lines: list[int], path: Path,
         if not names:
             raise FastleadingError(f"{classes_file}: no class names")
     elif given and all(_as_int(lab) is not None for lab in given):
-        names = [str(c) for c in range(max(_as_int(lab) for lab in given) + 1)]
+        names = [str(c) for c in range(max(v for v in map(_as_int, given) if v is not None) + 1)]
     else:
         names = sorted({str(lab) for lab in given})
     index = {n: c for c, n in enumerate(names)}
@@ -245,7 +251,13 @@ def class_indices(raw: list[object], lines: list[int], path: Path,
     return labels, names
 
 
-def read_edges(path: Path, node_of: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+class NodeLookup(Protocol):
+    """Node id -> index, or None for an unknown id (a dict, or ``predict``'s index of new nodes)."""
+
+    def get(self, name: str, /) -> int | None: ...
+
+
+def read_edges(path: Path, node_of: NodeLookup) -> tuple[np.ndarray, np.ndarray]:
     src, dst, last = [], [], 0
     with open(path, encoding=ENCODING, newline="") as f, text_faults(path, lambda: last + 1):
         reader = csv.reader(f, strict=True)
@@ -271,7 +283,7 @@ def read_edges(path: Path, node_of: dict[str, int]) -> tuple[np.ndarray, np.ndar
     return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
 
 
-def build(cfg: "DataConfig") -> TextAttributedGraph:
+def build(cfg: DataConfig) -> TextAttributedGraph:
     folder = _folder(cfg)
     nodes_file, edges_file, classes_file = _files(folder)
     ids, texts, raw_labels, split_of, lines = read_nodes(nodes_file)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastleading.graph import degrees
+from fastleading.engine.graph import degrees
 
 if TYPE_CHECKING:
     from fastleading.data.tag import TextAttributedGraph
-    from fastleading.data.tokens import TokenCache
+    from fastleading.data.tokens import TokenCache, TokenLengths
 
 PERCENTILES = (50, 90, 99)
 
@@ -19,10 +19,10 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {**{f"p{p}": 0.0 for p in PERCENTILES}, "max": 0.0}
     q = np.percentile(values, PERCENTILES)
-    return {**{f"p{p}": float(v) for p, v in zip(PERCENTILES, q)}, "max": float(values.max())}
+    return {**{f"p{p}": float(v) for p, v in zip(PERCENTILES, q, strict=True)}, "max": float(values.max())}
 
 
-def info(graph: "TextAttributedGraph", tokens: "TokenCache | None" = None) -> dict:
+def info(graph: TextAttributedGraph, tokens: TokenCache | TokenLengths | None = None) -> dict:
     """Nodes, edges, degree percentiles, classes, split sizes, text-length percentiles and
     the number of empty texts (nodes without text), and token-length percentiles.
 
@@ -31,7 +31,7 @@ def info(graph: "TextAttributedGraph", tokens: "TokenCache | None" = None) -> di
     deg = degrees(graph.rowptr).numpy()
     labels = graph.labels.numpy()
     counts = np.bincount(labels[labels >= 0], minlength=graph.num_classes)
-    out = {
+    out: dict[str, Any] = {
         "dataset": graph.name,
         "path": str(graph.path) if graph.path is not None else None,
         "nodes": graph.num_nodes,
@@ -40,7 +40,7 @@ def info(graph: "TextAttributedGraph", tokens: "TokenCache | None" = None) -> di
         "degree": {**_percentiles(deg), "mean": float(deg.mean()) if len(deg) else 0.0,
                    "isolated": int((deg == 0).sum())},
         "classes": graph.num_classes,
-        "class_sizes": {name: int(c) for name, c in zip(graph.class_names, counts)},
+        "class_sizes": {name: int(c) for name, c in zip(graph.class_names, counts, strict=True)},
         "unlabelled": int((labels < 0).sum()),
         "has_text": graph.has_text,
         "features": list(graph.features.shape[1:]) if graph.features is not None else None,

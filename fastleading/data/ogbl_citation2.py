@@ -22,7 +22,7 @@ inside the gzip stream, a header row or records of papers that are not nodes are
 Node text: ``title + "\\n" + abstract``; more than half of the nodes without a text is an error.
 
 The graph is the citations made undirected; the validation and test edges are removed from the
-message-passing graph by :func:`fastleading.data.link_split.training_graph` (OGB's edge file
+message-passing graph by :func:`fastleading.link.split.training_graph` (OGB's edge file
 holds only the training edges already; removing them again is a no-op then). No node labels:
 only ``train.task=link`` trains on it (``data.link_split`` = ``official``, the default).
 """
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 
 from fastleading.data import ogbn_common as ogb
-from fastleading.data.link_split import LinkSplit
 from fastleading.data.ogbn_arxiv import _paper_id, read_titleabs
 from fastleading.data.rawio import data_root, fingerprint
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
+from fastleading.link.split import LinkSplit
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig
@@ -80,14 +80,14 @@ def _files(root: Path) -> tuple[Path, Path]:
     raise _missing(folder / TEXT_NAMES[0], root)
 
 
-def options(cfg: "DataConfig") -> dict:
+def options(cfg: DataConfig) -> dict:
     root = data_root(cfg.root)
     folder, text_file = _files(root)
     optional = [p for p in (folder / "raw" / "node-feat.csv.gz",) if p.is_file()]
     return {"files": fingerprint([*required(folder), *optional, text_file])}
 
 
-def build(cfg: "DataConfig") -> TextAttributedGraph:
+def build(cfg: DataConfig) -> TextAttributedGraph:
     root = data_root(cfg.root)
     folder, text_file = _files(root)
     raw = folder / "raw"
@@ -157,7 +157,7 @@ def load_split_file(path: Path, keys: tuple[str, ...], n: int) -> dict[str, torc
     return out
 
 
-def read_link_split(cfg: "DataConfig", n: int) -> LinkSplit:
+def read_link_split(cfg: DataConfig, n: int) -> LinkSplit:
     """OGB's ``time`` split of ogbl-citation2 (see the module docstring)."""
     folder, _ = _files(data_root(cfg.root))
     parts = {part: load_split_file(folder / "split" / "time" / f"{part}.pt", keys, n)

@@ -29,8 +29,8 @@ import torch
 from fastleading.data import ogbn_common as ogb
 from fastleading.data.rawio import data_root, open_text
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig
@@ -51,12 +51,12 @@ def _text_file(root: Path) -> Path:
     raise LAYOUT.missing(folder / TEXT_NAMES[0], root)
 
 
-def options(cfg: "DataConfig") -> dict:
+def options(cfg: DataConfig) -> dict:
     root = data_root(cfg.root)
     return ogb.options(LAYOUT, root, [_text_file(root)])
 
 
-def build(cfg: "DataConfig") -> TextAttributedGraph:
+def build(cfg: DataConfig) -> TextAttributedGraph:
     root = data_root(cfg.root)
     text_file = _text_file(root)
     folder = root / LAYOUT.dir_name

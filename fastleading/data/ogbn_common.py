@@ -20,9 +20,9 @@ with the file and line.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -177,7 +177,7 @@ def read_class_names(path: Path, num_classes: int) -> list[str]:
         import pandas as pd
 
         table = pd.read_csv(path)
-        for idx, name in zip(table.iloc[:, 0], table.iloc[:, 1]):
+        for idx, name in zip(table.iloc[:, 0], table.iloc[:, 1], strict=True):
             if 0 <= int(idx) < num_classes:
                 names[int(idx)] = str(name)
     return names

@@ -24,8 +24,8 @@ import torch
 from fastleading.data import ogbn_common as ogb
 from fastleading.data.rawio import data_root, open_text
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig
@@ -49,12 +49,12 @@ def _text_files(root: Path) -> list[Path]:
     return files
 
 
-def options(cfg: "DataConfig") -> dict:
+def options(cfg: DataConfig) -> dict:
     root = data_root(cfg.root)
     return ogb.options(LAYOUT, root, _text_files(root))
 
 
-def build(cfg: "DataConfig") -> TextAttributedGraph:
+def build(cfg: DataConfig) -> TextAttributedGraph:
     root = data_root(cfg.root)
     text_files = _text_files(root)
     folder = root / LAYOUT.dir_name

@@ -20,7 +20,7 @@ import torch
 from fastleading.data.rawio import data_root, find_file, fingerprint
 from fastleading.data.splits import seeded_splits
 from fastleading.data.tag import Split, TextAttributedGraph
-from fastleading.graph import build_csr
+from fastleading.engine.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig
@@ -31,18 +31,18 @@ _SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 NUM_SEEDS = 10
 
 
-def _raw_files(cfg: "DataConfig", name: str) -> tuple[Path, list[Path]]:
+def _raw_files(cfg: DataConfig, name: str) -> tuple[Path, list[Path]]:
     folder, prefix = NAMES[name]
     raw = data_root(cfg.root) / "planetoid" / folder / "raw"
     files = [find_file([raw / f"ind.{prefix}.{s}"], f"{name}") for s in _SUFFIXES]
     return raw, files
 
 
-def options(cfg: "DataConfig", name: str) -> dict:
+def options(cfg: DataConfig, name: str) -> dict:
     return {"files": fingerprint(_raw_files(cfg, name)[1])}
 
 
-def build(cfg: "DataConfig", name: str) -> TextAttributedGraph:
+def build(cfg: DataConfig, name: str) -> TextAttributedGraph:
     from torch_geometric.io.planetoid import read_file, read_planetoid_data
 
     raw, _ = _raw_files(cfg, name)

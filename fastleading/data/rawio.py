@@ -5,8 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 from fastleading.errors import FastleadingError
 
@@ -34,7 +35,7 @@ def find_file(candidates: Sequence[Path], what: str) -> Path:
 class _TextInArchive(io.TextIOWrapper):
     """The text of a tar member; closing it also closes the archive and the file under it."""
 
-    def __init__(self, member: IO[bytes], *owned: IO | tarfile.TarFile):
+    def __init__(self, member: IO[bytes], *owned: IO | tarfile.TarFile | gzip.GzipFile):
         super().__init__(member, encoding="utf-8", newline="")
         self._owned = owned
 
@@ -64,20 +65,22 @@ def open_text(path: Path) -> IO[str]:
     OGB's ``titleabs.tsv.gz`` is such a tar inside a gzip stream: read as plain text, a
     512-byte tar header would be glued to its first line and NUL padding to its last.
     """
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 (returned, or closed below)
     try:
         if not _is_tar(raw.read(tarfile.BLOCKSIZE)):
             raw.seek(0)
             return io.TextIOWrapper(raw, encoding="utf-8", newline="")
         raw.seek(0)
-        archive = tarfile.open(fileobj=raw, mode="r:")  # reads headers only up to the first file
+        archive = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115 (returned inside the reader); headers only up to the first file
         member = archive.next()
         while member is not None and not member.isfile():
             member = archive.next()
         if member is None:
             archive.close()
             raise FastleadingError(f"{path}: a tar archive without a file; expected the text file inside it")
-        return _TextInArchive(archive.extractfile(member), archive, raw)
+        text = archive.extractfile(member)
+        assert text is not None  # a regular file (member.isfile()) always has a reader
+        return _TextInArchive(text, archive, raw)
     except BaseException:
         raw.close()
         raise

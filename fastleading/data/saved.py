@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from fastleading.config import DataConfig
 
 
-def _folder(cfg: "DataConfig") -> Path:
+def _folder(cfg: DataConfig) -> Path:
     folder = Path(cfg.root or "").expanduser()
     if not cfg.root or not (folder / "meta.json").is_file():
         raise FastleadingError(f"dataset 'saved': data.root '{cfg.root or ''}' is not a folder written by "
@@ -23,10 +23,10 @@ def _folder(cfg: "DataConfig") -> Path:
     return folder
 
 
-def options(cfg: "DataConfig") -> dict:
+def options(cfg: DataConfig) -> dict:
     folder = _folder(cfg)
     return {"files": fingerprint(sorted(p for p in folder.rglob("*") if p.is_file()))}
 
 
-def build(cfg: "DataConfig") -> TextAttributedGraph:
+def build(cfg: DataConfig) -> TextAttributedGraph:
     return TextAttributedGraph.load(_folder(cfg))

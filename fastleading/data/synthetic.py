@@ -25,15 +25,15 @@ same nodes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fastleading.data.splits import products_split, seeded_splits
 from fastleading.data.tag import NodeTexts, TextAttributedGraph
+from fastleading.engine.graph import build_csr
 from fastleading.errors import FastleadingError
-from fastleading.graph import build_csr
 
 if TYPE_CHECKING:
     from fastleading.config import DataConfig
@@ -51,7 +51,7 @@ _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
 
-def options(cfg: "DataConfig") -> dict:
+def options(cfg: DataConfig) -> dict:
     """The DataConfig fields that change the generated graph, and its split names (its cache key)."""
     fields = {k: getattr(cfg, k) for k in ("synthetic_nodes", "synthetic_classes", "synthetic_avg_degree",
                                             "synthetic_words", "synthetic_homophily", "synthetic_signal",
@@ -59,7 +59,7 @@ def options(cfg: "DataConfig") -> dict:
     return {**fields, "splits": SPLITS}
 
 
-def build(cfg: "DataConfig") -> TextAttributedGraph:
+def build(cfg: DataConfig) -> TextAttributedGraph:
     return generate(cfg.synthetic_nodes, cfg.synthetic_classes, cfg.synthetic_avg_degree,
                     cfg.synthetic_words, cfg.synthetic_homophily, cfg.synthetic_signal,
                     cfg.synthetic_seed, with_text=not cfg.synthetic_tokens)
@@ -77,7 +77,7 @@ def vocabulary(num_classes: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 3])
     codes = rng.choice(len(syllables) ** n_syl, size=size, replace=False)
     parts = [syllables[(codes // len(syllables) ** k) % len(syllables)] for k in range(n_syl)]
-    return np.array(["".join(p) for p in zip(*parts)], dtype=object)
+    return np.array(["".join(p) for p in zip(*parts, strict=True)], dtype=object)
 
 
 def _labels(num_nodes: int, num_classes: int, seed: int) -> np.ndarray:
@@ -160,13 +160,13 @@ def generate(num_nodes: int, num_classes: int, avg_degree: float = 8.0, words: i
     labels = _labels(num_nodes, num_classes, seed)
     rowptr, col = build_csr(*_edges(labels, num_classes, avg_degree, homophily, seed), num_nodes)
     vocab = vocabulary(num_classes, seed)
-    params = {"num_classes": num_classes, "words": words, "signal": signal, "seed": seed}
+    params: dict[str, Any] = {"num_classes": num_classes, "words": words, "signal": signal, "seed": seed}
     texts = features = None
     if with_text:
-        strings = []
+        strings: list[str] = []
         for block in range((num_nodes + BLOCK - 1) // BLOCK):
             ids, counts = word_ids(labels, block, **params)
-            strings.extend(" ".join(vocab[row[:c]]) for row, c in zip(ids, counts))
+            strings.extend(" ".join(vocab[row[:c]]) for row, c in zip(ids, counts, strict=True))
         texts = NodeTexts.from_strings(strings)
         from fastleading.data.features import tfidf_features
 

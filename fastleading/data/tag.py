@@ -3,7 +3,7 @@
 A :class:`TextAttributedGraph` holds
 
 * the graph as a symmetric CSR without self-loops or duplicates (``rowptr`` int64
-  ``[N+1]``, ``col`` int32 ``[E]``, built by :func:`fastleading.graph.build_csr`);
+  ``[N+1]``, ``col`` int32 ``[E]``, built by :func:`fastleading.engine.graph.build_csr`);
 * node texts (:class:`NodeTexts`: one utf-8 blob plus int64 offsets), or none;
 * labels (int64 ``[N]``, ``-1`` = unknown) and class names;
 * named splits (:class:`Split` of sorted int64 index tensors) and a default split name;
@@ -33,9 +33,9 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -86,7 +86,8 @@ def load_npy(path: Path, shape: tuple[int | None, ...] | None = None) -> np.ndar
         arr = np.load(path, mmap_mode="c", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise damaged(path, _first_line(e)) from None
-    if shape is not None and (arr.ndim != len(shape) or any(w is not None and a != w for a, w in zip(arr.shape, shape))):
+    if shape is not None and (arr.ndim != len(shape)
+                              or any(w is not None and a != w for a, w in zip(arr.shape, shape, strict=True))):
         want = "[" + ", ".join("*" if w is None else str(w) for w in shape) + "]"
         raise damaged(path, f"shape {list(arr.shape)}, expected {want}")
     return arr if arr.size else np.array(arr)
@@ -104,7 +105,7 @@ class NodeTexts:
         self.offsets = offsets
 
     @classmethod
-    def from_strings(cls, texts: Sequence[str]) -> "NodeTexts":
+    def from_strings(cls, texts: Sequence[str]) -> NodeTexts:
         encoded = [t.encode("utf-8") for t in texts]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
@@ -285,7 +286,7 @@ class TextAttributedGraph:
         (d / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "TextAttributedGraph":
+    def load(cls, path: str | Path) -> TextAttributedGraph:
         """Open a folder written by :meth:`save`; big arrays are memory-mapped."""
         path = Path(path)
         meta_file = path / "meta.json"

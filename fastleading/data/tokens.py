@@ -80,7 +80,7 @@ class TokenCache:
         return rows.contiguous(), mask.long()
 
     @classmethod
-    def load(cls, path: Path) -> "TokenCache":
+    def load(cls, path: Path) -> TokenCache:
         """Open a cache folder; a damaged file (or one of the wrong shape) is one line naming it."""
         meta = read_meta(path / "meta.json")
         try:
@@ -99,8 +99,8 @@ def load_tokenizer(model_name: str):
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from fastleading.lm import is_decoder
-    from fastleading.models import load_args
+    from fastleading.models.hub import load_args
+    from fastleading.models.lm import is_decoder
 
     path, kwargs = load_args(model_name)
     try:
@@ -251,7 +251,7 @@ def _token_batches(graph: TextAttributedGraph, tok, side: str, max_length: int):
     """Every node text tokenized, :data:`TOKENIZE_BATCH` at a time: ``(start, stop, ids int
     [B, max_length] padded on ``side``, real tokens per row [B])``; a text that tokenizes to
     nothing is one EOS (see the module docstring)."""
-    from fastleading.console import bar
+    from fastleading.run.console import bar
 
     n = graph.num_nodes
     with bar(total=n, desc=f"tokenizing {graph.name} at max_length {max_length}", unit="text") as progress:

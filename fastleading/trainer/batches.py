@@ -12,8 +12,8 @@ import math
 import torch
 
 from fastleading.config import Config
-from fastleading.distributed import shard, shard_weight
-from fastleading.graph import k_hop_nodes
+from fastleading.engine.distributed import shard, shard_weight
+from fastleading.engine.graph import k_hop_nodes
 
 
 class RefreshOrder:
@@ -61,9 +61,10 @@ def epoch_order(train_ids: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
     return train_ids[torch.randperm(len(train_ids), generator=g)]
 
 
-def global_targets(order: torch.Tensor, batch: int, batch_size: int, rank: int, world: int) -> tuple[torch.Tensor, float]:
+def global_targets(order: torch.Tensor, batch: int, batch_size: int, rank: int,
+                   world: int) -> tuple[torch.Tensor, float]:
     """This rank's shard of global batch ``batch`` of ``order`` and its loss weight (its share
-    of the global batch's mean loss, :func:`fastleading.distributed.shard_weight`)."""
+    of the global batch's mean loss, :func:`fastleading.engine.distributed.shard_weight`)."""
     size = batch_size * world
     ids = order[batch * size:(batch + 1) * size]
     targets = shard(ids, rank, world)

@@ -5,7 +5,7 @@ On a terminal, a bar of the run's steps whose postfix shows the last logged loss
 evaluation, refreshed as soon as either happens. Redirected to a file (stderr not a terminal),
 plain lines instead, no carriage returns or cursor movements: one after every evaluation (its
 validation value, named: ``valid MRR`` for link prediction) and, at the logging points, one at
-most every :data:`PLAIN_SECONDS`. Quiet: nothing. See :mod:`fastleading.console`.
+most every :data:`PLAIN_SECONDS`. Quiet: nothing. See :mod:`fastleading.run.console`.
 
 The head warm-up before the steps (:class:`WarmupDisplay`) shows its epochs the same way: a bar
 with the last and the best validation value on a terminal; redirected, a line when it starts,
@@ -18,8 +18,8 @@ import math
 import sys
 import time
 
-from fastleading import console
-from fastleading.selection import improves
+from fastleading.run import console
+from fastleading.run.selection import improves
 
 PLAIN_SECONDS = 60.0
 
@@ -84,6 +84,7 @@ class StepDisplay:
             self.bar.close()
 
     def _postfix(self) -> None:
+        assert self.bar is not None  # called where a bar is drawn
         self.bar.set_postfix(loss=f"{self.loss:.3f}", valid=f"{self.valid:.3f}")
 
     def _line(self, step: int, evaluated: bool = False) -> None:
@@ -97,7 +98,7 @@ class StepDisplay:
 class WarmupDisplay:
     """Progress of the head warm-up's ``epochs`` epochs (``how``: ``full batch`` or
     ``mini-batches``), each evaluated; ``desc`` and ``metric`` as in :class:`StepDisplay`. The
-    best is the first best under :func:`fastleading.selection.improves`, the warm-up's own rule."""
+    best is the first best under :func:`fastleading.run.selection.improves`, the warm-up's own rule."""
 
     def __init__(self, desc: str, epochs: int, how: str, quiet: bool, metric: str = "valid"):
         self.desc, self.epochs, self.metric = desc, epochs, metric

@@ -2,7 +2,7 @@
 
 LEADING's implicit layer is evaluated at its fixed point, solved by conjugate gradient to
 ``model.eval_tol`` and warm-started from the previous evaluation's solution
-(:func:`fastleading.nn.solve_appnp`); the coupled baseline with the ``model.num_iters``
+(:func:`fastleading.models.appnp.solve_appnp`); the coupled baseline with the ``model.num_iters``
 unrolled steps it trains.
 
 :func:`evaluate` encodes every node afresh (under LEADING into the bank) and scores the
@@ -12,14 +12,13 @@ encode.
 
 from __future__ import annotations
 
-
 import torch
 
 from fastleading.config import Config
-from fastleading.encode import encode_all
-from fastleading.nn import propagate, solve_appnp
-from fastleading.precision import Precision
-from fastleading.selection import nonfinite_rows, predict_classes
+from fastleading.engine.precision import Precision
+from fastleading.models.appnp import propagate, solve_appnp
+from fastleading.models.encode import encode_all
+from fastleading.run.selection import nonfinite_rows, predict_classes
 from fastleading.trainer.model import NodeClassifier
 
 GRAPH_METHODS = ("leading", "coupled")
@@ -77,7 +76,7 @@ def head_logits(model: NodeClassifier, x: torch.Tensor, precision: Precision) ->
 @torch.no_grad()
 def restart_histories(tr, emb: torch.Tensor) -> None:
     """Start LEADING's forward warm starts at the fixed point the last evaluation solved for
-    the embeddings ``emb [N, H]`` (:meth:`fastleading.nn.ImplicitAPPNP.start_at`; nothing when that
+    the embeddings ``emb [N, H]`` (:meth:`fastleading.models.appnp.ImplicitAPPNP.start_at`; nothing when that
     evaluation had non-finite outputs). Called after the head warm-up (the histories then belong
     to the heads the warm-up tried, not to the one it selected) and after every evaluation
     (they hold the outputs of sampled, truncated rows, which drift from the fixed point the model
@@ -97,7 +96,7 @@ def restart_histories(tr, emb: torch.Tensor) -> None:
 def accuracies(logits: torch.Tensor, labels: torch.Tensor, split) -> dict[str, float]:
     """Accuracy on the train / valid / test nodes of ``split`` (NaN for an empty set), and
     ``nonfinite``: how many nodes' logits were not finite (each counts as wrong; such an
-    evaluation is never the best, :mod:`fastleading.selection`)."""
+    evaluation is never the best, :mod:`fastleading.run.selection`)."""
     pred = predict_classes(logits).to(labels.device)
     acc = {name: float((pred[idx] == labels[idx]).float().mean()) if len(idx) else float("nan")
            for name, idx in (("train", split.train), ("valid", split.valid), ("test", split.test))}
@@ -152,7 +151,7 @@ def evaluation_due(cfg: Config, epoch: int, spent: int, num_nodes: int) -> bool:
     """Whether the loop evaluates at the end of ``epoch`` (counted from 1): every
     ``train.eval_every`` epochs and after the last; with ``train.eval_every=0`` once the LM
     encodes since the last evaluation, ``spent`` (global, an encode with gradient counted
-    3, :meth:`fastleading.encode.EncodeCounter.cost`), reach one evaluation's ``num_nodes``."""
+    3, :meth:`fastleading.models.encode.EncodeCounter.cost`), reach one evaluation's ``num_nodes``."""
     t = cfg.train
     if epoch >= t.epochs:
         return True

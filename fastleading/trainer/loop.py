@@ -3,12 +3,12 @@
 ``build_trainer`` wires the parts together from one :class:`fastleading.config.Config`;
 ``train`` fills the bank, runs epochs of steps (:mod:`.steps`), evaluates
 (:mod:`.evaluate`), checkpoints (:mod:`.state`) and reports (:mod:`.metrics`). The fixed-feature
-baselines (``pretrained``, ``shallow``) train no LM: :func:`fastleading.downstream.train_fixed_features`.
+baselines (``pretrained``, ``shallow``) train no LM: :func:`fastleading.baselines.downstream.train_fixed_features`.
 
 Outputs in ``out_dir``: config.json, metrics.jsonl, summary.json, checkpoint.pt (or, with
 ``train.deepspeed``, the DeepSpeed checkpoint folder ``deepspeed/``), best.pt.
 
-Several processes (``torchrun`` or the ``deepspeed`` launcher; see :mod:`fastleading.distributed`)
+Several processes (``torchrun`` or the ``deepspeed`` launcher; see :mod:`fastleading.engine.distributed`)
 split every global batch of ``batch_size x WORLD_SIZE`` targets and every refresh batch into one
 shard per rank, exchange the refreshed bank rows and implicit histories each step so that all
 ranks hold the same tables, and average gradients (themselves, or through the DeepSpeed engine).
@@ -25,27 +25,43 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from fastleading import ops, zero
-from fastleading.bank import MemoryBank
 from fastleading.config import Config
 from fastleading.data import prepare
-from fastleading.distributed import (DistEnv, all_reduce_mean, barrier, broadcast_module_, init_distributed,
-                                     is_distributed, is_main)
-from fastleading.encode import EncodeCounter
+from fastleading.data.tag import Split, TextAttributedGraph
+from fastleading.engine import ops, zero
+from fastleading.engine.bank import MemoryBank
+from fastleading.engine.distributed import (
+    DistEnv,
+    all_reduce_mean,
+    barrier,
+    broadcast_module_,
+    init_distributed,
+    is_distributed,
+    is_main,
+)
+from fastleading.engine.overlap import RefreshStream
+from fastleading.engine.precision import resolve_device, resolve_precision
+from fastleading.engine.profiling import Phases, StepProfiler, peak_memory_bytes
+from fastleading.engine.sampler import NeighborSampler
 from fastleading.errors import FastleadingError
-from fastleading.io import remove_stale_temp_files
-from fastleading.overlap import RefreshStream
-from fastleading.precision import resolve_device, resolve_precision
-from fastleading.profiling import Phases, StepProfiler, peak_memory_bytes
-from fastleading.runfolder import resume_run_folder, start_run_folder
-from fastleading.sampler import NeighborSampler
-from fastleading.tracking import open_tracker
-from fastleading.trainer.batches import (RefreshOrder, epoch_order, global_targets, refresh_batch,
-                                         refresh_batch_size, refresh_scope, steps_per_epoch)
+from fastleading.models.encode import EncodeCounter
+from fastleading.run.folder import resume_run_folder, start_run_folder
+from fastleading.run.io import remove_stale_temp_files
+from fastleading.run.tracking import open_tracker
+from fastleading.trainer.batches import (
+    RefreshOrder,
+    epoch_order,
+    global_targets,
+    refresh_batch,
+    refresh_batch_size,
+    refresh_scope,
+    steps_per_epoch,
+)
 from fastleading.trainer.evaluate import GRAPH_METHODS, encode_graph, evaluate, evaluation_due
 from fastleading.trainer.metrics import MetricsLog, encode_rates, write_summary
 from fastleading.trainer.model import build_model, subgraph_norm
@@ -54,6 +70,8 @@ from fastleading.trainer.state import Progress, load_checkpoint, save_best, save
 from fastleading.trainer.steps import STEPS, Run
 from fastleading.trainer.warmup import full_batch, head_warmup, warmup_epochs
 
+if TYPE_CHECKING:
+    from fastleading.link.task import LinkTask
 
 # the wall clock of train.checkpoint_minutes (a module attribute: tests advance their own)
 clock = time.monotonic
@@ -66,14 +84,14 @@ class Trainer:
     cfg: Config
     out_dir: Path
     env: DistEnv
-    graph: object                       # fastleading.data.tag.TextAttributedGraph
-    split: object                       # its train / valid / test node ids
+    graph: TextAttributedGraph          # train.task=link: the training graph
+    split: Split                        # the items: train / valid / test node ids (link: edge ids)
     run: Run
     refresh_order: RefreshOrder | None  # LEADING only
     refresh_size: int                   # pipeline 2's nodes per step and rank
     progress: Progress
     quiet: bool = True
-    task: object = None                 # train.task=link: fastleading.trainer.link.LinkTask
+    task: LinkTask | None = None        # train.task=link
 
 
 def seed_everything(seed: int) -> None:
@@ -86,7 +104,7 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
     t = cfg.train
     if t.method not in STEPS:
         raise FastleadingError(f"config key 'train.method': {t.method} trains no LM; run it with "
-                               "fastleading.downstream.train_fixed_features (the CLI does)")
+                               "fastleading.baselines.downstream.train_fixed_features (the CLI does)")
     seed_everything(t.seed)
     base_device = resolve_device(t.device)
     env = init_distributed("nccl" if base_device.type == "cuda" else "gloo")
@@ -105,7 +123,7 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
         barrier()
     task = None
     if t.task == "link":  # the graph becomes the training graph; the items are edges
-        from fastleading.trainer.link import link_task
+        from fastleading.link.task import link_task
 
         graph, split, task = link_task(cfg, graph)
     else:
@@ -136,7 +154,7 @@ def build_trainer(cfg: Config, out_dir: Path, quiet: bool = True) -> Trainer:
               graph_dinv=graph_dinv, overlap=RefreshStream(device, overlap), phases=Phases(device, sync=t.profile),
               counter=EncodeCounter(n), optim=optim)
     if task is not None:
-        from fastleading.trainer.link import LinkRun
+        from fastleading.link.task import LinkRun
 
         run = LinkRun.from_run(run, task)
     scope = refresh_scope(cfg, graph.rowptr, graph.col, split.train) if leading else 0
@@ -238,12 +256,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
         order = epoch_order(tr.split.train, t.seed, progress.epoch)
         # pipeline 2 re-encodes every node once in an epoch, unless the epoch starts with all of
         # them freshly encoded (bank fill, or the evaluation that ended the previous epoch)
-        refreshing = tr.refresh_order is not None and progress.bank_fresh_epoch != progress.epoch
+        refresh_order = tr.refresh_order if progress.bank_fresh_epoch != progress.epoch else None
         while progress.batch_in_epoch < per_epoch and not out_of_steps():
             targets, run.loss_weight = global_targets(order, progress.batch_in_epoch, t.batch_size, env.rank,
                                                       env.world_size)
-            refresh = (refresh_batch(tr.refresh_order, tr.refresh_size, env.rank, env.world_size)
-                       if refreshing else None)
+            refresh = (refresh_batch(refresh_order, tr.refresh_size, env.rank, env.world_size)
+                       if refresh_order is not None else None)
             loss = step_fn(run, targets, refresh)
             run.overlap.join()
             run.step += 1

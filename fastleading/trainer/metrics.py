@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from fastleading.distributed import all_reduce_sum, is_main
-from fastleading.encode import EncodeCounter
+from fastleading.engine.distributed import all_reduce_sum, is_main
 from fastleading.errors import FastleadingError
-from fastleading.io import atomic_write_text, write_error
+from fastleading.models.encode import EncodeCounter
+from fastleading.run.io import atomic_write_text, write_error
 
 
 class MetricsLog:
@@ -27,7 +27,7 @@ class MetricsLog:
     while writing it) is dropped with one line on stderr; an unreadable line before the last is
     an error naming it. Each line is written unbuffered: a write that fails (disk full) leaves
     no buffered rest behind and stops with one line naming the file. ``tracker`` (a
-    :class:`fastleading.tracking.Tracker`, ``train.report_to``) gets every record too."""
+    :class:`fastleading.run.tracking.Tracker`, ``train.report_to``) gets every record too."""
 
     def __init__(self, path: Path, resume_step: int | None, evals: int = 0, tracker=None):
         self.path = path
@@ -39,11 +39,12 @@ class MetricsLog:
             keep, seen = [], 0
             for record in read_records(path):
                 seen += "eval" in record
-                if ("eval" in record and seen <= evals) or ("eval" not in record and record.get("step", 0) <= resume_step):
+                if ("eval" in record and seen <= evals) or ("eval" not in record
+                                                            and record.get("step", 0) <= resume_step):
                     keep.append(json.dumps(record) + "\n")
             atomic_write_text(path, "".join(keep))
         try:
-            self._f = open(path, "ab" if resume_step is not None else "wb", buffering=0)
+            self._f = open(path, "ab" if resume_step is not None else "wb", buffering=0)  # noqa: SIM115 (the log's file: closed by close())
         except OSError as e:
             raise write_error(path, e, "cannot open") from None
 
@@ -96,7 +97,7 @@ def encode_rates(counter: EncodeCounter, num_train: int, num_nodes: int, epochs:
     the graph and also reports the bank fill, evaluation and ``nograd_total`` (pipeline 2 plus
     evaluation: every no-gradient encode of the training itself, the fill excepted)."""
     totals = all_reduce_sum(torch.tensor([counter.totals[k] for k in EncodeCounter.KINDS], dtype=torch.float64))
-    by_kind = dict(zip(EncodeCounter.KINDS, totals.tolist()))
+    by_kind = dict(zip(EncodeCounter.KINDS, totals.tolist(), strict=True))
     epochs = max(epochs, 1e-9)
     return {
         # the counts themselves: a run shorter than an epoch (train.max_steps) makes the
@@ -108,7 +109,8 @@ def encode_rates(counter: EncodeCounter, num_train: int, num_nodes: int, epochs:
                                              "nograd": by_kind["refresh"] / num_nodes / epochs,
                                              "fill": by_kind["fill"] / num_nodes / epochs,
                                              "eval": by_kind["eval"] / num_nodes / epochs,
-                                             "nograd_total": (by_kind["refresh"] + by_kind["eval"]) / num_nodes / epochs},
+                                             "nograd_total": (by_kind["refresh"] + by_kind["eval"])
+                                             / num_nodes / epochs},
     }
 
 

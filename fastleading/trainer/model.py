@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastleading import checkpoint
 from fastleading.config import Config
-from fastleading.lm import LMEncoder
-from fastleading.nn import Head, ImplicitAPPNP, propagate
+from fastleading.models.appnp import Head, ImplicitAPPNP, ImportanceNorm, propagate
+from fastleading.models.lm import LMEncoder
+from fastleading.run import checkpoint
 
 
 def warm_start(cfg: Config) -> str:
@@ -49,7 +49,7 @@ class NodeClassifier(nn.Module):
                                    warm_backward=m.warm_backward, warm_start=warm_start(cfg))
 
     def classify(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, node_ids: torch.Tensor,
-                 implicit: bool, num_iters: int, dinv: torch.Tensor | None = None,
+                 implicit: bool, num_iters: int, dinv: torch.Tensor | ImportanceNorm | None = None,
                  num_targets: int | None = None) -> torch.Tensor:
         """Logits ``[n, C]`` of a (sub)graph whose nodes have input embeddings ``x_in [n, H]``;
         ``dinv`` normalises Â (default: the (sub)graph's own degrees). ``implicit``: the
@@ -70,7 +70,7 @@ class LinkPredictor(NodeClassifier):
 
     def __init__(self, cfg: Config, num_nodes: int, history_dtype: torch.dtype):
         super().__init__(cfg, num_nodes, cfg.model.link_dim, history_dtype)
-        from fastleading.linkdecoder import LinkDecoder
+        from fastleading.link.decoder import LinkDecoder
 
         self.decoder = LinkDecoder(cfg.model.link_decoder, cfg.model.link_dim, cfg.model.head_hidden,
                                    cfg.model.head_dropout)
@@ -83,7 +83,8 @@ def build_model(cfg: Config, num_nodes: int, num_classes: int, history_dtype: to
     return NodeClassifier(cfg, num_nodes, num_classes, history_dtype)
 
 
-def load_best(run_dir: Path, cfg: Config, num_nodes: int, num_classes: int, history_dtype: torch.dtype) -> NodeClassifier:
+def load_best(run_dir: Path, cfg: Config, num_nodes: int, num_classes: int,
+              history_dtype: torch.dtype) -> NodeClassifier:
     """The model of the run in ``run_dir`` (config ``cfg``) with its ``best.pt`` weights (encoder
     and head; no histories), on the CPU, in eval mode."""
     model = build_model(cfg, num_nodes, num_classes, history_dtype)

@@ -15,9 +15,9 @@ import re
 
 import torch
 
-from fastleading import zero
 from fastleading.config import Config
-from fastleading.distributed import all_reduce_gradients, all_reduce_sum, is_distributed
+from fastleading.engine import zero
+from fastleading.engine.distributed import all_reduce_gradients, all_reduce_sum, is_distributed
 from fastleading.errors import FastleadingError
 
 
@@ -110,7 +110,7 @@ class Optimization:
     def backward(self, loss: torch.Tensor, weight: float = 1.0, implicit=None) -> None:
         """Backpropagate ``loss x weight`` (``weight``: this rank's share of the global batch),
         divided by ``grad_accum`` and scaled for fp16. ``implicit`` (an
-        :class:`fastleading.nn.ImplicitAPPNP` in the graph) is told the factor, so it keeps its
+        :class:`fastleading.models.appnp.ImplicitAPPNP` in the graph) is told the factor, so it keeps its
         gradient history in the units of the unscaled mean loss."""
         finite = torch.isfinite(loss.detach())
         self._loss_bad |= ~finite
@@ -119,8 +119,8 @@ class Optimization:
                 implicit.grad_scale = self.gradient_scale(weight)
             # The engine decides on its own whether to skip the step, from the gradients: a
             # non-finite loss makes them all NaN so that it does (without reading the device).
-            weight = torch.where(finite, weight, float("nan"))
-            zero.engine_backward(self.engine, loss * weight)  # the engine divides by grad_accum itself
+            factor = torch.where(finite, weight, float("nan"))
+            zero.engine_backward(self.engine, loss * factor)  # the engine divides by grad_accum itself
             return
         scaled = loss * weight / self.grad_accum
         if self.scaler is not None:
@@ -136,15 +136,15 @@ class Optimization:
 
         Under DeepSpeed call it after every backward: the engine counts micro steps, steps at
         the accumulation boundary (skipping it on non-finite gradients, see
-        :func:`fastleading.zero.engine_step`) and returns None between boundaries, where the
+        :func:`fastleading.engine.zero.engine_step`) and returns None between boundaries, where the
         flags of the optimizer step keep accumulating."""
         if self.engine is not None:
             result = zero.engine_step(self.engine)
             if result is None:
                 return None
-            norm, skipped = result
+            engine_norm, skipped = result
             self._count(self._loss_bad, torch.full_like(self._loss_bad, skipped))
-            return norm
+            return engine_norm
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # Average before unscaling: an inf on any rank then reaches every rank's GradScaler.
         all_reduce_gradients(params)
@@ -162,12 +162,14 @@ class Optimization:
             self.scaler.update()
             grad_bad = torch.zeros_like(grad_bad)
         else:
-            self.optimizer.found_inf = (loss_bad | grad_bad).to(torch.float32)
-            self.optimizer.grad_scale = None
+            # the fused AdamW skips the step on the device when found_inf is set: the attributes
+            # GradScaler sets on an optimizer (torch's protocol, not in Optimizer's type)
+            self.optimizer.found_inf = (loss_bad | grad_bad).to(torch.float32)  # type: ignore[attr-defined]
+            self.optimizer.grad_scale = None  # type: ignore[attr-defined]
             try:
                 self.optimizer.step()
             finally:
-                del self.optimizer.found_inf, self.optimizer.grad_scale
+                del self.optimizer.found_inf, self.optimizer.grad_scale  # type: ignore[attr-defined]
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._count(loss_bad, grad_bad)
@@ -212,7 +214,7 @@ class Optimization:
         ``train.epochs`` takes its next step at the rate a run started with the new length has
         there (continuity with the old rate is not kept: a finished linear schedule had reached 0)."""
         s = self.scheduler
-        for group, base, factor in zip(self.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+        for group, base, factor in zip(self.optimizer.param_groups, s.base_lrs, s.lr_lambdas, strict=True):
             group["lr"] = base * factor(s.last_epoch)
 
     def bad_steps_state(self) -> dict:
@@ -230,6 +232,7 @@ def build_optimization(model, cfg: Config, total_steps: int, device: torch.devic
     encoder and the head (the same module objects as ``model``'s)."""
     t = cfg.train
     groups = param_groups(model, cfg)
+    optimizer: torch.optim.Optimizer
     if ds_config is None:
         optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=True)
     else:

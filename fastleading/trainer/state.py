@@ -5,8 +5,9 @@ everything a resumed run needs to continue exactly: model, optimizer, schedule, 
 memory bank, implicit histories, pipeline 2's order, progress, phase timers, and each rank's
 own RNG states and encode counters. A finished run's ``checkpoint.pt`` may lack the optimizer's
 moments (``train.keep_optimizer_state=false``, marked
-:data:`fastleading.checkpoint.OPTIMIZER_STATE_DROPPED`): a resume that extends it starts them afresh. ``best.pt`` holds the best-valid model weights only.
-Files hold tensors and plain containers only (see :mod:`fastleading.checkpoint`), and are
+:data:`fastleading.run.checkpoint.OPTIMIZER_STATE_DROPPED`): a resume that extends it starts them
+afresh. ``best.pt`` holds the best-valid model weights only.
+Files hold tensors and plain containers only (see :mod:`fastleading.run.checkpoint`), and are
 read on the CPU: RNG states must be CPU byte tensors, and large tables are copied into the
 run's (device) tensors in place.
 
@@ -25,15 +26,17 @@ import os
 import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
-from fastleading import checkpoint, zero
-from fastleading.distributed import barrier, get_rank, get_world_size, is_distributed, is_main
+from fastleading.engine import zero
+from fastleading.engine.distributed import barrier, get_rank, get_world_size, is_distributed, is_main
 from fastleading.errors import FastleadingError
-from fastleading.io import fsync_dir
-from fastleading.selection import improves
+from fastleading.run import checkpoint
+from fastleading.run.io import fsync_dir
+from fastleading.run.selection import improves
 from fastleading.trainer.batches import RefreshOrder
 from fastleading.trainer.steps import Run
 
@@ -68,7 +71,7 @@ class Progress:
 
     def record_eval(self, metrics: dict, max_bad_evals: int = 0) -> bool:
         """Append the evaluation ``metrics`` of this epoch to the history; True when it becomes
-        the best (:func:`fastleading.selection.improves`: never one with non-finite outputs).
+        the best (:func:`fastleading.run.selection.improves`: never one with non-finite outputs).
         Stops with one line at the ``max_bad_evals``-th consecutive evaluation with non-finite
         outputs (``train.max_bad_evals``; 0 = never)."""
         self.history.append({"epoch": self.epoch, **metrics})
@@ -102,7 +105,8 @@ class Progress:
 
 def rng_state() -> dict:
     """This process's RNG states as tensors and plain containers (no numpy objects)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # the legacy tuple (its default): name, keys, pos, has_gauss, cached_gaussian
+    name, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     return {"torch": torch.get_rng_state(),
             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
@@ -157,7 +161,7 @@ def save_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
     """Write the resumable state, then put a pending best in place (:func:`settle_best`).
     Collective: every rank calls it. Without DeepSpeed rank 0 writes ``checkpoint.pt`` with
     every rank's own state (RNG, counters) in ``ranks``."""
-    ranks = [None] * get_world_size()
+    ranks: list[dict | None] = [None] * get_world_size()
     if is_distributed():
         torch.distributed.all_gather_object(ranks, _rank_state(run))
     else:
@@ -192,11 +196,10 @@ def check_fits(expected, saved, path: Path, where: str = "") -> None:
                 raise FastleadingError(f"{path}: does not fit this run: no '{name}' (not a checkpoint written by "
                                        "this version of `fastleading train`?)")
             check_fits(value, saved[key], path, name)
-    elif isinstance(expected, torch.Tensor):
-        if not isinstance(saved, torch.Tensor) or saved.shape != expected.shape:
-            got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
-            raise FastleadingError(f"{path}: does not fit this run: '{where}' is {got}, this run's is "
-                                   f"{tuple(expected.shape)} (a checkpoint of another dataset or model?)")
+    elif isinstance(expected, torch.Tensor) and (not isinstance(saved, torch.Tensor) or saved.shape != expected.shape):
+        got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+        raise FastleadingError(f"{path}: does not fit this run: '{where}' is {got}, this run's is "
+                               f"{tuple(expected.shape)} (a checkpoint of another dataset or model?)")
 
 
 def _restore(path: Path, restore) -> None:
@@ -231,7 +234,8 @@ def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
         check_fits({"model": run.model.state_dict(), "optim": {}, "ranks": [], **expected}, state, path)
         ranks = state["ranks"]
         if not isinstance(ranks, list):
-            raise FastleadingError(f"{path}: does not fit this run: 'ranks' is a {type(ranks).__name__}, expected a list")
+            raise FastleadingError(f"{path}: does not fit this run: 'ranks' is a {type(ranks).__name__}, "
+                                   "expected a list")
         if len(ranks) != get_world_size():
             raise FastleadingError(f"{path}: written by {len(ranks)} rank(s) but this run has "
                                    f"WORLD_SIZE={get_world_size()}; resume with as many ranks")
@@ -249,7 +253,7 @@ def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
 
     _restore(path, restore)
     if state.get(checkpoint.OPTIMIZER_STATE_DROPPED) and is_main():
-        from fastleading import console
+        from fastleading.run import console
 
         console.notice(f"{path}: the run's optimizer state was dropped when it finished "
                        "(train.keep_optimizer_state=false): the steps it trains on start the optimizer's moments "

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastleading import ops, transfer
-from fastleading.bank import MemoryBank
 from fastleading.config import Config
-from fastleading.distributed import align_rows, sync_bank_rows
-from fastleading.encode import EncodeCounter, encode_eval, encode_nodes
-from fastleading.nn import ImportanceNorm
-from fastleading.overlap import RefreshStream
-from fastleading.precision import Precision
-from fastleading.profiling import Phases
-from fastleading.sampler import NeighborSampler
+from fastleading.engine import ops, transfer
+from fastleading.engine.bank import MemoryBank
+from fastleading.engine.distributed import align_rows, sync_bank_rows
+from fastleading.engine.overlap import RefreshStream
+from fastleading.engine.precision import Precision
+from fastleading.engine.profiling import Phases
+from fastleading.engine.sampler import NeighborSampler
+from fastleading.models.appnp import ImportanceNorm
+from fastleading.models.encode import EncodeCounter, encode_eval, encode_nodes
 from fastleading.trainer.model import NodeClassifier
 from fastleading.trainer.optim import Optimization
 
@@ -41,7 +41,7 @@ class Subgraph:
     col: torch.Tensor               # [E] local column ids, on the device
     # [n] normalisation of its Â (None: the subgraph's own degrees); model.subgraph_norm=weighted:
     # the importance-weighted Ã's (full-graph dinv, row weights, transposed CSR), and rowptr/col
-    # are then who drew whom (fastleading.sampler.Draws), not the symmetric subgraph
+    # are then who drew whom (fastleading.engine.sampler.Draws), not the symmetric subgraph
     dinv: torch.Tensor | ImportanceNorm | None
 
 
@@ -83,6 +83,7 @@ class Run:
 
     def sample(self, targets: torch.Tensor) -> Subgraph:
         """The targets' sampled neighbourhood (seeded by the step, so a resumed run samples alike)."""
+        assert self.sampler is not None  # graph methods only
         sub = self.sampler.sample(targets, seed=self.cfg.train.seed * 1_000_003 + self.step)
         node_ids = transfer.to_device(sub.node_ids, self.device)
         dinv = self.graph_dinv[node_ids] if self.graph_dinv is not None else None
@@ -90,7 +91,9 @@ class Run:
             return Subgraph(sub.node_ids, node_ids, *self._graph(sub.rowptr, sub.col), dinv)
         # model.subgraph_norm=weighted: who drew whom and its transpose, weights built on the host
         d = sub.draws
-        norm = ImportanceNorm(dinv, transfer.to_device(d.weight.float(), self.device), *self._graph(d.rowptr_t, d.col_t))
+        assert dinv is not None  # weighted: the full graph's degrees are on the device
+        weight = transfer.to_device(d.weight.float(), self.device)
+        norm = ImportanceNorm(dinv, weight, *self._graph(d.rowptr_t, d.col_t))
         return Subgraph(sub.node_ids, node_ids, *self._graph(d.rowptr, d.col), norm)
 
     def _graph(self, host_rowptr: torch.Tensor, host_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +117,7 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor | No
     """One step of Algorithm 1 (forward and backward); returns the loss. ``refresh_ids`` None:
     pipeline 2 rests this step (the bank was encoded afresh at the start of the epoch)."""
     phase, bank, model = run.phases, run.bank, run.model
+    assert bank is not None  # LEADING keeps one
     # Pipeline 2, line 5: encode a random batch of ALL nodes without gradient (own CUDA stream
     # when overlapping). Line 6, caching it, is deferred until after this step's lookups.
     x_refresh = None
@@ -145,7 +149,7 @@ def leading_step(run: Run, targets: torch.Tensor, refresh_ids: torch.Tensor | No
         loss = run.loss(logits[:num_targets], targets)                           # line 12
     with phase("backward"):
         loss = run.backward(loss)  # the implicit layer's backward also syncs its histories across ranks
-    if x_refresh is not None:
+    if refresh_ids is not None and x_refresh is not None:
         with phase("bank-refresh"), run.overlap.scatter():
             if run.cfg.train.align_to_bank:
                 x_refresh = align_rows(bank, refresh_ids, x_refresh)
@@ -198,6 +202,7 @@ def leading_head_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torc
     """:func:`leading_step` with the LM frozen (``train.head_warmup_epochs``): every row of the
     subgraph, the targets' too, comes from the bank (the frozen LM's embeddings); the head
     and the implicit layer's histories learn, the LM is not run."""
+    assert run.bank is not None  # filled for the warm-up
     with run.phases("sample"):
         sub = run.sample(targets)
     with run.phases("bank-lookup"):
@@ -208,6 +213,7 @@ def leading_head_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torc
 def supervised_head_step(run: Run, targets: torch.Tensor, refresh_ids=None) -> torch.Tensor:
     """:func:`supervised_step` with the LM frozen: the head on the targets' frozen embeddings
     (a bank filled for the warm-up)."""
+    assert run.bank is not None
     with run.phases("loss"), run.precision.autocast():
         loss = run.loss(run.model.head(run.bank.lookup(targets).float()), targets)
     with run.phases("backward"):

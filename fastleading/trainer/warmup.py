@@ -7,8 +7,8 @@ work: after the bank fill the bank holds the frozen LM's embedding of every node
 
 **Full batch: the frozen baseline, by construction.** Where the graph fits
 (:func:`full_batch_fits`), the warm-up IS the ``pretrained`` baseline's training
-(:func:`fastleading.downstream.fit_frozen_head`, for links
-:func:`fastleading.downstream_link.fit_link_gnn_cfg`): the same head (``model.head``), the same
+(:func:`fastleading.baselines.downstream.fit_frozen_head`, for links
+:func:`fastleading.link.baseline.fit_link_gnn_cfg`): the same head (``model.head``), the same
 full-graph APPNP (``model.eval_iters`` steps), dropout 0.5, rate, epochs and selection, on the
 bank; its best epoch's head (and link decoder) is copied into the model. The run's epoch 0 is
 then the frozen LM with the frozen baseline's head, scored by LEADING's own evaluation.
@@ -35,7 +35,7 @@ import dataclasses
 
 import torch
 
-from fastleading.bank import MemoryBank
+from fastleading.engine.bank import MemoryBank
 from fastleading.trainer.batches import epoch_order, global_targets, steps_per_epoch
 from fastleading.trainer.evaluate import encode_graph, evaluate_embeddings, restart_histories
 from fastleading.trainer.optim import Optimization
@@ -148,8 +148,8 @@ def head_warmup(tr, log, epochs: int) -> dict:
 def full_batch_warmup(tr, epochs: int, logged) -> None:
     """The frozen baseline's training on the bank (see the module docstring); its best head
     (and link decoder) is copied into the run's model."""
-    from fastleading.downstream import fit_frozen_head
-    from fastleading.downstream_link import fit_link_gnn_cfg
+    from fastleading.baselines.downstream import fit_frozen_head
+    from fastleading.link.baseline import fit_link_gnn_cfg
 
     cfg, run = tr.cfg, tr.run
     if epochs < 1:

@@ -6,7 +6,7 @@
 - :mod:`fastleading.kernels.bank`: wide gather/scatter of memory-bank rows, with the
   staleness stamp written in the scatter pass.
 
-Nothing here validates inputs or picks a backend: :mod:`fastleading.ops` does both and
+Nothing here validates inputs or picks a backend: :mod:`fastleading.engine.ops` does both and
 keeps the PyTorch reference of every kernel. Import the submodules only after
 ``TRITON_INTERPRET`` has its final value: Triton decides at ``@triton.jit`` time whether
 a kernel is compiled or interpreted on CPU.

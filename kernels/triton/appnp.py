@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+
 import triton
 import triton.language as tl
 
@@ -162,7 +163,7 @@ class AppnpPlan:
 
     def to(self, device: torch.device | str) -> "AppnpPlan":
         """The same plan with its tensors on ``device`` (host copies from pinned memory, not blocking)."""
-        from fastleading import transfer
+        from fastleading.engine import transfer
 
         move = {name: transfer.to_device(getattr(self, name), device)
                 for name in ("light_order", "heavy_rows", "chunk_ptr", "chunk_start", "chunk_end")}

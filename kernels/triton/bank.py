@@ -13,6 +13,7 @@ position only when it is that winner, so no two programs ever write the same ban
 """
 
 import torch
+
 import triton
 import triton.language as tl
 
@@ -51,7 +52,7 @@ def _bank_scatter_kernel(bank_ptr, ids_ptr, last_ptr, rows_ptr, stamps_ptr, step
     mask = wins & (d < n_cols)
     vals = tl.load(rows_ptr + slot.to(tl.int64) * stride_rows + d, mask=mask)
     tl.store(bank_ptr + ids * stride_bank + d, cast_to(vals, bank_ptr.dtype.element_ty), mask=mask)
-    if HAS_STAMPS:
+    if HAS_STAMPS:  # noqa: SIM102 (a tl.constexpr: this `if` is resolved when the kernel compiles, the inner one runs)
         if tl.program_id(1) == 0:  # the first feature tile of a row writes its stamp
             tl.store(stamps_ptr + ids, tl.full([ROWS, 1], step, dtype=stamps_ptr.dtype.element_ty), mask=wins)
 
