@@ -265,3 +265,12 @@ def test_study_takes_the_data_flags_train_has(monkeypatch):
     data = seen["base"].data
     assert (data.dataset, data.root, data.max_length, data.cache_dir) == ("custom", "mydata", 24, "cache")
     assert seen["base"].train.batch_size == 8
+
+
+def test_the_presets_default_data_root_is_shared_data_beside_the_repository(tmp_path, monkeypatch):
+    """benchmarks/study_*.py read ../shared/data beside the repository from any directory (the
+    package's move into commands/ had left the default one level too shallow: <repo>/shared/data)."""
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    args = study_module.preset_parser("x", ["leading"], runs="r", stem="s").parse_args([])
+    assert Path(args.root) == repo.parent / "shared" / "data"

@@ -512,6 +512,11 @@ def run_study(base: Config, out_dir: str | Path, methods: Iterable[str] = DEFAUL
     return out
 
 
+# the presets' data: ../shared/data beside the repository (fastleading/commands/study.py is three
+# levels below it), whatever the current directory
+PRESET_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
 def preset_parser(description: str, methods: Iterable[str], runs: str, stem: str):
     """The arguments every benchmark preset (``benchmarks/study_*.py``) shares: data root, seeds,
     the CPU shortenings, methods, overrides, device, study folder, result file and note."""
@@ -519,7 +524,7 @@ def preset_parser(description: str, methods: Iterable[str], runs: str, stem: str
 
     methods = ",".join(methods)
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--root", default=str(PRESET_DATA_ROOT))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--max-length", type=int, default=64)
     # training flags: each sets its config key (PRESET_FLAGS); left out, the config's default holds
