@@ -106,7 +106,12 @@ def cmd_train(args) -> int:
 
         require_deepspeed()
     summary = train_method(cfg, out, resume=bool(args.resume), quiet=args.quiet, overwrite=args.overwrite)
-    print("\n".join(result_lines(summary, out)))
+    from fastleading.engine.distributed import get_rank, shutdown
+
+    rank = get_rank()
+    shutdown()  # under torchrun: every rank leaves the group together (a no-op alone)
+    if rank == 0:
+        print("\n".join(result_lines(summary, out)))
     return 0
 
 

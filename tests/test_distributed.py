@@ -141,9 +141,11 @@ def _worker(rank: int, port: int, out: str) -> None:
         losses.append(float(D.all_reduce_mean(loss.detach() * D.shard_weight(len(local), DP_BATCH, WORLD))))
     res["dp_losses"], res["dp_state"] = losses, {k: v.clone() for k, v in model.state_dict().items()}
     res["frozen_grad"] = frozen.grad
-    D.barrier()
+    had_host_group = D._host_group is not None
+    D.shutdown()  # every rank waits for the others, then leaves (rank 0 serves the store)
+    res["left"] = had_host_group and D._host_group is None and not torch.distributed.is_initialized()
+    D.shutdown()  # a second call does nothing
     torch.save(res, Path(out) / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +163,7 @@ def test_environment_and_reductions(ranks):
         assert (res["rank"], res["world"], res["main"]) == (r, WORLD, r == 0)
         torch.testing.assert_close(res["mean"], torch.tensor([1.5, 5.0]), rtol=0, atol=0)
         assert res["sum"].tolist() == [3, 14]
+        assert res["left"]  # shutdown destroyed the group and forgot the host group
 
 
 def test_allgather_rows_with_unequal_sizes(ranks):

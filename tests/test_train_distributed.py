@@ -256,6 +256,7 @@ def _rank_worker(rank: int, port: int, model: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    from fastleading.engine.distributed import shutdown
     from fastleading.trainer import loop as T
 
     runs = []
@@ -275,7 +276,7 @@ def _rank_worker(rank: int, port: int, model: str, out: str) -> None:
                     "g_history": run.model.appnp.g_history, "model": run.model.state_dict(), "summary": summary,
                     "counter": run.counter.state_dict()},
                    out / variant / f"state{rank}.pt")
-    torch.distributed.destroy_process_group()
+    shutdown()
 
 
 @pytest.fixture(scope="module")

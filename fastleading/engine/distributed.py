@@ -124,6 +124,22 @@ def init_distributed(backend: str = "auto", *, force: bool = False) -> DistEnv:
     return env
 
 
+def shutdown() -> None:
+    """Leave the process group in order: wait for every rank, forget the host group, destroy.
+
+    Without the barrier, rank 0 (which serves the rendezvous store) can exit while another rank
+    still tears its groups down; without the destroy, the groups' threads are left to the
+    interpreter's exit. Call it once training is over, on every rank; a no-op without a group.
+    """
+    global _host_group
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    _host_group = None
+    dist.destroy_process_group()
+
+
 def is_distributed() -> bool:
     """True when a process group of more than one rank is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
