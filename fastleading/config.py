@@ -131,8 +131,9 @@ class TrainConfig:
     align_to_bank: bool = _f(True, "LEADING: shift each batch of fresh encodings (the targets, pipeline 2's rows) so "
                              "that its mean is that of the bank rows it replaces: the stale neighbours and the "
                              "fresh targets stay in one frame, and the LM gets no gradient to translate every "
-                             "embedding at once (a shift the bank does not follow, which the head then misreads at "
-                             "evaluation; docs/training.md).")
+                             "embedding at once; every evaluation moves its fresh rows back into the bank's "
+                             "frame and the model keeps that shift for inference (docs/training.md). For "
+                             "pretrained LMs; off for a randomly initialised one.")
     lr_lm: float = _f(1e-5, "Learning rate of the LM.")
     lr_head: float = _f(1e-4, "Learning rate of the head while the LM is fine-tuned (after the head warm-up, which "
                         "trains it at train.head_warmup_lr); raise it (e.g. 1e-3) when there is no warm-up.")

@@ -15,7 +15,8 @@ import torch
 from test_train import small_config
 
 from fastleading.engine.bank import MemoryBank
-from fastleading.trainer.evaluate import encode_graph
+from fastleading.models.encode import encode_all
+from fastleading.trainer.evaluate import encode_graph, evaluate
 from fastleading.trainer.loop import build_trainer
 from fastleading.trainer.steps import leading_step
 
@@ -90,3 +91,67 @@ def test_aligned_refresh_rows_keep_the_bank_mean_of_the_rows_they_replace(tiny_b
     leading_step(run, tr.split.train[:16], refresh_ids=refresh)
     torch.testing.assert_close(run.bank.emb[refresh].double().mean(0), before, rtol=0, atol=1e-5)
     assert bool((run.bank.stamp[refresh] == run.step).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_frame_is_the_mean_of_the_written_rows_and_moves_back_in_one_rounding(dtype):
+    g = torch.Generator().manual_seed(3)
+    bank = MemoryBank(23, 5, dtype)
+    assert bank.frame() is None  # nothing written: no frame
+    written = torch.randperm(23, generator=g)[:17]
+    bank.refresh(written, torch.randn(17, 5, generator=g) + 2.0, step=0)
+    reference = bank.emb[written].double().mean(0)
+    torch.testing.assert_close(bank.frame(chunk=4).double(), reference, rtol=0, atol=1e-6)  # chunks of 4 rows
+    # a full-graph encode writes every row in another frame; moving it back: the old frame
+    # again, each row its fresh value plus one shift, summed in fp32 and rounded once
+    before = bank.frame()
+    fresh = torch.randn(23, 5, generator=g) - 1.0
+    bank.refresh(torch.arange(23), fresh, step=1)
+    stored = bank.emb.clone()
+    shift = bank.move_frame(before, chunk=4)
+    torch.testing.assert_close(shift.double(), before.double() - stored.double().mean(0), rtol=0, atol=1e-6)
+    assert torch.equal(bank.emb, (stored.float() + shift).to(dtype))
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(bank.frame().double(), before.double(), rtol=0, atol=tol)
+
+
+def test_an_lm_change_that_moves_every_embedding_alike_leaves_the_evaluation_as_it_was(tiny_bert, tmp_path):
+    """The bias of the LM's last LayerNorm moves every mean-pooled embedding by one vector: the
+    evaluation re-encodes every node, moves the rows back into the bank's frame and scores the
+    same logits as before the change; the model keeps the shift (``frame_shift``), and inference
+    on the LM's own embeddings plus that shift gives the evaluation's logits."""
+    from fastleading.trainer.evaluate import full_graph_logits
+
+    cfg = small_config(tiny_bert, tmp_path / "c", "model.pooling=mean", "data.split=high-0", "model.eval_tol=1e-9",
+                       "model.eval_iters=500")
+    tr = build_trainer(cfg, tmp_path / "r")
+    run = tr.run
+    encode_graph(tr, "fill bank", "fill")
+    frame = run.bank.frame()
+    run.model.head.apply(lambda m: torch.nn.init.normal_(m.weight) if isinstance(m, torch.nn.Linear) else None)
+    with torch.no_grad():
+        rowptr, col = tr.graph.rowptr, tr.graph.col
+        before, _, _ = full_graph_logits(run.model, run.bank.emb, rowptr, col, cfg, run.precision)
+        move = torch.randn(run.bank.emb.shape[1], generator=torch.Generator().manual_seed(4))
+        run.model.encoder.model.encoder.layer[-1].output.LayerNorm.bias.add_(move)
+    tr.progress.eval_solution = None
+    evaluate(tr)
+    torch.testing.assert_close(run.bank.frame(), frame, rtol=0, atol=1e-5)
+    torch.testing.assert_close(run.model.frame_shift, -move, rtol=0, atol=1e-4)
+    after, _, _ = full_graph_logits(run.model, run.bank.emb, rowptr, col, cfg, run.precision)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+    own = encode_all(run.model.encoder, run.tokens, tr.graph.num_nodes, run.device, run.precision, 128)
+    inferred, _, _ = full_graph_logits(run.model, run.model.to_head_frame_(own), rowptr, col, cfg, run.precision)
+    torch.testing.assert_close(inferred, after, rtol=1e-5, atol=1e-5)  # CG from a cold start
+
+
+def test_without_alignment_the_evaluation_keeps_the_lms_own_frame(tiny_bert, tmp_path):
+    cfg = small_config(tiny_bert, tmp_path / "c", "model.pooling=mean", "train.align_to_bank=false")
+    tr = build_trainer(cfg, tmp_path / "r")
+    encode_graph(tr, "fill bank", "fill")
+    with torch.no_grad():
+        tr.run.model.encoder.model.encoder.layer[-1].output.LayerNorm.bias.add_(1.0)
+    evaluate(tr)
+    assert float(tr.run.model.frame_shift.abs().max()) == 0.0
+    own = encode_all(tr.run.model.encoder, tr.run.tokens, tr.graph.num_nodes, tr.run.device, tr.run.precision, 128)
+    torch.testing.assert_close(tr.run.bank.emb, own, rtol=0, atol=1e-6)

@@ -366,6 +366,7 @@ class TrainedRun:
             texts, src, dst = read_new_nodes(new_nodes, new_edges, index)
             emb = torch.cat([emb, self.encode_texts(texts).to(emb.dtype)])
             rowptr, col = extend_csr(rowptr, col, src, dst, len(texts))
+        self.model.to_head_frame_(emb)  # this call's own rows, into the frame the head was trained in
         logits, _, _ = full_graph_logits(self.model, emb, rowptr.to(self.device), col.to(self.device), self.cfg,
                                          self.precision)
         return logits, index

@@ -67,6 +67,29 @@ class MemoryBank:
             fresh_sum, old_sum, count = reduce(fresh_sum, old_sum, count)
         return rows + (old_sum - fresh_sum) / count.clamp_min(1.0)
 
+    def frame(self, chunk: int = 65536) -> torch.Tensor | None:
+        """The bank's frame: the fp32 mean ``[dim]`` of the written rows (None when none was
+        written). Read in chunks of ``chunk`` rows: no fp32 copy of the table at 2.45M nodes."""
+        total = torch.zeros(self.emb.shape[1], dtype=torch.float64, device=self.emb.device)
+        count = 0
+        for i in range(0, self.num_nodes, chunk):
+            written = self.stamp[i:i + chunk] >= 0
+            total += self.emb[i:i + chunk][written].sum(0, dtype=torch.float64)
+            count += int(written.sum())
+        return (total / count).float() if count else None
+
+    def move_frame(self, before: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        """Shift every row so that the bank's frame (:meth:`frame`) is ``before [dim]`` again,
+        after a full-graph encode wrote every row in the LM's own frame; returns the shift added
+        (fp32 ``[dim]``). Evaluation calls it under ``train.align_to_bank``, so that the rows the
+        head was trained among and the rows it is scored on share one frame."""
+        after = self.frame(chunk)
+        if after is None:
+            raise ValueError("move_frame: the bank has no written row (call it after an encode wrote them)")
+        shift = before.to(self.emb.device) - after
+        add_rows_(self.emb, shift, chunk)
+        return shift
+
     def staleness(self, ids: torch.Tensor, step: int) -> torch.Tensor:
         """Steps since each row was last written (``step + 1`` for never-written rows)."""
         return step - self.stamp[transfer.to_device(ids, self.stamp.device)]
@@ -77,3 +100,13 @@ class MemoryBank:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             getattr(self, key).copy_(value)
+
+
+def add_rows_(table: torch.Tensor, shift: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """``table [N, d] += shift [d]`` in place, summed in fp32 and rounded once to the table's
+    dtype, ``chunk`` rows at a time (no fp32 copy of the table); returns ``table``."""
+    shift = shift.to(table.device, torch.float32)
+    for i in range(0, len(table), chunk):
+        rows = table[i:i + chunk]
+        rows.copy_(rows.float() + shift)
+    return table

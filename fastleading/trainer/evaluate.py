@@ -120,10 +120,16 @@ def evaluate(tr) -> tuple[dict[str, float], int]:
 
     Every node is re-encoded; under LEADING the fresh rows also refresh the bank, so pipeline 2
     rests in the epoch that follows (each node then costs one no-gradient encode per epoch, as
-    the paper's economy, and no row is ever more than an epoch stale)."""
+    the paper's economy, and no row is ever more than an epoch stale). Under
+    ``train.align_to_bank`` the fresh rows are then shifted back into the bank's frame (its
+    mean before the encode) and the model's ``frame_shift`` records the shift, for inference."""
     run, progress = tr.run, tr.progress
+    keep_frame = run.bank is not None and tr.cfg.train.align_to_bank
     with run.phases("eval-encode"):
+        before = run.bank.frame() if keep_frame else None
         emb = encode_graph(tr, "evaluate", "eval")  # under LEADING: the bank, every row fresh
+        if before is not None:  # the fresh rows back in the frame the head was trained in
+            run.model.frame_shift.copy_(run.bank.move_frame(before))
     if run.bank is not None:
         progress.bank_fresh_epoch = progress.epoch
     progress.cost_at_eval = run.counter.cost()

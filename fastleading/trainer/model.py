@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fastleading.config import Config
+from fastleading.engine.bank import add_rows_
 from fastleading.models.appnp import Head, ImplicitAPPNP, ImportanceNorm, propagate
 from fastleading.models.lm import LMEncoder
 from fastleading.run import checkpoint
@@ -35,8 +36,15 @@ class NodeClassifier(nn.Module):
     """LM encoder, head and propagation. ``order`` decides whether the head runs before the
     propagation (predict-then-propagate: propagate C-dim logits) or after it.
 
-    ``state_dict()`` holds the encoder and the head; the implicit layer's histories are
-    run state, saved by the checkpoint (:mod:`fastleading.trainer.state`), not by ``best.pt``."""
+    ``state_dict()`` holds the encoder, the head and ``frame_shift``; the implicit layer's
+    histories are run state, saved by the checkpoint (:mod:`fastleading.trainer.state`), not by
+    ``best.pt``.
+
+    ``frame_shift [H]`` (fp32, a buffer): what evaluation added to the LM's embeddings to keep
+    them in the memory bank's frame (``train.align_to_bank``,
+    :meth:`fastleading.engine.bank.MemoryBank.move_frame`), so the head is scored, and predicts,
+    on inputs in the frame it was trained in. Zero until the first evaluation after fine-tuning
+    steps; inference adds it with :meth:`to_head_frame_`."""
 
     def __init__(self, cfg: Config, num_nodes: int, num_classes: int, history_dtype: torch.dtype):
         super().__init__()
@@ -47,6 +55,18 @@ class NodeClassifier(nn.Module):
         self.appnp = ImplicitAPPNP(m.alpha, m.num_iters, num_nodes,
                                    num_classes if self.predict_first else self.encoder.hidden_size, history_dtype,
                                    warm_backward=m.warm_backward, warm_start=warm_start(cfg))
+        self.frame_shift: torch.Tensor
+        self.register_buffer("frame_shift", torch.zeros(self.encoder.hidden_size))
+
+    def to_head_frame_(self, emb: torch.Tensor) -> torch.Tensor:
+        """LM embeddings ``emb [N, H]`` (any float dtype) moved in place into the frame the head
+        was trained in (plus ``frame_shift``); returns ``emb``."""
+        return add_rows_(emb, self.frame_shift)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # best.pt and checkpoints written before the frame was kept have none: zero, as then
+        state_dict.setdefault(prefix + "frame_shift", torch.zeros_like(self.frame_shift))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def classify(self, x_in: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, node_ids: torch.Tensor,
                  implicit: bool, num_iters: int, dinv: torch.Tensor | ImportanceNorm | None = None,
