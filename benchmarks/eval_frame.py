@@ -10,7 +10,9 @@ skips the runs whose folder holds a summary (the study is resumable).
 
     nice -n 10 python benchmarks/eval_frame.py --out benchmarks/results/citeseer-eval-frame-cpu-2026-12-07.json
 
-A variant is ``name:key=value,key=value`` (validation-only settings screens use it too).
+A variant is ``name:key=value,key=value`` (validation-only settings screens use it too); ``{seed}``
+in an override is the run's seed (``--override data.split=low-{seed}``). Every evaluation (the
+warm-up's epoch 0 included) also records the cross-entropy on each split.
 """
 
 from __future__ import annotations
@@ -23,19 +25,28 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from fastleading.config import Config, apply_overrides
 from fastleading.trainer import evaluate as evaluate_module
-from fastleading.trainer import loop
+from fastleading.trainer import loop, warmup
+
+ORIGINAL = evaluate_module.evaluate_embeddings
 
 
 def scored_both_ways(records: list):
     """``evaluate_embeddings`` that also scores the head on the LM's own frame."""
-    real = evaluate_module.evaluate_embeddings
+    real = ORIGINAL
 
     def both(tr, emb):
         metrics, iters = real(tr, emb)
         rec = {"epoch": tr.progress.epoch, "step": tr.run.step, **{k: metrics[k] for k in ("train", "valid", "test")}}
+        logits, _, _ = evaluate_module.full_graph_logits(tr.run.model, emb, tr.graph.rowptr.to(emb.device),
+                                                         tr.graph.col.to(emb.device), tr.cfg, tr.run.precision)
+        labels = tr.run.labels.to(logits.device)
+        for k in ("train", "valid", "test"):  # the cross-entropy: a proper score, not only the argmax's
+            idx = getattr(tr.split, k).to(logits.device)
+            rec[f"{k}_nll"] = float(F.cross_entropy(logits[idx], labels[idx]))
         shift = tr.run.model.frame_shift
         if float(shift.abs().max()) > 0:
             own = emb.float() - shift
@@ -76,10 +87,12 @@ def main() -> int:
             key = f"{name}-seed{seed}"
             if key in result["runs"]:
                 continue
-            overrides = [*base, *(s for s in spec.split(",") if s), f"train.seed={seed}"]
+            overrides = [o.replace("{seed}", str(seed)) for o in [*base, *(s for s in spec.split(",") if s)]]
+            overrides.append(f"train.seed={seed}")
             cfg = apply_overrides(Config(), overrides)
             records: list = []
-            loop.evaluate.__globals__["evaluate_embeddings"] = scored_both_ways(records)
+            # every evaluation: the loop's, and the warm-up's epoch 0
+            loop.evaluate.__globals__["evaluate_embeddings"] = warmup.evaluate_embeddings = scored_both_ways(records)
             start = time.time()
             shutil.rmtree(args.runs / key, ignore_errors=True)  # a run stopped before it was recorded
             summary = loop.train(cfg, args.runs / key, quiet=True)

@@ -146,6 +146,10 @@ class TrainConfig:
                                  "encode, and start from the best epoch's head. -1 = auto: as the frozen baseline's "
                                  "head is trained, 200 epochs, fewer where that is more than about 2,000 head steps "
                                  "(at least one; 0 for coupled and under DeepSpeed); 0 = none.")
+    select_warmup: bool = _f(True, "Whether the warm-up's epoch 0 (the frozen LM with its best head) may be the run's "
+                             "best: false keeps the best fine-tuned evaluation in best.pt. Epoch 0's validation "
+                             "accuracy is the best of up to 200 head epochs, optimistic against a few fine-tuning "
+                             "evaluations (docs/training.md).")
     head_warmup_lr: float = _f(1e-3, "Learning rate of the head in the warm-up (0 = train.lr_head); train.lr_head is "
                                "then the head's rate while the LM is fine-tuned.")
     warmup_ratio: float = _f(0.1, "Fraction of steps with linear warm-up.")

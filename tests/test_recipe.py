@@ -345,3 +345,25 @@ def test_every_evaluation_restarts_the_forward_histories_at_its_fixed_point(tiny
     tr.run.model.eval()
     expected = head_logits(tr.run.model, tr.run.bank.emb, tr.run.precision)
     assert torch.allclose(appnp.input_history, expected.to(appnp.input_history.dtype), atol=1e-6)
+
+
+@pytest.mark.parametrize("select_warmup", [True, False])
+def test_with_nothing_trained_every_evaluation_is_epoch_0s_and_select_warmup_decides_the_best(
+        tiny_bert, tmp_path, select_warmup):
+    """LM and head at rate 0 after the warm-up: every fine-tuning evaluation repeats epoch 0's (the
+    hand-over, the fresh encode and the bank's frame change nothing). By default epoch 0 stays
+    the best (a tie does not replace it); ``train.select_warmup=false`` keeps the first fine-tuned
+    evaluation instead, and best.pt holds it."""
+    from fastleading.run import checkpoint
+
+    cfg = small_config(tiny_bert, tmp_path / "c", "model.pooling=mean", "train.head_warmup_epochs=-1",
+                       "train.lr_lm=0", "train.lr_head=0", "train.epochs=2",
+                       f"train.select_warmup={str(select_warmup).lower()}")
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    for h in history[1:]:
+        for split in ("train", "valid", "test"):
+            assert h[split] == pytest.approx(history[0][split], abs=1e-9), (split, history)
+    assert summary["best_epoch"] == (0 if select_warmup else 1)
+    assert checkpoint.load(tmp_path / "run" / checkpoint.BEST)["epoch"] == summary["best_epoch"]

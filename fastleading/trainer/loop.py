@@ -180,13 +180,14 @@ def checkpoint_clock_due(last_save: float, minutes: float) -> bool:
     return rank0_decides(bool(minutes) and clock() - last_save >= 60.0 * minutes)
 
 
-def record_evaluation(tr: Trainer, log: MetricsLog, acc: dict, iters: int) -> bool:
+def record_evaluation(tr: Trainer, log: MetricsLog, acc: dict, iters: int, candidate: bool = True) -> bool:
     """Log an evaluation at the loop's current epoch and add it to the history, keep ``best.pt``
-    if it is the best so far (never one with non-finite outputs; ``train.max_bad_evals`` stops
-    a run whose evaluations keep having them); returns whether train.patience now stops the run."""
+    if it is the best so far (never one with non-finite outputs, nor one that is not a
+    ``candidate``; ``train.max_bad_evals`` stops a run whose evaluations keep having them);
+    returns whether train.patience now stops the run."""
     progress, t = tr.progress, tr.cfg.train
     log.write({"step": tr.run.step, "epoch": progress.epoch, "eval": acc, "propagation_iters": iters})
-    if progress.record_eval({"step": tr.run.step, **acc}, t.max_bad_evals):
+    if progress.record_eval({"step": tr.run.step, **acc}, t.max_bad_evals, candidate):
         save_best(tr.run, progress.epoch, tr.out_dir)
         return False
     return bool(t.patience) and progress.evals_since_best >= t.patience
@@ -226,7 +227,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, quiet: bool = 
     warmup = warmup_epochs(cfg, per_epoch, full_batch(tr))
     warming_up = bool(warmup) and not progress.warmed_up  # a resumed run does not warm up again
     if warming_up:  # LP-FT: the head first, on the frozen LM; its best is the run's epoch 0
-        record_evaluation(tr, log, head_warmup(tr, log, warmup), 0)
+        record_evaluation(tr, log, head_warmup(tr, log, warmup), 0, candidate=t.select_warmup)
         progress.warmed_up = True
     total_steps = t.epochs * per_epoch if not t.max_steps else min(t.max_steps, t.epochs * per_epoch)
     profiler = StepProfiler(out_dir, t.profile and is_main())

@@ -69,9 +69,10 @@ class Progress:
     # summary reports the run's time, not the last attempt's)
     wall_time_s: float = 0.0
 
-    def record_eval(self, metrics: dict, max_bad_evals: int = 0) -> bool:
+    def record_eval(self, metrics: dict, max_bad_evals: int = 0, candidate: bool = True) -> bool:
         """Append the evaluation ``metrics`` of this epoch to the history; True when it becomes
-        the best (:func:`fastleading.run.selection.improves`: never one with non-finite outputs).
+        the best (:func:`fastleading.run.selection.improves`: never one with non-finite outputs;
+        never one that is not a ``candidate``, ``train.select_warmup=false``'s epoch 0).
         Stops with one line at the ``max_bad_evals``-th consecutive evaluation with non-finite
         outputs (``train.max_bad_evals``; 0 = never)."""
         self.history.append({"epoch": self.epoch, **metrics})
@@ -81,6 +82,8 @@ class Progress:
             raise FastleadingError(f"epoch {self.epoch}: {self.bad_evals} consecutive evaluations had non-finite "
                                    f"outputs ({bad} in the last; train.max_bad_evals={max_bad_evals}); stopping: "
                                    "the model diverged, lower the learning rate")
+        if not candidate:
+            return False
         if improves(metrics, self.best_valid, self.best_epoch >= 0):
             self.best_valid, self.best_epoch, self.evals_since_best = metrics["valid"], self.epoch, 0
             return True
