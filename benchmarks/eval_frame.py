@@ -61,6 +61,42 @@ def scored_both_ways(records: list):
     return both
 
 
+def selected(evals: list, key: str = "valid", finetuned_only: bool = False) -> dict:
+    """The evaluation with the highest ``key`` (the first on ties), among all or the fine-tuned ones."""
+    pool = [e for e in evals if not finetuned_only or e["epoch"] > 0]
+    return max(pool, key=lambda e: e[key]) if pool else {}
+
+
+def summarise(runs: dict) -> dict:
+    """Per variant, mean and std over its seeds of: epoch 0 (the frozen LM with the warm-up's
+    head), the run's selection (``train.select_warmup``: true, and false), and the same head on
+    the LM's own frame at the evaluation selected among the fine-tuned ones by that frame's own
+    validation; valid and test accuracy, in points."""
+    import statistics
+
+    def stat(values: list) -> str:
+        values = [100 * v for v in values]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+
+    variants: dict = {}
+    for key, run in runs.items():
+        variants.setdefault(key.rsplit("-seed", 1)[0], []).append(run["evaluations"])
+    out = {}
+    for name, seeds in variants.items():
+        rows = {"epoch 0": [e[0] for e in seeds], "select_warmup=true": [selected(e) for e in seeds],
+                "select_warmup=false": [selected(e, finetuned_only=True) for e in seeds]}
+        own = [selected([x for x in e if "own_frame_valid" in x], "own_frame_valid") for e in seeds]
+        table = {row: {"valid": stat([e["valid"] for e in picks]), "test": stat([e["test"] for e in picks]),
+                       "epochs": [e["epoch"] for e in picks]} for row, picks in rows.items()}
+        if all(own):
+            table["LM's own frame, fine-tuned only"] = {
+                "valid": stat([e["own_frame_valid"] for e in own]), "test": stat([e["own_frame_test"] for e in own]),
+                "epochs": [e["epoch"] for e in own]}
+        out[name] = {"seeds": len(seeds), **table}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -68,7 +104,13 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--variant", action="append", default=[], help="name:key=value,... (default: base: the defaults)")
     p.add_argument("--override", nargs="*", default=[], help="section.key=value for every run")
+    p.add_argument("--summarise", action="store_true", help="only (re)write the summary of --out's runs")
     args = p.parse_args()
+    if args.summarise:
+        done = json.loads(args.out.read_text())
+        done["summary"] = summarise(done["runs"])
+        args.out.write_text(json.dumps(done, indent=1, ensure_ascii=False) + "\n")
+        return 0
     base = ["data.dataset=citeseer-tag", "data.root=../shared/data", "data.max_length=32", "train.epochs=4",
             "train.eval_every=1", "train.patience=0", "train.checkpoint_every=0", *args.override]
     variants = [v.split(":", 1) for v in (args.variant or ["base:"])]
@@ -102,7 +144,8 @@ def main() -> int:
                 "evaluations": records, "best_epoch": summary["best_epoch"],
                 "best_valid_acc": summary["best_valid_acc"], "test_acc": summary["test_acc"]}
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=1) + "\n")  # after every run: resumable
+            result["summary"] = summarise(result["runs"])
+            args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")  # after every run: resumable
     return 0
 
 
