@@ -155,3 +155,19 @@ def test_without_alignment_the_evaluation_keeps_the_lms_own_frame(tiny_bert, tmp
     assert float(tr.run.model.frame_shift.abs().max()) == 0.0
     own = encode_all(tr.run.model.encoder, tr.run.tokens, tr.graph.num_nodes, tr.run.device, tr.run.precision, 128)
     torch.testing.assert_close(tr.run.bank.emb, own, rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_written_before_the_frame_was_kept_resumes_with_a_zero_shift(tiny_bert, tmp_path):
+    from fastleading.run import checkpoint
+    from fastleading.trainer.loop import train
+
+    cfg = small_config(tiny_bert, tmp_path / "c", "model.pooling=mean", "train.epochs=1")
+    train(cfg, tmp_path / "run", quiet=True)
+    path = tmp_path / "run" / checkpoint.CHECKPOINT
+    state = checkpoint.load(path)
+    assert float(state["frame_shift"].abs().max()) > 0  # the evaluation after fine-tuning moved the rows back
+    del state["frame_shift"], state["model"]["frame_shift"]  # as the older version wrote it
+    checkpoint.save(path, state)
+    summary = train(small_config(tiny_bert, tmp_path / "c", "model.pooling=mean", "train.epochs=2"), tmp_path / "run",
+                    resume=True, quiet=True)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]

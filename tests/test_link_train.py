@@ -303,8 +303,8 @@ def test_link_runs_report_the_metrics_of_their_best_pt(tiny_bert, tmp_path, meth
     assert best_pt["epoch"] == summary["best_epoch"]
     tr = build_trainer(cfg, tmp_path / "again")
     tr.run.model.load_state_dict(best_pt["model"])
-    z, _, _ = full_graph_logits(tr.run.model, encode_graph(tr, "recompute", "eval"), tr.graph.rowptr, tr.graph.col,
-                                cfg, tr.run.precision)
+    emb = tr.run.model.to_head_frame_(encode_graph(tr, "recompute", "eval"))  # as predict does
+    z, _, _ = full_graph_logits(tr.run.model, emb, tr.graph.rowptr, tr.graph.col, cfg, tr.run.precision)
     test, test_neg = tr.task.split.test, tr.task.split.test_neg
     pos = score_pairs(tr.run.model.decoder, z, test[0], test[1]).tolist()
     neg = score_pairs(tr.run.model.decoder, z, test[0], test_neg).tolist()

@@ -139,8 +139,10 @@ def _load_rank_state(run: Run, s: dict) -> None:
 
 def _train_state(run: Run, progress: Progress, refresh_order: RefreshOrder | None) -> dict:
     """The resumable state besides the model weights, optimizer, schedule and scaler (which
-    the DeepSpeed engine checkpoints itself when there is one); identical on every rank."""
+    the DeepSpeed engine checkpoints itself when there is one), and the model's ``frame_shift``
+    (a buffer outside the engine's module); identical on every rank."""
     return {"bank": run.bank.state_dict() if run.bank is not None else None,
+            "frame_shift": run.model.frame_shift,
             "histories": run.model.appnp.histories_state(),
             "refresh_order": refresh_order.state_dict() if refresh_order is not None else None,
             "step": run.step, "progress": progress.state_dict(), "bad_steps": run.optim.bad_steps_state(),
@@ -151,6 +153,8 @@ def _load_train_state(run: Run, progress: Progress, refresh_order: RefreshOrder 
     if run.bank is not None:
         run.bank.load_state_dict(s["bank"])
     run.model.appnp.load_histories(s["histories"])
+    if "frame_shift" in s:  # checkpoints written before the frame was kept have none (zero)
+        run.model.frame_shift.copy_(s["frame_shift"])
     if refresh_order is not None:
         refresh_order.load_state_dict(s["refresh_order"])
     run.step = s["step"]
@@ -222,6 +226,7 @@ def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
     engine = run.optim.engine
     expected = _train_state(run, progress, refresh_order)
     del expected["progress"], expected["phases"], expected["phase_counts"]  # free-form, checked on use
+    del expected["frame_shift"]  # absent from checkpoints written before the frame was kept: zero
     if engine is not None:
         folder = out_dir / DEEPSPEED_DIR
         if not zero.has_engine_checkpoint(folder):
@@ -234,7 +239,8 @@ def load_checkpoint(run: Run, progress: Progress, refresh_order: RefreshOrder | 
         if not path.exists():
             return False
         state = checkpoint.load(path)  # on the CPU: RNG states stay byte tensors there
-        check_fits({"model": run.model.state_dict(), "optim": {}, "ranks": [], **expected}, state, path)
+        model = {k: v for k, v in run.model.state_dict().items() if k != "frame_shift"}  # as above
+        check_fits({"model": model, "optim": {}, "ranks": [], **expected}, state, path)
         ranks = state["ranks"]
         if not isinstance(ranks, list):
             raise FastleadingError(f"{path}: does not fit this run: 'ranks' is a {type(ranks).__name__}, "
@@ -271,7 +277,10 @@ def save_best(run: Run, epoch: int, out_dir: Path) -> None:
     puts it in place): the NodeClassifier's weights (encoder and head; no histories). Under
     ZeRO-3 gathered from the partitions, which is collective: every rank calls it."""
     engine = run.optim.engine
-    state = run.model.state_dict() if engine is None else zero.full_state_dict(engine)
+    if engine is None:
+        state = run.model.state_dict()
+    else:  # the engine's module holds the encoder and the head; the frame shift is the model's
+        state = {"frame_shift": run.model.frame_shift.detach().cpu(), **zero.full_state_dict(engine)}
     if is_main():
         checkpoint.save(out_dir / checkpoint.BEST_PENDING, {"model": state, "epoch": epoch})
 
